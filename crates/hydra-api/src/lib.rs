@@ -1,0 +1,15 @@
+//! Wire types of the HTTP API under `/api/v1`: request and response bodies and error codes,
+//! shared by the server, the agent and the client SDK.
+//!
+//! API boundary: these types are a compatibility promise. Requests reject unknown fields.
+//! No logic beyond conversions from `hydra-core` types.
+
+pub mod error;
+pub mod nodes;
+pub mod selection;
+pub mod system;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use nodes::*;
+pub use selection::*;
+pub use system::*;

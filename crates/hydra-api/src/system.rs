@@ -1,0 +1,46 @@
+//! Health, master discovery and time formatting.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `GET /api/v1/health` of the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the store answers, else `degraded`.
+    pub status: String,
+    /// Build version.
+    pub version: String,
+    /// `sqlite` or `postgres`.
+    pub storage: String,
+}
+
+/// `GET /api/v1/check-master`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckMaster {
+    /// Whether the replica answering holds the master lease.
+    pub is_master: bool,
+    /// Base URL of the master, when known.
+    pub master_url: Option<String>,
+}
+
+/// Formats unix milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn rfc3339(unix_ms: i64) -> String {
+    let instant = if unix_ms >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.unsigned_abs())
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_millis(unix_ms.unsigned_abs())
+    };
+    humantime::format_rfc3339_millis(instant).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_392_000_123), "2026-11-23T00:00:00.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,15 @@
+//! The fleet's types and every decision Hydra makes about them, as plain functions over plain data.
+//!
+//! Architecture invariant: no I/O, no async, no clock, no randomness of its own. Time comes in as
+//! unix milliseconds and random numbers come in as arguments, so every decision is a table test.
+
+pub mod backoff;
+pub mod node;
+pub mod placement;
+pub mod selection;
+
+pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};
+pub use selection::{
+    Candidate, Head, LatencySample, Policy, Selection, SelectionSettings, select_bodies,
+    strict_venue,
+};

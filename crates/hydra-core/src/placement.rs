@@ -1,0 +1,1 @@
+//! Placement of relay sessions on workers (filled in by the relay work).

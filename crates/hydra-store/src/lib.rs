@@ -1,0 +1,1 @@
+//! hydra-store: durable state (engines being written).

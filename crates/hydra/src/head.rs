@@ -1,0 +1,12 @@
+//! `hydra head` (being built).
+
+use std::process::ExitCode;
+
+/// Subcommands of `hydra head`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {}
+
+/// Runs the subcommand.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {}
+}

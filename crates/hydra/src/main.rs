@@ -1,0 +1,73 @@
+//! `hydra`: one binary for the control plane, the node agent, heads and operators.
+//!
+//! Thin: parse the command line, set up logging, call into the library crates.
+
+mod bench;
+mod bodies;
+mod client_args;
+mod head;
+mod logging;
+mod nodes;
+mod output;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Hydra: a control plane for a fleet of streaming hosts.
+///
+/// A head (kiosk screen) gets the best body (GPU host) it can reach; browsers stream through
+/// relay workers; the fleet keeps working when hosts, links or the control plane fail.
+#[derive(Debug, Parser)]
+#[command(name = "hydra", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane server (registry, body selection, API).
+    Server(server::Args),
+    /// Enrol, inspect, move, drain and remove nodes.
+    #[command(subcommand)]
+    Nodes(nodes::Command),
+    /// Ask which bodies a head may use.
+    #[command(subcommand)]
+    Bodies(bodies::Command),
+    /// Run a head: discover a reachable body and stream from it.
+    #[command(subcommand)]
+    Head(head::Command),
+    /// Measure the server (load generators; never part of the tests).
+    #[command(subcommand)]
+    Bench(bench::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Nodes(command) => nodes::run(command).await,
+            Command::Bodies(command) => bodies::run(command).await,
+            Command::Head(command) => head::run(command).await,
+            Command::Bench(command) => bench::run(command).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! `hydra nodes` (being built).
+
+use std::process::ExitCode;
+
+/// Subcommands of `hydra nodes`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {}
+
+/// Runs the subcommand.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {}
+}
