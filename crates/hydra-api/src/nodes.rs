@@ -175,7 +175,10 @@ impl NodeView {
             drained: node.drained,
             idle: node.idle,
             active_sessions: node.active_sessions,
-            status: node.status(now_ms, heartbeat_timeout_ms).as_str().to_owned(),
+            status: node
+                .status(now_ms, heartbeat_timeout_ms)
+                .as_str()
+                .to_owned(),
             last_heartbeat: node.last_heartbeat.map(crate::system::rfc3339),
             enrolled_at: crate::system::rfc3339(node.enrolled_at),
         }

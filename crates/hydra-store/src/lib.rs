@@ -1,1 +1,212 @@
-//! hydra-store: durable state (engines being written).
+//! Durable state of the control plane behind one API, on two engines: SQLite (the embedded
+//! default, one file in the data dir, WAL) and PostgreSQL (shared by replicas).
+//!
+//! Architecture invariant: every method returns only after the write is durable (SQLite WAL with
+//! `synchronous=FULL`, PostgreSQL commit), so an acknowledged write survives `kill -9`.
+//! Migrations of each engine live in `migrations/<engine>/` and run at [`Store::connect`].
+//! One conformance suite (`tests/it/conformance.rs`) runs against both engines.
+
+mod engine;
+mod error;
+mod postgres;
+mod records;
+mod sqlite;
+pub mod testing;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hydra_core::{LatencySample, Node, Transport};
+
+pub use error::StoreError;
+pub use records::{SessionRecord, SessionStatus};
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Engine {
+    /// The engine's name as shown in health answers and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
+/// A handle to the store; cheap to clone (a connection pool inside).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// SQLite engine.
+    Sqlite(sqlite::SqliteStore),
+    /// PostgreSQL engine.
+    Postgres(postgres::PgStore),
+}
+
+/// Calls the same method on whichever engine backs the store.
+macro_rules! dispatch {
+    ($store:expr, $method:ident($($arg:expr),*)) => {
+        match $store {
+            Store::Sqlite(engine) => engine.$method($($arg),*).await,
+            Store::Postgres(engine) => engine.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating when missing) the SQLite file at `path` and applies its migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store::Sqlite(sqlite::SqliteStore::open(path).await?))
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://...`) and applies its migrations.
+    pub async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        Ok(Store::Postgres(postgres::PgStore::open(url).await?))
+    }
+
+    /// The engine behind this store.
+    pub fn engine(&self) -> Engine {
+        match self {
+            Store::Sqlite(_) => Engine::Sqlite,
+            Store::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Checks that the engine answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, ping())
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        dispatch!(self, close())
+    }
+
+    // ---- nodes ----
+
+    /// Inserts a new node with the hash of its token; `Conflict` when the id exists.
+    pub async fn insert_node(&self, node: &Node, token_hash: &str) -> Result<(), StoreError> {
+        dispatch!(self, insert_node(node, token_hash))
+    }
+
+    /// Every node, ordered by id.
+    pub async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        dispatch!(self, list_nodes())
+    }
+
+    /// One node, or `None`.
+    pub async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        dispatch!(self, get_node(id))
+    }
+
+    /// The stored hash of a node's token, or `None` when the node does not exist.
+    pub async fn node_token_hash(&self, id: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, node_token_hash(id))
+    }
+
+    /// Removes a node (and its latency samples); `false` when it did not exist.
+    pub async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, delete_node(id))
+    }
+
+    /// Records a heartbeat; `vram_mb` replaces the stored value only when given.
+    /// `false` when the node does not exist.
+    pub async fn record_heartbeat(
+        &self,
+        id: &str,
+        heartbeat: &Heartbeat,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, record_heartbeat(id, heartbeat))
+    }
+
+    /// Moves a node to another district and venue; `false` when it does not exist.
+    pub async fn move_node(
+        &self,
+        id: &str,
+        district: &str,
+        venue: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, move_node(id, district, venue))
+    }
+
+    /// Drains or undrains a node; `false` when it does not exist.
+    pub async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, StoreError> {
+        dispatch!(self, set_drained(id, drained))
+    }
+
+    // ---- latency ----
+
+    /// Records the latest connect time a head measured to a body (replacing the previous one).
+    pub async fn record_latency(&self, sample: &LatencyRecord) -> Result<(), StoreError> {
+        dispatch!(self, record_latency(sample))
+    }
+
+    /// The latest sample per (head, body): `head_id -> body_id -> sample`.
+    pub async fn list_latencies(
+        &self,
+    ) -> Result<HashMap<String, HashMap<String, LatencySample>>, StoreError> {
+        dispatch!(self, list_latencies())
+    }
+
+    // ---- sessions ----
+
+    /// Inserts a session record; `Conflict` when the id exists.
+    pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        dispatch!(self, insert_session(session))
+    }
+
+    /// Replaces the mutable fields of a session (status, error, port, stream URL, updated_at);
+    /// `false` when it does not exist.
+    pub async fn update_session(&self, session: &SessionRecord) -> Result<bool, StoreError> {
+        dispatch!(self, update_session(session))
+    }
+
+    /// One session, or `None`.
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        dispatch!(self, get_session(id))
+    }
+
+    /// Every session, oldest first.
+    pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        dispatch!(self, list_sessions())
+    }
+
+    /// Removes a session record; `false` when it did not exist.
+    pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, delete_session(id))
+    }
+}
+
+/// What a heartbeat changes on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// When the server received it (unix ms).
+    pub at: i64,
+    /// Idle flag.
+    pub idle: bool,
+    /// Sessions the node runs.
+    pub active_sessions: u32,
+    /// GPU memory, when reported.
+    pub vram_mb: Option<u64>,
+}
+
+/// A connect time measured by a head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencyRecord {
+    /// The head that measured.
+    pub head_id: String,
+    /// The body measured.
+    pub body_id: String,
+    /// The address family used.
+    pub transport: Transport,
+    /// Connect time in ms.
+    pub rtt_ms: u32,
+    /// When it was reported (unix ms).
+    pub measured_at: i64,
+}

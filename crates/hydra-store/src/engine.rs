@@ -1,0 +1,375 @@
+//! The queries, written once: both engines accept the same SQL (`$n` parameters, `ON CONFLICT`
+//! upserts), so one macro implements every store method for each engine's pool type.
+
+use std::net::IpAddr;
+
+use hydra_core::{CostTier, Node, Roles};
+use sqlx::FromRow;
+
+use crate::{SessionRecord, SessionStatus, StoreError};
+
+/// A `nodes` row as both engines decode it.
+#[derive(Debug, FromRow)]
+pub(crate) struct NodeRow {
+    id: String,
+    name: String,
+    roles: String,
+    district: String,
+    venue: String,
+    owner: String,
+    allowed_orgs: String,
+    lan_ip: Option<String>,
+    wg_ip: Option<String>,
+    vram_mb: Option<i64>,
+    cost_tier: String,
+    drained: bool,
+    idle: bool,
+    active_sessions: i64,
+    last_heartbeat: Option<i64>,
+    enrolled_at: i64,
+}
+
+fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        detail: detail.to_string(),
+    }
+}
+
+fn parse_ip(column: &'static str, text: Option<String>) -> Result<Option<IpAddr>, StoreError> {
+    text.map(|text| {
+        text.parse()
+            .map_err(|error| corrupt(column, format!("{text:?}: {error}")))
+    })
+    .transpose()
+}
+
+impl TryFrom<NodeRow> for Node {
+    type Error = StoreError;
+    fn try_from(row: NodeRow) -> Result<Node, StoreError> {
+        Ok(Node {
+            roles: row
+                .roles
+                .parse::<Roles>()
+                .map_err(|error| corrupt("nodes.roles", error))?,
+            allowed_orgs: serde_json::from_str(&row.allowed_orgs)
+                .map_err(|error| corrupt("nodes.allowed_orgs", error))?,
+            lan_ip: parse_ip("nodes.lan_ip", row.lan_ip)?,
+            wg_ip: parse_ip("nodes.wg_ip", row.wg_ip)?,
+            vram_mb: row
+                .vram_mb
+                .map(|mb| u64::try_from(mb).map_err(|error| corrupt("nodes.vram_mb", error)))
+                .transpose()?,
+            cost_tier: row
+                .cost_tier
+                .parse::<CostTier>()
+                .map_err(|error| corrupt("nodes.cost_tier", error))?,
+            active_sessions: u32::try_from(row.active_sessions)
+                .map_err(|error| corrupt("nodes.active_sessions", error))?,
+            id: row.id,
+            name: row.name,
+            district: row.district,
+            venue: row.venue,
+            owner: row.owner,
+            drained: row.drained,
+            idle: row.idle,
+            last_heartbeat: row.last_heartbeat,
+            enrolled_at: row.enrolled_at,
+        })
+    }
+}
+
+/// A `sessions` row as both engines decode it.
+#[derive(Debug, FromRow)]
+pub(crate) struct SessionRow {
+    id: String,
+    worker_id: String,
+    body_ip: String,
+    body_id: Option<String>,
+    head_id: Option<String>,
+    experience: Option<String>,
+    port: Option<i64>,
+    stream_url: Option<String>,
+    status: String,
+    error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SessionRow> for SessionRecord {
+    type Error = StoreError;
+    fn try_from(row: SessionRow) -> Result<SessionRecord, StoreError> {
+        Ok(SessionRecord {
+            port: row
+                .port
+                .map(|port| u16::try_from(port).map_err(|error| corrupt("sessions.port", error)))
+                .transpose()?,
+            status: row
+                .status
+                .parse::<SessionStatus>()
+                .map_err(|error| corrupt("sessions.status", error))?,
+            id: row.id,
+            worker_id: row.worker_id,
+            body_ip: row.body_ip,
+            body_id: row.body_id,
+            head_id: row.head_id,
+            experience: row.experience,
+            stream_url: row.stream_url,
+            error: row.error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// Maps a unique-key violation to `Conflict`, anything else to `Engine`.
+pub(crate) fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    match &error {
+        sqlx::Error::Database(database_error) if database_error.is_unique_violation() => {
+            StoreError::Conflict { what: what() }
+        }
+        _ => StoreError::Engine(error),
+    }
+}
+
+/// The `nodes` columns read into [`NodeRow`], as a literal so queries stay `&'static str`.
+macro_rules! node_columns {
+    () => {
+        "id, name, roles, district, venue, owner, allowed_orgs, lan_ip, wg_ip, vram_mb, cost_tier, \
+         drained, idle, active_sessions, last_heartbeat, enrolled_at"
+    };
+}
+pub(crate) use node_columns;
+
+/// The `sessions` columns read into [`SessionRow`].
+macro_rules! session_columns {
+    () => {
+        "id, worker_id, body_ip, body_id, head_id, experience, port, stream_url, status, error, \
+         created_at, updated_at"
+    };
+}
+pub(crate) use session_columns;
+
+/// Implements the store methods on `$store` (a struct with a `pool` field of its engine).
+macro_rules! engine_queries {
+    ($store:ident) => {
+        use std::collections::HashMap;
+
+        use hydra_core::{LatencySample, Node};
+
+        use crate::engine::{NodeRow, SessionRow, conflict_or, node_columns, session_columns};
+        use crate::{Heartbeat, LatencyRecord, SessionRecord};
+
+        impl $store {
+            pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            pub(crate) async fn close(&self) {
+                self.pool.close().await;
+            }
+
+            pub(crate) async fn insert_node(&self, node: &Node, token_hash: &str) -> Result<(), StoreError> {
+                let allowed_orgs = serde_json::to_string(&node.allowed_orgs)
+                    .map_err(|error| crate::engine::corrupt_value("nodes.allowed_orgs", error))?;
+                sqlx::query(
+                    "INSERT INTO nodes (id, name, roles, district, venue, owner, allowed_orgs, lan_ip, wg_ip, \
+                     vram_mb, cost_tier, drained, idle, active_sessions, last_heartbeat, enrolled_at, token_hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                )
+                .bind(&node.id)
+                .bind(&node.name)
+                .bind(node.roles.to_string())
+                .bind(&node.district)
+                .bind(&node.venue)
+                .bind(&node.owner)
+                .bind(allowed_orgs)
+                .bind(node.lan_ip.map(|ip| ip.to_string()))
+                .bind(node.wg_ip.map(|ip| ip.to_string()))
+                .bind(node.vram_mb.map(|mb| mb as i64))
+                .bind(node.cost_tier.as_str())
+                .bind(node.drained)
+                .bind(node.idle)
+                .bind(i64::from(node.active_sessions))
+                .bind(node.last_heartbeat)
+                .bind(node.enrolled_at)
+                .bind(token_hash)
+                .execute(&self.pool)
+                .await
+                .map_err(|error| conflict_or(error, || format!("node {:?}", node.id)))?;
+                Ok(())
+            }
+
+            pub(crate) async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+                let rows: Vec<NodeRow> = sqlx::query_as(concat!("SELECT ", node_columns!(), " FROM nodes ORDER BY id"))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(Node::try_from).collect()
+            }
+
+            pub(crate) async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+                let row: Option<NodeRow> = sqlx::query_as(concat!("SELECT ", node_columns!(), " FROM nodes WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(Node::try_from).transpose()
+            }
+
+            pub(crate) async fn node_token_hash(&self, id: &str) -> Result<Option<String>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT token_hash FROM nodes WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            pub(crate) async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
+                let mut transaction = self.pool.begin().await?;
+                sqlx::query("DELETE FROM latency WHERE head_id = $1 OR body_id = $1")
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await?;
+                let deleted = sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&mut *transaction).await?;
+                transaction.commit().await?;
+                Ok(deleted.rows_affected() > 0)
+            }
+
+            pub(crate) async fn record_heartbeat(&self, id: &str, heartbeat: &Heartbeat) -> Result<bool, StoreError> {
+                let updated = sqlx::query(
+                    "UPDATE nodes SET last_heartbeat = $2, idle = $3, active_sessions = $4, \
+                     vram_mb = COALESCE($5, vram_mb) WHERE id = $1",
+                )
+                .bind(id)
+                .bind(heartbeat.at)
+                .bind(heartbeat.idle)
+                .bind(i64::from(heartbeat.active_sessions))
+                .bind(heartbeat.vram_mb.map(|mb| mb as i64))
+                .execute(&self.pool)
+                .await?;
+                Ok(updated.rows_affected() > 0)
+            }
+
+            pub(crate) async fn move_node(&self, id: &str, district: &str, venue: &str) -> Result<bool, StoreError> {
+                let updated = sqlx::query("UPDATE nodes SET district = $2, venue = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(district)
+                    .bind(venue)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(updated.rows_affected() > 0)
+            }
+
+            pub(crate) async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, StoreError> {
+                let updated = sqlx::query("UPDATE nodes SET drained = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(drained)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(updated.rows_affected() > 0)
+            }
+
+            pub(crate) async fn record_latency(&self, sample: &LatencyRecord) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO latency (head_id, body_id, transport, rtt_ms, measured_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (head_id, body_id) DO UPDATE SET transport = excluded.transport, \
+                     rtt_ms = excluded.rtt_ms, measured_at = excluded.measured_at",
+                )
+                .bind(&sample.head_id)
+                .bind(&sample.body_id)
+                .bind(sample.transport.as_str())
+                .bind(i64::from(sample.rtt_ms))
+                .bind(sample.measured_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub(crate) async fn list_latencies(
+                &self,
+            ) -> Result<HashMap<String, HashMap<String, LatencySample>>, StoreError> {
+                let rows: Vec<(String, String, i64, i64)> =
+                    sqlx::query_as("SELECT head_id, body_id, rtt_ms, measured_at FROM latency")
+                        .fetch_all(&self.pool)
+                        .await?;
+                let mut by_head: HashMap<String, HashMap<String, LatencySample>> = HashMap::new();
+                for (head_id, body_id, rtt_ms, measured_at) in rows {
+                    let rtt_ms = u32::try_from(rtt_ms)
+                        .map_err(|error| crate::engine::corrupt_value("latency.rtt_ms", error))?;
+                    by_head.entry(head_id).or_default().insert(body_id, LatencySample { rtt_ms, measured_at });
+                }
+                Ok(by_head)
+            }
+
+            pub(crate) async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+                sqlx::query(concat!(
+                    "INSERT INTO sessions (",
+                    session_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ))
+                .bind(&session.id)
+                .bind(&session.worker_id)
+                .bind(&session.body_ip)
+                .bind(&session.body_id)
+                .bind(&session.head_id)
+                .bind(&session.experience)
+                .bind(session.port.map(i64::from))
+                .bind(&session.stream_url)
+                .bind(session.status.as_str())
+                .bind(&session.error)
+                .bind(session.created_at)
+                .bind(session.updated_at)
+                .execute(&self.pool)
+                .await
+                .map_err(|error| conflict_or(error, || format!("session {:?}", session.id)))?;
+                Ok(())
+            }
+
+            pub(crate) async fn update_session(&self, session: &SessionRecord) -> Result<bool, StoreError> {
+                let updated = sqlx::query(
+                    "UPDATE sessions SET worker_id = $2, port = $3, stream_url = $4, status = $5, error = $6, \
+                     updated_at = $7 WHERE id = $1",
+                )
+                .bind(&session.id)
+                .bind(&session.worker_id)
+                .bind(session.port.map(i64::from))
+                .bind(&session.stream_url)
+                .bind(session.status.as_str())
+                .bind(&session.error)
+                .bind(session.updated_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(updated.rows_affected() > 0)
+            }
+
+            pub(crate) async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+                let row: Option<SessionRow> =
+                    sqlx::query_as(concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(SessionRecord::try_from).transpose()
+            }
+
+            pub(crate) async fn list_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+                let rows: Vec<SessionRow> =
+                    sqlx::query_as(concat!("SELECT ", session_columns!(), " FROM sessions ORDER BY created_at, id"))
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter().map(SessionRecord::try_from).collect()
+            }
+
+            pub(crate) async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+                let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.pool).await?;
+                Ok(deleted.rows_affected() > 0)
+            }
+        }
+    };
+}
+
+pub(crate) use engine_queries;
+
+/// A value that cannot be written or read back in the expected form.
+pub(crate) fn corrupt_value(column: &'static str, error: impl ToString) -> StoreError {
+    corrupt(column, error)
+}

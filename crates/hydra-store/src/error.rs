@@ -1,0 +1,34 @@
+//! The store's one error type, which the server maps to HTTP.
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row with this key exists already.
+    #[error("{what} already exists")]
+    Conflict {
+        /// What collided, e.g. `node "node-1a2b3c4d"`.
+        what: String,
+    },
+    /// The engine failed or is unreachable.
+    #[error("storage engine error: {0}")]
+    Engine(#[from] sqlx::Error),
+    /// A migration failed at start.
+    #[error("storage migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value cannot be read back (a bug or a hand-edited database).
+    #[error("corrupt stored value in {column}: {detail}")]
+    Corrupt {
+        /// Table and column.
+        column: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The path of the SQLite file cannot be used.
+    #[error("cannot open database file {path}: {detail}")]
+    Path {
+        /// The file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+}

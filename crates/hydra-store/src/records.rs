@@ -1,0 +1,82 @@
+//! Stored records that are not core types: relay sessions.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Life of a relay session on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionStatus {
+    /// Placed; the worker is starting the process.
+    Starting,
+    /// The process runs and answers on its port.
+    Running,
+    /// Ended by a user or an operator.
+    Stopped,
+    /// Failed: the process died, its data dir vanished, or it never started.
+    Error,
+}
+
+impl SessionStatus {
+    /// Every status.
+    pub const ALL: [SessionStatus; 4] = [
+        SessionStatus::Starting,
+        SessionStatus::Running,
+        SessionStatus::Stopped,
+        SessionStatus::Error,
+    ];
+
+    /// The wire and storage word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Starting => "starting",
+            SessionStatus::Running => "running",
+            SessionStatus::Stopped => "stopped",
+            SessionStatus::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SessionStatus {
+    type Err = String;
+    fn from_str(word: &str) -> Result<Self, Self::Err> {
+        SessionStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == word)
+            .ok_or_else(|| format!("unknown session status {word:?}"))
+    }
+}
+
+/// A relay session as the control plane records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Session id.
+    pub id: String,
+    /// The worker node that runs it.
+    pub worker_id: String,
+    /// The body's address the session pairs with.
+    pub body_ip: String,
+    /// The body's node id, when the session was asked for by `head_id`.
+    pub body_id: Option<String>,
+    /// The head it was asked for, if any.
+    pub head_id: Option<String>,
+    /// Experience to launch on the body, if any.
+    pub experience: Option<String>,
+    /// Port of the session process on the worker.
+    pub port: Option<u16>,
+    /// URL the browser opens.
+    pub stream_url: Option<String>,
+    /// Current status.
+    pub status: SessionStatus,
+    /// Why it failed, when `Error`.
+    pub error: Option<String>,
+    /// Creation time (unix ms).
+    pub created_at: i64,
+    /// Last change (unix ms).
+    pub updated_at: i64,
+}

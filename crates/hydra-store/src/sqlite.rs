@@ -1,0 +1,47 @@
+//! The SQLite engine: one file in the data dir, WAL journal, `synchronous=FULL` so that a commit
+//! is on disk before the call returns.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::StoreError;
+
+/// SQLite-backed store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens or creates the database file and applies the migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let path_text = path.to_str().ok_or_else(|| StoreError::Path {
+            path: path.display().to_string(),
+            detail: "path is not valid UTF-8".into(),
+        })?;
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path_text}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|error| StoreError::Path {
+                path: path_text.to_owned(),
+                detail: error.to_string(),
+            })?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+crate::engine::engine_queries!(SqliteStore);

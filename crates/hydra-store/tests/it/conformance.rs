@@ -1,0 +1,230 @@
+//! One suite, two engines (the pattern of Garage's `db/test.rs` and Quickwit's metastore suite).
+
+use std::net::IpAddr;
+
+use hydra_core::{CostTier, Node, Role, Roles, Transport};
+use hydra_store::{Heartbeat, LatencyRecord, SessionRecord, SessionStatus, Store, StoreError};
+
+/// A store on a fresh file or database, kept alive with its temp dir.
+struct Fixture {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open_sqlite(&dir.path().join("hydra.db"))
+        .await
+        .expect("open sqlite");
+    Fixture {
+        store,
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres(label: &str) -> Fixture {
+    let url = hydra_store::testing::fresh_postgres_database(label).await;
+    let store = Store::open_postgres(&url).await.expect("open postgres");
+    Fixture { store, _dir: None }
+}
+
+/// Declares `$name` once per engine, calling `$body(store)`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_engine {
+            $(#[tokio::test] async fn $name() { super::$name(super::sqlite().await.store).await; })*
+        }
+        mod postgres_engine {
+            $(#[tokio::test] async fn $name() {
+                super::$name(super::postgres(stringify!($name)).await.store).await;
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    nodes_round_trip_every_field,
+    duplicate_ids_conflict,
+    missing_nodes_report_false,
+    heartbeat_updates_liveness_and_keeps_vram_when_absent,
+    move_and_drain_change_only_their_fields,
+    delete_removes_node_and_its_latency,
+    latency_keeps_the_latest_sample,
+    sessions_round_trip_and_update,
+);
+
+fn sample_node(id: &str) -> Node {
+    let mut node = Node::new(id, Roles::NONE.with(Role::Body).with(Role::Head));
+    node.name = format!("{id} name");
+    node.district = "bxl1".into();
+    node.venue = "rupelmonde".into();
+    node.owner = "acme".into();
+    node.allowed_orgs = vec!["globex".into(), "initech".into()];
+    node.lan_ip = Some("10.1.0.5".parse::<IpAddr>().unwrap());
+    node.wg_ip = Some("fd00::5".parse::<IpAddr>().unwrap());
+    node.vram_mb = Some(24_576);
+    node.cost_tier = CostTier::Leased;
+    node.enrolled_at = 1_700_000_000_123;
+    node
+}
+
+async fn nodes_round_trip_every_field(store: Store) {
+    let node = sample_node("node-0a1b2c3d");
+    store.insert_node(&node, "hash-1").await.unwrap();
+    let mut bare = Node::new("node-bare", Roles::NONE.with(Role::Worker));
+    bare.enrolled_at = 5;
+    store.insert_node(&bare, "hash-2").await.unwrap();
+    assert_eq!(
+        store.get_node("node-0a1b2c3d").await.unwrap(),
+        Some(node.clone())
+    );
+    assert_eq!(store.list_nodes().await.unwrap(), vec![node, bare]);
+    assert_eq!(
+        store.node_token_hash("node-bare").await.unwrap().as_deref(),
+        Some("hash-2")
+    );
+}
+
+async fn duplicate_ids_conflict(store: Store) {
+    store
+        .insert_node(&sample_node("node-1"), "a")
+        .await
+        .unwrap();
+    let error = store
+        .insert_node(&sample_node("node-1"), "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict { .. }), "{error:?}");
+    assert_eq!(
+        store.node_token_hash("node-1").await.unwrap().as_deref(),
+        Some("a")
+    );
+}
+
+async fn missing_nodes_report_false(store: Store) {
+    let heartbeat = Heartbeat {
+        at: 1,
+        idle: true,
+        active_sessions: 0,
+        vram_mb: None,
+    };
+    assert!(!store.record_heartbeat("ghost", &heartbeat).await.unwrap());
+    assert!(!store.move_node("ghost", "d", "v").await.unwrap());
+    assert!(!store.set_drained("ghost", true).await.unwrap());
+    assert!(!store.delete_node("ghost").await.unwrap());
+    assert_eq!(store.get_node("ghost").await.unwrap(), None);
+    assert_eq!(store.node_token_hash("ghost").await.unwrap(), None);
+}
+
+async fn heartbeat_updates_liveness_and_keeps_vram_when_absent(store: Store) {
+    store.insert_node(&sample_node("b"), "h").await.unwrap();
+    let first = Heartbeat {
+        at: 1_000,
+        idle: true,
+        active_sessions: 3,
+        vram_mb: Some(8_192),
+    };
+    assert!(store.record_heartbeat("b", &first).await.unwrap());
+    let second = Heartbeat {
+        at: 2_000,
+        idle: false,
+        active_sessions: 1,
+        vram_mb: None,
+    };
+    assert!(store.record_heartbeat("b", &second).await.unwrap());
+    let node = store.get_node("b").await.unwrap().unwrap();
+    assert_eq!(node.last_heartbeat, Some(2_000));
+    assert!(!node.idle);
+    assert_eq!(node.active_sessions, 1);
+    assert_eq!(node.vram_mb, Some(8_192));
+}
+
+async fn move_and_drain_change_only_their_fields(store: Store) {
+    let original = sample_node("b");
+    store.insert_node(&original, "h").await.unwrap();
+    assert!(store.move_node("b", "bxl1-test", "spare").await.unwrap());
+    assert!(store.set_drained("b", true).await.unwrap());
+    let moved = store.get_node("b").await.unwrap().unwrap();
+    let mut expected = original;
+    expected.district = "bxl1-test".into();
+    expected.venue = "spare".into();
+    expected.drained = true;
+    assert_eq!(moved, expected);
+    assert!(store.set_drained("b", false).await.unwrap());
+    assert!(!store.get_node("b").await.unwrap().unwrap().drained);
+}
+
+async fn delete_removes_node_and_its_latency(store: Store) {
+    store.insert_node(&sample_node("b"), "h").await.unwrap();
+    store.insert_node(&sample_node("other"), "h").await.unwrap();
+    for body_id in ["b", "other"] {
+        let record = LatencyRecord {
+            head_id: "head".into(),
+            body_id: body_id.into(),
+            transport: Transport::Lan,
+            rtt_ms: 4,
+            measured_at: 10,
+        };
+        store.record_latency(&record).await.unwrap();
+    }
+    assert!(store.delete_node("b").await.unwrap());
+    assert_eq!(store.get_node("b").await.unwrap(), None);
+    let latencies = store.list_latencies().await.unwrap();
+    let head = &latencies["head"];
+    assert_eq!(head.keys().collect::<Vec<_>>(), vec!["other"]);
+}
+
+async fn latency_keeps_the_latest_sample(store: Store) {
+    for (rtt_ms, measured_at, transport) in [
+        (30, 1_000, Transport::Wireguard),
+        (2, 2_000, Transport::Lan),
+    ] {
+        let record = LatencyRecord {
+            head_id: "h1".into(),
+            body_id: "b1".into(),
+            transport,
+            rtt_ms,
+            measured_at,
+        };
+        store.record_latency(&record).await.unwrap();
+    }
+    let latencies = store.list_latencies().await.unwrap();
+    let sample = latencies["h1"]["b1"];
+    assert_eq!((sample.rtt_ms, sample.measured_at), (2, 2_000));
+}
+
+async fn sessions_round_trip_and_update(store: Store) {
+    let mut session = SessionRecord {
+        id: "s-1".into(),
+        worker_id: "w-1".into(),
+        body_ip: "10.0.0.7".into(),
+        body_id: Some("b-1".into()),
+        head_id: None,
+        experience: Some("racing".into()),
+        port: None,
+        stream_url: None,
+        status: SessionStatus::Starting,
+        error: None,
+        created_at: 100,
+        updated_at: 100,
+    };
+    store.insert_session(&session).await.unwrap();
+    assert!(matches!(
+        store.insert_session(&session).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    session.port = Some(8081);
+    session.stream_url = Some("http://w-1:7071/session/s-1/".into());
+    session.status = SessionStatus::Error;
+    session.error = Some("process exited".into());
+    session.updated_at = 200;
+    assert!(store.update_session(&session).await.unwrap());
+    assert_eq!(
+        store.get_session("s-1").await.unwrap(),
+        Some(session.clone())
+    );
+    assert_eq!(store.list_sessions().await.unwrap(), vec![session]);
+    assert!(store.delete_session("s-1").await.unwrap());
+    assert!(!store.delete_session("s-1").await.unwrap());
+    assert_eq!(store.list_sessions().await.unwrap(), vec![]);
+}
