@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod node;
 pub mod placement;
+pub mod probe;
 pub mod selection;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};
