@@ -97,7 +97,7 @@ fn simulate(bodies: &[Body], settings: ProbeSettings) -> Run {
                     assert!(!started.contains(&probe), "started {probe} twice");
                     assert_eq!(address, ip(probe.body, probe.transport));
                     started.push(probe);
-                    timeline.push(format!("{now:>5} start {probe}"));
+                    timeline.push(format!("{now:<5} start {probe}"));
                     let (lan, wireguard) = bodies[probe.body];
                     let answer = match probe.transport {
                         Transport::Lan => lan,
@@ -122,13 +122,13 @@ fn simulate(bodies: &[Body], settings: ProbeSettings) -> Run {
                         ProbeStatus::Cancelled => "cancel",
                         other => panic!("cancel of {probe} in status {other:?}"),
                     };
-                    timeline.push(format!("{now:>5} {word} {probe}"));
+                    timeline.push(format!("{now:<5} {word} {probe}"));
                     scheduled.retain(|_, (scheduled_probe, _)| *scheduled_probe != probe);
                 }
             }
         }
         if let Some(outcome) = race.outcome() {
-            timeline.push(format!("{now:>5} settled {}", render_outcome(outcome)));
+            timeline.push(format!("{now:<5} settled {}", render_outcome(outcome)));
             return Run {
                 outcome,
                 settled_at: now,
@@ -152,7 +152,7 @@ fn simulate(bodies: &[Body], settings: ProbeSettings) -> Run {
             }
             let (probe, result) = entry.remove();
             let word = if result.is_ok() { "reach" } else { "refuse" };
-            timeline.push(format!("{now:>5} {word} {probe}"));
+            timeline.push(format!("{now:<5} {word} {probe}"));
             race.handle_result(probe, result, now);
         }
         race.handle_timeout(now);
@@ -184,9 +184,9 @@ fn first_lan_answers_and_nothing_else_starts() {
         &[(Reach(2), Reach(5)), (Reach(1), Reach(1))],
         ProbeMode::Concurrent,
         expect![[r#"
-                0 start b0/lan
-                2 reach b0/lan
-                2 settled b0/lan rtt 2
+            0     start b0/lan
+            2     reach b0/lan
+            2     settled b0/lan rtt 2
         "#]],
     );
 }
@@ -197,17 +197,17 @@ fn dead_bodies_ahead_cost_one_timeout_concurrently() {
         &[(Hang, Hang), (Hang, Hang), (Reach(3), Reach(1))],
         ProbeMode::Concurrent,
         expect![[r#"
-                0 start b0/lan
-               10 start b0/wireguard
-               20 start b1/lan
-               30 start b1/wireguard
-               40 start b2/lan
-               43 reach b2/lan
-             1000 timeout b0/lan
-             1010 timeout b0/wireguard
-             1020 timeout b1/lan
-             1030 timeout b1/wireguard
-             1030 settled b2/lan rtt 3
+            0     start b0/lan
+            10    start b0/wireguard
+            20    start b1/lan
+            30    start b1/wireguard
+            40    start b2/lan
+            43    reach b2/lan
+            1000  timeout b0/lan
+            1010  timeout b0/wireguard
+            1020  timeout b1/lan
+            1030  timeout b1/wireguard
+            1030  settled b2/lan rtt 3
         "#]],
     );
 }
@@ -218,17 +218,17 @@ fn dead_bodies_ahead_cost_two_timeouts_each_sequentially() {
         &[(Hang, Hang), (Hang, Hang), (Reach(3), Reach(1))],
         ProbeMode::Sequential,
         expect![[r#"
-                0 start b0/lan
-             1000 timeout b0/lan
-             1000 start b0/wireguard
-             2000 timeout b0/wireguard
-             2000 start b1/lan
-             3000 timeout b1/lan
-             3000 start b1/wireguard
-             4000 timeout b1/wireguard
-             4000 start b2/lan
-             4003 reach b2/lan
-             4003 settled b2/lan rtt 3
+            0     start b0/lan
+            1000  timeout b0/lan
+            1000  start b0/wireguard
+            2000  timeout b0/wireguard
+            2000  start b1/lan
+            3000  timeout b1/lan
+            3000  start b1/wireguard
+            4000  timeout b1/wireguard
+            4000  start b2/lan
+            4003  reach b2/lan
+            4003  settled b2/lan rtt 3
         "#]],
     );
 }
@@ -240,13 +240,13 @@ fn a_faster_later_body_waits_for_the_earlier_one_and_is_cancelled() {
         &[(Refuse(1), Reach(300)), (Reach(2), Reach(2))],
         ProbeMode::Concurrent,
         expect![[r#"
-                0 start b0/lan
-                1 refuse b0/lan
-                1 start b0/wireguard
-               11 start b1/lan
-               13 reach b1/lan
-              301 reach b0/wireguard
-              301 settled b0/wireguard rtt 300
+            0     start b0/lan
+            1     refuse b0/lan
+            1     start b0/wireguard
+            11    start b1/lan
+            13    reach b1/lan
+            301   reach b0/wireguard
+            301   settled b0/wireguard rtt 300
         "#]],
     );
 }
@@ -257,11 +257,11 @@ fn refused_lan_falls_back_to_wireguard_at_once() {
         &[(Refuse(1), Reach(4))],
         ProbeMode::Concurrent,
         expect![[r#"
-                0 start b0/lan
-                1 refuse b0/lan
-                1 start b0/wireguard
-                5 reach b0/wireguard
-                5 settled b0/wireguard rtt 4
+            0     start b0/lan
+            1     refuse b0/lan
+            1     start b0/wireguard
+            5     reach b0/wireguard
+            5     settled b0/wireguard rtt 4
         "#]],
     );
 }
@@ -272,9 +272,9 @@ fn missing_addresses_are_skipped_without_a_probe() {
         &[(Missing, Missing), (Missing, Reach(7))],
         ProbeMode::Sequential,
         expect![[r#"
-                0 start b1/wireguard
-                7 reach b1/wireguard
-                7 settled b1/wireguard rtt 7
+            0     start b1/wireguard
+            7     reach b1/wireguard
+            7     settled b1/wireguard rtt 7
         "#]],
     );
 }
@@ -285,11 +285,11 @@ fn an_answer_at_the_timeout_counts_as_timed_out() {
         &[(Reach(1_000), Reach(999))],
         ProbeMode::Sequential,
         expect![[r#"
-                0 start b0/lan
-             1000 reach b0/lan
-             1000 start b0/wireguard
-             1999 reach b0/wireguard
-             1999 settled b0/wireguard rtt 999
+            0     start b0/lan
+            1000  reach b0/lan
+            1000  start b0/wireguard
+            1999  reach b0/wireguard
+            1999  settled b0/wireguard rtt 999
         "#]],
     );
 }
@@ -300,15 +300,15 @@ fn every_body_dead_ends_in_all_failed_after_about_one_timeout() {
         &[(Hang, Refuse(5)), (Hang, Hang)],
         ProbeMode::Concurrent,
         expect![[r#"
-                0 start b0/lan
-               10 start b0/wireguard
-               15 refuse b0/wireguard
-               15 start b1/lan
-               25 start b1/wireguard
-             1000 timeout b0/lan
-             1015 timeout b1/lan
-             1025 timeout b1/wireguard
-             1025 settled all failed
+            0     start b0/lan
+            10    start b0/wireguard
+            15    refuse b0/wireguard
+            15    start b1/lan
+            25    start b1/wireguard
+            1000  timeout b0/lan
+            1015  timeout b1/lan
+            1025  timeout b1/wireguard
+            1025  settled all failed
         "#]],
     );
 }
@@ -337,14 +337,14 @@ fn in_flight_is_capped() {
         .collect();
     expect![[r#"
         [
-            "    0 start b0/lan",
-            "   10 start b0/wireguard",
-            "   20 start b1/lan",
-            " 1000 start b1/wireguard",
-            " 1010 start b2/lan",
-            " 1020 start b2/wireguard",
-            " 2000 start b3/lan",
-            " 2010 start b3/wireguard",
+            "0     start b0/lan",
+            "10    start b0/wireguard",
+            "20    start b1/lan",
+            "1000  start b1/wireguard",
+            "1010  start b2/lan",
+            "1020  start b2/wireguard",
+            "2000  start b3/lan",
+            "2010  start b3/wireguard",
         ]
     "#]]
     .assert_debug_eq(&starts);
