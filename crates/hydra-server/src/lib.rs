@@ -1,1 +1,205 @@
-//! hydra-server
+//! `hydra server`: the control plane's HTTP API, background duties and composition root.
+//!
+//! Architecture invariant: the only crate that maps errors to HTTP statuses (`error.rs`). Reads
+//! are served from the in-memory registry view (`registry.rs`); every write goes to the store
+//! first and reaches the view only once the store acknowledged it.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod registry;
+pub mod routes;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use state::{AppState, Settings};
+
+use crate::error::ApiError;
+
+/// The OpenAPI document's fixed parts; paths are collected from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hydra control plane", description = "Registry, body selection and relay placement for a fleet of streaming hosts."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API routes with their OpenAPI description.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::system::health))
+        .routes(routes!(routes::system::check_master))
+        .routes(routes!(routes::nodes::enrol, routes::nodes::list))
+        .routes(routes!(routes::nodes::show, routes::nodes::remove))
+        .routes(routes!(routes::nodes::heartbeat))
+        .routes(routes!(routes::nodes::move_node))
+        .routes(routes!(routes::nodes::drain))
+        .routes(routes!(routes::bodies::eligible))
+}
+
+/// The whole application: API, OpenAPI document, metrics, JSON 404s, body limit.
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = api_router().split_for_parts();
+    let openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
+    let body_limit = state.settings().body_limit_bytes;
+    router
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || async move { axum::Json(openapi_json.clone()) }),
+        )
+        .route("/metrics", axum::routing::get(metrics_text))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    metrics_handle()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+fn metrics_handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .as_ref()
+}
+
+/// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
+/// (store probe, metrics upkeep). Returns once in-flight requests have finished.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let _ = metrics_handle();
+    let mut duties = tokio::task::JoinSet::new();
+    duties.spawn(probe_store(state.clone(), shutdown.clone()));
+    duties.spawn(metrics_upkeep(shutdown.clone()));
+    let outcome = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    while duties.join_next().await.is_some() {}
+    outcome
+}
+
+/// Every 5 s: does the store answer? Health reports `degraded` while it does not.
+async fn probe_store(state: AppState, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let healthy = tokio::time::timeout(Duration::from_secs(5), state.store().ping())
+            .await
+            .is_ok_and(|outcome| outcome.is_ok());
+        state.set_store_healthy(healthy);
+    }
+}
+
+/// `metrics-exporter-prometheus` needs `run_upkeep` on a timer to drain its histograms.
+async fn metrics_upkeep(shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Some(handle) = metrics_handle() {
+            handle.run_upkeep();
+        }
+    }
+}
+
+/// Where the admin token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    /// Flag, environment or config file.
+    Given,
+    /// Read back from the token file in the data dir.
+    File(PathBuf),
+    /// Made now and written to the token file in the data dir.
+    Generated(PathBuf),
+}
+
+/// The admin token: the given one, else the one in `<data_dir>/admin-token`, else a new one
+/// written there with mode 0600.
+pub fn resolve_admin_token(
+    data_dir: &Path,
+    given: Option<String>,
+) -> std::io::Result<(String, AdminTokenSource)> {
+    if let Some(token) = given.filter(|token| !token.trim().is_empty()) {
+        return Ok((token.trim().to_owned(), AdminTokenSource::Given));
+    }
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            return Ok((text.trim().to_owned(), AdminTokenSource::File(path)));
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(std::io::Error::new(
+                error.kind(),
+                format!("cannot read {}: {error}", path.display()),
+            ));
+        }
+    }
+    let token = auth::generate_token("hya_");
+    write_private_file(&path, &format!("{token}\n"))?;
+    Ok((token, AdminTokenSource::Generated(path)))
+}
+
+/// Writes `contents` to a new file readable only by its owner, durably.
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -223,6 +223,10 @@ macro_rules! engine_queries {
                     .await?)
             }
 
+            pub(crate) async fn list_token_hashes(&self) -> Result<Vec<(String, String)>, StoreError> {
+                Ok(sqlx::query_as("SELECT id, token_hash FROM nodes").fetch_all(&self.pool).await?)
+            }
+
             pub(crate) async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
                 let mut transaction = self.pool.begin().await?;
                 sqlx::query("DELETE FROM latency WHERE head_id = $1 OR body_id = $1")

@@ -110,6 +110,11 @@ impl Store {
         dispatch!(self, node_token_hash(id))
     }
 
+    /// `(node id, token hash)` of every node, for the server's token index.
+    pub async fn list_token_hashes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, list_token_hashes())
+    }
+
     /// Removes a node (and its latency samples); `false` when it did not exist.
     pub async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
         dispatch!(self, delete_node(id))

@@ -5,6 +5,7 @@
 mod bench;
 mod bodies;
 mod client_args;
+mod config;
 mod head;
 mod logging;
 mod nodes;

@@ -1,12 +1,183 @@
-//! `hydra server` (being built).
+//! `hydra server`: resolve the configuration, open the store, serve until SIGINT/SIGTERM.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// Options of `hydra server`.
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use hydra_server::{AdminTokenSource, AppState, Settings};
+use hydra_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `hydra server`. Every option can also come from the YAML file given with
+/// `--config` or from a `HYDRA_*` environment variable (e.g. `HYDRA_LISTEN`); flags win.
+#[derive(Debug, Default, clap::Args, Serialize)]
+pub struct Args {
+    /// YAML config file with any of: listen, data_dir, admin_token, database_url,
+    /// heartbeat_timeout, public_url, body_limit_bytes.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and the generated admin token [default: ./hydra-data].
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Admin bearer token. Without one the server makes one, stores it in
+    /// <data-dir>/admin-token (mode 0600) and says where.
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token: Option<String>,
+    /// Use PostgreSQL (postgres://...) instead of the embedded SQLite file.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    /// Seconds without a heartbeat after which a node is offline [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_timeout: Option<u64>,
+    /// URL clients and replicas reach this server at [default: http://<listen>].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_url: Option<String>,
+}
+
+/// The resolved server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerConfig {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    admin_token: Option<String>,
+    database_url: Option<String>,
+    heartbeat_timeout: u64,
+    public_url: Option<String>,
+    body_limit_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./hydra-data"),
+            admin_token: None,
+            database_url: None,
+            heartbeat_timeout: 60,
+            public_url: None,
+            body_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "admin_token",
+    "database_url",
+    "heartbeat_timeout",
+    "public_url",
+    "body_limit_bytes",
+];
 
 /// Runs the server until interrupted.
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("the server is being built")
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config: ServerConfig = crate::config::layered(
+        &ServerConfig::default(),
+        args.config.as_deref(),
+        ENV_KEYS,
+        &args,
+    )?;
+    anyhow::ensure!(
+        config.heartbeat_timeout > 0,
+        "--heartbeat-timeout must be at least 1 second"
+    );
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create data dir {} (--data-dir)",
+            config.data_dir.display()
+        )
+    })?;
+    let (admin_token, source) =
+        hydra_server::resolve_admin_token(&config.data_dir, config.admin_token.clone())
+            .with_context(|| {
+                format!(
+                    "cannot set up the admin token in {}",
+                    config.data_dir.display()
+                )
+            })?;
+    match &source {
+        AdminTokenSource::Generated(path) => {
+            tracing::info!(path = %path.display(), "[controller] no admin token given: generated one and stored it (mode 0600); read it from this file")
+        }
+        AdminTokenSource::File(path) => {
+            tracing::info!(path = %path.display(), "[controller] using the admin token stored in the data dir")
+        }
+        AdminTokenSource::Given => {}
+    }
+    let store = match &config.database_url {
+        Some(url) => Store::open_postgres(url)
+            .await
+            .context("cannot open PostgreSQL (--database-url)")?,
+        None => {
+            let path = config.data_dir.join("hydra.db");
+            Store::open_sqlite(&path)
+                .await
+                .with_context(|| format!("cannot open SQLite database {}", path.display()))?
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen): is another hydra server running?",
+                config.listen
+            )
+        })?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let settings = Settings {
+        heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout),
+        public_url: config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}")),
+        body_limit_bytes: config.body_limit_bytes,
+    };
+    let state = AppState::new(store.clone(), settings, &admin_token)
+        .await
+        .context("cannot load the registry from the store")?;
+    let node_count = state
+        .registry()
+        .read()
+        .map(|registry| registry.len())
+        .unwrap_or_default();
+    tracing::info!(listen = %bound, storage = store.engine().as_str(), nodes = node_count, "[controller] hydra server listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    hydra_server::serve(listener, state, shutdown)
+        .await
+        .context("server failed")?;
+    store.close().await;
+    tracing::info!("[controller] hydra server stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("[controller] shutting down: finishing in-flight requests");
+    shutdown.cancel();
 }

@@ -1,0 +1,148 @@
+//! The one place where failures become HTTP answers: `{"error": CODE, "message": TEXT}`.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hydra_api::{ErrorBody, ErrorCode};
+use hydra_store::StoreError;
+
+/// A failed request: a stable code and a message naming the field or resource at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// Stable code; decides the status.
+    pub code: ErrorCode,
+    /// Human explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A failure with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is malformed or a field is invalid.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// 404: the named resource does not exist.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    /// 401: no usable bearer token.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Unauthorized, message)
+    }
+
+    /// 403: the token is valid but not for this resource.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Forbidden, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(ErrorBody {
+                error: self.code,
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::Conflict { what } => {
+                ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
+            }
+            StoreError::Corrupt { .. } => {
+                tracing::error!(%error, "[store] corrupt value");
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "a stored value is corrupt; see the server log",
+                )
+            }
+            other => {
+                tracing::warn!(error = %other, "[store] request failed on the storage engine");
+                ApiError::new(
+                    ErrorCode::StorageUnavailable,
+                    "the storage engine is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        match rejection {
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is larger than the limit",
+                )
+            }
+            JsonRejection::MissingJsonContentType(_) => {
+                ApiError::invalid("request body must be JSON with content-type: application/json")
+            }
+            JsonRejection::JsonDataError(error) => {
+                ApiError::invalid(format!("invalid request body: {}", error.body_text_cause()))
+            }
+            JsonRejection::JsonSyntaxError(error) => {
+                ApiError::invalid(format!("malformed JSON: {}", error.body_text_cause()))
+            }
+            other => {
+                let status = other.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        "request body is larger than the limit",
+                    )
+                } else {
+                    ApiError::invalid(other.body_text())
+                }
+            }
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError::invalid(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::invalid(format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+/// The innermost cause of an extractor error, without axum's "Failed to deserialize" prefix.
+trait BodyTextCause {
+    fn body_text_cause(&self) -> String;
+}
+
+impl<T: std::error::Error> BodyTextCause for T {
+    fn body_text_cause(&self) -> String {
+        let mut cause: &dyn std::error::Error = self;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        cause.to_string()
+    }
+}

@@ -1,0 +1,5 @@
+//! HTTP route handlers, one module per resource.
+
+pub mod bodies;
+pub mod nodes;
+pub mod system;

@@ -1,0 +1,301 @@
+//! The node registry: enrol, read, move, drain, heartbeat, remove.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hydra_api::{
+    DrainRequest, EnrolRequest, EnrolResponse, ErrorBody, HeartbeatRequest, MoveRequest, NodeList,
+    NodeView,
+};
+use hydra_core::{Node, Role, Roles};
+use hydra_store::Heartbeat;
+use rand::RngCore;
+
+use crate::auth::{Caller, generate_token, hash_token};
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::state::{AppState, now_ms};
+
+/// Longest id, name, district, venue, owner or org accepted.
+const MAX_WORD_LEN: usize = 64;
+/// Most organisations in `allowed_orgs`.
+const MAX_ALLOWED_ORGS: usize = 64;
+
+/// Checks a fleet word (id, district, venue, owner, org): 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn check_word(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::invalid(format!("{field} must not be empty")));
+    }
+    if value.len() > MAX_WORD_LEN {
+        return Err(ApiError::invalid(format!(
+            "{field} is longer than {MAX_WORD_LEN} characters"
+        )));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(ApiError::invalid(format!(
+            "{field} may hold only letters, digits, '.', '_' and '-' (found {bad:?})"
+        )));
+    }
+    Ok(())
+}
+
+fn view(state: &AppState, node: &Node) -> NodeView {
+    NodeView::from_node(node, now_ms(), state.heartbeat_timeout_ms())
+}
+
+fn unknown_node(id: &str) -> ApiError {
+    ApiError::not_found(format!("node {id:?} is not enrolled"))
+}
+
+/// Builds the node an enrolment asks for, or says which field is wrong.
+fn node_from_request(request: EnrolRequest, now: i64) -> Result<Node, ApiError> {
+    let id = match request.id {
+        Some(id) => {
+            check_word("id", &id)?;
+            id
+        }
+        None => {
+            let mut bytes = [0u8; 4];
+            rand::rng().fill_bytes(&mut bytes);
+            format!("node-{}", hex::encode(bytes))
+        }
+    };
+    let roles: Roles = request.roles.iter().copied().map(Role::from).collect();
+    if roles.is_empty() {
+        return Err(ApiError::invalid(
+            "roles must name at least one of body, worker, head",
+        ));
+    }
+    let name = request.name.unwrap_or_else(|| id.clone());
+    if name.is_empty() || name.len() > 128 {
+        return Err(ApiError::invalid("name must be 1 to 128 characters"));
+    }
+    check_word("district", &request.district)?;
+    check_word("venue", &request.venue)?;
+    check_word("owner", &request.owner)?;
+    if request.allowed_orgs.len() > MAX_ALLOWED_ORGS {
+        return Err(ApiError::invalid(format!(
+            "allowed_orgs holds more than {MAX_ALLOWED_ORGS} organisations"
+        )));
+    }
+    for org in &request.allowed_orgs {
+        check_word("allowed_orgs", org)?;
+    }
+    let mut node = Node::new(id, roles);
+    node.name = name;
+    node.district = request.district;
+    node.venue = request.venue;
+    node.owner = request.owner;
+    node.allowed_orgs = request.allowed_orgs;
+    node.lan_ip = request.lan_ip;
+    node.wg_ip = request.wg_ip;
+    node.vram_mb = request.vram_mb;
+    node.cost_tier = request.cost_tier.into();
+    node.enrolled_at = now;
+    Ok(node)
+}
+
+/// Enrols a node. The answer carries the node's token once; only its digest is stored.
+#[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = EnrolRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Enrolled", body = EnrolResponse),
+        (status = 400, description = "Invalid field", body = ErrorBody),
+        (status = 409, description = "Id taken", body = ErrorBody)))]
+pub async fn enrol(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<EnrolRequest>,
+) -> Result<(StatusCode, Json<EnrolResponse>), ApiError> {
+    state.require_admin(&headers)?;
+    let node = node_from_request(request, now_ms())?;
+    let token = generate_token("hyn_");
+    let digest = hash_token(&token);
+    let _guard = state.node_locks().lock(&node.id).await;
+    state.store().insert_node(&node, &digest).await?;
+    {
+        let mut registry = state.registry().write().expect("registry lock poisoned");
+        registry.put(node.clone());
+        registry.set_token(&node.id, digest);
+    }
+    tracing::info!(node_id = %node.id, roles = %node.roles, district = %node.district, venue = %node.venue, "[controller] node enrolled");
+    metrics::counter!("hydra_enrolments_total").increment(1);
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrolResponse {
+            node: view(&state, &node),
+            token,
+        }),
+    ))
+}
+
+/// Every enrolled node, by id, with its derived status.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", security(("bearer" = [])),
+    responses((status = 200, description = "All nodes", body = NodeList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<NodeList>, ApiError> {
+    state.require_admin(&headers)?;
+    let now = now_ms();
+    let timeout = state.heartbeat_timeout_ms();
+    let registry = state.registry().read().expect("registry lock poisoned");
+    let nodes = registry
+        .all()
+        .map(|node| NodeView::from_node(node, now, timeout))
+        .collect();
+    Ok(Json(NodeList { nodes }))
+}
+
+/// One node.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Node id")),
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    state.require_admin(&headers)?;
+    let registry = state.registry().read().expect("registry lock poisoned");
+    let node = registry.get(&id).ok_or_else(|| unknown_node(&id))?;
+    Ok(Json(view(&state, node)))
+}
+
+/// Removes a node, its token and its latency samples.
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Node id")),
+    responses((status = 204, description = "Removed"), (status = 404, body = ErrorBody)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.require_admin(&headers)?;
+    let _guard = state.node_locks().lock(&id).await;
+    if !state.store().delete_node(&id).await? {
+        return Err(unknown_node(&id));
+    }
+    state
+        .registry()
+        .write()
+        .expect("registry lock poisoned")
+        .remove(&id);
+    tracing::info!(node_id = %id, "[controller] node removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Records a heartbeat: the node's own token or the admin token.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", tag = "nodes", request_body = HeartbeatRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Node id")),
+    responses((status = 200, body = NodeView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(request): Json<HeartbeatRequest>,
+) -> Result<Json<NodeView>, ApiError> {
+    match state.caller(&headers)? {
+        Caller::Admin => {}
+        Caller::Node(caller) if caller == id => {}
+        Caller::Node(_) => {
+            return Err(ApiError::forbidden(format!(
+                "a node token may only heartbeat its own node, not {id:?}"
+            )));
+        }
+    }
+    let heartbeat = Heartbeat {
+        at: now_ms(),
+        idle: request.idle,
+        active_sessions: request.active_sessions,
+        vram_mb: request.vram_mb,
+    };
+    let _guard = state.node_locks().lock(&id).await;
+    if !state.store().record_heartbeat(&id, &heartbeat).await? {
+        return Err(unknown_node(&id));
+    }
+    metrics::counter!("hydra_heartbeats_total").increment(1);
+    let mut registry = state.registry().write().expect("registry lock poisoned");
+    let node = registry
+        .patch(&id, |node| {
+            node.last_heartbeat = Some(heartbeat.at);
+            node.idle = heartbeat.idle;
+            node.active_sessions = heartbeat.active_sessions;
+            if let Some(vram_mb) = heartbeat.vram_mb {
+                node.vram_mb = Some(vram_mb);
+            }
+            node.clone()
+        })
+        .ok_or_else(|| unknown_node(&id))?;
+    drop(registry);
+    Ok(Json(view(&state, &node)))
+}
+
+/// Moves a node to another district and venue (parking it in a spare district takes it out of
+/// selection). Nothing on the node is re-provisioned.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/district", tag = "nodes", request_body = MoveRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Node id")),
+    responses((status = 200, body = NodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn move_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(request): Json<MoveRequest>,
+) -> Result<Json<NodeView>, ApiError> {
+    state.require_admin(&headers)?;
+    check_word("district", &request.district)?;
+    check_word("venue", &request.venue)?;
+    let _guard = state.node_locks().lock(&id).await;
+    if !state
+        .store()
+        .move_node(&id, &request.district, &request.venue)
+        .await?
+    {
+        return Err(unknown_node(&id));
+    }
+    let node = state
+        .registry()
+        .write()
+        .expect("registry lock poisoned")
+        .patch(&id, |node| {
+            node.district = request.district.clone();
+            node.venue = request.venue.clone();
+            node.clone()
+        })
+        .ok_or_else(|| unknown_node(&id))?;
+    tracing::info!(node_id = %id, district = %node.district, venue = %node.venue, "[controller] node moved");
+    Ok(Json(view(&state, &node)))
+}
+
+/// Drains (`true`) or undrains (`false`) a node.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/drain", tag = "nodes", request_body = DrainRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Node id")),
+    responses((status = 200, body = NodeView), (status = 404, body = ErrorBody)))]
+pub async fn drain(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(request): Json<DrainRequest>,
+) -> Result<Json<NodeView>, ApiError> {
+    state.require_admin(&headers)?;
+    let _guard = state.node_locks().lock(&id).await;
+    if !state.store().set_drained(&id, request.drained).await? {
+        return Err(unknown_node(&id));
+    }
+    let node = state
+        .registry()
+        .write()
+        .expect("registry lock poisoned")
+        .patch(&id, |node| {
+            node.drained = request.drained;
+            node.clone()
+        })
+        .ok_or_else(|| unknown_node(&id))?;
+    tracing::info!(node_id = %id, drained = request.drained, "[controller] node drain changed");
+    Ok(Json(view(&state, &node)))
+}

@@ -1,0 +1,140 @@
+//! What every handler shares: the store, the registry view, settings and the admin token digest.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hydra_core::SelectionSettings;
+use hydra_store::Store;
+
+use crate::auth::{Caller, bearer, digests_equal, hash_token};
+use crate::error::ApiError;
+use crate::registry::{NodeLocks, Registry, SharedRegistry};
+
+/// Settings of a running server, resolved from flags, environment and config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A node is online while its last heartbeat is younger than this.
+    pub heartbeat_timeout: Duration,
+    /// The URL other replicas and clients reach this one at.
+    pub public_url: String,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+}
+
+/// Shared state of the server; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    registry: SharedRegistry,
+    node_locks: NodeLocks,
+    settings: Settings,
+    admin_digest: String,
+    store_healthy: AtomicBool,
+}
+
+impl AppState {
+    /// Loads the registry view from `store`.
+    pub async fn new(
+        store: Store,
+        settings: Settings,
+        admin_token: &str,
+    ) -> Result<AppState, hydra_store::StoreError> {
+        let registry = Registry::load(&store).await?;
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                store,
+                registry: Arc::new(RwLock::new(registry)),
+                node_locks: NodeLocks::new(64),
+                settings,
+                admin_digest: hash_token(admin_token),
+                store_healthy: AtomicBool::new(true),
+            }),
+        })
+    }
+
+    /// The durable store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The registry view (read it under the lock, never across an await).
+    pub fn registry(&self) -> &RwLock<Registry> {
+        &self.inner.registry
+    }
+
+    /// Per-node write serialisation.
+    pub fn node_locks(&self) -> &NodeLocks {
+        &self.inner.node_locks
+    }
+
+    /// Server settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Selection settings derived from the server settings.
+    pub fn selection_settings(&self) -> SelectionSettings {
+        SelectionSettings {
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms(),
+            ..SelectionSettings::default()
+        }
+    }
+
+    /// The heartbeat timeout in ms.
+    pub fn heartbeat_timeout_ms(&self) -> i64 {
+        i64::try_from(self.inner.settings.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether the last store probe succeeded.
+    pub fn store_healthy(&self) -> bool {
+        self.inner.store_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of a store probe; logs only changes.
+    pub fn set_store_healthy(&self, healthy: bool) {
+        let was = self.inner.store_healthy.swap(healthy, Ordering::Relaxed);
+        match (was, healthy) {
+            (true, false) => {
+                tracing::warn!("[controller] storage engine stopped answering; status degraded")
+            }
+            (false, true) => tracing::info!("[controller] storage engine answers again; status ok"),
+            _ => {}
+        }
+    }
+
+    /// Requires the admin token.
+    pub fn require_admin(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        match self.caller(headers)? {
+            Caller::Admin => Ok(()),
+            Caller::Node(_) => Err(ApiError::forbidden("this call needs the admin token")),
+        }
+    }
+
+    /// Identifies the caller by its bearer token: the admin token or a node's own token.
+    pub fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
+        let digest = hash_token(bearer(headers)?);
+        if digests_equal(&digest, &self.inner.admin_digest) {
+            return Ok(Caller::Admin);
+        }
+        // The map lookup is keyed by a SHA-256 digest: its timing says nothing about the token.
+        let registry = self.registry().read().expect("registry lock poisoned");
+        match registry.node_with_token(&digest) {
+            Some(id) => Ok(Caller::Node(id.to_owned())),
+            None => Err(ApiError::unauthorized("unknown token")),
+        }
+    }
+}
+
+/// Now as unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
