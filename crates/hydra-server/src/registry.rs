@@ -41,11 +41,11 @@ impl Registry {
 
     /// Inserts or replaces a node.
     pub fn put(&mut self, node: Node) {
-        if let Some(previous) = self.nodes.get(&node.id) {
-            if previous.district != node.district {
-                let previous_district = previous.district.clone();
-                self.unindex(&node.id, &previous_district);
-            }
+        if let Some(previous) = self.nodes.get(&node.id)
+            && previous.district != node.district
+        {
+            let previous_district = previous.district.clone();
+            self.unindex(&node.id, &previous_district);
         }
         self.by_district
             .entry(node.district.clone())
