@@ -1,0 +1,3 @@
+//! Integration tests of the lab itself: isolation, links, drops and the stand-ins.
+
+mod topology;
