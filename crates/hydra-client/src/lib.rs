@@ -1,1 +1,23 @@
-//! hydra-client
+//! The Hydra client SDK: every replica of the control plane behind one handle.
+//!
+//! A [`Client`] knows every replica's base URL. It finds the master through
+//! `GET /api/v1/check-master` and caches it; writes go to the master, reads to whichever replica
+//! answers; a transport failure of the cached master clears the cache. Calls are retried with
+//! exponential backoff (1 s doubling to 60 s, full jitter) within a [`RetryPolicy`]; only
+//! idempotent calls are retried once they may have reached the server. Failures are one
+//! [`ClientError`] enum to match on.
+//!
+//! API boundary: depends on `hydra-api` (wire types) and `hydra-core` only.
+
+mod api;
+mod client;
+mod eligible;
+mod error;
+mod replicas;
+mod retry;
+
+pub use client::{Client, ClientConfig};
+pub use eligible::{EligibleQuery, Measurement};
+pub use error::ClientError;
+pub use replicas::ReplicaStatus;
+pub use retry::RetryPolicy;

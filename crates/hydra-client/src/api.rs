@@ -1,0 +1,95 @@
+//! One typed method per route of the API, returning the `hydra-api` wire types.
+//!
+//! Reads (`GET`) go to any replica; writes go to the master. Moves, drains, deletes and
+//! heartbeats are idempotent and retried like reads; an enrolment is retried only when it
+//! surely never reached the server.
+
+use hydra_api::{
+    DrainRequest, EligibleResponse, EnrolRequest, EnrolResponse, Health, HeartbeatRequest,
+    MoveRequest, NodeList, NodeView,
+};
+use reqwest::Method;
+
+use crate::client::{Call, Kind};
+use crate::{Client, ClientError, EligibleQuery};
+
+impl Client {
+    /// `POST /api/v1/nodes`: enrols a node; the answer holds its token, which the server never
+    /// shows again. Fails with [`ClientError::Indeterminate`] rather than retrying when the
+    /// request may have been applied.
+    pub async fn enrol(&self, request: &EnrolRequest) -> Result<EnrolResponse, ClientError> {
+        let call = Call::new(Method::POST, Kind::Write, &["nodes"]).with_json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/nodes`: every enrolled node.
+    pub async fn list_nodes(&self) -> Result<NodeList, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["nodes"]);
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/nodes/{id}`: one node; [`ClientError::NotFound`] when unknown.
+    pub async fn node(&self, id: &str) -> Result<NodeView, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["nodes", id]);
+        self.execute(&call).await?.json()
+    }
+
+    /// `DELETE /api/v1/nodes/{id}`: removes a node. A retry after a lost answer may end in
+    /// [`ClientError::NotFound`] although the first try removed it.
+    pub async fn remove_node(&self, id: &str) -> Result<(), ClientError> {
+        let call = Call::new(Method::DELETE, Kind::IdempotentWrite, &["nodes", id]);
+        self.execute(&call).await.map(drop)
+    }
+
+    /// `POST /api/v1/nodes/{id}/heartbeat`: records the node's load; the node's own token or
+    /// the admin token.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        request: &HeartbeatRequest,
+    ) -> Result<NodeView, ClientError> {
+        let call = Call::new(
+            Method::POST,
+            Kind::IdempotentWrite,
+            &["nodes", id, "heartbeat"],
+        )
+        .with_json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// `POST /api/v1/nodes/{id}/district`: moves a node to another district and venue.
+    pub async fn move_node(
+        &self,
+        id: &str,
+        request: &MoveRequest,
+    ) -> Result<NodeView, ClientError> {
+        let call = Call::new(
+            Method::POST,
+            Kind::IdempotentWrite,
+            &["nodes", id, "district"],
+        )
+        .with_json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// `POST /api/v1/nodes/{id}/drain`: drains (`true`) or undrains (`false`) a node.
+    pub async fn set_drained(&self, id: &str, drained: bool) -> Result<NodeView, ClientError> {
+        let call = Call::new(Method::POST, Kind::IdempotentWrite, &["nodes", id, "drain"])
+            .with_json(&DrainRequest { drained })?;
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/bodies/eligible`: the bodies a head may use, best first, and the policy
+    /// that chose them.
+    pub async fn eligible(&self, query: &EligibleQuery) -> Result<EligibleResponse, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["bodies", "eligible"])
+            .with_query(query.query_pairs());
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/health` of whichever replica answers.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["health"]);
+        self.execute(&call).await?.json()
+    }
+}

@@ -1,0 +1,635 @@
+//! The client: one HTTP connection pool over every replica, master discovery, routing of reads
+//! and writes, and the retry loop around each call.
+//!
+//! Routing: writes go to the cached master (found through `GET /api/v1/check-master` on every
+//! replica at once); reads go to the replica that answered last, then the others in turn. A
+//! transport failure of the cached master clears it. A write that may have reached the server is
+//! retried only when it is idempotent.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydra_api::CheckMaster;
+use reqwest::header::{CONTENT_TYPE, LOCATION};
+use reqwest::{Method, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::describe_transport;
+use crate::replicas::{Replicas, normalise_base_url};
+use crate::retry::{Failure, RetryPolicy, with_retries};
+use crate::{ClientError, ReplicaStatus};
+
+/// Largest answer body the client reads; a node list of 100,000 nodes stays well below it.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Redirects to a master followed within one attempt before giving up on it.
+const MAX_MASTER_HOPS: usize = 3;
+
+/// How to build a [`Client`].
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Base URL of every replica, e.g. `http://127.0.0.1:7070`.
+    pub replicas: Vec<String>,
+    /// Bearer token sent with every request (the admin token, or a node's own token).
+    pub token: Option<String>,
+    /// Timeout of one request, connection included.
+    pub request_timeout: Duration,
+    /// Timeout of establishing a TCP connection.
+    pub connect_timeout: Duration,
+    /// How each call is retried.
+    pub retry: RetryPolicy,
+    /// A replica counts as healthy while its last answer is younger than this (twice the
+    /// agent's health-check interval).
+    pub healthy_window: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `replicas`: no token, 10 s per request, 2 s to connect, the default retry
+    /// policy, a 120 s healthy window.
+    pub fn new<Url: Into<String>>(replicas: impl IntoIterator<Item = Url>) -> ClientConfig {
+        ClientConfig {
+            replicas: replicas.into_iter().map(Into::into).collect(),
+            token: None,
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            retry: RetryPolicy::default(),
+            healthy_window: Duration::from_secs(120),
+        }
+    }
+
+    /// The same configuration with a bearer token.
+    pub fn with_token(self, token: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            token: Some(token.into()),
+            ..self
+        }
+    }
+
+    /// The same configuration with another retry policy.
+    pub fn with_retry(self, retry: RetryPolicy) -> ClientConfig {
+        ClientConfig { retry, ..self }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("ClientConfig")
+            .field("replicas", &self.replicas)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry", &self.retry)
+            .field("healthy_window", &self.healthy_window)
+            .finish()
+    }
+}
+
+/// A handle on the control plane; cheap to clone, clones share the connection pool and what
+/// is known about the replicas (the cached master among it).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    replicas: Arc<Replicas>,
+    token: Option<Arc<str>>,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Client")
+            .field("replicas", &self.replicas.urls())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// Whether a call reads, or writes and may be repeated without changing the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Any replica may answer; retried on any transport failure.
+    Read,
+    /// Master only; retried even when it may have reached the server (moves, drains, deletes,
+    /// heartbeats).
+    IdempotentWrite,
+    /// Master only; retried only when it surely did not reach the server (enrolment).
+    Write,
+}
+
+/// One API call, ready to be sent to any replica.
+#[derive(Debug)]
+pub(crate) struct Call {
+    method: Method,
+    segments: Vec<String>,
+    query: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    kind: Kind,
+}
+
+impl Call {
+    /// A call to `/api/v1/<segments...>`; each segment is percent-encoded.
+    pub(crate) fn new(method: Method, kind: Kind, segments: &[&str]) -> Call {
+        Call {
+            method,
+            segments: segments
+                .iter()
+                .map(|segment| (*segment).to_owned())
+                .collect(),
+            query: Vec::new(),
+            body: None,
+            kind,
+        }
+    }
+
+    /// Adds query parameters.
+    pub(crate) fn with_query(self, query: Vec<(&'static str, String)>) -> Call {
+        Call { query, ..self }
+    }
+
+    /// Adds a JSON body.
+    pub(crate) fn with_json(self, body: &impl Serialize) -> Result<Call, ClientError> {
+        let encoded = serde_json::to_vec(body)
+            .map_err(|error| ClientError::Config(format!("cannot encode the request: {error}")))?;
+        Ok(Call {
+            body: Some(encoded),
+            ..self
+        })
+    }
+
+    fn url(&self, base: &str) -> Result<Url, String> {
+        let mut url = Url::parse(base).map_err(|error| format!("bad base URL {base}: {error}"))?;
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| format!("base URL {base} cannot have a path"))?;
+            path.pop_if_empty().push("api").push("v1");
+            path.extend(&self.segments);
+        }
+        if !self.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, value) in &self.query {
+                pairs.append_pair(name, value);
+            }
+        }
+        Ok(url)
+    }
+}
+
+/// An HTTP answer, whatever its status.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    url: String,
+    status: u16,
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// `Ok(self)` for a 2xx, else the matching error.
+    fn into_success(self) -> Result<Answer, ClientError> {
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(ClientError::from_answer(&self.url, self.status, &self.body))
+        }
+    }
+
+    /// A 5xx or 429: worth another replica or a later try.
+    fn is_transient(&self) -> bool {
+        self.status >= 500 || self.status == 429
+    }
+
+    /// The master's base URL when this is a redirect to it (`307`/`308` with an absolute
+    /// `Location`).
+    fn redirected_master(&self) -> Option<String> {
+        if !matches!(self.status, 307 | 308) {
+            return None;
+        }
+        let location = Url::parse(self.location.as_deref()?).ok()?;
+        normalise_base_url(&location.origin().ascii_serialization()).ok()
+    }
+
+    /// Decodes a JSON body.
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|error| ClientError::Decode {
+            url: self.url.clone(),
+            detail: error.to_string(),
+        })
+    }
+}
+
+/// A failure below HTTP: no answer at all.
+#[derive(Debug)]
+struct TransportError {
+    detail: String,
+    /// Whether the request may have reached the server (anything but a failed connect).
+    maybe_sent: bool,
+}
+
+impl Client {
+    /// A client over `config.replicas`; fails on an empty list or a URL that is not http(s).
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        let replicas = Replicas::new(&config.replicas, config.healthy_window)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("hydra-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| ClientError::Config(describe_transport(&error)))?;
+        Ok(Client {
+            http,
+            replicas: Arc::new(replicas),
+            token: config.token.map(Arc::from),
+            request_timeout: config.request_timeout,
+            retry: config.retry,
+        })
+    }
+
+    /// A handle sharing this one's pool and replica knowledge, with another bearer token (a
+    /// node heartbeating with its own token).
+    pub fn with_token(&self, token: impl Into<String>) -> Client {
+        Client {
+            token: Some(Arc::from(token.into())),
+            ..self.clone()
+        }
+    }
+
+    /// A handle sharing this one's pool and replica knowledge, with another retry policy (a
+    /// caller's own attempt bound or deadline for some calls).
+    pub fn with_retry(&self, retry: RetryPolicy) -> Client {
+        Client {
+            retry,
+            ..self.clone()
+        }
+    }
+
+    /// The retry policy calls through this handle use.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// The configured replica base URLs, normalised, in configured order.
+    pub fn replica_urls(&self) -> &[String] {
+        self.replicas.urls()
+    }
+
+    /// The cached master, if one is known.
+    pub fn master_url(&self) -> Option<String> {
+        self.replicas.master()
+    }
+
+    /// Replaces the cached master (the agent's health checker noticed a change); the URL is
+    /// normalised like a configured one.
+    pub fn set_master_url(&self, url: &str) -> Result<(), ClientError> {
+        self.replicas.set_master(normalise_base_url(url)?);
+        Ok(())
+    }
+
+    /// Clears the cached master; the next write discovers it again.
+    pub fn forget_master(&self) {
+        self.replicas.forget_master();
+    }
+
+    /// What the client knows of every replica now, without asking them.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.replicas.statuses()
+    }
+
+    /// Asks every replica for `check-master` (at once), updates the cached master (cleared when
+    /// none is found) and the replicas' health, and returns the new view.
+    pub async fn refresh_replicas(&self) -> Vec<ReplicaStatus> {
+        if let Err(error) = self.discover_master_within(self.request_timeout).await {
+            tracing::debug!(%error, "[client] no master found while refreshing replicas");
+            self.replicas.forget_master();
+        }
+        self.replicas.statuses()
+    }
+
+    /// Finds the master now, ignoring the cache: a replica that says `is_master` wins; else the
+    /// `master_url` a non-master gives (unless that replica just failed to answer).
+    pub async fn discover_master(&self) -> Result<String, ClientError> {
+        self.discover_master_within(self.request_timeout).await
+    }
+
+    /// `GET /api/v1/check-master` on one replica (no retry, no failover).
+    pub async fn check_master(&self, base_url: &str) -> Result<CheckMaster, ClientError> {
+        let base = normalise_base_url(base_url)?;
+        self.check_master_at(&base, self.request_timeout).await
+    }
+
+    async fn check_master_at(
+        &self,
+        base: &str,
+        timeout: Duration,
+    ) -> Result<CheckMaster, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["check-master"]);
+        match self.send_once(base, &call, timeout).await {
+            Err(error) => {
+                self.replicas.mark_failed(base);
+                Err(ClientError::Unreachable {
+                    replicas: vec![base.to_owned()],
+                    last_error: error.detail,
+                })
+            }
+            Ok(answer) => {
+                if answer.is_transient() {
+                    self.replicas.mark_failed(base);
+                } else {
+                    self.replicas.mark_ok(base, false);
+                }
+                answer.into_success()?.json()
+            }
+        }
+    }
+
+    async fn discover_master_within(&self, timeout: Duration) -> Result<String, ClientError> {
+        let urls = self.replicas.urls().to_vec();
+        let answers =
+            futures::future::join_all(urls.iter().map(|base| self.check_master_at(base, timeout)))
+                .await;
+        let mut pointers: Vec<String> = Vec::new();
+        let mut answered: Vec<String> = Vec::new();
+        let mut silent: Vec<String> = Vec::new();
+        let mut refusal: Option<ClientError> = None;
+        let mut last_error: Option<String> = None;
+        for (base, answer) in urls.iter().zip(answers) {
+            match answer {
+                Ok(check) if check.is_master => {
+                    self.replicas.set_master(base.clone());
+                    return Ok(base.clone());
+                }
+                Ok(check) => {
+                    answered.push(base.clone());
+                    match check.master_url.as_deref().map(normalise_base_url) {
+                        Some(Ok(pointer)) => pointers.push(pointer),
+                        Some(Err(error)) => {
+                            tracing::warn!(replica = %base, %error, "[client] replica names an unusable master_url");
+                        }
+                        None => {}
+                    }
+                }
+                Err(error @ (ClientError::Unauthorized(_) | ClientError::Forbidden(_))) => {
+                    refusal.get_or_insert(error);
+                }
+                Err(error) => {
+                    silent.push(base.clone());
+                    last_error = Some(error.to_string());
+                }
+            }
+        }
+        // A pointer to a replica that did not answer this round is stale: the writes would
+        // fail there too.
+        if let Some(pointer) = pointers
+            .into_iter()
+            .find(|pointer| !silent.contains(pointer))
+        {
+            self.replicas.set_master(pointer.clone());
+            return Ok(pointer);
+        }
+        if let Some(refusal) = refusal {
+            return Err(refusal);
+        }
+        if !answered.is_empty() {
+            return Err(ClientError::NoMaster { replicas: answered });
+        }
+        Err(ClientError::Unreachable {
+            replicas: urls,
+            last_error: last_error.unwrap_or_else(|| "no answer".to_owned()),
+        })
+    }
+
+    /// Sends `call` under the retry policy; a 2xx answer or the error that ended the tries.
+    pub(crate) async fn execute(&self, call: &Call) -> Result<Answer, ClientError> {
+        let request_timeout = self.request_timeout;
+        with_retries(&self.retry, rand::random::<f64>, |remaining| {
+            let timeout = remaining
+                .map_or(request_timeout, |remaining| remaining.min(request_timeout))
+                .max(Duration::from_millis(1));
+            async move {
+                match call.kind {
+                    Kind::Read => self.attempt_read(call, timeout).await,
+                    Kind::IdempotentWrite | Kind::Write => self.attempt_write(call, timeout).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// One pass over the replicas, starting with the one that answered last.
+    async fn attempt_read(&self, call: &Call, timeout: Duration) -> Result<Answer, Failure> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_transport_error: Option<String> = None;
+        let mut last_server_error: Option<ClientError> = None;
+        for base in self.replicas.read_order() {
+            match self.send_once(&base, call, timeout).await {
+                Ok(answer) if answer.is_transient() => {
+                    self.replicas.mark_failed(&base);
+                    tracing::debug!(replica = %base, status = answer.status, "[client] read failed on a replica, trying the next");
+                    last_server_error = answer.into_success().err();
+                    tried.push(base);
+                }
+                Ok(answer) => {
+                    self.replicas.mark_ok(&base, true);
+                    return answer.into_success().map_err(Failure::fatal);
+                }
+                Err(error) => {
+                    self.replicas.mark_failed(&base);
+                    self.replicas.forget_master_if(&base);
+                    tracing::debug!(replica = %base, error = %error.detail, "[client] replica unreachable, trying the next");
+                    last_transport_error = Some(error.detail);
+                    tried.push(base);
+                }
+            }
+        }
+        let error = match (last_server_error, last_transport_error) {
+            (Some(server_error), _) => server_error,
+            (None, last_error) => ClientError::Unreachable {
+                replicas: tried,
+                last_error: last_error.unwrap_or_else(|| "no answer".to_owned()),
+            },
+        };
+        Err(Failure::retryable(error))
+    }
+
+    /// One try on the master (discovered first when none is cached), following a redirect to
+    /// the master if the replica answers with one.
+    async fn attempt_write(&self, call: &Call, timeout: Duration) -> Result<Answer, Failure> {
+        let mut master = match self.replicas.master() {
+            Some(master) => master,
+            // Nothing was sent yet, so any transient discovery failure may be retried.
+            None => self
+                .discover_master_within(timeout)
+                .await
+                .map_err(|error| Failure {
+                    retryable: error.is_transient(),
+                    error,
+                })?,
+        };
+        for _hop in 0..MAX_MASTER_HOPS {
+            let answer = match self.send_once(&master, call, timeout).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    self.replicas.mark_failed(&master);
+                    self.replicas.forget_master_if(&master);
+                    if error.maybe_sent && call.kind == Kind::Write {
+                        let url = call
+                            .url(&master)
+                            .map_or_else(|_| master.clone(), |url| url.to_string());
+                        return Err(Failure::fatal(ClientError::Indeterminate {
+                            url,
+                            detail: error.detail,
+                        }));
+                    }
+                    return Err(Failure::retryable(ClientError::Unreachable {
+                        replicas: vec![master],
+                        last_error: error.detail,
+                    }));
+                }
+            };
+            if let Some(next_master) = answer.redirected_master() {
+                tracing::info!(from = %master, to = %next_master, "[client] write redirected to the master");
+                self.replicas.set_master(next_master.clone());
+                master = next_master;
+                continue;
+            }
+            if answer.is_transient() {
+                self.replicas.mark_failed(&master);
+                if answer.status == 503 {
+                    // A master whose store or lease is gone answers 503: look again next time.
+                    self.replicas.forget_master_if(&master);
+                }
+                let error = answer
+                    .into_success()
+                    .err()
+                    .unwrap_or_else(|| ClientError::NoMaster { replicas: vec![] });
+                return Err(Failure {
+                    error,
+                    retryable: call.kind == Kind::IdempotentWrite,
+                });
+            }
+            self.replicas.mark_ok(&master, false);
+            return answer.into_success().map_err(Failure::fatal);
+        }
+        self.replicas.forget_master();
+        Err(Failure::retryable(ClientError::NoMaster {
+            replicas: self.replicas.urls().to_vec(),
+        }))
+    }
+
+    /// One HTTP exchange with one replica, body read to the end (bounded).
+    async fn send_once(
+        &self,
+        base: &str,
+        call: &Call,
+        timeout: Duration,
+    ) -> Result<Answer, TransportError> {
+        let url = call.url(base).map_err(|detail| TransportError {
+            detail,
+            maybe_sent: false,
+        })?;
+        let mut request = self
+            .http
+            .request(call.method.clone(), url.clone())
+            .timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = &call.body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let mut response = request.send().await.map_err(|error| TransportError {
+            detail: describe_transport(&error),
+            maybe_sent: !error.is_connect(),
+        })?;
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(TransportError {
+                            detail: format!(
+                                "answer of {url} is larger than {MAX_ANSWER_BYTES} bytes"
+                            ),
+                            maybe_sent: true,
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    return Err(TransportError {
+                        detail: describe_transport(&error),
+                        maybe_sent: true,
+                    });
+                }
+            }
+        }
+        Ok(Answer {
+            url: url.to_string(),
+            status,
+            location,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_segments_and_query() {
+        let call = Call::new(Method::GET, Kind::Read, &["nodes", "odd id/../x"]).with_query(vec![
+            ("head_id", "head 1".to_owned()),
+            ("unreachable", "b1,b2".to_owned()),
+        ]);
+        expect_test::expect!["http://127.0.0.1:7070/prefix/api/v1/nodes/odd%20id%2F..%2Fx?head_id=head+1&unreachable=b1%2Cb2"]
+            .assert_eq(call.url("http://127.0.0.1:7070/prefix").unwrap().as_str());
+        let call = Call::new(Method::GET, Kind::Read, &["health"]);
+        assert_eq!(
+            call.url("http://127.0.0.1:7070").unwrap().as_str(),
+            "http://127.0.0.1:7070/api/v1/health"
+        );
+    }
+
+    #[test]
+    fn a_redirect_names_the_master_by_its_origin() {
+        let answer = |status, location: Option<&str>| Answer {
+            url: "http://a:1/api/v1/nodes".into(),
+            status,
+            location: location.map(str::to_owned),
+            body: Vec::new(),
+        };
+        assert_eq!(
+            answer(307, Some("http://b:2/api/v1/nodes")).redirected_master(),
+            Some("http://b:2".to_owned())
+        );
+        assert_eq!(answer(308, Some("/api/v1/nodes")).redirected_master(), None);
+        assert_eq!(
+            answer(302, Some("http://b:2/api/v1/nodes")).redirected_master(),
+            None
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let config = ClientConfig::new(["http://127.0.0.1:7070"]).with_token("s3cret");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let client = Client::new(config).unwrap();
+        assert!(!format!("{client:?}").contains("s3cret"));
+    }
+}
