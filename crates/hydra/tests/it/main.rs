@@ -1,0 +1,5 @@
+//! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
+
+mod durability;
+mod server_api;
+mod support;

@@ -1,0 +1,175 @@
+//! Test support: the real `hydra server` process on a loopback port, and HTTP helpers.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The admin token the test servers run with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A `hydra server` child process; killed (SIGKILL) on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Everything the server wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+/// Where the server keeps its state and which engine it uses.
+#[derive(Debug, Clone)]
+pub struct ServerSetup {
+    /// The data dir (SQLite file, admin token file).
+    pub data_dir: PathBuf,
+    /// `Some(postgres://...)` for PostgreSQL.
+    pub database_url: Option<String>,
+    /// Extra flags.
+    pub extra: Vec<String>,
+    /// `--admin-token`; `None` lets the server make one.
+    pub admin_token: Option<String>,
+}
+
+impl ServerSetup {
+    /// SQLite in `data_dir`.
+    pub fn sqlite(data_dir: &Path) -> ServerSetup {
+        ServerSetup {
+            data_dir: data_dir.to_owned(),
+            database_url: None,
+            extra: Vec::new(),
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+        }
+    }
+}
+
+impl ServerProcess {
+    /// Starts the server on an ephemeral loopback port and waits (at most 30 s) until it listens.
+    pub fn start(setup: &ServerSetup) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
+        command
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&setup.data_dir)
+            .args(&setup.extra)
+            .env("RUST_LOG", "info")
+            .env_remove("HYDRA_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(token) = &setup.admin_token {
+            command.args(["--admin-token", token]);
+        }
+        if let Some(url) = &setup.database_url {
+            command.args(["--database-url", url]);
+        }
+        let mut child = command.spawn().expect("spawn hydra server");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("hydra server listening")
+                    && let Some(address) = line
+                        .split("listen=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                {
+                    let _ = address_tx.send(address.to_owned());
+                }
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hydra server did not start within 30 s; its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        ServerProcess {
+            child,
+            url: format!("http://{address}"),
+            log,
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        self.child.wait().expect("reap the server");
+    }
+
+    /// `url` + `/api/v1` + `path`.
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client with a bounded timeout, for the admin token.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// Sends a request with the admin token and returns (status, JSON body or Null).
+pub async fn call(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    call_as(ADMIN_TOKEN, method, url, body).await
+}
+
+/// Sends a request with `token` and returns (status, JSON body or Null).
+pub async fn call_as(
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = http().request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("request to {url} failed: {error}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    (status, json)
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
