@@ -11,6 +11,7 @@
 
 mod api;
 mod client;
+pub mod discovery;
 mod eligible;
 mod error;
 mod replicas;

@@ -1,0 +1,446 @@
+//! Body discovery for a head: ask for the eligible list, probe the bodies (LAN, then WireGuard,
+//! TCP connect to the streaming port with a 1 s timeout), and settle on the first body in list
+//! order that answers, exactly as the field's sequential loop would, but concurrently (the
+//! [`ProbeRace`] of `hydra-core` decides; this module only opens sockets and keeps time).
+//!
+//! When every body of an answer fails, it asks once more naming them (`unreachable=id1,id2`):
+//! the server leaves them out of that answer, so an emptied quickroute opens the cross-venue
+//! fallback. Connect times it measured go to the server with the next request (`measured=`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hydra_api::{EligibleBody, EligibleResponse};
+use hydra_core::Transport;
+use hydra_core::probe::{
+    ProbeAction, ProbeBody, ProbeError, ProbeKey, ProbeRace, ProbeSettings, ProbeStatus,
+    RaceOutcome,
+};
+use tokio::task::{AbortHandle, JoinSet};
+
+pub use hydra_core::probe::ProbeMode;
+
+use crate::{Client, ClientError, EligibleQuery, Measurement};
+
+/// The streaming port (Sunshine) a head probes and streams from.
+pub const STREAM_PORT: u16 = 47990;
+
+/// How discovery probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscoveryOptions {
+    /// The streaming port probed on each address.
+    pub port: u16,
+    /// Timeout, stagger and mode of the probe race (1 s, 10 ms, concurrent by default).
+    pub probe: ProbeSettings,
+}
+
+impl Default for DiscoveryOptions {
+    fn default() -> Self {
+        DiscoveryOptions {
+            port: STREAM_PORT,
+            probe: ProbeSettings::default(),
+        }
+    }
+}
+
+impl DiscoveryOptions {
+    /// The same options with another probe mode.
+    pub fn with_mode(self, mode: ProbeMode) -> DiscoveryOptions {
+        DiscoveryOptions {
+            probe: ProbeSettings { mode, ..self.probe },
+            ..self
+        }
+    }
+}
+
+/// The route a head streams over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The chosen body.
+    pub body_id: String,
+    /// The address that answered.
+    pub ip: IpAddr,
+    /// The streaming port.
+    pub port: u16,
+    /// LAN or WireGuard.
+    pub transport: Transport,
+    /// The measured connect time.
+    pub rtt_ms: u32,
+}
+
+/// What one probe of one body gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The address answered after this many ms.
+    Reached {
+        /// Connect time.
+        rtt_ms: u32,
+    },
+    /// The address did not answer.
+    Failed(ProbeError),
+    /// Not probed: the race settled before this address mattered.
+    NotProbed,
+}
+
+impl fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeOutcome::Reached { rtt_ms } => write!(f, "reached in {rtt_ms} ms"),
+            ProbeOutcome::Failed(error) => error.fmt(f),
+            ProbeOutcome::NotProbed => f.write_str("not probed"),
+        }
+    }
+}
+
+/// The probes of one body that discovery tried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyProbes {
+    /// The body as the server listed it.
+    pub body: EligibleBody,
+    /// Which request listed it (1, or 2 for the second request naming unreachable bodies).
+    pub round: u32,
+    /// Its LAN probe.
+    pub lan: ProbeOutcome,
+    /// Its WireGuard probe.
+    pub wireguard: ProbeOutcome,
+}
+
+impl fmt::Display for BodyProbes {
+    /// `b1 (LAN 198.18.1.10: timed out after 1000 ms; WireGuard 198.19.0.10: connection refused)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let address = |ip: Option<IpAddr>| ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+        write!(
+            f,
+            "{} (LAN {}: {}; WireGuard {}: {})",
+            self.body.id,
+            address(self.body.lan_ip),
+            self.lan,
+            address(self.body.wg_ip),
+            self.wireguard
+        )
+    }
+}
+
+/// A successful discovery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    /// The route to stream over.
+    pub route: Route,
+    /// The chosen body as the server listed it.
+    pub body: EligibleBody,
+    /// The policy of the answer it came from (`quickroute`, `cross_venue`, ...).
+    pub policy: String,
+    /// Every body that had at least one probe, in the order tried.
+    pub tried: Vec<BodyProbes>,
+    /// Time from the first request to the decision.
+    pub elapsed: Duration,
+}
+
+/// Why discovery found no route.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The control plane could not be asked.
+    #[error("cannot get the eligible bodies: {0}")]
+    Server(#[from] ClientError),
+    /// The server listed no body at all.
+    #[error("no body is eligible for head {head_id} (policy {policy})")]
+    NoEligibleBody {
+        /// The head.
+        head_id: String,
+        /// The policy of the (empty) answer.
+        policy: String,
+    },
+    /// Bodies were listed but none answered on either address.
+    #[error("no body is reachable for head {head_id}: tried {}", list(tried))]
+    NoBodyReachable {
+        /// The head.
+        head_id: String,
+        /// Every body tried, with both probe errors.
+        tried: Vec<BodyProbes>,
+    },
+}
+
+fn list(tried: &[BodyProbes]) -> String {
+    tried
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Discovers bodies for heads through a [`Client`], carrying measured connect times from one
+/// discovery to the next request.
+#[derive(Debug)]
+pub struct Discoverer {
+    client: Client,
+    options: DiscoveryOptions,
+    pending: Mutex<Vec<Measurement>>,
+}
+
+impl Discoverer {
+    /// A discoverer asking through `client`.
+    pub fn new(client: Client, options: DiscoveryOptions) -> Discoverer {
+        Discoverer {
+            client,
+            options,
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> DiscoveryOptions {
+        self.options
+    }
+
+    /// Adds connect times to report with the next request (e.g. saved by an earlier process).
+    pub fn report_later(&self, measurements: impl IntoIterator<Item = Measurement>) {
+        self.pending_lock().extend(measurements);
+    }
+
+    /// Connect times measured but not reported yet.
+    pub fn pending_measurements(&self) -> Vec<Measurement> {
+        self.pending_lock().clone()
+    }
+
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Vec<Measurement>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Finds the route for `head_id`: the earliest body of the eligible list that answers (LAN
+    /// before WireGuard), asking once more without the unreachable ones when none answers.
+    /// Logs the field's lines: `LAN host <ip> not reachable, falling back to WireGuard`,
+    /// `routing via WireGuard: <ip>`, and one line per skipped body with both errors.
+    pub async fn discover(&self, head_id: &str) -> Result<Discovery, DiscoveryError> {
+        let started = Instant::now();
+        let mut tried: Vec<BodyProbes> = Vec::new();
+        let mut unreachable: Vec<String> = Vec::new();
+        for round in 1..=2u32 {
+            let measured = std::mem::take(&mut *self.pending_lock());
+            let query = EligibleQuery::Head {
+                head_id: head_id.to_owned(),
+                unreachable: unreachable.clone(),
+                measured: measured.clone(),
+            };
+            let answer = match self.client.eligible(&query).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    self.report_later(measured);
+                    return Err(error.into());
+                }
+            };
+            if answer.bodies.is_empty() {
+                if round == 1 {
+                    return Err(DiscoveryError::NoEligibleBody {
+                        head_id: head_id.to_owned(),
+                        policy: answer.policy,
+                    });
+                }
+                tracing::warn!(%head_id, "[discovery] the second answer lists no other body");
+                break;
+            }
+            let race = self.race(&answer).await;
+            self.report_later(measurements_of(&answer, &race));
+            tried.extend(log_round(&answer, &race, round));
+            match race.outcome() {
+                Some(RaceOutcome::Reached { probe, rtt_ms }) => {
+                    let body = answer.bodies[probe.body].clone();
+                    let (ip, _) = race.probe(probe);
+                    let ip = ip.expect("a reached probe has an address");
+                    return Ok(Discovery {
+                        route: Route {
+                            body_id: body.id.clone(),
+                            ip,
+                            port: self.options.port,
+                            transport: probe.transport,
+                            rtt_ms,
+                        },
+                        body,
+                        policy: answer.policy,
+                        tried,
+                        elapsed: started.elapsed(),
+                    });
+                }
+                Some(RaceOutcome::AllFailed) | None => {
+                    unreachable = answer.bodies.iter().map(|body| body.id.clone()).collect();
+                    if round == 1 {
+                        tracing::warn!(
+                            %head_id,
+                            unreachable = %unreachable.join(","),
+                            "[discovery] no listed body is reachable; asking again without them"
+                        );
+                    }
+                }
+            }
+        }
+        Err(DiscoveryError::NoBodyReachable {
+            head_id: head_id.to_owned(),
+            tried,
+        })
+    }
+
+    /// Runs the probe race over one answer, opening one TCP connection per started probe.
+    async fn race(&self, answer: &EligibleResponse) -> ProbeRace {
+        let bodies: Vec<ProbeBody> = answer
+            .bodies
+            .iter()
+            .map(|body| ProbeBody {
+                lan: body.lan_ip,
+                wireguard: body.wg_ip,
+            })
+            .collect();
+        let settings = self.options.probe;
+        let mut race = ProbeRace::new(&bodies, settings);
+        let clock = Instant::now();
+        let now = || clock.elapsed().as_millis() as i64;
+        let port = self.options.port;
+        let timeout = Duration::from_millis(u64::from(settings.timeout_ms));
+        let mut tasks: JoinSet<(ProbeKey, Result<u32, ProbeError>)> = JoinSet::new();
+        let mut running: HashMap<ProbeKey, AbortHandle> = HashMap::new();
+        // Every probe ends within its timeout, so the race ends within this bound.
+        let hard_limit = timeout * (2 * bodies.len() as u32 + 2);
+        loop {
+            while let Some(action) = race.poll_action(now()) {
+                match action {
+                    ProbeAction::Start { probe, ip } => {
+                        let handle =
+                            tasks.spawn(async move { (probe, connect(ip, port, timeout).await) });
+                        running.insert(probe, handle);
+                    }
+                    ProbeAction::Cancel { probe } => {
+                        if let Some(handle) = running.remove(&probe) {
+                            handle.abort();
+                        }
+                    }
+                }
+            }
+            if race.outcome().is_some() || clock.elapsed() > hard_limit {
+                break;
+            }
+            let wake = race
+                .poll_timeout()
+                .map(|at| clock + Duration::from_millis(at.max(0) as u64));
+            if tasks.is_empty() && wake.is_none() {
+                debug_assert!(false, "probe race stuck: nothing in flight and no timer");
+                break;
+            }
+            tokio::select! {
+                joined = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Some(Ok((probe, result))) = joined {
+                        running.remove(&probe);
+                        race.handle_result(probe, result, now());
+                    }
+                }
+                () = sleep_until(wake) => race.handle_timeout(now()),
+            }
+        }
+        tasks.abort_all();
+        race
+    }
+}
+
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One TCP connect, bounded by `timeout`; answers the connect time in ms (at least 1).
+async fn connect(ip: IpAddr, port: u16, timeout: Duration) -> Result<u32, ProbeError> {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port))).await {
+        Ok(Ok(_stream)) => {
+            let micros = started.elapsed().as_micros();
+            Ok(u32::try_from(micros.div_ceil(1_000)).unwrap_or(u32::MAX))
+        }
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(ProbeError::Refused)
+        }
+        Ok(Err(error)) => Err(ProbeError::Io(error.to_string())),
+        Err(_) => Err(ProbeError::TimedOut {
+            after_ms: timeout.as_millis() as u32,
+        }),
+    }
+}
+
+fn outcome_of(status: &ProbeStatus) -> ProbeOutcome {
+    match status {
+        ProbeStatus::Reached { rtt_ms } => ProbeOutcome::Reached { rtt_ms: *rtt_ms },
+        ProbeStatus::Failed(error) => ProbeOutcome::Failed(error.clone()),
+        ProbeStatus::NotStarted | ProbeStatus::InFlight { .. } | ProbeStatus::Cancelled => {
+            ProbeOutcome::NotProbed
+        }
+    }
+}
+
+fn measurements_of(answer: &EligibleResponse, race: &ProbeRace) -> Vec<Measurement> {
+    race.measurements()
+        .into_iter()
+        .map(|(probe, rtt_ms)| Measurement {
+            body_id: answer.bodies[probe.body].id.clone(),
+            transport: probe.transport,
+            rtt_ms,
+        })
+        .collect()
+}
+
+/// Logs one round as the sequential walk would have (in list order, up to the chosen body) and
+/// answers the bodies that had a probe.
+fn log_round(answer: &EligibleResponse, race: &ProbeRace, round: u32) -> Vec<BodyProbes> {
+    let winner = match race.outcome() {
+        Some(RaceOutcome::Reached { probe, .. }) => Some(probe),
+        _ => None,
+    };
+    let mut tried = Vec::new();
+    for (index, body) in answer.bodies.iter().enumerate() {
+        let key = |transport| ProbeKey {
+            body: index,
+            transport,
+        };
+        let lan = outcome_of(race.probe(key(Transport::Lan)).1);
+        let wireguard = outcome_of(race.probe(key(Transport::Wireguard)).1);
+        if lan == ProbeOutcome::NotProbed && wireguard == ProbeOutcome::NotProbed {
+            continue;
+        }
+        let probes = BodyProbes {
+            body: body.clone(),
+            round,
+            lan,
+            wireguard,
+        };
+        let walked = winner.is_none_or(|winner| index <= winner.body);
+        if walked {
+            if let (Some(lan_ip), Some(_), ProbeOutcome::Failed(_)) =
+                (body.lan_ip, body.wg_ip, &probes.lan)
+            {
+                tracing::info!(body_id = %body.id, "[discovery] LAN host {lan_ip} not reachable, falling back to WireGuard");
+            }
+            match winner {
+                Some(winner) if winner.body == index => {
+                    match (winner.transport, race.probe(winner).0) {
+                        (Transport::Wireguard, Some(ip)) => {
+                            tracing::info!(body_id = %body.id, "[discovery] routing via WireGuard: {ip}");
+                        }
+                        (_, Some(ip)) => {
+                            tracing::info!(body_id = %body.id, "[discovery] routing via LAN: {ip}");
+                        }
+                        (_, None) => {}
+                    }
+                }
+                _ => {
+                    tracing::warn!(body_id = %body.id, "[discovery] skipping body {probes}");
+                }
+            }
+        }
+        tried.push(probes);
+    }
+    tried
+}
+
+#[cfg(test)]
+mod tests;
