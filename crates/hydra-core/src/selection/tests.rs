@@ -179,13 +179,7 @@ fn a_shared_body_in_the_heads_venue_is_cross_venue_not_quickroute() {
     let mut shared_here = body("b-shared-here", "bxl1", "rupelmonde", "globex");
     shared_here.allowed_orgs = vec!["acme".into()];
     let fleet = [shared_here];
-    let selection = select_bodies(
-        &HEAD,
-        &fleet,
-        NOW,
-        &SETTINGS,
-        &Observations::default(),
-    );
+    let selection = select_bodies(&HEAD, &fleet, NOW, &SETTINGS, &Observations::default());
     assert_eq!(selection.policy, Policy::CrossVenue);
     assert!(selection.bodies[0].same_venue);
 }
