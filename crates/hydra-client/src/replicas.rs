@@ -91,8 +91,12 @@ impl Replicas {
     /// Caches `url` as the master.
     pub(crate) fn set_master(&self, url: String) {
         let mut state = self.lock();
-        if state.master.as_deref() != Some(url.as_str()) {
-            tracing::info!(master = %url, "[client] master found");
+        match state.master.as_deref() {
+            Some(previous) if previous != url => {
+                tracing::info!(%previous, master = %url, "[client] master changed");
+            }
+            Some(_) => {}
+            None => tracing::debug!(master = %url, "[client] master found"),
         }
         state.master = Some(url);
     }

@@ -1,12 +1,171 @@
-//! `hydra bodies` (being built).
+//! `hydra bodies`: ask the server which bodies a head may use.
 
 use std::process::ExitCode;
 
+use hydra_api::EligibleResponse;
+use hydra_client::EligibleQuery;
+
+use crate::client_args::ClientArgs;
+use crate::nodes::tier_word;
+use crate::output::{Table, or_dash, print, print_json, yes_no};
+
 /// Subcommands of `hydra bodies`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// List the bodies a head may stream from, best first, and the policy that chose them:
+    /// quickroute (the head's own venue and owner), else cross-venue (same district, usable by
+    /// the head's owner); or, with --district and --venue, the strict-venue list of old clients.
+    Eligible(EligibleArgs),
+}
+
+/// Options of `hydra bodies eligible`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("question").required(true).args(["head_id", "district"])))]
+pub struct EligibleArgs {
+    /// The head asking (its node id).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["district", "venue"])]
+    head_id: Option<String>,
+    /// Strict venue: the district (with --venue, without --head-id).
+    #[arg(long, value_name = "DISTRICT", requires = "venue")]
+    district: Option<String>,
+    /// Strict venue: the venue (with --district, without --head-id).
+    #[arg(long, value_name = "VENUE", requires = "district")]
+    venue: Option<String>,
+    /// A body the head could not reach, left out of this answer; repeat or separate with
+    /// commas (with --head-id).
+    #[arg(long, value_name = "ID", value_delimiter = ',', requires = "head_id")]
+    unreachable: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
 
 /// Runs the subcommand.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Eligible(args) => eligible(args).await,
+    }
+}
+
+async fn eligible(args: EligibleArgs) -> anyhow::Result<ExitCode> {
+    let query = match (&args.head_id, &args.district, &args.venue) {
+        (Some(head_id), _, _) => EligibleQuery::Head {
+            head_id: head_id.clone(),
+            unreachable: args.unreachable.clone(),
+            measured: Vec::new(),
+        },
+        (None, Some(district), Some(venue)) => EligibleQuery::strict_venue(district, venue),
+        _ => anyhow::bail!("give --head-id, or both --district and --venue"),
+    };
+    let client = args.client.client()?;
+    let answer = client
+        .eligible(&query)
+        .await
+        .map_err(|error| args.client.explain(error, "cannot list eligible bodies"))?;
+    if args.client.json {
+        print_json(&answer)?;
+    } else {
+        print(&eligible_text(&answer));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the policy word means, for people.
+fn policy_meaning(policy: &str) -> &'static str {
+    match policy {
+        "quickroute" => "bodies in the head's own venue, of its owner",
+        "cross_venue" => "no usable body in the head's venue; bodies elsewhere in its district",
+        "strict_venue" => "bodies in exactly the district and venue asked for",
+        "none" => "no eligible body",
+        _ => "unknown policy",
+    }
+}
+
+/// The policy line, then one row per body in order.
+fn eligible_text(answer: &EligibleResponse) -> String {
+    let count = answer.bodies.len();
+    let plural = if count == 1 { "body" } else { "bodies" };
+    let mut text = format!(
+        "policy: {} ({}), {count} {plural}\n",
+        answer.policy,
+        policy_meaning(&answer.policy)
+    );
+    if answer.bodies.is_empty() {
+        return text;
+    }
+    let mut table = Table::new(&[
+        "ID",
+        "VENUE",
+        "SAME_VENUE",
+        "LAN_IP",
+        "WG_IP",
+        "IDLE",
+        "VRAM_MB",
+        "TIER",
+        "RTT_MS",
+    ]);
+    for body in &answer.bodies {
+        table.row(vec![
+            body.id.clone(),
+            body.venue.clone(),
+            yes_no(body.same_venue),
+            or_dash(body.lan_ip),
+            or_dash(body.wg_ip),
+            yes_no(body.idle),
+            or_dash(body.vram_mb),
+            tier_word(body.cost_tier).to_owned(),
+            or_dash(body.rtt_ms),
+        ]);
+    }
+    text.push_str(&table.render());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use hydra_api::{CostTierWire, EligibleBody};
+
+    use super::*;
+
+    fn body(id: &str, venue: &str, same_venue: bool, rtt_ms: Option<u32>) -> EligibleBody {
+        EligibleBody {
+            id: id.into(),
+            name: id.into(),
+            district: "bxl1".into(),
+            venue: venue.into(),
+            owner: "acme".into(),
+            lan_ip: Some("10.1.0.7".parse().unwrap()),
+            wg_ip: Some("100.64.0.7".parse().unwrap()),
+            vram_mb: Some(16_384),
+            idle: !same_venue,
+            cost_tier: CostTierWire::Shared,
+            same_venue,
+            rtt_ms,
+        }
+    }
+
+    #[test]
+    fn says_the_policy_and_lists_bodies_in_order() {
+        let cases = [
+            EligibleResponse {
+                policy: "cross_venue".into(),
+                bodies: vec![
+                    body("body-7", "cloud-seven", false, Some(12)),
+                    body("body-3", "antwerp", false, None),
+                ],
+            },
+            EligibleResponse {
+                policy: "none".into(),
+                bodies: vec![],
+            },
+        ];
+        let text: String = cases.iter().map(eligible_text).collect();
+        expect_test::expect![[r#"
+            policy: cross_venue (no usable body in the head's venue; bodies elsewhere in its district), 2 bodies
+            ID      VENUE        SAME_VENUE  LAN_IP    WG_IP       IDLE  VRAM_MB  TIER    RTT_MS
+            body-7  cloud-seven  no          10.1.0.7  100.64.0.7  yes   16384    shared  12
+            body-3  antwerp      no          10.1.0.7  100.64.0.7  yes   16384    shared  -
+            policy: none (no eligible body), 0 bodies
+        "#]]
+        .assert_eq(&text);
+    }
 }
