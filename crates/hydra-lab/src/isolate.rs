@@ -231,21 +231,103 @@ where
     F: FnOnce(Lab) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let outcome = (|| -> anyhow::Result<()> {
-        let dir: PathBuf = std::env::var(DIR_ENV)
-            .context("HYDRA_LAB_DIR is not set: run_isolated starts the inner test itself")?
-            .into();
-        prepare_namespace()?;
-        let lab = Lab::new(&dir.join("lab"), &bin_dir()?)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        runtime.block_on(scenario(lab))
-    })();
-    match outcome {
+    match inside(scenario) {
         Ok(()) => println!("{PASSED_MARK} {name}"),
         Err(error) => panic!("lab scenario {name} failed: {error:#}"),
+    }
+}
+
+/// Builds the lab in the namespaces the outer process made and runs `scenario` in it.
+fn inside<F, Fut>(scenario: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Lab) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let dir: PathBuf = std::env::var(DIR_ENV)
+        .context("HYDRA_LAB_DIR is not set: the outer process starts the lab itself")?
+        .into();
+    prepare_namespace()?;
+    let lab = Lab::new(&dir.join("lab"), &bin_dir()?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(scenario(lab))
+}
+
+/// Runs `scenario` in a lab of its own from a program's `main` (the benchmark): the program
+/// re-executes itself with the same arguments under `unshare`, output going straight through,
+/// and answers the inner run's exit code. Bounded by `limit`.
+pub fn run_isolated_main<F, Fut>(limit: Duration, scenario: F) -> std::process::ExitCode
+where
+    F: FnOnce(Lab) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    if std::env::var_os(INSIDE_ENV).is_some() {
+        return match inside(scenario) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    match outer_main(limit) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn outer_main(limit: Duration) -> anyhow::Result<std::process::ExitCode> {
+    let missing = missing_requirements();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "this machine cannot run the lab; missing: {}",
+            missing.join("; ")
+        );
+    }
+    let bin_dir = bin_dir()?;
+    ensure_stand_ins(&bin_dir)?;
+    let workdir = tempfile::Builder::new()
+        .prefix("hydra-lab-")
+        .tempdir()
+        .context("creating the lab's temporary directory")?;
+    let mut child = Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ])
+        .arg(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(INSIDE_ENV, "main")
+        .env(DIR_ENV, workdir.path())
+        .env(BIN_DIR_ENV, &bin_dir)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the lab under unshare")?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(if status.success() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the lab run did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
