@@ -516,8 +516,8 @@ async fn bench_eligible(args: LoadArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(%tag, bodies = plan.bodies.len(), heads = plan.heads.len(), "[bench] enrolling the fleet");
     let enrol_started = Instant::now();
     let fleet = enrol_fleet(&client, &plan, args.concurrency).await?;
-    let outcome = measure_eligible(&client, &fleet, &args).await;
     let enrol_seconds = enrol_started.elapsed().as_secs_f64();
+    let outcome = measure_eligible(&client, &fleet, &args).await;
     if !args.keep {
         remove_fleet(&client, fleet.all_ids(), args.concurrency).await;
     }
@@ -604,14 +604,15 @@ fn eligible_report_text(report: &EligibleReport) -> String {
         })
         .collect();
     format!(
-        "bench eligible: {} bodies ({} offline), {} heads, {} venues in {} districts; storage {}; \
-         concurrency {}; {:.1} s per route\n{}eligible/health throughput ratio: {:.2}\nanswers by \
-         policy: {}\n",
+        "bench eligible: {} bodies ({} offline), {} heads, {} venues in {} districts, enrolled in \
+         {:.1} s; storage {}; concurrency {}; {:.1} s per route\n{}eligible/health throughput \
+         ratio: {:.2}\nanswers by policy: {}\n",
         report.bodies,
         report.offline_bodies,
         report.heads,
         report.venues,
         report.districts,
+        report.enrol_seconds,
         report.storage,
         report.concurrency,
         report.eligible.seconds,
