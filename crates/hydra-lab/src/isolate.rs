@@ -119,39 +119,85 @@ pub fn ensure_stand_ins(bin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_outside(name: &str) -> anyhow::Result<()> {
-    let missing = missing_requirements();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "this machine cannot run the lab; missing: {}",
-            missing.join("; ")
-        );
+/// What the outer process prepared: the binaries' directory and a temporary directory that
+/// outlives the inner run (removed on drop unless kept).
+struct Outer {
+    bin_dir: PathBuf,
+    workdir: tempfile::TempDir,
+}
+
+impl Outer {
+    /// Checks the machine, builds the stand-ins and makes the temporary directory.
+    fn prepare() -> anyhow::Result<Outer> {
+        let missing = missing_requirements();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "this machine cannot run the lab; missing: {}",
+                missing.join("; ")
+            );
+        }
+        let bin_dir = bin_dir()?;
+        ensure_stand_ins(&bin_dir)?;
+        let workdir = tempfile::Builder::new()
+            .prefix("hydra-lab-")
+            .tempdir()
+            .context("creating the lab's temporary directory")?;
+        Ok(Outer { bin_dir, workdir })
     }
-    let bin_dir = bin_dir()?;
-    ensure_stand_ins(&bin_dir)?;
-    let workdir = tempfile::Builder::new()
-        .prefix("hydra-lab-")
-        .tempdir()
-        .context("creating the lab's temporary directory")?;
-    let output_path = workdir.path().join("scenario.log");
+
+    /// This executable with `args`, under `unshare` in fresh net, mount and PID namespaces.
+    fn command(
+        &self,
+        inside: &str,
+        args: impl IntoIterator<Item = std::ffi::OsString>,
+    ) -> anyhow::Result<Command> {
+        let mut command = Command::new("unshare");
+        command
+            .args([
+                "--net",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--",
+            ])
+            .arg(std::env::current_exe()?)
+            .args(args)
+            .env(INSIDE_ENV, inside)
+            .env(DIR_ENV, self.workdir.path())
+            .env(BIN_DIR_ENV, &self.bin_dir)
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+}
+
+/// Waits for `child` at most `limit`; kills it (and with `--kill-child` its namespaces) after.
+fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_outside(name: &str) -> anyhow::Result<()> {
+    let outer = Outer::prepare()?;
+    let output_path = outer.workdir.path().join("scenario.log");
     let output = std::fs::File::create(&output_path)?;
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new("unshare")
-        .args([
-            "--net",
-            "--mount",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--",
-        ])
-        .arg(&exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INSIDE_ENV, name)
-        .env(DIR_ENV, workdir.path())
-        .env(BIN_DIR_ENV, &bin_dir)
-        .stdin(Stdio::null())
+    let args = [name, "--exact", "--nocapture", "--test-threads=1"].map(std::ffi::OsString::from);
+    let mut child = outer
+        .command(name, args)?
         .stdout(output.try_clone()?)
         .stderr(output)
         .spawn()
@@ -161,19 +207,7 @@ fn run_outside(name: &str) -> anyhow::Result<()> {
         .and_then(|secs| secs.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_LIMIT);
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            // Killing unshare kills the scenario (--kill-child) and with it its PID namespace.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_bounded(&mut child, limit)?;
     let text = std::fs::read_to_string(&output_path).unwrap_or_default();
     let passed = status.is_some_and(|status| status.success())
         && text.contains(&format!("{PASSED_MARK} {name}"));
@@ -181,10 +215,9 @@ fn run_outside(name: &str) -> anyhow::Result<()> {
     if passed {
         return Ok(());
     }
-    let logs = process_logs(&workdir.path().join("lab"));
-    let keep = std::env::var_os("HYDRA_LAB_KEEP").is_some();
-    if keep {
-        let kept = workdir.keep();
+    let logs = process_logs(&outer.workdir.path().join("lab"));
+    if std::env::var_os("HYDRA_LAB_KEEP").is_some() {
+        let kept = outer.workdir.keep();
         println!("[lab] kept {}", kept.display());
     }
     match status {
@@ -282,52 +315,15 @@ where
 }
 
 fn outer_main(limit: Duration) -> anyhow::Result<std::process::ExitCode> {
-    let missing = missing_requirements();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "this machine cannot run the lab; missing: {}",
-            missing.join("; ")
-        );
-    }
-    let bin_dir = bin_dir()?;
-    ensure_stand_ins(&bin_dir)?;
-    let workdir = tempfile::Builder::new()
-        .prefix("hydra-lab-")
-        .tempdir()
-        .context("creating the lab's temporary directory")?;
-    let mut child = Command::new("unshare")
-        .args([
-            "--net",
-            "--mount",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--",
-        ])
-        .arg(std::env::current_exe()?)
-        .args(std::env::args_os().skip(1))
-        .env(INSIDE_ENV, "main")
-        .env(DIR_ENV, workdir.path())
-        .env(BIN_DIR_ENV, &bin_dir)
-        .stdin(Stdio::null())
+    let outer = Outer::prepare()?;
+    let mut child = outer
+        .command("main", std::env::args_os().skip(1))?
         .spawn()
         .context("starting the lab under unshare")?;
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(if status.success() {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            });
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("the lab run did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    match wait_bounded(&mut child, limit)? {
+        Some(status) if status.success() => Ok(std::process::ExitCode::SUCCESS),
+        Some(_) => Ok(std::process::ExitCode::FAILURE),
+        None => anyhow::bail!("the lab run did not finish within {limit:?}"),
     }
 }
 

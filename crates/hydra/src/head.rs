@@ -327,14 +327,7 @@ async fn run_one_stream(
         Ok(child) => child,
         Err(error) => {
             let reason = format!("cannot start {program}: {error}");
-            write_pairing(
-                state_dir,
-                head_id,
-                route,
-                "launch_failed",
-                Some(reason.clone()),
-            )?;
-            return Ok(StreamEnd::LaunchFailed(reason));
+            return launch_failed(state_dir, head_id, route, reason);
         }
     };
     let window_end = tokio::time::Instant::from_std(launched_at + args.launch_window);
@@ -369,17 +362,27 @@ async fn run_one_stream(
                 args.launch_window.as_millis()
             )
         };
-        write_pairing(
-            state_dir,
-            head_id,
-            route,
-            "launch_failed",
-            Some(reason.clone()),
-        )?;
-        return Ok(StreamEnd::LaunchFailed(reason));
+        return launch_failed(state_dir, head_id, route, reason);
     }
     write_pairing(state_dir, head_id, route, "ended", Some(how.clone()))?;
     Ok(StreamEnd::Ended(how))
+}
+
+/// Records a failed launch in the pairing file and says so.
+fn launch_failed(
+    state_dir: &Path,
+    head_id: &str,
+    route: &Route,
+    reason: String,
+) -> anyhow::Result<StreamEnd> {
+    write_pairing(
+        state_dir,
+        head_id,
+        route,
+        "launch_failed",
+        Some(reason.clone()),
+    )?;
+    Ok(StreamEnd::LaunchFailed(reason))
 }
 
 /// Replaces `{ip}`, `{port}`, `{body_id}` and `{transport}` in one argument.

@@ -130,6 +130,20 @@ fn events(record: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The client's events for one held stream on each route in turn.
+fn two_streams(first: (Ipv4Addr, &str), second: (Ipv4Addr, &str)) -> Vec<String> {
+    [first, second]
+        .iter()
+        .flat_map(|(ip, body_id)| {
+            [
+                format!("launched {ip}:47990"),
+                format!("connected {ip}:47990 body={body_id}"),
+                format!("ended {ip}:47990 body={body_id}"),
+            ]
+        })
+        .collect()
+}
+
 /// How long the stream on `body_id` held, from the client's `ended` line.
 fn held_ms(record: &Path, body_id: &str) -> u64 {
     std::fs::read_to_string(record)
@@ -201,14 +215,7 @@ fn cross_venue_parked_body_streams_over_wireguard_then_back_on_lan() {
         // target or a restart; the next one is on the returned body's LAN address.
         assert_eq!(
             events(&record),
-            [
-                format!("launched {there_wg}:47990"),
-                format!("connected {there_wg}:47990 body=b-c7-1"),
-                format!("ended {there_wg}:47990 body=b-c7-1"),
-                format!("launched {here_lan}:47990"),
-                format!("connected {here_lan}:47990 body=b-rup"),
-                format!("ended {here_lan}:47990 body=b-rup"),
-            ]
+            two_streams((there_wg, "b-c7-1"), (here_lan, "b-rup"))
         );
         assert!(held_ms(&record, "b-c7-1") >= 4_000);
         assert_logged(
@@ -284,14 +291,7 @@ fn failover_loop_walks_past_a_blocked_body_and_returns_to_lan_once_unblocked() {
         assert_logged(&head, &format!("routing via LAN: {here_lan}"));
         assert_eq!(
             events(&record),
-            [
-                format!("launched {there_wg}:47990"),
-                format!("connected {there_wg}:47990 body=b-c7-1"),
-                format!("ended {there_wg}:47990 body=b-c7-1"),
-                format!("launched {here_lan}:47990"),
-                format!("connected {here_lan}:47990 body=b-rup"),
-                format!("ended {here_lan}:47990 body=b-rup"),
-            ]
+            two_streams((there_wg, "b-c7-1"), (here_lan, "b-rup"))
         );
         let last = pairing(&fleet).expect("pairing record");
         assert_eq!(
