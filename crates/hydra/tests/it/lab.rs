@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hydra_lab::poll::wait_until;
+use hydra_lab::standin::{EXIT_CONNECT, EXIT_PAIRING};
 use hydra_lab::{BodySpec, Fleet, FleetSpec, HeadSpec, Lab, LabProcess, run_isolated};
 
 const HEAD: &str = "h-rup";
@@ -48,7 +49,8 @@ fn operators_fleet() -> FleetSpec {
     ])
 }
 
-/// `hydra head run` on the head: `streams` streams, each holding `hold_ms`, 1 s launch window.
+/// `hydra head run` on the head: `streams` streams, each holding `hold_ms`, 1 s launch window,
+/// the stand-in client's connect and greeting failures counted as pairing failures.
 fn head_run(
     fleet: &Fleet,
     name: &str,
@@ -68,6 +70,12 @@ fn head_run(
         "3".into(),
         "--backoff-max".into(),
         "1s".into(),
+        // The stand-in client's "cannot connect" and "no greeting" exits are pairing failures
+        // whenever they happen, so a slow test machine cannot turn them into ended streams.
+        "--pairing-exit-code".into(),
+        EXIT_CONNECT.to_string(),
+        "--pairing-exit-code".into(),
+        EXIT_PAIRING.to_string(),
         "--streams".into(),
         streams.to_string(),
         "--".into(),
@@ -334,6 +342,21 @@ fn every_body_dead_is_a_clear_error_in_bounded_time() {
             "{}",
             discover.stdout_text()
         );
+
+        // `hydra head run` retries with backoff, then gives up after its bound of attempts
+        // without ever launching the client.
+        let (mut head, record) = head_run(&fleet, "head-run", 1, 1_000, None)?;
+        let status = head
+            .wait_for_exit(Duration::from_secs(30))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("hydra head run still running after 30 s"))?;
+        assert!(!status.success());
+        assert_logged(
+            &head,
+            "error: giving up after 3 failed attempts in a row for head h-rup",
+        );
+        assert_logged(&head, "retrying after backoff");
+        assert!(events(&record).is_empty(), "{:?}", events(&record));
         Ok(())
     });
 }
