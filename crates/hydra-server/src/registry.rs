@@ -5,18 +5,22 @@
 //! and writes to one node are serialised (see `NodeLocks`), so the view never shows a write the
 //! store does not have, and field patches to one node land in the store's order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use hydra_core::{LatencySample, Node};
 use hydra_store::{Store, StoreError};
 
 /// Nodes, token digests and latency samples, indexed for the queries the API makes.
+///
+/// Nodes are stored grouped by district, so that selection walks one district's nodes without
+/// a lookup per node.
 #[derive(Debug, Default)]
 pub struct Registry {
-    nodes: BTreeMap<String, Node>,
-    /// district -> ids of nodes in it; selection only looks at the head's district.
-    by_district: HashMap<String, HashSet<String>>,
+    /// district -> node id -> node.
+    districts: HashMap<String, HashMap<String, Node>>,
+    /// node id -> its district.
+    district_of: HashMap<String, String>,
     /// node id -> token digest.
     token_of: HashMap<String, String>,
     /// token digest -> node id.
@@ -41,26 +45,24 @@ impl Registry {
 
     /// Inserts or replaces a node.
     pub fn put(&mut self, node: Node) {
-        if let Some(previous) = self.nodes.get(&node.id)
-            && previous.district != node.district
-        {
-            let previous_district = previous.district.clone();
-            self.unindex(&node.id, &previous_district);
-        }
-        self.by_district
+        self.take(&node.id);
+        self.district_of
+            .insert(node.id.clone(), node.district.clone());
+        self.districts
             .entry(node.district.clone())
             .or_default()
-            .insert(node.id.clone());
-        self.nodes.insert(node.id.clone(), node);
+            .insert(node.id.clone(), node);
     }
 
-    fn unindex(&mut self, id: &str, district: &str) {
-        if let Some(ids) = self.by_district.get_mut(district) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_district.remove(district);
-            }
+    /// Removes a node from the district index only.
+    fn take(&mut self, id: &str) -> Option<Node> {
+        let district = self.district_of.remove(id)?;
+        let nodes = self.districts.get_mut(&district)?;
+        let node = nodes.remove(id);
+        if nodes.is_empty() {
+            self.districts.remove(&district);
         }
+        node
     }
 
     /// Records a node's token digest.
@@ -73,8 +75,7 @@ impl Registry {
 
     /// Removes a node, its token and its latency samples.
     pub fn remove(&mut self, id: &str) -> Option<Node> {
-        let node = self.nodes.remove(id)?;
-        self.unindex(id, &node.district);
+        let node = self.take(id)?;
         if let Some(digest) = self.token_of.remove(id) {
             self.node_of_token.remove(&digest);
         }
@@ -85,49 +86,47 @@ impl Registry {
         Some(node)
     }
 
-    /// Applies `change` to a node in place; `None` when it is not known.
+    /// Applies `change` to a node in place; `None` when it is not known. A change of district
+    /// moves the node to its new district's group.
     pub fn patch<T>(&mut self, id: &str, change: impl FnOnce(&mut Node) -> T) -> Option<T> {
-        let node = self.nodes.get_mut(id)?;
-        let old_district = node.district.clone();
+        let district = self.district_of.get(id)?;
+        let node = self.districts.get_mut(district)?.get_mut(id)?;
         let outcome = change(node);
-        if node.district != old_district {
-            let new_district = node.district.clone();
-            self.unindex(id, &old_district);
-            self.by_district
-                .entry(new_district)
-                .or_default()
-                .insert(id.to_owned());
+        if node.district != *district {
+            let moved = node.clone();
+            self.put(moved);
         }
         Some(outcome)
     }
 
     /// One node.
     pub fn get(&self, id: &str) -> Option<&Node> {
-        self.nodes.get(id)
+        self.districts.get(self.district_of.get(id)?)?.get(id)
     }
 
-    /// Every node, by id.
-    pub fn all(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+    /// Every node, ordered by id.
+    pub fn all(&self) -> Vec<&Node> {
+        let mut nodes: Vec<&Node> = self.districts.values().flat_map(HashMap::values).collect();
+        nodes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        nodes
     }
 
     /// Number of nodes.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.district_of.len()
     }
 
     /// Whether no node is enrolled.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.district_of.is_empty()
     }
 
-    /// Nodes of one district (any role, any status).
+    /// Nodes of one district (any role, any status), in no particular order.
     pub fn in_district<'a>(&'a self, district: &str) -> impl Iterator<Item = &'a Node> + 'a {
-        self.by_district
+        self.districts
             .get(district)
             .into_iter()
-            .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.nodes.get(id))
+            .flat_map(HashMap::values)
     }
 
     /// The token digest of a node.
@@ -184,3 +183,56 @@ impl NodeLocks {
 
 /// The shared, lockable view.
 pub type SharedRegistry = Arc<RwLock<Registry>>;
+
+#[cfg(test)]
+mod tests {
+    use hydra_core::{Node, Role, Roles};
+
+    use super::Registry;
+
+    fn node(id: &str, district: &str) -> Node {
+        let mut node = Node::new(id, Roles::NONE.with(Role::Body));
+        node.district = district.into();
+        node
+    }
+
+    fn ids_in(registry: &Registry, district: &str) -> Vec<String> {
+        let mut ids: Vec<String> = registry
+            .in_district(district)
+            .map(|n| n.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn district_index_follows_puts_moves_and_removals() {
+        let mut registry = Registry::default();
+        registry.put(node("b", "bxl1"));
+        registry.put(node("a", "bxl1"));
+        registry.put(node("c", "ams1"));
+        assert_eq!(ids_in(&registry, "bxl1"), ["a", "b"]);
+        assert_eq!(
+            registry
+                .all()
+                .iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        registry.patch("a", |n| n.district = "bxl1-test".into());
+        assert_eq!(ids_in(&registry, "bxl1"), ["b"]);
+        assert_eq!(ids_in(&registry, "bxl1-test"), ["a"]);
+        assert_eq!(registry.get("a").unwrap().district, "bxl1-test");
+        registry.put(node("b", "ams1"));
+        assert_eq!(ids_in(&registry, "bxl1"), Vec::<String>::new());
+        assert_eq!(ids_in(&registry, "ams1"), ["b", "c"]);
+        registry.set_token("c", "digest-c".into());
+        assert_eq!(registry.node_with_token("digest-c"), Some("c"));
+        assert!(registry.remove("c").is_some());
+        assert_eq!(registry.node_with_token("digest-c"), None);
+        assert_eq!(registry.get("c"), None);
+        assert_eq!(registry.len(), 2);
+        assert!(registry.remove("c").is_none());
+    }
+}

@@ -144,6 +144,7 @@ pub async fn list(
     let registry = state.registry().read().expect("registry lock poisoned");
     let nodes = registry
         .all()
+        .into_iter()
         .map(|node| NodeView::from_node(node, now, timeout))
         .collect();
     Ok(Json(NodeList { nodes }))
