@@ -215,7 +215,7 @@ impl Fleet {
                 token: enrolled.token,
                 stream_server: None,
             });
-            fleet.start_stream_server(&body.id)?;
+            fleet.start_stream_server(&body.id).await?;
         }
         for (h, head) in spec.heads.iter().enumerate() {
             let venue = venue_index(&head.venue)?;
@@ -309,8 +309,8 @@ impl Fleet {
     }
 
     /// Starts (again) the stand-in streaming server of body `id` on the addresses its spec
-    /// says, and waits until it listens.
-    pub fn start_stream_server(&mut self, id: &str) -> anyhow::Result<()> {
+    /// says, and waits (at most 10 s) until it listens.
+    pub async fn start_stream_server(&mut self, id: &str) -> anyhow::Result<()> {
         let server_bin = self.lab.binary("hydra-lab-stream-server");
         let body = self.body(id);
         let mut args = vec!["--body-id".to_owned(), id.to_owned()];
@@ -320,23 +320,27 @@ impl Fleet {
         if body.spec.serve_wireguard {
             args.extend(["--listen".into(), format!("{}:{STREAM_PORT}", body.wg_ip)]);
         }
-        if !body.spec.serve_lan && !body.spec.serve_wireguard {
+        let expected = usize::from(body.spec.serve_lan) + usize::from(body.spec.serve_wireguard);
+        if expected == 0 {
             return Ok(());
         }
-        let process = self
-            .lab
-            .spawn(&body.host, &format!("stream-{id}"), &server_bin, &args)?;
-        let expected = usize::from(body.spec.serve_lan) + usize::from(body.spec.serve_wireguard);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while process.stdout_text().matches("listening on").count() < expected {
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "stand-in server of {id} did not listen within 10 s: {}",
-                    process.stderr_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut process =
+            self.lab
+                .spawn(&body.host, &format!("stream-{id}"), &server_bin, &args)?;
+        wait_until(
+            &format!("stand-in server of {id} listening"),
+            Duration::from_secs(10),
+            || {
+                if let Some(status) = process.try_status()? {
+                    anyhow::bail!("exited ({status}): {}", process.stderr_text());
+                }
+                Ok(
+                    (process.stdout_text().matches("listening on").count() >= expected)
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
         self.body_mut(id).stream_server = Some(process);
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! It must run inside a network namespace of its own (see [`crate::isolate`]): bridges live in
 //! that namespace and `/run/netns` is a private tmpfs, so nothing it does is visible outside.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,13 +45,16 @@ pub struct Lab {
     veth_count: usize,
 }
 
-/// Runs a command to completion within `limit`; fails naming it with its stderr.
+/// Runs a command to completion within `limit`; fails naming it with its stderr. Output goes
+/// to anonymous files, not pipes, so a chatty command cannot block on a full pipe.
 pub(crate) fn run_bounded(
     program: &str,
     args: &[&str],
     stdin: Option<&str>,
     limit: Duration,
 ) -> anyhow::Result<String> {
+    let mut stdout = tempfile::tempfile().context("creating an output file")?;
+    let mut stderr = tempfile::tempfile().context("creating an output file")?;
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -59,8 +62,8 @@ pub(crate) fn run_bounded(
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout.try_clone()?)
+        .stderr(stderr.try_clone()?)
         .spawn()
         .with_context(|| format!("starting {program} {}", args.join(" ")))?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -68,7 +71,10 @@ pub(crate) fn run_bounded(
             .with_context(|| format!("writing to {program}"))?;
     }
     let deadline = Instant::now() + limit;
-    while child.try_wait()?.is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -78,17 +84,21 @@ pub(crate) fn run_bounded(
             );
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
+    };
+    let read = |file: &mut std::fs::File| -> anyhow::Result<String> {
+        let mut text = String::new();
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    if !status.success() {
         bail!(
-            "{program} {} failed ({}): {}",
+            "{program} {} failed ({status}): {}",
             args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            read(&mut stderr)?.trim()
         );
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    read(&mut stdout)
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
