@@ -1,1 +1,8 @@
-//! hydra-agent
+//! `hydra agent`: the daemon on every node. Enrols (or uses its stored node token), heartbeats
+//! through the client SDK, serves a local API (`/api/v1/health`, `/api/v1/status`), and runs the
+//! roles' duties; on a worker: one session process per relay session behind a reverse proxy.
+//!
+//! Architecture invariant: talks to the control plane only through `hydra-client`; every child
+//! process runs in its own process group and is ended with it.
+
+pub mod worker;

@@ -7,9 +7,11 @@
 pub mod error;
 pub mod nodes;
 pub mod selection;
+pub mod sessions;
 pub mod system;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use nodes::*;
 pub use selection::*;
+pub use sessions::*;
 pub use system::*;

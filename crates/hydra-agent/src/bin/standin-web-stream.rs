@@ -1,0 +1,122 @@
+//! Stand-in for moonlight-web-stream's `web-server`, launched by the worker through the same
+//! command template: an HTTP server on `--bind`/`--port` that serves an HTML page (with an exit
+//! button, as the real page has) at every path and a WebSocket echo at `ws`.
+//!
+//! Usage: `standin-web-stream --bind 127.0.0.1 --port 8080 --data-dir DIR`. It prints one line per
+//! request to standard output (the worker sends that to `web-server.log`) and exits 1 with the
+//! bind error (e.g. "Address already in use") when it cannot listen.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::Uri;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+
+/// The page served at every path but `ws`; its exit button is what the proxy rewires.
+const PAGE: &str = r#"<!doctype html>
+<html>
+<head><meta charset="utf-8"><title>stand-in stream</title></head>
+<body>
+<h1>stand-in stream</h1>
+<video id="stream" autoplay></video>
+<button id="exit" type="button">Exit</button>
+<script>
+  const socket = new WebSocket(new URL("ws", location.href).href.replace(/^http/, "ws"));
+  socket.onopen = () => socket.send("hello");
+</script>
+</body>
+</html>
+"#;
+
+#[derive(Debug)]
+struct Options {
+    bind: IpAddr,
+    port: u16,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 0,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--bind" => {
+                let text = value()?;
+                options.bind = text
+                    .parse()
+                    .map_err(|_| format!("--bind {text:?}: not an IP"))?;
+            }
+            "--port" => {
+                let text = value()?;
+                options.port = text
+                    .parse()
+                    .map_err(|_| format!("--port {text:?}: not a port"))?;
+            }
+            "--data-dir" => {
+                value()?;
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if options.port == 0 {
+        return Err("--port is required".into());
+    }
+    Ok(options)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let options = match parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("standin-web-stream: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let address = SocketAddr::new(options.bind, options.port);
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("standin-web-stream: cannot listen on {address}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("standin-web-stream: listening on {address}");
+    let app = Router::new().route("/ws", get(echo)).fallback(get(page));
+    match axum::serve(listener, app).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("standin-web-stream: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn page(uri: Uri) -> impl IntoResponse {
+    eprintln!("standin-web-stream: GET {uri}");
+    Html(PAGE)
+}
+
+async fn echo(upgrade: WebSocketUpgrade) -> impl IntoResponse {
+    eprintln!("standin-web-stream: websocket opened");
+    upgrade.on_upgrade(echo_socket)
+}
+
+async fn echo_socket(mut socket: WebSocket) {
+    while let Some(Ok(message)) = socket.recv().await {
+        let reply = match message {
+            Message::Text(text) => Message::Text(format!("echo: {text}").into()),
+            Message::Binary(bytes) => Message::Binary(bytes),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            break;
+        }
+    }
+}

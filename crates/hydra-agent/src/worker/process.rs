@@ -1,0 +1,290 @@
+//! One session process: the command template, spawning it in its own process group with its
+//! output in `web-server.log`, the marker file that lets a later agent find it, and ending the
+//! whole group.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
+use serde::{Deserialize, Serialize};
+
+/// The file each session process writes its output to, inside its data dir.
+pub const LOG_FILE: &str = "web-server.log";
+/// The marker the agent leaves in each data dir: which process group runs there.
+pub const MARKER_FILE: &str = "hydra-session.json";
+
+/// Placeholders a command template may use.
+pub const PLACEHOLDERS: &[&str] = &[
+    "{port}",
+    "{data_dir}",
+    "{session_id}",
+    "{body_ip}",
+    "{bind}",
+];
+
+/// Checks a command template: at least a program, and no `{...}` other than [`PLACEHOLDERS`].
+/// The error names the offending word.
+pub fn check_template(template: &[String]) -> Result<(), String> {
+    let Some(program) = template.first() else {
+        return Err("sessions.command must name a program".into());
+    };
+    if program.trim().is_empty() {
+        return Err("sessions.command must name a program".into());
+    }
+    for word in template {
+        let mut rest = word.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("sessions.command: unclosed '{{' in {word:?}"))?;
+            let placeholder = &rest[open..open + close + 1];
+            if !PLACEHOLDERS.contains(&placeholder) {
+                return Err(format!(
+                    "sessions.command: unknown placeholder {placeholder} in {word:?} (known: {})",
+                    PLACEHOLDERS.join(", ")
+                ));
+            }
+            rest = &rest[open + close + 1..];
+        }
+    }
+    Ok(())
+}
+
+/// Values substituted into the template for one session.
+#[derive(Debug, Clone)]
+pub struct Substitutions<'a> {
+    /// The session's port.
+    pub port: u16,
+    /// The session's data dir.
+    pub data_dir: &'a Path,
+    /// The session id.
+    pub session_id: &'a str,
+    /// The body's address.
+    pub body_ip: &'a str,
+    /// The address the session process should listen on.
+    pub bind: &'a str,
+}
+
+/// The template with every placeholder replaced.
+pub fn expand(template: &[String], values: &Substitutions<'_>) -> Vec<String> {
+    let port = values.port.to_string();
+    let data_dir = values.data_dir.display().to_string();
+    let pairs: [(&str, &str); 5] = [
+        ("{port}", &port),
+        ("{data_dir}", &data_dir),
+        ("{session_id}", values.session_id),
+        ("{body_ip}", values.body_ip),
+        ("{bind}", values.bind),
+    ];
+    template
+        .iter()
+        .map(|word| {
+            pairs
+                .iter()
+                .fold(word.clone(), |text, (from, to)| text.replace(from, to))
+        })
+        .collect()
+}
+
+/// Whether the template's program exists and is executable (a bare name is looked up in PATH).
+pub fn program_installed(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|directory| executable(&directory.join(program)))
+    })
+}
+
+/// A running session process, leader of its own process group.
+#[derive(Debug)]
+pub struct SessionProcess {
+    child: Box<dyn ChildWrapper>,
+    pgid: i32,
+    /// Set once the whole group was ended: its id may be reused, so it is not signalled again.
+    ended: bool,
+}
+
+impl SessionProcess {
+    /// Spawns `argv` in a new process group, in `data_dir`, with stdout and stderr appended to
+    /// `web-server.log` there and `env` added to the environment.
+    pub fn spawn(
+        argv: &[String],
+        data_dir: &Path,
+        env: &HashMap<&'static str, String>,
+    ) -> std::io::Result<SessionProcess> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join(LOG_FILE))?;
+        let log_err = log.try_clone()?;
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("empty command"))?;
+        let mut command = CommandWrap::with_new(program, |command| {
+            command
+                .args(args)
+                .current_dir(data_dir)
+                .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log_err));
+        });
+        command.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+        let child = command.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("the session process has no pid"))?;
+        let pgid = i32::try_from(pid).map_err(std::io::Error::other)?;
+        Ok(SessionProcess {
+            child,
+            pgid,
+            ended: false,
+        })
+    }
+
+    /// The process id of the leader (also the process group id).
+    pub fn pid(&self) -> i32 {
+        self.pgid
+    }
+
+    /// `Some(description)` once the leader has exited (reaping it), `None` while it runs.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(error) => Some(format!("cannot wait for it: {error}")),
+        }
+    }
+
+    /// Sends `signal` to the whole group; a group that is already gone is not an error.
+    pub fn signal_group(&self, signal: Signal) {
+        signal_group(self.pgid, signal);
+    }
+
+    /// Ends the whole group: SIGTERM, then SIGKILL after `grace` if the leader still runs, and
+    /// reaps it.
+    pub async fn end(mut self, grace: std::time::Duration) {
+        self.signal_group(Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.signal_group(Signal::SIGKILL);
+            let _ = tokio::time::timeout(grace, self.child.wait()).await;
+        }
+        // Stragglers that ignored SIGTERM while the leader obeyed.
+        self.signal_group(Signal::SIGKILL);
+        self.ended = true;
+    }
+}
+
+impl Drop for SessionProcess {
+    /// A dropped handle never leaves its group running.
+    fn drop(&mut self) {
+        if !self.ended {
+            signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends `signal` to process group `pgid`, ignoring a group that no longer exists.
+pub fn signal_group(pgid: i32, signal: Signal) {
+    if pgid <= 1 {
+        return;
+    }
+    match killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(error) => {
+            tracing::warn!(pgid, %error, "[worker] cannot signal a session process group")
+        }
+    }
+}
+
+/// What the agent writes into a data dir so that a later agent can end an orphaned process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// Session id.
+    pub session_id: String,
+    /// Process group id of the session process.
+    pub pgid: i32,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Marker {
+    /// Writes the marker into `data_dir`.
+    pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(data_dir.join(MARKER_FILE), text)
+    }
+
+    /// Reads the marker of `data_dir`, if it has a readable one.
+    pub fn read(data_dir: &Path) -> Option<Marker> {
+        let text = std::fs::read(data_dir.join(MARKER_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+/// The last `limit` bytes of the session's log, lossily decoded (for error messages).
+pub fn log_tail(data_dir: &Path, limit: u64) -> String {
+    let path: PathBuf = data_dir.join(LOG_FILE);
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(length.saturating_sub(limit)));
+    let mut bytes = Vec::new();
+    let _ = file.take(limit).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_and_reject_unknown_placeholders() {
+        let template: Vec<String> = ["/bin/ws", "--port={port}", "{data_dir}/x", "{body_ip}"]
+            .map(String::from)
+            .to_vec();
+        check_template(&template).unwrap();
+        let expanded = expand(
+            &template,
+            &Substitutions {
+                port: 8081,
+                data_dir: Path::new("/s/abc"),
+                session_id: "abc",
+                body_ip: "10.0.0.2",
+                bind: "127.0.0.1",
+            },
+        );
+        assert_eq!(expanded, ["/bin/ws", "--port=8081", "/s/abc/x", "10.0.0.2"]);
+        let bad = check_template(&["/bin/ws".into(), "{prot}".into()]).unwrap_err();
+        assert!(bad.contains("unknown placeholder {prot}"), "{bad}");
+        assert!(check_template(&[]).is_err());
+        assert!(
+            check_template(&["x{port".into()])
+                .unwrap_err()
+                .contains("unclosed")
+        );
+    }
+
+    #[test]
+    fn programs_are_found_by_path_or_in_path() {
+        assert!(program_installed("sh"));
+        assert!(program_installed("/bin/sh"));
+        assert!(!program_installed("/opt/does-not-exist/web-server"));
+        assert!(!program_installed("hydra-no-such-program"));
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the agent: real session processes, real signals, real sockets on
+//! 127.0.0.1.
+
+mod support;
+mod worker;

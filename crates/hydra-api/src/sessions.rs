@@ -1,0 +1,212 @@
+//! Relay sessions and workers on the wire: the server's session API, the server-to-agent start
+//! call and the agent's worker report (`relay.md`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Life of a relay session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Placed; the worker is starting the process.
+    Starting,
+    /// The process runs and answers on its port.
+    Running,
+    /// Ended by a user or an operator.
+    Stopped,
+    /// Failed: the process died, its data dir vanished, or it never started.
+    Error,
+}
+
+impl SessionState {
+    /// The wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Starting => "starting",
+            SessionState::Running => "running",
+            SessionState::Stopped => "stopped",
+            SessionState::Error => "error",
+        }
+    }
+
+    /// Whether the session holds a worker slot (starting or running).
+    pub fn is_active(self) -> bool {
+        matches!(self, SessionState::Starting | SessionState::Running)
+    }
+}
+
+/// `POST /api/v1/sessions` on the server: a session for a body, named by `body_ip` or chosen for
+/// `head_id` by the selection policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    /// Address of the body's Sunshine (LAN or WireGuard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_ip: Option<String>,
+    /// A head to choose the body for, instead of `body_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_id: Option<String>,
+    /// Sunshine user; the worker's configured one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunshine_user: Option<String>,
+    /// Sunshine password; the worker's configured one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunshine_pass: Option<String>,
+    /// Experience to launch on the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experience: Option<String>,
+    /// Executable of the experience on the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_path: Option<String>,
+    /// Only place on workers of this district.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub district: Option<String>,
+}
+
+/// A session as the server shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    /// Session id.
+    pub session_id: String,
+    /// The worker node that runs it.
+    pub worker_id: String,
+    /// The body's address.
+    pub body_ip: String,
+    /// The body's node id, when chosen for a head.
+    pub body_id: Option<String>,
+    /// The head it was asked for.
+    pub head_id: Option<String>,
+    /// Experience launched on the body.
+    pub experience: Option<String>,
+    /// Port of the session process on the worker.
+    pub port: Option<u16>,
+    /// URL the browser opens.
+    pub stream_url: Option<String>,
+    /// Current state.
+    pub status: SessionState,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+    /// Last change, RFC 3339 UTC.
+    pub updated_at: String,
+}
+
+/// `GET /api/v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    /// Every session, oldest first.
+    pub sessions: Vec<SessionView>,
+}
+
+/// `POST /api/v1/sessions` on a worker's agent (the server's call, authenticated with the
+/// agent key from the worker's report).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSessionRequest {
+    /// Id chosen by the server; the agent makes one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Address of the body's Sunshine.
+    pub body_ip: String,
+    /// Sunshine user; the worker's configured one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunshine_user: Option<String>,
+    /// Sunshine password; the worker's configured one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunshine_pass: Option<String>,
+    /// Experience to launch on the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experience: Option<String>,
+    /// Executable of the experience on the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_path: Option<String>,
+}
+
+/// A session as its worker's agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerSession {
+    /// Session id.
+    pub session_id: String,
+    /// The body's address.
+    pub body_ip: String,
+    /// Port of the session process.
+    pub port: u16,
+    /// URL the browser opens.
+    pub stream_url: String,
+    /// Current state.
+    pub status: SessionState,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/sessions` on an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerSessionList {
+    /// Every session the agent knows, oldest first.
+    pub sessions: Vec<WorkerSession>,
+}
+
+/// `POST /api/v1/workers/{id}/report`: what a worker's agent runs and how to reach it; sent at
+/// start and with every heartbeat, with the node's own token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerReport {
+    /// Base URL of the agent's API, as the server reaches it.
+    pub agent_url: String,
+    /// Bearer key the server uses on the agent's session API; random per agent start, never
+    /// logged.
+    pub agent_key: String,
+    /// Sessions the agent may run at most (`sessions.max`).
+    pub max_sessions: u32,
+    /// Every session the agent actually knows; the server marks its other sessions on this
+    /// worker `error`.
+    pub sessions: Vec<WorkerSession>,
+}
+
+/// A worker as `GET /api/v1/workers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerView {
+    /// Node id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Region.
+    pub district: String,
+    /// Site.
+    pub venue: String,
+    /// `online` or `offline` (heartbeat age).
+    pub status: String,
+    /// Online, not drained and reported: new sessions may go there.
+    pub healthy: bool,
+    /// Whether the worker takes no new session.
+    pub drained: bool,
+    /// Sessions it runs.
+    pub active_sessions: u32,
+    /// Sessions it may run at most; 0 until it reported.
+    pub max_sessions: u32,
+    /// `active_sessions / max_sessions` (1 when `max_sessions` is 0).
+    pub load: f64,
+    /// Base URL of its agent, once reported.
+    pub agent_url: Option<String>,
+    /// Last heartbeat, RFC 3339 UTC.
+    pub last_heartbeat: Option<String>,
+}
+
+/// `GET /api/v1/workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerList {
+    /// Every node with the worker role, by id.
+    pub workers: Vec<WorkerView>,
+}
+
+/// `POST /session/{id}/rating` (from the browser).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RatingRequest {
+    /// 1 to 5 stars.
+    pub stars: u8,
+    /// Free text, at most 2,000 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
