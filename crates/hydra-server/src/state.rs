@@ -9,6 +9,7 @@ use hydra_store::Store;
 
 use crate::auth::{Caller, bearer, digests_equal, hash_token};
 use crate::error::ApiError;
+use crate::heartbeats::HeartbeatWriter;
 use crate::registry::{NodeLocks, Registry, SharedRegistry};
 
 /// Settings of a running server, resolved from flags, environment and config file.
@@ -36,6 +37,8 @@ struct Inner {
     settings: Settings,
     admin_digest: String,
     store_healthy: AtomicBool,
+    heartbeats: HeartbeatWriter,
+    _heartbeat_task: tokio::task::JoinHandle<()>,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
         admin_token: &str,
     ) -> Result<AppState, hydra_store::StoreError> {
         let registry = Registry::load(&store).await?;
+        let (heartbeats, heartbeat_task) = HeartbeatWriter::spawn(store.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -54,6 +58,8 @@ impl AppState {
                 settings,
                 admin_digest: hash_token(admin_token),
                 store_healthy: AtomicBool::new(true),
+                heartbeats,
+                _heartbeat_task: heartbeat_task,
             }),
         })
     }
@@ -71,6 +77,11 @@ impl AppState {
     /// Per-node write serialisation.
     pub fn node_locks(&self) -> &NodeLocks {
         &self.inner.node_locks
+    }
+
+    /// The group-commit heartbeat writer.
+    pub fn heartbeats(&self) -> &HeartbeatWriter {
+        &self.inner.heartbeats
     }
 
     /// Server settings.

@@ -150,7 +150,9 @@ macro_rules! session_columns {
 }
 pub(crate) use session_columns;
 
-/// Implements the store methods on `$store` (a struct with a `pool` field of its engine).
+/// Implements the store methods on `$store`, a struct with two pools of its engine: `reader`
+/// for queries and `writer` for writes (SQLite: one connection, so writers queue in the pool
+/// instead of sleeping in SQLite's busy handler; PostgreSQL: the same pool twice).
 macro_rules! engine_queries {
     ($store:ident) => {
         use std::collections::HashMap;
@@ -162,12 +164,13 @@ macro_rules! engine_queries {
 
         impl $store {
             pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                sqlx::query("SELECT 1").execute(&self.reader).await?;
                 Ok(())
             }
 
             pub(crate) async fn close(&self) {
-                self.pool.close().await;
+                self.writer.close().await;
+                self.reader.close().await;
             }
 
             pub(crate) async fn insert_node(&self, node: &Node, token_hash: &str) -> Result<(), StoreError> {
@@ -195,7 +198,7 @@ macro_rules! engine_queries {
                 .bind(node.last_heartbeat)
                 .bind(node.enrolled_at)
                 .bind(token_hash)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(|error| conflict_or(error, || format!("node {:?}", node.id)))?;
                 Ok(())
@@ -203,7 +206,7 @@ macro_rules! engine_queries {
 
             pub(crate) async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
                 let rows: Vec<NodeRow> = sqlx::query_as(concat!("SELECT ", node_columns!(), " FROM nodes ORDER BY id"))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.reader)
                     .await?;
                 rows.into_iter().map(Node::try_from).collect()
             }
@@ -211,7 +214,7 @@ macro_rules! engine_queries {
             pub(crate) async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
                 let row: Option<NodeRow> = sqlx::query_as(concat!("SELECT ", node_columns!(), " FROM nodes WHERE id = $1"))
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.reader)
                     .await?;
                 row.map(Node::try_from).transpose()
             }
@@ -219,16 +222,16 @@ macro_rules! engine_queries {
             pub(crate) async fn node_token_hash(&self, id: &str) -> Result<Option<String>, StoreError> {
                 Ok(sqlx::query_scalar("SELECT token_hash FROM nodes WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.reader)
                     .await?)
             }
 
             pub(crate) async fn list_token_hashes(&self) -> Result<Vec<(String, String)>, StoreError> {
-                Ok(sqlx::query_as("SELECT id, token_hash FROM nodes").fetch_all(&self.pool).await?)
+                Ok(sqlx::query_as("SELECT id, token_hash FROM nodes").fetch_all(&self.reader).await?)
             }
 
             pub(crate) async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.writer.begin().await?;
                 sqlx::query("DELETE FROM latency WHERE head_id = $1 OR body_id = $1")
                     .bind(id)
                     .execute(&mut *transaction)
@@ -248,9 +251,33 @@ macro_rules! engine_queries {
                 .bind(heartbeat.idle)
                 .bind(i64::from(heartbeat.active_sessions))
                 .bind(heartbeat.vram_mb.map(|mb| mb as i64))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(updated.rows_affected() > 0)
+            }
+
+            pub(crate) async fn record_heartbeats(
+                &self,
+                batch: &[(String, Heartbeat)],
+            ) -> Result<Vec<bool>, StoreError> {
+                let mut transaction = self.writer.begin().await?;
+                let mut found = Vec::with_capacity(batch.len());
+                for (id, heartbeat) in batch {
+                    let updated = sqlx::query(
+                        "UPDATE nodes SET last_heartbeat = $2, idle = $3, active_sessions = $4, \
+                         vram_mb = COALESCE($5, vram_mb) WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(heartbeat.at)
+                    .bind(heartbeat.idle)
+                    .bind(i64::from(heartbeat.active_sessions))
+                    .bind(heartbeat.vram_mb.map(|mb| mb as i64))
+                    .execute(&mut *transaction)
+                    .await?;
+                    found.push(updated.rows_affected() > 0);
+                }
+                transaction.commit().await?;
+                Ok(found)
             }
 
             pub(crate) async fn move_node(&self, id: &str, district: &str, venue: &str) -> Result<bool, StoreError> {
@@ -258,7 +285,7 @@ macro_rules! engine_queries {
                     .bind(id)
                     .bind(district)
                     .bind(venue)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(updated.rows_affected() > 0)
             }
@@ -267,7 +294,7 @@ macro_rules! engine_queries {
                 let updated = sqlx::query("UPDATE nodes SET drained = $2 WHERE id = $1")
                     .bind(id)
                     .bind(drained)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(updated.rows_affected() > 0)
             }
@@ -284,7 +311,7 @@ macro_rules! engine_queries {
                 .bind(sample.transport.as_str())
                 .bind(i64::from(sample.rtt_ms))
                 .bind(sample.measured_at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
@@ -294,7 +321,7 @@ macro_rules! engine_queries {
             ) -> Result<HashMap<String, HashMap<String, LatencySample>>, StoreError> {
                 let rows: Vec<(String, String, i64, i64)> =
                     sqlx::query_as("SELECT head_id, body_id, rtt_ms, measured_at FROM latency")
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.reader)
                         .await?;
                 let mut by_head: HashMap<String, HashMap<String, LatencySample>> = HashMap::new();
                 for (head_id, body_id, rtt_ms, measured_at) in rows {
@@ -323,7 +350,7 @@ macro_rules! engine_queries {
                 .bind(&session.error)
                 .bind(session.created_at)
                 .bind(session.updated_at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(|error| conflict_or(error, || format!("session {:?}", session.id)))?;
                 Ok(())
@@ -341,7 +368,7 @@ macro_rules! engine_queries {
                 .bind(session.status.as_str())
                 .bind(&session.error)
                 .bind(session.updated_at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(updated.rows_affected() > 0)
             }
@@ -350,7 +377,7 @@ macro_rules! engine_queries {
                 let row: Option<SessionRow> =
                     sqlx::query_as(concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1"))
                         .bind(id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?;
                 row.map(SessionRecord::try_from).transpose()
             }
@@ -358,13 +385,13 @@ macro_rules! engine_queries {
             pub(crate) async fn list_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
                 let rows: Vec<SessionRow> =
                     sqlx::query_as(concat!("SELECT ", session_columns!(), " FROM sessions ORDER BY created_at, id"))
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.reader)
                         .await?;
                 rows.into_iter().map(SessionRecord::try_from).collect()
             }
 
             pub(crate) async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-                let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.pool).await?;
+                let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.writer).await?;
                 Ok(deleted.rows_affected() > 0)
             }
         }

@@ -130,6 +130,15 @@ impl Store {
         dispatch!(self, record_heartbeat(id, heartbeat))
     }
 
+    /// Records many heartbeats in one transaction (group commit: one fsync for the batch).
+    /// Answers, in order, whether each node exists; all or none are written.
+    pub async fn record_heartbeats(
+        &self,
+        batch: &[(String, Heartbeat)],
+    ) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self, record_heartbeats(batch))
+    }
+
     /// Moves a node to another district and venue; `false` when it does not exist.
     pub async fn move_node(
         &self,

@@ -9,7 +9,8 @@ use crate::StoreError;
 /// PostgreSQL-backed store.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    reader: PgPool,
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -21,7 +22,10 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            reader: pool.clone(),
+            writer: pool,
+        })
     }
 }
 

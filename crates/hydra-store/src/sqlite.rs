@@ -14,7 +14,8 @@ use crate::StoreError;
 /// SQLite-backed store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    reader: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -30,17 +31,26 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        let path_error = |error: sqlx::Error| StoreError::Path {
+            path: path_text.to_owned(),
+            detail: error.to_string(),
+        };
+        // One writer connection: SQLite has one writer at a time anyway, and queueing in the
+        // pool is fair where SQLite's busy handler sleeps and retries.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(path_error)?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.read_only(true))
             .await
-            .map_err(|error| StoreError::Path {
-                path: path_text.to_owned(),
-                detail: error.to_string(),
-            })?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+            .map_err(path_error)?;
+        Ok(SqliteStore { reader, writer })
     }
 }
 

@@ -215,7 +215,7 @@ pub async fn heartbeat(
         vram_mb: request.vram_mb,
     };
     let _guard = state.node_locks().lock(&id).await;
-    if !state.store().record_heartbeat(&id, &heartbeat).await? {
+    if !state.heartbeats().record(&id, heartbeat).await? {
         return Err(unknown_node(&id));
     }
     metrics::counter!("hydra_heartbeats_total").increment(1);

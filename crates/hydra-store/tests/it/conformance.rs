@@ -47,6 +47,7 @@ on_both_engines!(
     duplicate_ids_conflict,
     missing_nodes_report_false,
     heartbeat_updates_liveness_and_keeps_vram_when_absent,
+    heartbeat_batches_commit_together_and_report_missing_nodes,
     move_and_drain_change_only_their_fields,
     delete_removes_node_and_its_latency,
     latency_keeps_the_latest_sample,
@@ -227,4 +228,38 @@ async fn sessions_round_trip_and_update(store: Store) {
     assert!(store.delete_session("s-1").await.unwrap());
     assert!(!store.delete_session("s-1").await.unwrap());
     assert_eq!(store.list_sessions().await.unwrap(), vec![]);
+}
+
+async fn heartbeat_batches_commit_together_and_report_missing_nodes(store: Store) {
+    store.insert_node(&sample_node("b1"), "h").await.unwrap();
+    store.insert_node(&sample_node("b2"), "h").await.unwrap();
+    let beat = |at| Heartbeat {
+        at,
+        idle: true,
+        active_sessions: 0,
+        vram_mb: None,
+    };
+    let batch = vec![
+        ("b1".to_owned(), beat(10)),
+        ("ghost".to_owned(), beat(11)),
+        ("b2".to_owned(), beat(12)),
+        ("b1".to_owned(), beat(13)),
+    ];
+    assert_eq!(
+        store.record_heartbeats(&batch).await.unwrap(),
+        vec![true, false, true, true]
+    );
+    assert_eq!(
+        store.get_node("b1").await.unwrap().unwrap().last_heartbeat,
+        Some(13),
+        "later heartbeat of one node wins"
+    );
+    assert_eq!(
+        store.get_node("b2").await.unwrap().unwrap().last_heartbeat,
+        Some(12)
+    );
+    assert_eq!(
+        store.record_heartbeats(&[]).await.unwrap(),
+        Vec::<bool>::new()
+    );
 }
