@@ -5,4 +5,8 @@
 //! Architecture invariant: talks to the control plane only through `hydra-client`; every child
 //! process runs in its own process group and is ended with it.
 
+pub mod http;
+pub mod inject;
+pub mod local_api;
+pub mod proxy;
 pub mod worker;

@@ -1,5 +1,6 @@
 //! Integration tests of the agent: real session processes, real signals, real sockets on
 //! 127.0.0.1.
 
+mod proxy;
 mod support;
 mod worker;

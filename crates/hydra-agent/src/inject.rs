@@ -1,0 +1,336 @@
+//! What the proxy adds to a session's HTML pages, with a streaming rewriter (lol_html): a script
+//! that shows a "Stream ended" overlay when the WebRTC connection drops (a link back to
+//! `sessions.return_url`, a "Report a problem" link carrying the session's context, a star
+//! rating), and that turns the page's exit button into `POST /session/{id}/quit` before leaving.
+//!
+//! Nothing is buffered beyond what lol_html holds for an unfinished tag.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use lol_html::html_content::ContentType;
+use lol_html::send::{HtmlRewriter, Settings};
+use lol_html::{element, end};
+use serde::Serialize;
+
+/// Elements treated as the page's exit button; each gets `data-hydra-exit`.
+pub const EXIT_SELECTORS: &[&str] = &[
+    "#exit",
+    "#exit-button",
+    ".exit-button",
+    "[data-action=\"exit\"]",
+];
+
+/// The marker attribute put on exit buttons and looked for by the script.
+pub const EXIT_ATTRIBUTE: &str = "data-hydra-exit";
+
+/// The session context the injected script carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageContext {
+    /// Session id.
+    pub session_id: String,
+    /// The worker (node id) that runs it.
+    pub worker_id: String,
+    /// The body's address.
+    pub body_ip: String,
+    /// Experience, if any.
+    pub experience: Option<String>,
+    /// Where "return" links go (`sessions.return_url`).
+    pub return_url: String,
+    /// Where "Report a problem" goes; the context is added as query parameters (or as a mail
+    /// body for `mailto:`).
+    pub report_url: String,
+}
+
+impl PageContext {
+    /// The report link with the session's context.
+    pub fn report_link(&self) -> String {
+        let context = [
+            ("session_id", self.session_id.as_str()),
+            ("worker_id", self.worker_id.as_str()),
+            ("body_ip", self.body_ip.as_str()),
+            ("experience", self.experience.as_deref().unwrap_or("")),
+        ];
+        let encoded: Vec<String> = context
+            .iter()
+            .map(|(key, value)| format!("{key}={}", percent_encode(value)))
+            .collect();
+        if self.report_url.starts_with("mailto:") {
+            let body = percent_encode(&encoded.join("\n"));
+            let separator = if self.report_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            format!(
+                "{}{separator}subject={}&body={body}",
+                self.report_url,
+                percent_encode(&format!("Hydra session {}", self.session_id))
+            )
+        } else {
+            let separator = if self.report_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            format!("{}{separator}{}", self.report_url, encoded.join("&"))
+        }
+    }
+
+    /// The `<script>` element added to the page.
+    pub fn script(&self) -> String {
+        #[derive(Serialize)]
+        struct Embedded<'a> {
+            session_id: &'a str,
+            quit_url: String,
+            rating_url: String,
+            return_url: &'a str,
+            report_link: String,
+        }
+        let embedded = Embedded {
+            session_id: &self.session_id,
+            quit_url: format!("/session/{}/quit", self.session_id),
+            rating_url: format!("/session/{}/rating", self.session_id),
+            return_url: &self.return_url,
+            report_link: self.report_link(),
+        };
+        // `<` escaped so that no value can close the script element.
+        let json = serde_json::to_string(&embedded)
+            .unwrap_or_else(|_| "{}".into())
+            .replace('<', "\\u003c");
+        format!("<script data-hydra-injected=\"1\">window.__hydraSession={json};{SCRIPT}</script>")
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The behaviour; reads `window.__hydraSession`.
+const SCRIPT: &str = r#"
+(function () {
+  var ctx = window.__hydraSession;
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    for (var key in attrs) { node.setAttribute(key, attrs[key]); }
+    if (text) { node.textContent = text; }
+    return node;
+  }
+  function rate(stars, box) {
+    fetch(ctx.rating_url, {method: "POST", headers: {"content-type": "application/json"},
+      body: JSON.stringify({stars: stars}), keepalive: true});
+    box.textContent = "Thank you for your rating";
+  }
+  function showEnded() {
+    if (document.getElementById("hydra-stream-ended")) { return; }
+    var overlay = el("div", {id: "hydra-stream-ended", style:
+      "position:fixed;inset:0;z-index:2147483647;background:rgba(0,0,0,.85);color:#fff;" +
+      "display:flex;flex-direction:column;align-items:center;justify-content:center;font:18px sans-serif"});
+    overlay.appendChild(el("h2", {}, "Stream ended"));
+    var back = el("a", {href: ctx.return_url, id: "hydra-return", style: "color:#9cf"}, "Return");
+    overlay.appendChild(back);
+    var stars = el("div", {id: "hydra-rating", style: "margin:1em;font-size:32px"});
+    for (var i = 1; i <= 5; i++) {
+      (function (n) {
+        var star = el("button", {type: "button", "data-stars": String(n),
+          style: "background:none;border:0;color:#fc0;font-size:32px;cursor:pointer"}, "\u2605");
+        star.addEventListener("click", function () { rate(n, stars); });
+        stars.appendChild(star);
+      })(i);
+    }
+    overlay.appendChild(stars);
+    overlay.appendChild(el("a", {href: ctx.report_link, id: "hydra-report", style: "color:#9cf"},
+      "Report a problem"));
+    (document.body || document.documentElement).appendChild(overlay);
+  }
+  window.__hydraShowEnded = showEnded;
+  var Native = window.RTCPeerConnection;
+  if (Native) {
+    var Watched = function (config, constraints) {
+      var pc = new Native(config, constraints);
+      pc.addEventListener("connectionstatechange", function () {
+        if (["disconnected", "failed", "closed"].indexOf(pc.connectionState) >= 0) { showEnded(); }
+      });
+      return pc;
+    };
+    Watched.prototype = Native.prototype;
+    window.RTCPeerConnection = Watched;
+  }
+  document.addEventListener("click", function (event) {
+    var target = event.target && event.target.closest && event.target.closest("[data-hydra-exit]");
+    if (!target) { return; }
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    fetch(ctx.quit_url, {method: "POST", keepalive: true}).finally(function () {
+      location.href = ctx.return_url;
+    });
+  }, true);
+})();
+"#;
+
+/// Rewrites a stream of HTML chunks: the script goes first into `<head>` (else `<body>`, else at
+/// the end), so it runs before the page's own scripts; exit buttons get [`EXIT_ATTRIBUTE`].
+/// A rewriting error ends the stream with that error.
+pub fn inject<S, E>(
+    upstream: S,
+    context: &PageContext,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + use<S, E>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    let script = context.script();
+    let output = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = {
+        let output = output.clone();
+        move |chunk: &[u8]| {
+            output
+                .lock()
+                .expect("rewriter output poisoned")
+                .extend_from_slice(chunk)
+        }
+    };
+    let injected = Arc::new(AtomicBool::new(false));
+    let mut settings = Settings::new_send();
+    for tag in ["head", "body"] {
+        let injected = injected.clone();
+        let script = script.clone();
+        settings = settings.append_element_content_handler(element!(tag, move |element| {
+            if !injected.swap(true, Ordering::Relaxed) {
+                element.prepend(&script, ContentType::Html);
+            }
+            Ok(())
+        }));
+    }
+    for selector in EXIT_SELECTORS {
+        settings = settings.append_element_content_handler(element!(*selector, |element| {
+            element.set_attribute(EXIT_ATTRIBUTE, "1")?;
+            Ok(())
+        }));
+    }
+    {
+        let injected = injected.clone();
+        let script = script.clone();
+        settings = settings.append_document_content_handler(end!(move |end| {
+            if !injected.swap(true, Ordering::Relaxed) {
+                end.append(&script, ContentType::Html);
+            }
+            Ok(())
+        }));
+    }
+    let rewriter = HtmlRewriter::new(settings, sink);
+    let take = move |output: &Arc<Mutex<Vec<u8>>>| -> Bytes {
+        Bytes::from(std::mem::take(
+            &mut *output.lock().expect("rewriter output poisoned"),
+        ))
+    };
+    futures::stream::unfold(
+        (upstream, Some(rewriter), output),
+        move |(mut upstream, mut rewriter, output)| async move {
+            loop {
+                let active = rewriter.as_mut()?;
+                match upstream.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Err(error) = active.write(&chunk) {
+                            let failure = std::io::Error::other(format!("html rewrite: {error}"));
+                            return Some((Err(failure), (upstream, None, output)));
+                        }
+                        let produced = take(&output);
+                        if !produced.is_empty() {
+                            return Some((Ok(produced), (upstream, rewriter, output)));
+                        }
+                    }
+                    Some(Err(error)) => {
+                        let failure = std::io::Error::other(format!("upstream body: {error}"));
+                        return Some((Err(failure), (upstream, None, output)));
+                    }
+                    None => {
+                        let finished = rewriter.take().map(HtmlRewriter::end);
+                        if let Some(Err(error)) = finished {
+                            let failure = std::io::Error::other(format!("html rewrite: {error}"));
+                            return Some((Err(failure), (upstream, None, output)));
+                        }
+                        let produced = take(&output);
+                        return (!produced.is_empty())
+                            .then_some((Ok(produced), (upstream, None, output)));
+                    }
+                }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> PageContext {
+        PageContext {
+            session_id: "s-1".into(),
+            worker_id: "w1".into(),
+            body_ip: "10.0.0.2".into(),
+            experience: Some("demo</script>".into()),
+            return_url: "https://kiosk.example/home".into(),
+            report_url: "https://support.example/report".into(),
+        }
+    }
+
+    async fn rewrite(chunks: &[&str]) -> String {
+        let owned: Vec<Result<Bytes, std::io::Error>> = chunks
+            .iter()
+            .map(|chunk| Ok(Bytes::from(chunk.to_string())))
+            .collect();
+        let stream = inject(futures::stream::iter(owned), &context());
+        let parts: Vec<Bytes> = stream.map(|part| part.unwrap()).collect().await;
+        String::from_utf8(parts.concat()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_script_goes_first_into_head_even_across_chunk_boundaries() {
+        let page = rewrite(&[
+            "<!doctype html><html><he",
+            "ad><title>x</title></head><body><button id=\"ex",
+            "it\">Exit</button><script>page()</script></body></html>",
+        ])
+        .await;
+        let script_at = page.find("data-hydra-injected").unwrap();
+        assert!(page[..script_at].ends_with("<head><script "), "{page}");
+        assert!(page.contains(r#"<button id="exit" data-hydra-exit="1">Exit</button>"#));
+        assert_eq!(page.matches("data-hydra-injected").count(), 1);
+        assert!(script_at < page.find("page()").unwrap());
+        // The hostile experience name cannot close the script early.
+        assert!(!page.contains("demo</script>"));
+        assert!(page.contains("Stream ended") && page.contains("Report a problem"));
+        assert!(page.contains("/session/s-1/quit"));
+    }
+
+    #[tokio::test]
+    async fn a_fragment_without_head_or_body_gets_the_script_at_the_end() {
+        let page = rewrite(&["<p>hello</p>"]).await;
+        assert!(page.starts_with("<p>hello</p><script data-hydra-injected"));
+    }
+
+    #[test]
+    fn the_report_link_carries_the_session_context() {
+        let mut context = context();
+        assert_eq!(
+            context.report_link(),
+            "https://support.example/report?session_id=s-1&worker_id=w1&body_ip=10.0.0.2&experience=demo%3C%2Fscript%3E"
+        );
+        context.report_url = "mailto:ops@example.org".into();
+        assert!(context.report_link().starts_with(
+            "mailto:ops@example.org?subject=Hydra%20session%20s-1&body=session_id%3Ds-1%0A"
+        ));
+    }
+}

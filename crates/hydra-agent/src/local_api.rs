@@ -1,0 +1,117 @@
+//! Bodies of the agent's local API: `GET /api/v1/health` (the field's fields) and
+//! `GET /api/v1/status` (what `hydra status` prints).
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::SessionSnapshot;
+
+/// `GET /api/v1/health` of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHealth {
+    /// `ok`, or `degraded` when no WireGuard interface is up.
+    pub status: String,
+    /// Build version.
+    pub version: String,
+    /// The details the field's health answer carries.
+    pub extra: HealthExtra,
+}
+
+/// The `extra` object of the health answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthExtra {
+    /// The agent's process id.
+    pub process_id: u32,
+    /// Seconds since the agent started.
+    pub uptime: u64,
+    /// Whether a WireGuard interface is up.
+    pub wireguard: bool,
+    /// Sessions starting or running.
+    pub active_sessions: u32,
+    /// Sessions at most (0 without the worker role).
+    pub max_sessions: u32,
+    /// Every session the worker knows.
+    pub sessions: Vec<SessionHealth>,
+}
+
+/// One session in the health answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHealth {
+    /// Session id.
+    pub id: String,
+    /// The body's address.
+    pub body_ip: String,
+    /// `starting`, `running`, `stopped` or `error`.
+    pub status: String,
+    /// Whether its process runs.
+    pub process_alive: bool,
+    /// Whether its data dir exists.
+    pub data_directory_ok: bool,
+    /// Connections through the proxy now.
+    pub active_connections: u32,
+    /// Seconds since it was created.
+    pub age: u64,
+    /// Port of its process.
+    pub port: u16,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&SessionSnapshot> for SessionHealth {
+    fn from(session: &SessionSnapshot) -> SessionHealth {
+        SessionHealth {
+            id: session.id.clone(),
+            body_ip: session.body_ip.clone(),
+            status: session.status.as_str().to_owned(),
+            process_alive: session.process_alive,
+            data_directory_ok: session.data_directory_ok,
+            active_connections: session.active_connections,
+            age: session.age.as_secs(),
+            port: session.port,
+            error: session.error.clone(),
+        }
+    }
+}
+
+/// `GET /api/v1/status` of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The node id, once enrolled.
+    pub node_id: Option<String>,
+    /// Roles the agent runs.
+    pub roles: Vec<String>,
+    /// Control-plane replicas it talks to.
+    pub servers: Vec<String>,
+    /// The master it last wrote to, when known.
+    pub master: Option<String>,
+    /// Last successful heartbeat, RFC 3339 UTC.
+    pub last_heartbeat: Option<String>,
+    /// The last heartbeat failure since then.
+    pub last_heartbeat_error: Option<String>,
+    /// Seconds since the agent started.
+    pub uptime: u64,
+    /// `ok` or `degraded` (as in health).
+    pub health: String,
+    /// Sessions at most (0 without the worker role).
+    pub max_sessions: u32,
+    /// Every session the worker knows.
+    pub sessions: Vec<SessionHealth>,
+}
+
+/// Whether a WireGuard interface is up: a `/sys/class/net` device whose `uevent` says
+/// `DEVTYPE=wireguard` and whose flags have IFF_UP.
+pub fn wireguard_up() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/class/net") else {
+        return false;
+    };
+    devices.filter_map(Result::ok).any(|device| {
+        let path = device.path();
+        let is_wireguard = std::fs::read_to_string(path.join("uevent"))
+            .is_ok_and(|text| text.lines().any(|line| line.trim() == "DEVTYPE=wireguard"));
+        let is_up = std::fs::read_to_string(path.join("flags"))
+            .ok()
+            .and_then(|text| u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok())
+            .is_some_and(|flags| flags & 0x1 != 0);
+        is_wireguard && is_up
+    })
+}
