@@ -72,3 +72,39 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every option says what it does in `--help`.
+    #[test]
+    fn every_command_and_option_has_help() {
+        let root = super::Cli::command();
+        root.clone().debug_assert();
+        let mut missing = Vec::new();
+        let mut stack = vec![(String::from("hydra"), root)];
+        while let Some((path, command)) = stack.pop() {
+            if command.get_about().is_none()
+                && path != "hydra help"
+                && !path.starts_with("hydra help ")
+            {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                    missing.push(format!("{path} --{id}: no help"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                stack.push((format!("{path} {}", sub.get_name()), sub.clone()));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "commands or options without help:\n{}",
+            missing.join("\n")
+        );
+    }
+}
