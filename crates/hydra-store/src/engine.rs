@@ -241,21 +241,6 @@ macro_rules! engine_queries {
                 Ok(deleted.rows_affected() > 0)
             }
 
-            pub(crate) async fn record_heartbeat(&self, id: &str, heartbeat: &Heartbeat) -> Result<bool, StoreError> {
-                let updated = sqlx::query(
-                    "UPDATE nodes SET last_heartbeat = $2, idle = $3, active_sessions = $4, \
-                     vram_mb = COALESCE($5, vram_mb) WHERE id = $1",
-                )
-                .bind(id)
-                .bind(heartbeat.at)
-                .bind(heartbeat.idle)
-                .bind(i64::from(heartbeat.active_sessions))
-                .bind(heartbeat.vram_mb.map(|mb| mb as i64))
-                .execute(&self.writer)
-                .await?;
-                Ok(updated.rows_affected() > 0)
-            }
-
             pub(crate) async fn record_heartbeats(
                 &self,
                 batch: &[(String, Heartbeat)],

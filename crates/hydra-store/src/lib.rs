@@ -127,7 +127,10 @@ impl Store {
         id: &str,
         heartbeat: &Heartbeat,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, record_heartbeat(id, heartbeat))
+        let found = self
+            .record_heartbeats(&[(id.to_owned(), *heartbeat)])
+            .await?;
+        Ok(found.first().copied().unwrap_or(false))
     }
 
     /// Records many heartbeats in one transaction (group commit: one fsync for the batch).

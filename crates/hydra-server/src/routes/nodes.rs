@@ -45,6 +45,27 @@ fn view(state: &AppState, node: &Node) -> NodeView {
     NodeView::from_node(node, now_ms(), state.heartbeat_timeout_ms())
 }
 
+/// Changes one node: under the node's lock, runs `store_write` (which answers whether the node
+/// exists) and, once the store acknowledged, applies `patch` to the registry view.
+async fn write_node(
+    state: &AppState,
+    id: &str,
+    store_write: impl Future<Output = Result<bool, ApiError>>,
+    patch: impl FnOnce(&mut Node),
+) -> Result<Node, ApiError> {
+    let _guard = state.node_locks().lock(id).await;
+    if !store_write.await? {
+        return Err(unknown_node(id));
+    }
+    let mut registry = state.registry().write().expect("registry lock poisoned");
+    registry
+        .patch(id, |node| {
+            patch(node);
+            node.clone()
+        })
+        .ok_or_else(|| unknown_node(id))
+}
+
 fn unknown_node(id: &str) -> ApiError {
     ApiError::not_found(format!("node {id:?} is not enrolled"))
 }
@@ -214,24 +235,21 @@ pub async fn heartbeat(
         active_sessions: request.active_sessions,
         vram_mb: request.vram_mb,
     };
-    let _guard = state.node_locks().lock(&id).await;
-    if !state.heartbeats().record(&id, heartbeat).await? {
-        return Err(unknown_node(&id));
-    }
-    metrics::counter!("hydra_heartbeats_total").increment(1);
-    let mut registry = state.registry().write().expect("registry lock poisoned");
-    let node = registry
-        .patch(&id, |node| {
+    let node = write_node(
+        &state,
+        &id,
+        state.heartbeats().record(&id, heartbeat),
+        |node| {
             node.last_heartbeat = Some(heartbeat.at);
             node.idle = heartbeat.idle;
             node.active_sessions = heartbeat.active_sessions;
             if let Some(vram_mb) = heartbeat.vram_mb {
                 node.vram_mb = Some(vram_mb);
             }
-            node.clone()
-        })
-        .ok_or_else(|| unknown_node(&id))?;
-    drop(registry);
+        },
+    )
+    .await?;
+    metrics::counter!("hydra_heartbeats_total").increment(1);
     Ok(Json(view(&state, &node)))
 }
 
@@ -250,24 +268,17 @@ pub async fn move_node(
     state.require_admin(&headers)?;
     check_word("district", &request.district)?;
     check_word("venue", &request.venue)?;
-    let _guard = state.node_locks().lock(&id).await;
-    if !state
-        .store()
-        .move_node(&id, &request.district, &request.venue)
-        .await?
-    {
-        return Err(unknown_node(&id));
-    }
-    let node = state
-        .registry()
-        .write()
-        .expect("registry lock poisoned")
-        .patch(&id, |node| {
-            node.district = request.district.clone();
-            node.venue = request.venue.clone();
-            node.clone()
-        })
-        .ok_or_else(|| unknown_node(&id))?;
+    let store_write = async {
+        Ok(state
+            .store()
+            .move_node(&id, &request.district, &request.venue)
+            .await?)
+    };
+    let node = write_node(&state, &id, store_write, |node| {
+        node.district = request.district.clone();
+        node.venue = request.venue.clone();
+    })
+    .await?;
     tracing::info!(node_id = %id, district = %node.district, venue = %node.venue, "[controller] node moved");
     Ok(Json(view(&state, &node)))
 }
@@ -284,19 +295,11 @@ pub async fn drain(
     Json(request): Json<DrainRequest>,
 ) -> Result<Json<NodeView>, ApiError> {
     state.require_admin(&headers)?;
-    let _guard = state.node_locks().lock(&id).await;
-    if !state.store().set_drained(&id, request.drained).await? {
-        return Err(unknown_node(&id));
-    }
-    let node = state
-        .registry()
-        .write()
-        .expect("registry lock poisoned")
-        .patch(&id, |node| {
-            node.drained = request.drained;
-            node.clone()
-        })
-        .ok_or_else(|| unknown_node(&id))?;
+    let store_write = async { Ok(state.store().set_drained(&id, request.drained).await?) };
+    let node = write_node(&state, &id, store_write, |node| {
+        node.drained = request.drained
+    })
+    .await?;
     tracing::info!(node_id = %id, drained = request.drained, "[controller] node drain changed");
     Ok(Json(view(&state, &node)))
 }
