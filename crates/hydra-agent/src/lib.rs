@@ -5,6 +5,10 @@
 //! Architecture invariant: talks to the control plane only through `hydra-client`; every child
 //! process runs in its own process group and is ended with it.
 
+pub mod config;
+pub mod daemon;
+pub mod enrol;
+pub mod heartbeat;
 pub mod http;
 pub mod inject;
 pub mod local_api;

@@ -14,6 +14,7 @@ mod client;
 pub mod discovery;
 mod eligible;
 mod error;
+mod relay;
 mod replicas;
 mod retry;
 

@@ -2,6 +2,7 @@
 //!
 //! Thin: parse the command line, set up logging, call into the library crates.
 
+mod agent;
 mod bench;
 mod bodies;
 mod client_args;
@@ -11,6 +12,7 @@ mod logging;
 mod nodes;
 mod output;
 mod server;
+mod status;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,10 @@ enum Command {
     /// Run a head: discover a reachable body and stream from it.
     #[command(subcommand)]
     Head(head::Command),
+    /// Run the node agent (enrolment, heartbeats, local API, worker sessions and proxy).
+    Agent(agent::Args),
+    /// Show what the local agent knows: node, roles, server, last heartbeat, sessions.
+    Status(status::Args),
     /// Measure the server (load generators; never part of the tests).
     #[command(subcommand)]
     Bench(bench::Command),
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
             Command::Nodes(command) => nodes::run(command).await,
             Command::Bodies(command) => bodies::run(command).await,
             Command::Head(command) => head::run(command).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Bench(command) => bench::run(command).await,
         }
     });

@@ -27,7 +27,8 @@ pub use error::StartError;
 use process::{Marker, SessionProcess, Substitutions};
 
 /// How the worker role runs sessions; every duration is configurable so tests can shorten it.
-#[derive(Debug, Clone)]
+/// `Debug` leaves the Sunshine password out.
+#[derive(Clone)]
 pub struct WorkerSettings {
     /// Sessions at most (`sessions.max`, 15).
     pub max_sessions: u32,
@@ -58,6 +59,21 @@ pub struct WorkerSettings {
     pub sunshine_username: String,
     /// Sunshine password when a request names none.
     pub sunshine_password: String,
+    /// The ICE servers (TURN) as JSON, handed to each process as `HYDRA_ICE_SERVERS`.
+    pub ice_servers_json: String,
+}
+
+impl std::fmt::Debug for WorkerSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("WorkerSettings")
+            .field("max_sessions", &self.max_sessions)
+            .field("port_range_start", &self.port_range_start)
+            .field("sessions_root", &self.sessions_root)
+            .field("command", &self.command)
+            .field("stream_base_url", &self.stream_base_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerSettings {
@@ -78,6 +94,7 @@ impl WorkerSettings {
             stream_base_url: "http://127.0.0.1:7071".into(),
             sunshine_username: String::new(),
             sunshine_password: String::new(),
+            ice_servers_json: "[]".into(),
         }
     }
 }
@@ -411,6 +428,7 @@ impl Worker {
                 .clone()
                 .unwrap_or_else(|| self.settings.sunshine_password.clone()),
         );
+        env.insert("HYDRA_ICE_SERVERS", self.settings.ice_servers_json.clone());
         if let Some(experience) = &spec.experience {
             env.insert("HYDRA_EXPERIENCE", experience.clone());
         }

@@ -1,0 +1,472 @@
+//! The agent's configuration: built-in defaults, then the YAML file (serde-saphyr), then
+//! `HYDRA_<SECTION>__<KEY>` environment variables, then flags (figment layers them and says which
+//! source set a bad value). Names follow the field's config (`server.listen`, `controller.url`,
+//! `controller.token`, `sessions.max`, `sessions.port_range_start`, `sessions.return_url`,
+//! `sunshine.username/password`, `ice_servers`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Serialized};
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{WorkerSettings, default_command, process::check_template};
+
+/// Largest config file accepted.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Top-level sections; only `HYDRA_<SECTION>__...` variables are read.
+const SECTIONS: &[&str] = &[
+    "node",
+    "server",
+    "controller",
+    "heartbeat",
+    "sessions",
+    "sunshine",
+    "ice_servers",
+    "state_dir",
+    "wireguard_optional",
+    "api_token",
+];
+
+/// Everything `hydra agent` runs with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Who this node is.
+    pub node: NodeSection,
+    /// The agent's own HTTP listener.
+    pub server: ServerSection,
+    /// The control plane.
+    pub controller: ControllerSection,
+    /// Heartbeat schedule.
+    pub heartbeat: HeartbeatSection,
+    /// The worker role.
+    pub sessions: SessionsSection,
+    /// Default Sunshine credentials.
+    pub sunshine: SunshineSection,
+    /// ICE servers handed to session processes (`HYDRA_ICE_SERVERS`, JSON).
+    pub ice_servers: Vec<serde_json::Value>,
+    /// Where the node token is kept.
+    pub state_dir: PathBuf,
+    /// Report `ok` without a WireGuard interface.
+    pub wireguard_optional: bool,
+    /// An operator's bearer token for the agent's session API.
+    pub api_token: Option<String>,
+}
+
+/// `node:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Id to enrol with; the server makes one when absent.
+    pub id: Option<String>,
+    /// Human name.
+    pub name: Option<String>,
+    /// Roles: any of body, worker, head.
+    pub roles: Vec<String>,
+    /// District.
+    pub district: String,
+    /// Venue.
+    pub venue: String,
+    /// Owner.
+    pub owner: String,
+    /// LAN address.
+    pub lan_ip: Option<IpAddr>,
+    /// WireGuard address.
+    pub wg_ip: Option<IpAddr>,
+}
+
+/// `server:` (the agent's HTTP listener, as in the field's worker config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// URL the control plane (and browsers) reach the agent at; `http://<listen>` by default.
+    pub public_url: Option<String>,
+}
+
+/// `controller:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSection {
+    /// Base URL of every replica.
+    pub url: Vec<String>,
+    /// The admin token, used once to enrol (then the stored node token is used).
+    pub token: Option<String>,
+}
+
+/// `heartbeat:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSection {
+    /// Seconds between heartbeats.
+    pub interval: f64,
+    /// Each wait is drawn from `interval * (1 ± jitter)`.
+    pub jitter: f64,
+}
+
+/// `sessions:` (the worker role).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// Sessions at most.
+    pub max: u32,
+    /// First port of the range.
+    pub port_range_start: u16,
+    /// Where "return" links go.
+    pub return_url: String,
+    /// Where "Report a problem" goes (`mailto:` or a URL).
+    pub report_url: String,
+    /// Where ratings are forwarded, if anywhere.
+    pub rating_url: Option<String>,
+    /// Directory of the sessions' data dirs; `<state_dir>/sessions` by default.
+    pub root: Option<PathBuf>,
+    /// Command template of the session process.
+    pub command: Vec<String>,
+    /// Address the session processes listen on.
+    pub bind: IpAddr,
+    /// The body's streaming port checked before a start.
+    pub body_port: u16,
+    /// Seconds to wait for a new session process to answer.
+    pub ready_timeout: f64,
+    /// Seconds between liveness, data-dir and cleanup checks.
+    pub check_interval: f64,
+    /// Seconds after which `error`/`stopped` sessions are removed.
+    pub idle_timeout: f64,
+    /// Base of stream URLs; the agent's public URL by default (the server's URL when colocated).
+    pub stream_base_url: Option<String>,
+}
+
+/// `sunshine:`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SunshineSection {
+    /// User.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node: NodeSection::default(),
+            server: ServerSection::default(),
+            controller: ControllerSection::default(),
+            heartbeat: HeartbeatSection::default(),
+            sessions: SessionsSection::default(),
+            sunshine: SunshineSection::default(),
+            ice_servers: Vec::new(),
+            state_dir: PathBuf::from("./hydra-agent"),
+            wireguard_optional: false,
+            api_token: None,
+        }
+    }
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: None,
+            name: None,
+            roles: vec!["worker".into()],
+            district: "default".into(),
+            venue: "default".into(),
+            owner: "default".into(),
+            lan_ip: None,
+            wg_ip: None,
+        }
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            public_url: None,
+        }
+    }
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        ControllerSection {
+            url: vec!["http://127.0.0.1:7070".into()],
+            token: None,
+        }
+    }
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        HeartbeatSection {
+            interval: 30.0,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        SessionsSection {
+            max: 15,
+            port_range_start: 8080,
+            return_url: "/".into(),
+            report_url: "mailto:".into(),
+            rating_url: None,
+            root: None,
+            command: default_command(),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            body_port: 47990,
+            ready_timeout: 30.0,
+            check_interval: 30.0,
+            idle_timeout: 300.0,
+            stream_base_url: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key, file or variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl AgentConfig {
+    /// Layers defaults, the YAML file at `file`, `HYDRA_*` variables and `flags` (a JSON object
+    /// of the keys set on the command line, nested like the file), then validates.
+    pub fn load(file: Option<&Path>, flags: serde_json::Value) -> Result<AgentConfig, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(AgentConfig::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Serialized::globals(read_yaml(path)?));
+        }
+        figment = figment
+            .merge(Env::prefixed("HYDRA_").split("__").filter(|key| {
+                let normalised = key.as_str().replace("__", ".");
+                let section = normalised.split('.').next().unwrap_or_default();
+                SECTIONS
+                    .iter()
+                    .any(|known| known.eq_ignore_ascii_case(section))
+            }))
+            .merge(Serialized::globals(flags));
+        let config: AgentConfig = figment.extract().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone do not; the message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
+        if self.controller.url.is_empty() {
+            return fail("controller.url must name at least one server".into());
+        }
+        for url in &self.controller.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return fail(format!(
+                    "controller.url {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        if self.node.roles.is_empty() {
+            return fail("node.roles must name at least one of body, worker, head".into());
+        }
+        for role in &self.node.roles {
+            if role.parse::<hydra_core::Role>().is_err() {
+                return fail(format!(
+                    "node.roles: unknown role {role:?} (body, worker, head)"
+                ));
+            }
+        }
+        if !(self.heartbeat.interval >= 0.05 && self.heartbeat.interval <= 3_600.0) {
+            return fail("heartbeat.interval must be between 0.05 and 3600 seconds".into());
+        }
+        if !(0.0..=0.5).contains(&self.heartbeat.jitter) {
+            return fail("heartbeat.jitter must be between 0 and 0.5".into());
+        }
+        if self.runs_worker() {
+            if self.sessions.max == 0 || self.sessions.max > 1_000 {
+                return fail("sessions.max must be between 1 and 1000".into());
+            }
+            if u32::from(self.sessions.port_range_start) + self.sessions.max > 65_536 {
+                return fail(
+                    "sessions.port_range_start + sessions.max must stay below 65536".into(),
+                );
+            }
+            check_template(&self.sessions.command).map_err(ConfigError)?;
+            for (key, value) in [
+                ("sessions.ready_timeout", self.sessions.ready_timeout),
+                ("sessions.check_interval", self.sessions.check_interval),
+                ("sessions.idle_timeout", self.sessions.idle_timeout),
+            ] {
+                if !(value > 0.0 && value <= 86_400.0) {
+                    return fail(format!("{key} must be between 0 and 86400 seconds"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the node has the worker role.
+    pub fn runs_worker(&self) -> bool {
+        self.node.roles.iter().any(|role| role == "worker")
+    }
+
+    /// The URL the control plane reaches the agent at.
+    pub fn public_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The sessions root.
+    pub fn sessions_root(&self) -> PathBuf {
+        self.sessions
+            .root
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("sessions"))
+    }
+
+    /// The worker role's settings.
+    pub fn worker_settings(&self) -> WorkerSettings {
+        let seconds = |value: f64| Duration::from_secs_f64(value);
+        let mut settings = WorkerSettings::new(self.sessions_root());
+        settings.max_sessions = self.sessions.max;
+        settings.port_range_start = self.sessions.port_range_start;
+        settings.command = self.sessions.command.clone();
+        settings.session_bind = self.sessions.bind;
+        settings.body_port = self.sessions.body_port;
+        settings.ready_timeout = seconds(self.sessions.ready_timeout);
+        settings.check_interval = seconds(self.sessions.check_interval);
+        settings.idle_timeout = seconds(self.sessions.idle_timeout);
+        settings.stream_base_url = self
+            .sessions
+            .stream_base_url
+            .clone()
+            .unwrap_or_else(|| self.public_url());
+        settings.sunshine_username = self.sunshine.username.clone();
+        settings.sunshine_password = self.sunshine.password.clone();
+        settings.ice_servers_json =
+            serde_json::to_string(&self.ice_servers).unwrap_or_else(|_| "[]".into());
+        settings
+    }
+}
+
+fn read_yaml(path: &Path) -> Result<serde_json::Value, ConfigError> {
+    let metadata = std::fs::metadata(path).map_err(|error| {
+        ConfigError(format!(
+            "cannot read config file {}: {error}",
+            path.display()
+        ))
+    })?;
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError(format!(
+            "config file {} is larger than 1 MiB",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError(format!(
+            "cannot read config file {}: {error}",
+            path.display()
+        ))
+    })?;
+    let value: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|error| ConfigError(format!("config file {}: {error}", path.display())))?;
+    match value {
+        serde_json::Value::Object(_) => Ok(value),
+        serde_json::Value::Null => Ok(serde_json::Value::Object(Default::default())),
+        _ => Err(ConfigError(format!(
+            "config file {}: expected a mapping of settings at the top level",
+            path.display()
+        ))),
+    }
+}
+
+/// One line per figment error, naming the key and where its value came from.
+fn describe(error: figment::Error) -> ConfigError {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|error| {
+            let origin = error
+                .metadata
+                .as_ref()
+                .map(|metadata| format!(" (from {})", metadata.name))
+                .unwrap_or_default();
+            let key = error.path.join(".");
+            if key.is_empty() {
+                format!("configuration: {}{origin}", error.kind)
+            } else {
+                format!("configuration key {key:?}: {}{origin}", error.kind)
+            }
+        })
+        .collect();
+    ConfigError(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_yaml(yaml: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        AgentConfig::load(Some(&path), serde_json::json!({}))
+    }
+
+    #[test]
+    fn defaults_are_the_field_defaults() {
+        let config = AgentConfig::load(None, serde_json::json!({})).unwrap();
+        assert_eq!(config.sessions.max, 15);
+        assert_eq!(config.sessions.port_range_start, 8080);
+        assert_eq!(config.sessions.body_port, 47990);
+        assert_eq!(config.heartbeat.interval, 30.0);
+        assert_eq!(config.sessions.idle_timeout, 300.0);
+        assert_eq!(
+            config.sessions.command[0],
+            "/opt/moonlight-web-stream/web-server"
+        );
+    }
+
+    #[test]
+    fn the_file_then_flags_set_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(
+            &path,
+            "sessions:\n  max: 3\n  port_range_start: 9000\ncontroller:\n  url: [http://10.0.0.1:7070]\n",
+        )
+        .unwrap();
+        let config =
+            AgentConfig::load(Some(&path), serde_json::json!({ "sessions": { "max": 5 } }))
+                .unwrap();
+        assert_eq!(config.sessions.max, 5);
+        assert_eq!(config.sessions.port_range_start, 9000);
+        assert_eq!(config.controller.url, ["http://10.0.0.1:7070"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let unknown = load_yaml("sessions:\n  maximum: 3\n").unwrap_err();
+        assert!(unknown.0.contains("maximum"), "{unknown}");
+        let wrong_type = load_yaml("sessions:\n  max: lots\n").unwrap_err();
+        assert!(wrong_type.0.contains("sessions.max"), "{wrong_type}");
+        let zero = load_yaml("sessions:\n  max: 0\n").unwrap_err();
+        assert_eq!(zero.0, "sessions.max must be between 1 and 1000");
+        let template = load_yaml("sessions:\n  command: [/bin/x, '{nope}']\n").unwrap_err();
+        assert!(
+            template.0.contains("unknown placeholder {nope}"),
+            "{template}"
+        );
+        let role = load_yaml("node:\n  roles: [gpu]\n").unwrap_err();
+        assert!(role.0.contains("node.roles"), "{role}");
+        let url = load_yaml("controller:\n  url: [ftp://x]\n").unwrap_err();
+        assert!(url.0.contains("controller.url"), "{url}");
+    }
+}

@@ -1,0 +1,56 @@
+//! Relay sessions and workers: the server's session API and the worker report an agent sends.
+
+use hydra_api::{CreateSessionRequest, SessionList, SessionView, WorkerList, WorkerReport};
+use reqwest::Method;
+
+use crate::client::{Call, Kind};
+use crate::{Client, ClientError};
+
+impl Client {
+    /// `POST /api/v1/sessions`: places a session on the least-loaded healthy worker. Not retried
+    /// once it may have reached the server ([`ClientError::Indeterminate`]): list the sessions
+    /// before asking again.
+    pub async fn create_session(
+        &self,
+        request: &CreateSessionRequest,
+    ) -> Result<SessionView, ClientError> {
+        let call = Call::new(Method::POST, Kind::Write, &["sessions"]).with_json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/sessions`: every session on every worker.
+    pub async fn list_sessions(&self) -> Result<SessionList, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["sessions"]);
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/sessions/{id}`: one session; [`ClientError::NotFound`] when unknown.
+    pub async fn session(&self, id: &str) -> Result<SessionView, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["sessions", id]);
+        self.execute(&call).await?.json()
+    }
+
+    /// `DELETE /api/v1/sessions/{id}`: ends a session; the answer is its final view.
+    pub async fn end_session(&self, id: &str) -> Result<SessionView, ClientError> {
+        let call = Call::new(Method::DELETE, Kind::IdempotentWrite, &["sessions", id]);
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/workers`: every worker with its health and load.
+    pub async fn list_workers(&self) -> Result<WorkerList, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["workers"]);
+        self.execute(&call).await?.json()
+    }
+
+    /// `POST /api/v1/workers/{id}/report`: what a worker's agent runs and how to reach it
+    /// (the node's own token). Idempotent: the latest report wins.
+    pub async fn report_worker(&self, id: &str, report: &WorkerReport) -> Result<(), ClientError> {
+        let call = Call::new(
+            Method::POST,
+            Kind::IdempotentWrite,
+            &["workers", id, "report"],
+        )
+        .with_json(report)?;
+        self.execute(&call).await.map(drop)
+    }
+}

@@ -1,0 +1,115 @@
+//! `hydra agent --config FILE`: the node daemon. Flags and `HYDRA_<SECTION>__<KEY>` variables win
+//! over the file; the first thing it does is bind its port, and it exits with
+//! "cannot bind — is another hydra agent already running?" when that port is taken.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use hydra_agent::config::AgentConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `hydra agent`; each overrides the same key of the YAML file.
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// YAML config file (sections: node, server, controller, heartbeat, sessions, sunshine,
+    /// ice_servers, state_dir).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The agent's HTTP address (server.listen) [default: 127.0.0.1:7071].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The URL the control plane and browsers reach the agent at (server.public_url).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// A control-plane replica (controller.url); repeat for several.
+    #[arg(long = "server", value_name = "URL")]
+    servers: Vec<String>,
+    /// Node id to enrol with (node.id).
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// Where the node token and the session dirs live (state_dir) [default: ./hydra-agent].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Sessions at most (sessions.max) [default: 15].
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<u32>,
+    /// First port of the session range (sessions.port_range_start) [default: 8080].
+    #[arg(long, value_name = "PORT")]
+    port_range_start: Option<u16>,
+    /// Seconds between heartbeats (heartbeat.interval) [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    heartbeat_interval: Option<f64>,
+}
+
+impl Args {
+    /// The flags that were given, nested like the config file.
+    fn overrides(&self) -> serde_json::Value {
+        let mut root = serde_json::Map::new();
+        let mut set = |section: &str, key: Option<&str>, value: serde_json::Value| match key {
+            None => {
+                root.insert(section.to_owned(), value);
+            }
+            Some(key) => {
+                let entry = root
+                    .entry(section.to_owned())
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(object) = entry.as_object_mut() {
+                    object.insert(key.to_owned(), value);
+                }
+            }
+        };
+        if let Some(listen) = self.listen {
+            set("server", Some("listen"), listen.to_string().into());
+        }
+        if let Some(url) = &self.public_url {
+            set("server", Some("public_url"), url.clone().into());
+        }
+        if !self.servers.is_empty() {
+            set("controller", Some("url"), self.servers.clone().into());
+        }
+        if let Some(id) = &self.node_id {
+            set("node", Some("id"), id.clone().into());
+        }
+        if let Some(dir) = &self.state_dir {
+            set("state_dir", None, dir.display().to_string().into());
+        }
+        if let Some(max) = self.max_sessions {
+            set("sessions", Some("max"), max.into());
+        }
+        if let Some(port) = self.port_range_start {
+            set("sessions", Some("port_range_start"), port.into());
+        }
+        if let Some(interval) = self.heartbeat_interval {
+            set("heartbeat", Some("interval"), interval.into());
+        }
+        serde_json::Value::Object(root)
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = AgentConfig::load(args.config.as_deref(), args.overrides())
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    hydra_agent::daemon::run(config, shutdown)
+        .await
+        .context("hydra agent")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("[worker] shutting down: ending session processes");
+    shutdown.cancel();
+}

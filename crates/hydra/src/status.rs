@@ -1,0 +1,160 @@
+//! `hydra status`: asks the local agent what it knows (node, roles, servers, last heartbeat,
+//! sessions) and prints it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use hydra_agent::config::AgentConfig;
+use hydra_agent::local_api::AgentStatus;
+
+use crate::output::{Table, key_values, or_dash, print, print_json, yes_no};
+
+/// Options of `hydra status`.
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// Base URL of the local agent [default: from --config, else http://127.0.0.1:7071].
+    #[arg(long, value_name = "URL")]
+    agent: Option<String>,
+    /// The agent's config file, to find its address.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the agent's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the local agent's status.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let base = match (&args.agent, &args.config) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(path)) => {
+            let config = AgentConfig::load(Some(path), serde_json::json!({}))
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+            format!("http://{}", config.server.listen)
+        }
+        (None, None) => "http://127.0.0.1:7071".to_owned(),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let url = format!("{base}/api/v1/status");
+    let answer = client.get(&url).send().await.with_context(|| {
+        format!("no agent answers at {base} (--agent): is hydra agent running?")
+    })?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "the agent at {base} answered {}",
+        answer.status()
+    );
+    let status: AgentStatus = answer
+        .json()
+        .await
+        .with_context(|| format!("the agent at {base} sent an unreadable status"))?;
+    if args.json {
+        print_json(&status)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print(&render(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status as people read it.
+fn render(status: &AgentStatus) -> String {
+    let active = status
+        .sessions
+        .iter()
+        .filter(|session| matches!(session.status.as_str(), "starting" | "running"))
+        .count();
+    let mut text = key_values(&[
+        ("node", or_dash(status.node_id.as_ref())),
+        ("roles", status.roles.join(",")),
+        ("servers", status.servers.join(", ")),
+        ("master", or_dash(status.master.as_ref())),
+        ("last heartbeat", or_dash(status.last_heartbeat.as_ref())),
+        (
+            "heartbeat error",
+            or_dash(status.last_heartbeat_error.as_ref()),
+        ),
+        ("health", status.health.clone()),
+        ("uptime", format!("{} s", status.uptime)),
+        ("sessions", format!("{active} of {}", status.max_sessions)),
+    ]);
+    if !status.sessions.is_empty() {
+        let mut table = Table::new(&[
+            "ID",
+            "BODY",
+            "STATUS",
+            "PORT",
+            "PROCESS",
+            "DATA DIR",
+            "CONNECTIONS",
+            "AGE",
+        ]);
+        for session in &status.sessions {
+            table.row(vec![
+                session.id.clone(),
+                session.body_ip.clone(),
+                session.status.clone(),
+                session.port.to_string(),
+                yes_no(session.process_alive),
+                yes_no(session.data_directory_ok),
+                session.active_connections.to_string(),
+                format!("{} s", session.age),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use hydra_agent::local_api::SessionHealth;
+
+    use super::*;
+
+    #[test]
+    fn renders_node_heartbeat_and_sessions() {
+        let status = AgentStatus {
+            node_id: Some("w1".into()),
+            roles: vec!["worker".into()],
+            servers: vec!["http://127.0.0.1:7070".into()],
+            master: Some("http://127.0.0.1:7070".into()),
+            last_heartbeat: Some("2026-01-02T03:04:05.000Z".into()),
+            last_heartbeat_error: None,
+            uptime: 42,
+            health: "ok".into(),
+            max_sessions: 15,
+            sessions: vec![SessionHealth {
+                id: "s-1".into(),
+                body_ip: "10.0.0.2".into(),
+                status: "running".into(),
+                process_alive: true,
+                data_directory_ok: true,
+                active_connections: 2,
+                age: 9,
+                port: 8080,
+                error: None,
+            }],
+        };
+        expect_test::expect![[r#"
+            node:             w1
+            roles:            worker
+            servers:          http://127.0.0.1:7070
+            master:           http://127.0.0.1:7070
+            last heartbeat:   2026-01-02T03:04:05.000Z
+            heartbeat error:  -
+            health:           ok
+            uptime:           42 s
+            sessions:         1 of 15
+
+            ID   BODY      STATUS   PORT  PROCESS  DATA DIR  CONNECTIONS  AGE
+            s-1  10.0.0.2  running  8080  yes      yes       2            9 s
+        "#]]
+        .assert_eq(&render(&status));
+    }
+}
