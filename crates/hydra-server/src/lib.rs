@@ -10,7 +10,9 @@ pub mod extract;
 pub mod heartbeats;
 pub mod registry;
 pub mod routes;
+pub mod sessions;
 pub mod state;
+pub mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -62,6 +64,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::nodes::move_node))
         .routes(routes!(routes::nodes::drain))
         .routes(routes!(routes::bodies::eligible))
+        .merge(sessions::router())
 }
 
 /// The whole application: API, OpenAPI document, metrics, JSON 404s, body limit.

@@ -1,0 +1,426 @@
+//! The whole relay path with a real server (SQLite) and real agents in this process, over
+//! loopback: enrolment, heartbeats and reports, placement over three workers, the page and a
+//! WebSocket through both proxies, ending sessions, an agent that restarts without its sessions,
+//! and a second agent on a taken port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use hydra_agent::config::AgentConfig;
+use hydra_api::{CreateSessionRequest, SessionState};
+use hydra_client::{Client, ClientConfig, ClientError, RetryPolicy};
+use hydra_server::{AppState, Settings};
+use hydra_store::Store;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Body, port_base, standin_command};
+
+const ADMIN: &str = "hya_fleet_test_admin_token";
+
+/// A server on a loopback port with its SQLite file in a temp dir.
+struct Server {
+    url: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(heartbeat_timeout: Duration) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("hydra.db"))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let settings = Settings {
+            heartbeat_timeout,
+            public_url: url.clone(),
+            body_limit_bytes: 64 * 1024,
+        };
+        let state = AppState::new(store, settings, ADMIN).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            hydra_server::serve(listener, state, stop).await.unwrap();
+        });
+        Server {
+            url,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn admin(&self) -> Client {
+        Client::new(
+            ClientConfig::new([self.url.clone()])
+                .with_token(ADMIN)
+                .with_retry(RetryPolicy::once()),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.task.abort();
+    }
+}
+
+/// An agent with the worker role, in this process.
+struct Agent {
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), hydra_agent::daemon::DaemonError>>>,
+}
+
+impl Agent {
+    async fn start(server: &Server, id: &str, state_dir: &Path, body: &Body, max: u32) -> Agent {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let config = agent_config(server, id, state_dir, body, max, address);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hydra_agent::daemon::serve(
+            listener,
+            config,
+            shutdown.clone(),
+        ));
+        Agent {
+            address,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the agent gracefully (its session processes end).
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn agent_config(
+    server: &Server,
+    id: &str,
+    state_dir: &Path,
+    body: &Body,
+    max: u32,
+    address: SocketAddr,
+) -> AgentConfig {
+    let mut config = AgentConfig::default();
+    config.node.id = Some(id.into());
+    config.node.roles = vec!["worker".into()];
+    config.node.district = "bxl1".into();
+    config.node.venue = "cloud-seven".into();
+    config.node.owner = "acme".into();
+    config.server.listen = address;
+    config.controller.url = vec![server.url.clone()];
+    config.controller.token = Some(ADMIN.into());
+    config.state_dir = state_dir.to_path_buf();
+    config.heartbeat.interval = 0.2;
+    config.sessions.max = max;
+    config.sessions.port_range_start = port_base();
+    config.sessions.command = standin_command();
+    config.sessions.body_port = body.port();
+    config.sessions.check_interval = 0.2;
+    config.sessions.return_url = "https://kiosk.example/home".into();
+    config.wireguard_optional = true;
+    config
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the server sees `count` healthy workers.
+async fn healthy_workers(server: &Server, count: usize) {
+    let admin = server.admin();
+    wait_until("workers healthy", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move {
+            admin.list_workers().await.is_ok_and(|list| {
+                list.workers.iter().filter(|worker| worker.healthy).count() == count
+            })
+        }
+    })
+    .await;
+}
+
+fn for_body() -> CreateSessionRequest {
+    CreateSessionRequest {
+        body_ip: Some("127.0.0.1".into()),
+        ..CreateSessionRequest::default()
+    }
+}
+
+fn state_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_created_opened_through_both_proxies_and_ended() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(10)).await;
+    let agent = Agent::start(&server, "w-one", &state_dir(temp.path(), "w-one"), &body, 3).await;
+    healthy_workers(&server, 1).await;
+    let admin = server.admin();
+
+    let session = admin.create_session(&for_body()).await.unwrap();
+    assert_eq!(session.worker_id, "w-one");
+    assert_eq!(session.status, SessionState::Running);
+    let stream_url = session.stream_url.clone().unwrap();
+    assert_eq!(
+        stream_url,
+        format!("http://{}/session/{}/", agent.address, session.session_id)
+    );
+
+    // Through the worker's proxy: the stand-in's page with the injected script.
+    let page = reqwest::get(&stream_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("stand-in stream") && page.contains("data-hydra-injected"));
+    // Through the server (colocated mode): the same page.
+    let colocated = format!("{}/session/{}/", server.url, session.session_id);
+    let page = reqwest::get(&colocated)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("stand-in stream") && page.contains("data-hydra-injected"));
+
+    // A WebSocket through the server and the worker to the stand-in's echo.
+    let ws_url = format!(
+        "ws://{}/session/{}/ws",
+        server.url.trim_start_matches("http://"),
+        session.session_id
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    socket.send(Message::text("ping")).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, Message::text("echo: ping"));
+    drop(socket);
+
+    let listed = admin.list_sessions().await.unwrap();
+    assert_eq!(listed.sessions.len(), 1);
+    let ended = admin.end_session(&session.session_id).await.unwrap();
+    assert_eq!(ended.status, SessionState::Stopped);
+    let answer = reqwest::get(&stream_url).await.unwrap();
+    assert_eq!(answer.status(), 404, "the worker no longer proxies it");
+    let unknown = admin.end_session("s-nobody").await.unwrap_err();
+    assert!(matches!(unknown, ClientError::NotFound(_)), "{unknown}");
+
+    // Bad input: named field, nothing started.
+    let bad = admin
+        .create_session(&CreateSessionRequest {
+            body_ip: Some("999.1.1.1".into()),
+            ..CreateSessionRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("body_ip"), "{bad}");
+    let missing = admin
+        .create_session(&CreateSessionRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("body_ip or head_id"),
+        "{missing}"
+    );
+    let unreachable = admin
+        .create_session(&CreateSessionRequest {
+            body_ip: Some("127.0.0.2".into()),
+            ..CreateSessionRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        unreachable.to_string().contains(&format!(
+            "body 127.0.0.2 unreachable on port {}",
+            body.port()
+        )),
+        "{unreachable}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_follows_load_skips_full_and_silent_workers() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_millis(1_500)).await;
+    let a = Agent::start(&server, "w-a", &state_dir(temp.path(), "w-a"), &body, 2).await;
+    let b = Agent::start(&server, "w-b", &state_dir(temp.path(), "w-b"), &body, 2).await;
+    let c = Agent::start(&server, "w-c", &state_dir(temp.path(), "w-c"), &body, 2).await;
+    healthy_workers(&server, 3).await;
+    let admin = server.admin();
+
+    let mut placed = Vec::new();
+    for _ in 0..6 {
+        placed.push(admin.create_session(&for_body()).await.unwrap());
+    }
+    let workers: Vec<&str> = placed.iter().map(|s| s.worker_id.as_str()).collect();
+    assert_eq!(workers, ["w-a", "w-b", "w-c", "w-a", "w-b", "w-c"]);
+    let full = admin.create_session(&for_body()).await.unwrap_err();
+    assert!(full.to_string().contains("max sessions reached"), "{full}");
+
+    // Free both of c's slots and one of a's: c is the least loaded...
+    admin.end_session(&placed[2].session_id).await.unwrap();
+    admin.end_session(&placed[5].session_id).await.unwrap();
+    admin.end_session(&placed[0].session_id).await.unwrap();
+    // ...until its heartbeats stop: then it is excluded after the timeout.
+    c.stop().await;
+    wait_until("w-c offline", Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move {
+            admin.list_workers().await.is_ok_and(|list| {
+                list.workers
+                    .iter()
+                    .any(|worker| worker.id == "w-c" && worker.status == "offline")
+            })
+        }
+    })
+    .await;
+    let next = admin.create_session(&for_body()).await.unwrap();
+    assert_eq!(next.worker_id, "w-a");
+    let full = admin.create_session(&for_body()).await.unwrap_err();
+    assert!(full.to_string().contains("max sessions reached"), "{full}");
+
+    a.stop().await;
+    b.stop().await;
+    wait_until("every worker offline", Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .list_workers()
+                .await
+                .is_ok_and(|list| list.workers.iter().all(|worker| worker.status == "offline"))
+        }
+    })
+    .await;
+    let none = admin.create_session(&for_body()).await.unwrap_err();
+    assert!(
+        none.to_string().contains("no healthy workers available"),
+        "{none}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_restarts_without_its_sessions_has_them_marked_error() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(10)).await;
+    let dir = state_dir(temp.path(), "w-r");
+    let mut first = Agent::start(&server, "w-r", &dir, &body, 2).await;
+    healthy_workers(&server, 1).await;
+    let admin = server.admin();
+    let session = admin.create_session(&for_body()).await.unwrap();
+    assert!(dir.join("sessions").join(&session.session_id).is_dir());
+
+    // Gone without a goodbye (its task aborted; nothing tells the server).
+    first.task.take().unwrap().abort();
+    drop(first);
+
+    // Same state dir: the stored node token is used, no admin token needed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut config = agent_config(&server, "w-r", &dir, &body, 2, address);
+    config.controller.token = None;
+    let shutdown = CancellationToken::new();
+    let second = tokio::spawn(hydra_agent::daemon::serve(
+        listener,
+        config,
+        shutdown.clone(),
+    ));
+    wait_until(
+        "the session is marked error",
+        Duration::from_secs(10),
+        || {
+            let admin = admin.clone();
+            let id = session.session_id.clone();
+            async move {
+                admin
+                    .session(&id)
+                    .await
+                    .is_ok_and(|view| view.status == SessionState::Error)
+            }
+        },
+    )
+    .await;
+    let view = admin.session(&session.session_id).await.unwrap();
+    assert_eq!(
+        view.error.as_deref(),
+        Some("the worker no longer runs this session")
+    );
+    assert!(
+        !dir.join("sessions").join(&session.session_id).exists(),
+        "orphan dir removed"
+    );
+    shutdown.cancel();
+    second.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_port_exits_and_deletes_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(10)).await;
+    let dir = state_dir(temp.path(), "w-first");
+    let first = Agent::start(&server, "w-first", &dir, &body, 2).await;
+    healthy_workers(&server, 1).await;
+    let session = server.admin().create_session(&for_body()).await.unwrap();
+    let session_dir = dir.join("sessions").join(&session.session_id);
+    assert!(session_dir.is_dir());
+
+    // Same port, same state dir: refused before touching the sessions.
+    let config = agent_config(&server, "w-first", &dir, &body, 2, first.address);
+    let error = hydra_agent::daemon::run(config, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot bind — is another hydra agent already running?"),
+        "{error}"
+    );
+    assert!(
+        session_dir.is_dir(),
+        "the first agent's session dir is intact"
+    );
+    let page = reqwest::get(session.stream_url.unwrap()).await.unwrap();
+    assert_eq!(page.status(), 200, "the first agent's session still runs");
+    first.stop().await;
+}

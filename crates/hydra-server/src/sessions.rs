@@ -1,0 +1,542 @@
+//! Relay sessions: `POST/GET /api/v1/sessions`, `GET/DELETE /api/v1/sessions/{id}`, and the
+//! colocated `/session/{id}/...` proxy to the worker that runs the session.
+//!
+//! A new session goes to the least-loaded healthy worker (`hydra_core::placement`); its record
+//! is written to the store before the worker is asked, and updated with the worker's answer. A
+//! worker that cannot start it answers with the reason; the next-best worker is tried once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use hydra_agent::proxy::{Forward, Proxy};
+use hydra_api::{
+    CreateSessionRequest, ErrorBody, ErrorCode, SessionList, SessionState, SessionView,
+    StartSessionRequest, WorkerSession,
+};
+use hydra_core::Role;
+use hydra_core::placement::{PlacementSettings, least_loaded_worker};
+use hydra_core::selection::{Head, Observations, select_bodies};
+use hydra_store::{SessionRecord, SessionStatus};
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::routes::nodes::check_word;
+use crate::state::{AppState, now_ms};
+use crate::workers::{self, WorkerDirectory, WorkerInfo, as_loads, worker_loads};
+
+/// Longest wait for a worker to start a session (its readiness wait is 30 s).
+const START_TIMEOUT: Duration = Duration::from_secs(45);
+/// Longest wait for a worker to end one.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the relay routes share besides `AppState`.
+#[derive(Clone)]
+pub struct Relay {
+    directory: WorkerDirectory,
+    http: reqwest::Client,
+    proxy: Proxy,
+    /// Serialises placement so two requests never take the same last slot.
+    placement: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Relay {
+    fn new(directory: WorkerDirectory) -> Relay {
+        Relay {
+            directory,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            proxy: Proxy::new(CancellationToken::new()),
+            placement: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+/// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy.
+/// Merge into the API router: `.merge(crate::sessions::router())`.
+pub fn router() -> OpenApiRouter<AppState> {
+    let directory = WorkerDirectory::default();
+    let relay = Relay::new(directory.clone());
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, end))
+        .routes(routes!(workers::list))
+        .routes(routes!(workers::report))
+        .route("/session/{id}", any(colocated_bare))
+        .route("/session/{id}/", any(colocated_root))
+        .route("/session/{id}/{*rest}", any(colocated_path))
+        .layer(Extension(directory))
+        .layer(Extension(relay))
+}
+
+/// The view of a stored session.
+pub fn view(record: &SessionRecord) -> SessionView {
+    SessionView {
+        session_id: record.id.clone(),
+        worker_id: record.worker_id.clone(),
+        body_ip: record.body_ip.clone(),
+        body_id: record.body_id.clone(),
+        head_id: record.head_id.clone(),
+        experience: record.experience.clone(),
+        port: record.port,
+        stream_url: record.stream_url.clone(),
+        status: match record.status {
+            SessionStatus::Starting => SessionState::Starting,
+            SessionStatus::Running => SessionState::Running,
+            SessionStatus::Stopped => SessionState::Stopped,
+            SessionStatus::Error => SessionState::Error,
+        },
+        error: record.error.clone(),
+        created_at: hydra_api::rfc3339(record.created_at),
+        updated_at: hydra_api::rfc3339(record.updated_at),
+    }
+}
+
+fn unknown_session(id: &str) -> ApiError {
+    ApiError::not_found(format!("session {id:?} does not exist"))
+}
+
+/// The body a session pairs with: `(body_ip, body_id)`.
+fn resolve_body(
+    state: &AppState,
+    request: &CreateSessionRequest,
+) -> Result<(String, Option<String>), ApiError> {
+    match (&request.body_ip, &request.head_id) {
+        (Some(_), Some(_)) => Err(ApiError::invalid("give body_ip or head_id, not both")),
+        (None, None) => Err(ApiError::invalid("body_ip or head_id is required")),
+        (Some(body_ip), None) => {
+            let ip: IpAddr = body_ip.trim().parse().map_err(|_| {
+                ApiError::invalid(format!("body_ip {body_ip:?} is not an IP address"))
+            })?;
+            Ok((ip.to_string(), None))
+        }
+        (None, Some(head_id)) => {
+            check_word("head_id", head_id)?;
+            let registry = state.registry().read().expect("registry lock poisoned");
+            let head = registry
+                .get(head_id)
+                .ok_or_else(|| ApiError::not_found(format!("node {head_id:?} is not enrolled")))?;
+            if !head.roles.contains(Role::Head) {
+                return Err(ApiError::invalid(format!(
+                    "head_id {head_id:?} names a node without the head role"
+                )));
+            }
+            let asking = Head {
+                district: &head.district,
+                venue: &head.venue,
+                owner: &head.owner,
+            };
+            let selection = select_bodies(
+                &asking,
+                registry.in_district(&head.district),
+                now_ms(),
+                &state.selection_settings(),
+                &Observations::default(),
+            );
+            // A worker pairs over WireGuard; the LAN address is the fallback.
+            selection
+                .bodies
+                .iter()
+                .find_map(|candidate| {
+                    let node = candidate.node;
+                    node.wg_ip
+                        .or(node.lan_ip)
+                        .map(|ip| (ip.to_string(), Some(node.id.clone())))
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("no body available for head {head_id}"),
+                    )
+                })
+        }
+    }
+}
+
+/// How asking a worker failed.
+enum WorkerFailure {
+    /// It answered with a refusal (its code and message).
+    Refused(ApiError),
+    /// It did not answer.
+    Unreachable(String),
+}
+
+impl WorkerFailure {
+    fn into_api_error(self, worker_id: &str) -> ApiError {
+        match self {
+            WorkerFailure::Refused(error) => error,
+            WorkerFailure::Unreachable(detail) => ApiError::new(
+                ErrorCode::BadGateway,
+                format!("worker {worker_id} does not answer: {detail}"),
+            ),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            WorkerFailure::Refused(error) => error.message.clone(),
+            WorkerFailure::Unreachable(detail) => format!("worker does not answer: {detail}"),
+        }
+    }
+}
+
+async fn start_on(
+    relay: &Relay,
+    info: &WorkerInfo,
+    request: &StartSessionRequest,
+) -> Result<WorkerSession, WorkerFailure> {
+    let answer = relay
+        .http
+        .post(format!("{}/api/v1/sessions", info.agent_url))
+        .bearer_auth(&info.agent_key)
+        .timeout(START_TIMEOUT)
+        .json(request)
+        .send()
+        .await
+        .map_err(|error| WorkerFailure::Unreachable(error.to_string()))?;
+    let status = answer.status();
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|error| WorkerFailure::Unreachable(error.to_string()))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|error| {
+            WorkerFailure::Refused(ApiError::new(
+                ErrorCode::BadGateway,
+                format!("the worker's answer is unreadable: {error}"),
+            ))
+        });
+    }
+    let refusal = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|body| ApiError::new(body.error, body.message))
+        .unwrap_or_else(|_| {
+            ApiError::new(
+                ErrorCode::BadGateway,
+                format!("the worker answered {status}"),
+            )
+        });
+    Err(WorkerFailure::Refused(refusal))
+}
+
+/// Places a relay session on the least-loaded healthy worker and starts it there.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", request_body = CreateSessionRequest,
+    security(("bearer" = [])),
+    responses((status = 201, body = SessionView),
+        (status = 400, description = "Bad field", body = ErrorBody),
+        (status = 502, description = "The worker could not start it (the reason, e.g. `body <ip> unreachable on port 47990`)", body = ErrorBody),
+        (status = 503, description = "`no healthy workers available` or `max sessions reached`", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(relay): Extension<Relay>,
+    headers: HeaderMap,
+    Json(request): Json<CreateSessionRequest>,
+) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+    state.require_admin(&headers)?;
+    if let Some(district) = &request.district {
+        check_word("district", district)?;
+    }
+    for (field, value) in [
+        ("experience", &request.experience),
+        ("exe_path", &request.exe_path),
+        ("sunshine_user", &request.sunshine_user),
+        ("sunshine_pass", &request.sunshine_pass),
+    ] {
+        if value.as_ref().is_some_and(|text| text.len() > 1_024) {
+            return Err(ApiError::invalid(format!(
+                "{field} is longer than 1024 characters"
+            )));
+        }
+    }
+    let (body_ip, body_id) = resolve_body(&state, &request)?;
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    let session_id = format!("s-{}", hex::encode(bytes));
+    let start = StartSessionRequest {
+        session_id: Some(session_id.clone()),
+        body_ip: body_ip.clone(),
+        sunshine_user: request.sunshine_user.clone(),
+        sunshine_pass: request.sunshine_pass.clone(),
+        experience: request.experience.clone(),
+        exe_path: request.exe_path.clone(),
+    };
+    let settings = PlacementSettings {
+        heartbeat_timeout_ms: state.heartbeat_timeout_ms(),
+    };
+    let mut excluded: Vec<String> = Vec::new();
+    let mut record: Option<SessionRecord> = None;
+    let mut first_failure: Option<(String, WorkerFailure)> = None;
+    for _attempt in 0..2 {
+        let chosen = {
+            let _placing = relay.placement.lock().await;
+            let rows: Vec<_> = worker_loads(&state, &relay.directory, request.district.as_deref())
+                .into_iter()
+                .filter(|row| !excluded.contains(&row.0))
+                .collect();
+            match least_loaded_worker(&as_loads(&rows), now_ms(), &settings) {
+                Ok(id) => {
+                    let id = id.to_owned();
+                    relay.directory.adjust_active(&id, 1);
+                    id
+                }
+                Err(placement) => match first_failure.take() {
+                    Some((worker_id, failure)) => {
+                        return Err(failure.into_api_error(&worker_id));
+                    }
+                    None => {
+                        tracing::warn!(error = %placement, "[controller] session not placed");
+                        return Err(ApiError::new(ErrorCode::Unavailable, placement.to_string()));
+                    }
+                },
+            }
+        };
+        let Some(info) = relay.directory.get(&chosen) else {
+            excluded.push(chosen);
+            continue;
+        };
+        let now = now_ms();
+        let stored = match record.take() {
+            None => {
+                let fresh = SessionRecord {
+                    id: session_id.clone(),
+                    worker_id: chosen.clone(),
+                    body_ip: body_ip.clone(),
+                    body_id: body_id.clone(),
+                    head_id: request.head_id.clone(),
+                    experience: request.experience.clone(),
+                    port: None,
+                    stream_url: None,
+                    status: SessionStatus::Starting,
+                    error: None,
+                    created_at: now,
+                    updated_at: now,
+                };
+                if let Err(error) = state.store().insert_session(&fresh).await {
+                    relay.directory.adjust_active(&chosen, -1);
+                    return Err(error.into());
+                }
+                fresh
+            }
+            Some(mut moved) => {
+                moved.worker_id = chosen.clone();
+                moved.updated_at = now;
+                state.store().update_session(&moved).await?;
+                moved
+            }
+        };
+        tracing::info!(%session_id, worker_id = %chosen, %body_ip, "[controller] session placed");
+        match start_on(&relay, &info, &start).await {
+            Ok(started) => {
+                let mut running = stored;
+                running.status = SessionStatus::Running;
+                running.port = Some(started.port);
+                running.stream_url = Some(started.stream_url);
+                running.updated_at = now_ms();
+                state.store().update_session(&running).await?;
+                return Ok((StatusCode::CREATED, Json(view(&running))));
+            }
+            Err(failure) => {
+                relay.directory.adjust_active(&chosen, -1);
+                tracing::warn!(%session_id, worker_id = %chosen, reason = %failure.message(), "[controller] worker could not start the session");
+                let mut failed = stored;
+                failed.status = SessionStatus::Error;
+                failed.error = Some(failure.message());
+                failed.updated_at = now_ms();
+                state.store().update_session(&failed).await?;
+                let final_failure = matches!(
+                    &failure,
+                    WorkerFailure::Refused(error) if error.code == ErrorCode::InvalidRequest
+                );
+                if final_failure || first_failure.is_some() {
+                    return Err(failure.into_api_error(&chosen));
+                }
+                record = Some(failed);
+                excluded.push(chosen.clone());
+                first_failure = Some((chosen, failure));
+            }
+        }
+    }
+    Err(first_failure
+        .map(|(worker_id, failure)| failure.into_api_error(&worker_id))
+        .unwrap_or_else(|| ApiError::new(ErrorCode::Unavailable, "no healthy workers available")))
+}
+
+/// Every session of every worker, oldest first.
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<SessionList>, ApiError> {
+    state.require_admin(&headers)?;
+    let sessions = state.store().list_sessions().await?;
+    Ok(Json(SessionList {
+        sessions: sessions.iter().map(view).collect(),
+    }))
+}
+
+/// One session.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    state.require_admin(&headers)?;
+    let record = state
+        .store()
+        .get_session(&id)
+        .await?
+        .ok_or_else(|| unknown_session(&id))?;
+    Ok(Json(view(&record)))
+}
+
+/// Ends a session: the worker ends its process group; the record turns `stopped`.
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+pub async fn end(
+    State(state): State<AppState>,
+    Extension(relay): Extension<Relay>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    state.require_admin(&headers)?;
+    let mut record = state
+        .store()
+        .get_session(&id)
+        .await?
+        .ok_or_else(|| unknown_session(&id))?;
+    let was_active = matches!(
+        record.status,
+        SessionStatus::Starting | SessionStatus::Running
+    );
+    if let Some(info) = relay.directory.get(&record.worker_id) {
+        let answer = relay
+            .http
+            .delete(format!("{}/api/v1/sessions/{id}", info.agent_url))
+            .bearer_auth(&info.agent_key)
+            .timeout(STOP_TIMEOUT)
+            .send()
+            .await;
+        match answer {
+            Ok(answer)
+                if answer.status().is_success() || answer.status() == StatusCode::NOT_FOUND => {}
+            Ok(answer) => {
+                tracing::warn!(session_id = %id, status = answer.status().as_u16(), "[controller] worker refused to end the session")
+            }
+            Err(error) => {
+                tracing::warn!(session_id = %id, %error, "[controller] worker does not answer; session recorded stopped anyway")
+            }
+        }
+    }
+    if was_active {
+        record.status = SessionStatus::Stopped;
+        record.updated_at = now_ms();
+        state.store().update_session(&record).await?;
+        relay.directory.adjust_active(&record.worker_id, -1);
+        tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
+    }
+    Ok(Json(view(&record)))
+}
+
+async fn colocated_bare(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    Response::builder()
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header(axum::http::header::LOCATION, format!("/session/{id}/"))
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+async fn colocated_root(
+    State(state): State<AppState>,
+    Extension(relay): Extension<Relay>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    request: Request,
+) -> Response {
+    colocated(state, relay, id, String::new(), request).await
+}
+
+async fn colocated_path(
+    State(state): State<AppState>,
+    Extension(relay): Extension<Relay>,
+    axum::extract::Path((id, rest)): axum::extract::Path<(String, String)>,
+    request: Request,
+) -> Response {
+    colocated(state, relay, id, rest, request).await
+}
+
+/// Forwards `/session/{id}/...` to the agent of the worker that runs the session (which adds
+/// the page script), so stream URLs can use the server's address.
+async fn colocated(
+    state: AppState,
+    relay: Relay,
+    id: String,
+    rest: String,
+    request: Request,
+) -> Response {
+    let record = match state.store().get_session(&id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return unknown_session(&id).into_response(),
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let Some(info) = relay.directory.get(&record.worker_id) else {
+        return ApiError::new(
+            ErrorCode::BadGateway,
+            format!(
+                "worker {} has not reported where it listens",
+                record.worker_id
+            ),
+        )
+        .into_response();
+    };
+    let Some(target) = agent_address(&info.agent_url).await else {
+        return ApiError::new(
+            ErrorCode::BadGateway,
+            format!("cannot resolve worker address {}", info.agent_url),
+        )
+        .into_response();
+    };
+    let query = request
+        .uri()
+        .query()
+        .map(|query| format!("?{query}"))
+        .unwrap_or_default();
+    let forward = Forward {
+        target,
+        path_and_query: format!("/session/{id}/{rest}{query}"),
+        prefix: String::new(),
+        inject: None,
+        connections: None,
+        session_id: id,
+    };
+    relay.proxy.forward(request, forward).await
+}
+
+/// The socket address of an `http://host:port` agent URL.
+async fn agent_address(url: &str) -> Option<SocketAddr> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = parsed.port_or_known_default()?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
+}
