@@ -337,8 +337,74 @@ struct Phase {
     histogram: Histogram<u64>,
     errors: u64,
     seconds: f64,
+    /// CPU seconds the bench process itself used during the phase (it shares the machine with
+    /// the server on loopback), when `/proc/self/stat` says.
+    client_cpu_seconds: Option<f64>,
     tags: BTreeMap<String, u64>,
     first_error: Option<String>,
+}
+
+impl Phase {
+    fn empty() -> Phase {
+        Phase {
+            histogram: Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 3)
+                .expect("static histogram bounds"),
+            errors: 0,
+            seconds: 0.0,
+            client_cpu_seconds: Some(0.0),
+            tags: BTreeMap::new(),
+            first_error: None,
+        }
+    }
+
+    /// Adds another phase's (or slice's) figures to this one.
+    fn absorb(&mut self, other: Phase) -> anyhow::Result<()> {
+        self.histogram.add(&other.histogram)?;
+        self.errors += other.errors;
+        self.seconds += other.seconds;
+        self.client_cpu_seconds = self
+            .client_cpu_seconds
+            .zip(other.client_cpu_seconds)
+            .map(|(mine, theirs)| mine + theirs);
+        for (tag, count) in other.tags {
+            *self.tags.entry(tag).or_default() += count;
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        Ok(())
+    }
+}
+
+/// Slices per route in an interleaved measurement.
+const SLICES: u32 = 10;
+
+/// Measures two routes for `duration` each, in alternating slices (10 of each), so that both
+/// see the same background load on a shared machine.
+async fn measure_interleaved<First, FirstFut, Second, SecondFut>(
+    concurrency: u32,
+    duration: Duration,
+    seed: u64,
+    first: First,
+    second: Second,
+) -> anyhow::Result<(Phase, Phase)>
+where
+    First: Fn(&mut StdRng) -> FirstFut + Send + Sync + 'static,
+    FirstFut: Future<Output = Result<Option<String>, ClientError>> + Send,
+    Second: Fn(&mut StdRng) -> SecondFut + Send + Sync + 'static,
+    SecondFut: Future<Output = Result<Option<String>, ClientError>> + Send,
+{
+    let first = Arc::new(first);
+    let second = Arc::new(second);
+    let slice = duration / SLICES;
+    let mut first_total = Phase::empty();
+    let mut second_total = Phase::empty();
+    for round in 0..SLICES {
+        let round_seed = seed.wrapping_add(u64::from(round));
+        first_total.absorb(measure(concurrency, slice, round_seed, first.clone()).await?)?;
+        second_total.absorb(measure(concurrency, slice, round_seed, second.clone()).await?)?;
+    }
+    Ok((first_total, second_total))
 }
 
 /// Runs `request` from `concurrency` workers until `duration` has passed.
@@ -346,13 +412,13 @@ async fn measure<Request, Fut>(
     concurrency: u32,
     duration: Duration,
     seed: u64,
-    request: Request,
+    request: Arc<Request>,
 ) -> anyhow::Result<Phase>
 where
     Request: Fn(&mut StdRng) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Option<String>, ClientError>> + Send,
 {
-    let request = Arc::new(request);
+    let cpu_before = own_cpu_seconds();
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = tokio::task::JoinSet::new();
@@ -365,6 +431,7 @@ where
                     .expect("static histogram bounds"),
                 errors: 0,
                 seconds: 0.0,
+                client_cpu_seconds: None,
                 tags: BTreeMap::new(),
                 first_error: None,
             };
@@ -397,6 +464,7 @@ where
         histogram: Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 3)?,
         errors: 0,
         seconds: 0.0,
+        client_cpu_seconds: None,
         tags: BTreeMap::new(),
         first_error: None,
     };
@@ -412,7 +480,22 @@ where
         }
     }
     total.seconds = started.elapsed().as_secs_f64();
+    total.client_cpu_seconds = cpu_before
+        .zip(own_cpu_seconds())
+        .map(|(before, after)| after - before);
     Ok(total)
+}
+
+/// User + system CPU seconds of this process so far, from `/proc/self/stat` (Linux; its clock
+/// ticks are `USER_HZ`, 100 per second).
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
 }
 
 /// The figures of one route, as printed and as JSON.
@@ -426,6 +509,8 @@ struct RouteFigures {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// CPU µs the bench itself spent per successful request (load generator overhead).
+    client_cpu_us_per_request: Option<f64>,
 }
 
 impl RouteFigures {
@@ -445,13 +530,24 @@ impl RouteFigures {
             p50_ms: millis(phase.histogram.value_at_quantile(0.50)),
             p99_ms: millis(phase.histogram.value_at_quantile(0.99)),
             max_ms: millis(phase.histogram.max()),
+            client_cpu_us_per_request: phase
+                .client_cpu_seconds
+                .filter(|_| requests > 0)
+                .map(|seconds| seconds * 1e6 / requests as f64),
         }
     }
 }
 
 fn figures_table(rows: &[&RouteFigures]) -> String {
     let mut table = Table::new(&[
-        "ROUTE", "REQUESTS", "ERRORS", "REQ/S", "P50_MS", "P99_MS", "MAX_MS",
+        "ROUTE",
+        "REQUESTS",
+        "ERRORS",
+        "REQ/S",
+        "P50_MS",
+        "P99_MS",
+        "MAX_MS",
+        "BENCH_CPU_US/REQ",
     ]);
     for figures in rows {
         table.row(vec![
@@ -462,6 +558,9 @@ fn figures_table(rows: &[&RouteFigures]) -> String {
             format!("{:.2}", figures.p50_ms),
             format!("{:.2}", figures.p99_ms),
             format!("{:.2}", figures.max_ms),
+            figures
+                .client_cpu_us_per_request
+                .map_or_else(|| "-".to_owned(), |micros| format!("{micros:.0}")),
         ]);
     }
     table.render()
@@ -559,30 +658,30 @@ async fn measure_eligible(
     let measuring = client.with_retry(RetryPolicy::once());
     let heads = Arc::new(fleet.heads.clone());
     let eligible_client = measuring.clone();
+    let health_client = measuring.clone();
     tracing::info!(
         seconds = args.duration.as_secs_f64(),
-        "[bench] measuring eligible"
+        "[bench] measuring eligible and health in alternating slices"
     );
-    let eligible_phase = measure(args.concurrency, args.duration, args.seed, move |rng| {
-        let head_id = heads[rng.random_range(0..heads.len())].clone();
-        let client = eligible_client.clone();
-        async move {
-            let answer = client.eligible(&EligibleQuery::for_head(head_id)).await?;
-            Ok(Some(answer.policy))
-        }
-    })
+    let (eligible_phase, health_phase) = measure_interleaved(
+        args.concurrency,
+        args.duration,
+        args.seed,
+        move |rng| {
+            let head_id = heads[rng.random_range(0..heads.len())].clone();
+            let client = eligible_client.clone();
+            async move {
+                let answer = client.eligible(&EligibleQuery::for_head(head_id)).await?;
+                Ok(Some(answer.policy))
+            }
+        },
+        move |_| {
+            let client = health_client.clone();
+            async move { client.health().await.map(|_| None) }
+        },
+    )
     .await?;
     warn_errors("eligible", &eligible_phase);
-    tracing::info!(
-        seconds = args.duration.as_secs_f64(),
-        "[bench] measuring health"
-    );
-    let health_client = measuring.clone();
-    let health_phase = measure(args.concurrency, args.duration, args.seed, move |_| {
-        let client = health_client.clone();
-        async move { client.health().await.map(|_| None) }
-    })
-    .await?;
     warn_errors("health", &health_phase);
     Ok((
         RouteFigures::from_phase("GET /api/v1/bodies/eligible?head_id=", &eligible_phase),
@@ -657,24 +756,29 @@ async fn bench_heartbeats(args: LoadArgs) -> anyhow::Result<ExitCode> {
         seconds = args.duration.as_secs_f64(),
         "[bench] measuring heartbeats"
     );
-    let phase = measure(args.concurrency, args.duration, args.seed, move |rng| {
-        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ids.len();
-        let node = nodes[index].clone();
-        let id = ids[index].clone();
-        let idle = rng.random_bool(0.7);
-        async move {
-            node.heartbeat(
-                &id,
-                &HeartbeatRequest {
-                    idle,
-                    active_sessions: u32::from(!idle),
-                    vram_mb: None,
-                },
-            )
-            .await
-            .map(|_| None)
-        }
-    })
+    let phase = measure(
+        args.concurrency,
+        args.duration,
+        args.seed,
+        Arc::new(move |rng: &mut StdRng| {
+            let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ids.len();
+            let node = nodes[index].clone();
+            let id = ids[index].clone();
+            let idle = rng.random_bool(0.7);
+            async move {
+                node.heartbeat(
+                    &id,
+                    &HeartbeatRequest {
+                        idle,
+                        active_sessions: u32::from(!idle),
+                        vram_mb: None,
+                    },
+                )
+                .await
+                .map(|_| None)
+            }
+        }),
+    )
     .await;
     if !args.keep {
         remove_fleet(&client, fleet.all_ids(), args.concurrency).await;
@@ -753,6 +857,18 @@ mod tests {
             quickroute += usize::from(own_body_here);
         }
         assert_eq!(quickroute, 30, "40 venues, 3 in 4 heads hit quickroute");
+    }
+
+    #[test]
+    fn reads_its_own_cpu_time() {
+        let before = own_cpu_seconds().expect("/proc/self/stat on Linux");
+        let mut spin: u64 = 0;
+        for number in 0..2_000_000u64 {
+            spin = spin.wrapping_add(number * number);
+        }
+        assert!(spin > 0);
+        let after = own_cpu_seconds().expect("/proc/self/stat on Linux");
+        assert!(after >= before, "{before} -> {after}");
     }
 
     #[test]
