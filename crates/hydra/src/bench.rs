@@ -276,6 +276,15 @@ async fn enrol_fleet(
     Ok(fleet)
 }
 
+/// What a simulated body reports: idle, or streaming one session.
+fn load_report(idle: bool) -> HeartbeatRequest {
+    HeartbeatRequest {
+        idle,
+        active_sessions: u32::from(!idle),
+        vram_mb: None,
+    }
+}
+
 /// Heartbeats every body that should be online, each with its own token.
 async fn heartbeat_fleet(
     client: &Client,
@@ -293,17 +302,7 @@ async fn heartbeat_fleet(
         .collect();
     let outcomes = bounded(beats, concurrency, |(id, token, idle)| {
         let node = client.with_token(token);
-        async move {
-            node.heartbeat(
-                &id,
-                &HeartbeatRequest {
-                    idle,
-                    active_sessions: u32::from(!idle),
-                    vram_mb: None,
-                },
-            )
-            .await
-        }
+        async move { node.heartbeat(&id, &load_report(idle)).await }
     })
     .await;
     if let Some(Err(error)) = outcomes.into_iter().find(Result::is_err) {
@@ -765,18 +764,7 @@ async fn bench_heartbeats(args: LoadArgs) -> anyhow::Result<ExitCode> {
             let node = nodes[index].clone();
             let id = ids[index].clone();
             let idle = rng.random_bool(0.7);
-            async move {
-                node.heartbeat(
-                    &id,
-                    &HeartbeatRequest {
-                        idle,
-                        active_sessions: u32::from(!idle),
-                        vram_mb: None,
-                    },
-                )
-                .await
-                .map(|_| None)
-            }
+            async move { node.heartbeat(&id, &load_report(idle)).await.map(|_| None) }
         }),
     )
     .await;

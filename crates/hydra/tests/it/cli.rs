@@ -38,6 +38,26 @@ async fn hydra(env: &[(&str, &str)], args: &[&str]) -> Run {
     }
 }
 
+/// The arguments of `hydra nodes enrol` for a node of `acme` in district `bxl1`, then `extra`.
+fn enrol<'a>(id: &'a str, role: &'a str, venue: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "nodes",
+        "enrol",
+        "--id",
+        id,
+        "--role",
+        role,
+        "--district",
+        "bxl1",
+        "--venue",
+        venue,
+        "--owner",
+        "acme",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 async fn heartbeat(server: &ServerProcess, id: &str, idle: bool) {
     let (status, answer) = call(
         Method::POST,
@@ -68,26 +88,12 @@ async fn enrol_list_eligible_park_drain_and_remove_through_the_cli() {
     ] {
         let run = hydra(
             &env,
-            &[
-                "nodes",
-                "enrol",
-                "--id",
+            &enrol(
                 id,
-                "--role",
                 "body",
-                "--district",
-                "bxl1",
-                "--venue",
                 venue,
-                "--owner",
-                "acme",
-                "--lan-ip",
-                lan,
-                "--wg-ip",
-                "10.99.0.1",
-                "--vram-mb",
-                vram,
-            ],
+                &["--lan-ip", lan, "--wg-ip", "10.99.0.1", "--vram-mb", vram],
+            ),
         )
         .await;
         assert_eq!(run.code, 0, "{}", run.stderr);
@@ -104,25 +110,7 @@ async fn enrol_list_eligible_park_drain_and_remove_through_the_cli() {
         );
         heartbeat(&server, id, true).await;
     }
-    let run = hydra(
-        &env,
-        &[
-            "nodes",
-            "enrol",
-            "--id",
-            "h-rup",
-            "--role",
-            "head",
-            "--district",
-            "bxl1",
-            "--venue",
-            "rupelmonde",
-            "--owner",
-            "acme",
-            "--json",
-        ],
-    )
-    .await;
+    let run = hydra(&env, &enrol("h-rup", "head", "rupelmonde", &["--json"])).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let enrolled: Value = serde_json::from_str(&run.stdout).expect("--json prints JSON");
     assert_eq!(enrolled["node"]["id"], "h-rup");
@@ -308,24 +296,7 @@ async fn a_dead_replica_in_the_server_list_is_passed_over() {
         ("HYDRA_TOKEN", ADMIN_TOKEN),
     ];
 
-    let run = hydra(
-        &env,
-        &[
-            "nodes",
-            "enrol",
-            "--id",
-            "h1",
-            "--role",
-            "head",
-            "--district",
-            "bxl1",
-            "--venue",
-            "rupelmonde",
-            "--owner",
-            "acme",
-        ],
-    )
-    .await;
+    let run = hydra(&env, &enrol("h1", "head", "rupelmonde", &[])).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let run = hydra(&env, &["nodes", "show", "h1", "--json"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
