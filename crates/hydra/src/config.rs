@@ -87,6 +87,8 @@ fn describe(error: figment::Error) -> String {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures must return its (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use serde::{Deserialize, Serialize};
 
