@@ -21,7 +21,7 @@ use hydra_api::{
     StartSessionRequest, WorkerSession,
 };
 use hydra_core::Role;
-use hydra_core::placement::{PlacementSettings, least_loaded_worker};
+use hydra_core::placement::{PlacementError, PlacementSettings, least_loaded_worker};
 use hydra_core::selection::{Head, Observations, select_bodies};
 use hydra_store::{SessionRecord, SessionStatus};
 use rand::RngCore;
@@ -51,6 +51,42 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay with its own empty worker directory (benchmarks and tests of placement).
+    pub fn standalone() -> Relay {
+        Relay::new(WorkerDirectory::default())
+    }
+
+    /// The worker reports.
+    pub fn directory(&self) -> &WorkerDirectory {
+        &self.directory
+    }
+
+    /// Held while a placement reads loads and takes a slot.
+    pub async fn placement_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.placement.lock().await
+    }
+
+    /// Chooses the worker for a new session (in `district`, not in `excluded`) and takes one of
+    /// its slots; the caller gives it back with `adjust_active(id, -1)` if the start fails.
+    pub async fn place(
+        &self,
+        state: &AppState,
+        district: Option<&str>,
+        excluded: &[String],
+    ) -> Result<String, PlacementError> {
+        let settings = PlacementSettings {
+            heartbeat_timeout_ms: state.heartbeat_timeout_ms(),
+        };
+        let _placing = self.placement.lock().await;
+        let rows: Vec<_> = worker_loads(state, &self.directory, district)
+            .into_iter()
+            .filter(|row| !excluded.contains(&row.0))
+            .collect();
+        let id = least_loaded_worker(&as_loads(&rows), now_ms(), &settings)?.to_owned();
+        self.directory.adjust_active(&id, 1);
+        Ok(id)
+    }
+
     fn new(directory: WorkerDirectory) -> Relay {
         Relay {
             directory,
@@ -272,35 +308,24 @@ pub async fn create(
         experience: request.experience.clone(),
         exe_path: request.exe_path.clone(),
     };
-    let settings = PlacementSettings {
-        heartbeat_timeout_ms: state.heartbeat_timeout_ms(),
-    };
     let mut excluded: Vec<String> = Vec::new();
     let mut record: Option<SessionRecord> = None;
     let mut first_failure: Option<(String, WorkerFailure)> = None;
     for _attempt in 0..2 {
-        let chosen = {
-            let _placing = relay.placement.lock().await;
-            let rows: Vec<_> = worker_loads(&state, &relay.directory, request.district.as_deref())
-                .into_iter()
-                .filter(|row| !excluded.contains(&row.0))
-                .collect();
-            match least_loaded_worker(&as_loads(&rows), now_ms(), &settings) {
-                Ok(id) => {
-                    let id = id.to_owned();
-                    relay.directory.adjust_active(&id, 1);
-                    id
+        let chosen = match relay
+            .place(&state, request.district.as_deref(), &excluded)
+            .await
+        {
+            Ok(id) => id,
+            Err(placement) => match first_failure.take() {
+                Some((worker_id, failure)) => {
+                    return Err(failure.into_api_error(&worker_id));
                 }
-                Err(placement) => match first_failure.take() {
-                    Some((worker_id, failure)) => {
-                        return Err(failure.into_api_error(&worker_id));
-                    }
-                    None => {
-                        tracing::warn!(error = %placement, "[controller] session not placed");
-                        return Err(ApiError::new(ErrorCode::Unavailable, placement.to_string()));
-                    }
-                },
-            }
+                None => {
+                    tracing::warn!(error = %placement, "[controller] session not placed");
+                    return Err(ApiError::new(ErrorCode::Unavailable, placement.to_string()));
+                }
+            },
         };
         let Some(info) = relay.directory.get(&chosen) else {
             excluded.push(chosen);

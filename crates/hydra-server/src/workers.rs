@@ -107,26 +107,37 @@ pub fn worker_loads(
     directory: &WorkerDirectory,
     district: Option<&str>,
 ) -> Vec<(String, Option<i64>, bool, u32, u32)> {
-    let reports = directory.all();
+    let reports = directory.inner.read().expect("worker directory poisoned");
     let registry = state.registry().read().expect("registry lock poisoned");
-    registry
-        .all()
-        .into_iter()
-        .filter(|node| node.roles.contains(Role::Worker))
-        .filter(|node| district.is_none_or(|district| node.district == district))
-        .map(|node| {
-            let (active, max) = reports
-                .get(&node.id)
-                .map_or((0, 0), |info| (info.active_sessions, info.max_sessions));
-            (
-                node.id.clone(),
-                node.last_heartbeat,
-                node.drained,
-                active,
-                max,
-            )
-        })
-        .collect()
+    let capacity = |id: &str| {
+        reports
+            .get(id)
+            .map_or((0, 0), |info| (info.active_sessions, info.max_sessions))
+    };
+    let row = |node: &hydra_core::Node| {
+        let (active, max) = capacity(&node.id);
+        (
+            node.id.clone(),
+            node.last_heartbeat,
+            node.drained,
+            active,
+            max,
+        )
+    };
+    let workers = |node: &&hydra_core::Node| node.roles.contains(Role::Worker);
+    match district {
+        Some(district) => registry
+            .in_district(district)
+            .filter(workers)
+            .map(row)
+            .collect(),
+        None => registry
+            .all()
+            .into_iter()
+            .filter(workers)
+            .map(row)
+            .collect(),
+    }
 }
 
 /// Borrowed [`WorkerLoad`]s over [`worker_loads`]' rows.

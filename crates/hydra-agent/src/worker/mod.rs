@@ -469,6 +469,8 @@ impl Worker {
     ) -> Result<SessionSnapshot, Launch> {
         let address = SocketAddr::new(self.settings.session_bind, port);
         let deadline = Instant::now() + self.settings.ready_timeout;
+        // Short pauses first: a session process usually answers within milliseconds.
+        let mut pause = Duration::from_millis(5);
         loop {
             let exited = {
                 let mut table = self.table();
@@ -502,7 +504,8 @@ impl Worker {
                     seconds: self.settings.ready_timeout.as_secs(),
                 }));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
         let mut table = self.table();
         let Some(entry) = table.get_mut(id) else {

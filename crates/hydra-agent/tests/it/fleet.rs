@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use hydra_agent::config::AgentConfig;
-use hydra_api::{CreateSessionRequest, SessionState};
+use hydra_api::{CreateSessionRequest, EnrolRequest, HeartbeatRequest, RoleWire, SessionState};
 use hydra_client::{Client, ClientConfig, ClientError, RetryPolicy};
 use hydra_server::{AppState, Settings};
 use hydra_store::Store;
@@ -274,6 +274,46 @@ async fn a_session_is_created_opened_through_both_proxies_and_ended() {
         )),
         "{unreachable}"
     );
+
+    // Asked for by head: the selection policy picks the head's body, and its address is used.
+    for (id, role, lan_ip) in [
+        ("head-1", RoleWire::Head, None),
+        ("body-1", RoleWire::Body, Some("127.0.0.1")),
+    ] {
+        admin
+            .enrol(&EnrolRequest {
+                id: Some(id.into()),
+                roles: vec![role],
+                district: "bxl1".into(),
+                venue: "rupelmonde".into(),
+                owner: "acme".into(),
+                lan_ip: lan_ip.map(|ip| ip.parse().unwrap()),
+                ..EnrolRequest::default()
+            })
+            .await
+            .unwrap();
+    }
+    admin
+        .heartbeat(
+            "body-1",
+            &HeartbeatRequest {
+                idle: true,
+                ..HeartbeatRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    let for_head = admin
+        .create_session(&CreateSessionRequest {
+            head_id: Some("head-1".into()),
+            ..CreateSessionRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(for_head.body_id.as_deref(), Some("body-1"));
+    assert_eq!(for_head.body_ip, "127.0.0.1");
+    assert_eq!(for_head.head_id.as_deref(), Some("head-1"));
+    assert_eq!(for_head.status, SessionState::Running);
     agent.stop().await;
 }
 

@@ -1,0 +1,245 @@
+//! Relay benchmarks (measurements, never tests):
+//!
+//! 1. `placement`: the server's placement path over 1,000 registered workers, decision plus its
+//!    durable session record in SQLite (WAL, synchronous=FULL), sequential and with 32 concurrent
+//!    requests; the agent's process start is excluded (the goal: 2,000/s, p99 < 50 ms).
+//! 2. `first-byte`: a session start with the stand-in process until the first byte of its page
+//!    arrives through the agent's proxy.
+//!
+//! Run: `cargo bench -p hydra-agent --bench relay` (add `-- placement` or `-- first-byte` for one).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use hydra_core::{Node, Role, Roles};
+use hydra_server::sessions::Relay;
+use hydra_server::workers::WorkerInfo;
+use hydra_server::{AppState, Settings};
+use hydra_store::{SessionRecord, SessionStatus, Store};
+
+const WORKERS: usize = 1_000;
+const REQUESTS: usize = 5_000;
+
+fn now_ms() -> i64 {
+    hydra_server::state::now_ms()
+}
+
+fn report(name: &str, histogram: &Histogram<u64>, count: usize, elapsed: Duration) {
+    println!(
+        "{name}: {count} in {:.2} s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        histogram.value_at_quantile(0.50) as f64 / 1_000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1_000.0,
+        histogram.max() as f64 / 1_000.0,
+    );
+}
+
+async fn fleet() -> (AppState, Relay, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("hydra.db"))
+        .await
+        .unwrap();
+    let now = now_ms();
+    for index in 0..WORKERS {
+        let mut node = Node::new(format!("w-{index:04}"), Roles::NONE.with(Role::Worker));
+        node.district = "bxl1".into();
+        node.venue = format!("venue-{}", index / 50);
+        node.owner = "acme".into();
+        node.last_heartbeat = Some(now);
+        store
+            .insert_node(&node, &format!("{index:064}"))
+            .await
+            .unwrap();
+    }
+    let settings = Settings {
+        heartbeat_timeout: Duration::from_secs(3_600),
+        public_url: "http://127.0.0.1:7070".into(),
+        body_limit_bytes: 64 * 1024,
+    };
+    let state = AppState::new(store, settings, "bench-admin").await.unwrap();
+    let relay = Relay::standalone();
+    for index in 0..WORKERS {
+        relay.directory().put(
+            &format!("w-{index:04}"),
+            WorkerInfo {
+                agent_url: "http://127.0.0.1:1".into(),
+                agent_key: "bench-key-0123456789".into(),
+                max_sessions: 15,
+                active_sessions: (index % 7) as u32,
+                reported_at: now,
+            },
+        );
+    }
+    (state, relay, dir)
+}
+
+/// One placement as the server makes it (`Relay::place`: under the placement lock, read the
+/// loads, decide, take the slot), then its durable record.
+async fn place_one(state: &AppState, relay: &Relay, serial: usize) -> Duration {
+    let started = Instant::now();
+    let chosen = relay
+        .place(state, None, &[])
+        .await
+        .expect("a worker has room");
+    let now = now_ms();
+    let record = SessionRecord {
+        id: format!("s-bench-{serial:08}"),
+        worker_id: chosen.clone(),
+        body_ip: "10.0.0.2".into(),
+        body_id: None,
+        head_id: None,
+        experience: None,
+        port: None,
+        stream_url: None,
+        status: SessionStatus::Starting,
+        error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store().insert_session(&record).await.unwrap();
+    // Keep the fleet from filling up over thousands of placements.
+    relay.directory().adjust_active(&chosen, -1);
+    started.elapsed()
+}
+
+async fn placement() {
+    let (state, relay, _dir) = fleet().await;
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for serial in 0..REQUESTS {
+        let took = place_one(&state, &relay, serial).await;
+        histogram.record(took.as_micros() as u64).unwrap();
+    }
+    report(
+        "placement+record, sequential, 1000 workers",
+        &histogram,
+        REQUESTS,
+        started.elapsed(),
+    );
+
+    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3).unwrap()));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..32 {
+        let state = state.clone();
+        let relay = relay.clone();
+        let histogram = histogram.clone();
+        tasks.spawn(async move {
+            for index in 0..REQUESTS / 32 {
+                let serial = REQUESTS + client * REQUESTS + index;
+                let took = place_one(&state, &relay, serial).await;
+                histogram
+                    .lock()
+                    .unwrap()
+                    .record(took.as_micros() as u64)
+                    .unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let count = (REQUESTS / 32) * 32;
+    report(
+        "placement+record, 32 concurrent, 1000 workers",
+        &histogram.lock().unwrap(),
+        count,
+        started.elapsed(),
+    );
+}
+
+async fn first_byte() {
+    use hydra_agent::http::{AgentState, HttpSettings, router};
+    use hydra_agent::proxy::Proxy;
+    use hydra_agent::worker::{SessionSpec, Worker, WorkerSettings};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let body = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let body_port = body.local_addr().unwrap().port();
+    tokio::spawn(async move { while body.accept().await.is_ok() {} });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut settings = WorkerSettings::new(dir.path().join("sessions"));
+    settings.command = [
+        env!("CARGO_BIN_EXE_standin-web-stream"),
+        "--bind",
+        "{bind}",
+        "--port",
+        "{port}",
+        "--data-dir",
+        "{data_dir}",
+    ]
+    .map(String::from)
+    .to_vec();
+    settings.port_range_start = 23_000;
+    settings.body_port = body_port;
+    let worker = Worker::new(settings);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state = AgentState::new(
+        HttpSettings {
+            roles: vec!["worker".into()],
+            servers: Vec::new(),
+            return_url: "/".into(),
+            report_url: "mailto:".into(),
+            rating_url: None,
+            api_token: None,
+            wireguard_optional: true,
+        },
+        Some(worker.clone()),
+        Proxy::new(shutdown.clone()),
+    );
+    tokio::spawn(axum::serve(listener, router(state)).into_future());
+    let rounds = 30;
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let t0 = Instant::now();
+        let id = format!("b{round}");
+        worker
+            .start_session(SessionSpec {
+                id: Some(id.clone()),
+                body_ip: "127.0.0.1".into(),
+                ..SessionSpec::default()
+            })
+            .await
+            .unwrap();
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(format!("GET /session/{id}/ HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.unwrap();
+        histogram.record(t0.elapsed().as_micros() as u64).unwrap();
+        worker.stop_session(&id, "bench").await;
+    }
+    report(
+        "session start to first proxied byte (stand-in)",
+        &histogram,
+        rounds,
+        started.elapsed(),
+    );
+    worker.shutdown().await;
+    shutdown.cancel();
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if wanted("placement") {
+            placement().await;
+        }
+        if wanted("first-byte") {
+            first_byte().await;
+        }
+    });
+}
