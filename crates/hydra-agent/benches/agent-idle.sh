@@ -17,20 +17,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" server --listen 127.0.0.1:17070 --data-dir "$dir/server" --admin-token bench-admin \
+"$bin" server --listen 127.0.0.1:27070 --data-dir "$dir/server" --admin-token bench-admin \
   2>"$dir/server.log" &
 server_pid=$!
 for _ in $(seq 1 100); do
-  curl -fsS http://127.0.0.1:17070/api/v1/health >/dev/null 2>&1 && break
+  curl -fsS http://127.0.0.1:27070/api/v1/health >/dev/null 2>&1 && break
   sleep 0.1
 done
 
-HYDRA_CONTROLLER__TOKEN=bench-admin "$bin" agent --listen 127.0.0.1:17071 \
-  --server http://127.0.0.1:17070 --state-dir "$dir/agent" --node-id idle-worker \
+HYDRA_CONTROLLER__TOKEN=bench-admin "$bin" agent --listen 127.0.0.1:27071 \
+  --server http://127.0.0.1:27070 --state-dir "$dir/agent" --node-id idle-worker \
   2>"$dir/agent.log" &
 agent_pid=$!
 for _ in $(seq 1 100); do
-  curl -fsS http://127.0.0.1:17071/api/v1/status 2>/dev/null | grep -q '"last_heartbeat":"' && break
+  curl -fsS http://127.0.0.1:27071/api/v1/status 2>/dev/null | grep -q '"last_heartbeat":"' && break
   sleep 0.1
 done
 

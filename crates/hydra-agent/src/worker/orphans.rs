@@ -15,12 +15,12 @@ pub const ALREADY_RUNNING: &str = "cannot bind — is another hydra agent alread
 
 /// The agent's port is taken: another agent (or something else) listens there.
 #[derive(Debug, thiserror::Error)]
-#[error("{ALREADY_RUNNING} (listen {address}: {source})")]
+#[error("{ALREADY_RUNNING} (listen {address}: {reason})")]
 pub struct PortTaken {
     /// The address asked for.
     pub address: SocketAddr,
-    /// The bind error.
-    pub source: io::Error,
+    /// The bind error (part of the message, not a separate cause, so it is said once).
+    pub reason: io::Error,
 }
 
 /// Binds the agent's HTTP listener; this is the check that the port is free, and it keeps the
@@ -28,7 +28,7 @@ pub struct PortTaken {
 pub async fn bind_agent_port(address: SocketAddr) -> Result<tokio::net::TcpListener, PortTaken> {
     tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| PortTaken { address, source })
+        .map_err(|reason| PortTaken { address, reason })
 }
 
 /// Removes every session dir under `root` (creating `root` when missing). A dir whose marker
