@@ -150,8 +150,8 @@ async fn placement() {
 
 async fn first_byte() {
     use hydra_agent::http::{AgentState, HttpSettings, router};
-    use hydra_agent::proxy::Proxy;
     use hydra_agent::worker::{SessionSpec, Worker, WorkerSettings};
+    use hydra_proxy::proxy::Proxy;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();

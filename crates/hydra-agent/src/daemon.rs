@@ -12,9 +12,9 @@ use crate::config::AgentConfig;
 use crate::enrol::{EnrolError, enrol_or_load};
 use crate::heartbeat::HeartbeatSettings;
 use crate::http::{AgentState, HttpSettings, router};
-use crate::proxy::Proxy;
 use crate::worker::Worker;
 use crate::worker::orphans::{PortTaken, bind_agent_port, clean_orphans};
+use hydra_proxy::proxy::Proxy;
 
 /// Why the agent stopped with a failure.
 #[derive(Debug, thiserror::Error)]

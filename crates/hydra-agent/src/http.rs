@@ -18,10 +18,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::inject::PageContext;
 use crate::local_api::{AgentHealth, AgentStatus, HealthExtra, SessionHealth, wireguard_up};
-use crate::proxy::{Forward, Proxy, error_answer};
 use crate::worker::{SessionSpec, Worker};
+use hydra_proxy::inject::PageContext;
+use hydra_proxy::proxy::{Forward, Proxy, error_answer};
 
 /// Largest request body the agent reads.
 const BODY_LIMIT: usize = 64 * 1024;

@@ -10,7 +10,5 @@ pub mod daemon;
 pub mod enrol;
 pub mod heartbeat;
 pub mod http;
-pub mod inject;
 pub mod local_api;
-pub mod proxy;
 pub mod worker;

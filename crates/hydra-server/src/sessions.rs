@@ -15,7 +15,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use hydra_agent::proxy::{Forward, Proxy};
 use hydra_api::{
     CreateSessionRequest, ErrorBody, ErrorCode, SessionList, SessionState, SessionView,
     StartSessionRequest, WorkerSession,
@@ -23,6 +22,7 @@ use hydra_api::{
 use hydra_core::Role;
 use hydra_core::placement::{PlacementError, PlacementSettings, least_loaded_worker};
 use hydra_core::selection::{Head, Observations, select_bodies};
+use hydra_proxy::proxy::{Forward, Proxy};
 use hydra_store::{SessionRecord, SessionStatus};
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;

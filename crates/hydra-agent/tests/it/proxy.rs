@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use hydra_agent::http::{AgentState, HttpSettings, router};
 use hydra_agent::local_api::AgentHealth;
-use hydra_agent::proxy::Proxy;
 use hydra_agent::worker::Worker;
+use hydra_proxy::proxy::Proxy;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 

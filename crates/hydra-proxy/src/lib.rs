@@ -1,0 +1,10 @@
+//! The relay's HTTP forwarding: a byte-exact reverse proxy to a session process (WebSocket
+//! upgrades joined with `copy_bidirectional`, active connections counted) and the streaming
+//! HTML rewriter that injects the session page script.
+//!
+//! Used by the agent (worker sessions) and by the server (colocated `/session/` paths).
+//! Architecture invariant: no knowledge of sessions' lifecycle, the store or the control plane;
+//! it forwards what it is given to the address it is given.
+
+pub mod inject;
+pub mod proxy;
