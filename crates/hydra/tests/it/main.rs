@@ -1,5 +1,6 @@
 //! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
 
+mod agent;
 mod cli;
 mod durability;
 mod lab;

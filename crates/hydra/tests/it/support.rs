@@ -173,3 +173,67 @@ pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The `standin-web-stream` binary of hydra-agent (the stand-in session process), next to
+/// `hydra`. Cargo only builds a package's own binaries for its tests, so the first call builds it
+/// with the cargo that runs the tests (at most 10 minutes); without `CARGO` it must exist.
+pub fn standin_web_stream() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin_dir = Path::new(env!("CARGO_BIN_EXE_hydra"))
+                .parent()
+                .expect("hydra has a directory")
+                .to_owned();
+            if let Ok(cargo) = std::env::var("CARGO") {
+                let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../hydra-agent/Cargo.toml");
+                let mut command = Command::new(cargo);
+                command.args(["build", "--quiet", "--manifest-path", manifest]);
+                command.args(["--bin", "standin-web-stream"]);
+                if bin_dir.ends_with("release") {
+                    command.arg("--release");
+                }
+                let output = tempfile::tempfile().expect("temp file for cargo's output");
+                command
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(output.try_clone().expect("clone the output file"));
+                let mut child = command.spawn().expect("spawn cargo build");
+                let deadline = Instant::now() + Duration::from_secs(600);
+                let status = loop {
+                    if let Some(status) = child.try_wait().expect("wait for cargo") {
+                        break status;
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("cargo build of standin-web-stream took over 10 minutes");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                if !status.success() {
+                    let mut text = String::new();
+                    let mut output = output;
+                    let _ = std::io::Seek::rewind(&mut output);
+                    let _ = std::io::Read::read_to_string(&mut output, &mut text);
+                    panic!("cargo build of standin-web-stream failed ({status}):\n{text}");
+                }
+            }
+            let path = bin_dir.join("standin-web-stream");
+            assert!(
+                path.is_file(),
+                "{} is missing: build it with `cargo build -p hydra-agent --bins`",
+                path.display()
+            );
+            path
+        })
+        .clone()
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}

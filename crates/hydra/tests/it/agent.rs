@@ -1,0 +1,400 @@
+//! `hydra agent` as real processes with real signals, against a real `hydra server`: a second
+//! agent on a taken port exits with the start-up guard's message and touches nothing; an agent
+//! killed with SIGKILL and started again leaves neither a session the server believes in but
+//! nobody runs, nor the orphaned session process.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{
+    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port,
+    standin_web_stream,
+};
+
+/// The worker's node id.
+const WORKER_ID: &str = "w-proc";
+/// The start-up guard's words (crates/hydra-agent/src/worker/orphans.rs), written out here so
+/// that a changed message fails this test.
+const ALREADY_RUNNING: &str = "cannot bind — is another hydra agent already running?";
+/// The marker the agent writes into each session's data dir (it records the process group).
+const MARKER_FILE: &str = "hydra-session.json";
+
+/// A temp dir, a server, a stand-in body and one agent config file shared by every agent started.
+struct Fleet {
+    server: ServerProcess,
+    /// The stand-in Sunshine port: the kernel completes connections on its backlog.
+    _body: TcpListener,
+    config: PathBuf,
+    agent_port: u16,
+    sessions_root: PathBuf,
+    /// Declared last, so it is removed after the server stopped.
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = ServerProcess::start(&ServerSetup::sqlite(&dir.path().join("server")));
+        let body = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in body");
+        let body_port = body.local_addr().expect("body address").port();
+        let agent_port = free_loopback_port();
+        let session_port = free_loopback_port();
+        let state_dir = dir.path().join("agent-state");
+        let sessions_root = dir.path().join("sessions");
+        let standin = standin_web_stream();
+        let yaml = format!(
+            r#"node: {{id: {WORKER_ID}, roles: [worker], district: bxl1, venue: cloud-seven, owner: acme}}
+server: {{listen: "127.0.0.1:{agent_port}"}}
+controller: {{url: ["{server}"], token: "{ADMIN_TOKEN}"}}
+state_dir: "{state}"
+wireguard_optional: true
+heartbeat: {{interval: 0.5}}
+sessions:
+  max: 2
+  port_range_start: {session_port}
+  root: "{root}"
+  body_port: {body_port}
+  ready_timeout: 20
+  check_interval: 0.5
+  command: ["{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
+"#,
+            server = server.url,
+            state = state_dir.display(),
+            root = sessions_root.display(),
+            standin = standin.display(),
+        );
+        let config = dir.path().join("agent.yaml");
+        std::fs::write(&config, yaml).expect("write the agent config");
+        Fleet {
+            server,
+            _body: body,
+            config,
+            agent_port,
+            sessions_root,
+            dir,
+        }
+    }
+
+    fn agent_api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/api/v1{path}", self.agent_port)
+    }
+
+    /// Waits (at most 30 s) until the server lists the worker as healthy (enrolled, heartbeating,
+    /// reported), so a session can be placed on it.
+    async fn wait_worker(&self, agent: &Agent) {
+        let healthy = eventually(Duration::from_secs(30), async || {
+            let (_, list) = call(Method::GET, &self.server.api("/workers"), None).await;
+            list["workers"].as_array().is_some_and(|workers| {
+                workers
+                    .iter()
+                    .any(|worker| worker["id"] == WORKER_ID && worker["healthy"] == true)
+            })
+        })
+        .await;
+        assert!(
+            healthy,
+            "the worker never became healthy; agent log:\n{}\nserver log:\n{}",
+            agent.log(),
+            self.server.log.lock().unwrap()
+        );
+    }
+
+    /// Creates a session through the server on the stand-in body; returns its id.
+    async fn create_session(&self) -> String {
+        let (status, session) = call(
+            Method::POST,
+            &self.server.api("/sessions"),
+            Some(json!({"body_ip": "127.0.0.1"})),
+        )
+        .await;
+        assert_eq!(status, 201, "session not created: {session}");
+        assert_eq!(session["worker_id"], WORKER_ID);
+        assert_eq!(session["status"], "running");
+        session["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_owned()
+    }
+
+    async fn server_session(&self, id: &str) -> Value {
+        let (status, session) = call(
+            Method::GET,
+            &self.server.api(&format!("/sessions/{id}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{session}");
+        session
+    }
+
+    /// The agent's health answer (the agent must be up).
+    async fn agent_health(&self) -> Value {
+        let (status, health) = call(Method::GET, &self.agent_api("/health"), None).await;
+        assert_eq!(status, 200, "{health}");
+        health
+    }
+}
+
+/// A `hydra agent --config FILE` process, its stderr in a file; stopped on drop (SIGTERM so it
+/// ends its sessions, SIGKILL after 15 s).
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(fleet: &Fleet, name: &str) -> Agent {
+        let log = fleet.dir.path().join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("agent log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
+        command
+            .args(["agent", "--config"])
+            .arg(&fleet.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HYDRA_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command.spawn().expect("spawn hydra agent");
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"))
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("poll the agent").is_none()
+    }
+
+    /// Waits at most `limit` for the agent to exit.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the agent") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit within {limit:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL (no shutdown code runs), then reap it.
+    fn sigkill(&mut self) {
+        kill(self.pid(), Signal::SIGKILL).expect("SIGKILL the agent");
+        self.child.wait().expect("reap the agent");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process group of one session's stand-in process, read from its data dir's marker. On drop
+/// it is ended if its leader still works in that dir (so no reused pid is ever signalled).
+struct SessionGroup {
+    pgid: i32,
+    dir: PathBuf,
+}
+
+impl SessionGroup {
+    fn of(fleet: &Fleet, id: &str) -> SessionGroup {
+        let dir = fleet.sessions_root.join(id);
+        let text = std::fs::read_to_string(dir.join(MARKER_FILE)).expect("the session's marker");
+        let marker: Value = serde_json::from_str(&text).expect("marker JSON");
+        assert_eq!(marker["session_id"], id, "{text}");
+        let pgid = marker["pgid"]
+            .as_i64()
+            .and_then(|pgid| i32::try_from(pgid).ok())
+            .expect("marker pgid");
+        let dir = dir.canonicalize().expect("session dir");
+        let group = SessionGroup { pgid, dir };
+        assert!(
+            group.leader_works_there(),
+            "session process {pgid} does not run in its data dir"
+        );
+        assert!(
+            live_members(pgid).contains(&pgid),
+            "session process {pgid} is not alive"
+        );
+        group
+    }
+
+    fn leader_works_there(&self) -> bool {
+        std::fs::read_link(format!("/proc/{}/cwd", self.pgid)).is_ok_and(|cwd| cwd == self.dir)
+    }
+}
+
+impl Drop for SessionGroup {
+    fn drop(&mut self) {
+        if self.leader_works_there() {
+            let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The processes of group `pgid` that are alive: zombies (dead, waiting for whoever inherited
+/// them to reap them) do not count.
+fn live_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+        .collect()
+}
+
+/// Issue 4: "Two agents on one port: the second exits with the message and deletes nothing."
+#[tokio::test]
+async fn a_second_agent_on_the_same_port_exits_and_touches_nothing() {
+    let fleet = Fleet::start();
+    let mut first = Agent::start(&fleet, "first");
+    fleet.wait_worker(&first).await;
+    let id = fleet.create_session().await;
+    let group = SessionGroup::of(&fleet, &id);
+
+    let mut second = Agent::start(&fleet, "second");
+    let status = second.wait_exit(Duration::from_secs(30)).await;
+    let log = second.log();
+    assert!(
+        !status.success() && status.code().is_some(),
+        "the second agent must exit with a failure code, not {status}; its log:\n{log}"
+    );
+    let expected = format!("{ALREADY_RUNNING} (listen 127.0.0.1:{}:", fleet.agent_port);
+    assert!(
+        log.contains(&expected),
+        "no {expected:?} in its log:\n{log}"
+    );
+    assert!(
+        !log.contains("[cleanup]"),
+        "the second agent cleaned something up:\n{log}"
+    );
+
+    assert!(
+        group.dir.join(MARKER_FILE).is_file() && group.dir.join("web-server.log").is_file(),
+        "the session's data dir lost files"
+    );
+    assert!(
+        group.leader_works_there() && live_members(group.pgid).contains(&group.pgid),
+        "the session process {} is gone",
+        group.pgid
+    );
+    assert!(first.running(), "the first agent died:\n{}", first.log());
+    let health = fleet.agent_health().await;
+    let sessions = health["extra"]["sessions"].as_array().expect("sessions");
+    assert!(
+        sessions.iter().any(|session| session["id"] == id.as_str()
+            && session["status"] == "running"
+            && session["process_alive"] == true
+            && session["data_directory_ok"] == true),
+        "the first agent no longer runs {id}: {health}"
+    );
+    assert_eq!(fleet.server_session(&id).await["status"], "running");
+}
+
+/// Issue 4: "Killing the agent with SIGKILL and starting it again must not leave a session the
+/// server believes in but nobody runs" — and the orphaned session process group is ended.
+#[tokio::test]
+async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() {
+    let fleet = Fleet::start();
+    let mut before = Agent::start(&fleet, "before");
+    fleet.wait_worker(&before).await;
+    let id = fleet.create_session().await;
+    let group = SessionGroup::of(&fleet, &id);
+
+    before.sigkill();
+    // Nobody told the server: it still believes in the session.
+    assert_eq!(fleet.server_session(&id).await["status"], "running");
+
+    let mut after = Agent::start(&fleet, "after");
+    let marked = eventually(Duration::from_secs(30), async || {
+        fleet.server_session(&id).await["status"] == "error"
+    })
+    .await;
+    assert!(
+        marked,
+        "the server still believes in {id}: {}; restarted agent's log:\n{}",
+        fleet.server_session(&id).await,
+        after.log()
+    );
+    let session = fleet.server_session(&id).await;
+    assert!(
+        session["error"]
+            .as_str()
+            .is_some_and(|error| !error.is_empty()),
+        "no reason given: {session}"
+    );
+
+    let ended = eventually(Duration::from_secs(10), async || {
+        live_members(group.pgid).is_empty()
+    })
+    .await;
+    assert!(
+        ended,
+        "the orphaned session process group {} still runs: {:?}; restarted agent's log:\n{}",
+        group.pgid,
+        live_members(group.pgid),
+        after.log()
+    );
+    assert!(
+        !group.dir.exists(),
+        "the orphaned session dir is still there"
+    );
+    let log = after.log();
+    assert!(
+        log.contains("[cleanup] ended an orphaned session process group") && log.contains(&id),
+        "the restarted agent did not say it ended {id}'s group:\n{log}"
+    );
+
+    assert!(
+        after.running(),
+        "the restarted agent died:\n{}",
+        after.log()
+    );
+    let health = fleet.agent_health().await;
+    assert_eq!(health["extra"]["sessions"], json!([]), "{health}");
+    // The worker takes sessions again (the orphan's port and slot are free).
+    let fresh = fleet.create_session().await;
+    assert_ne!(fresh, id);
+}
