@@ -61,7 +61,7 @@ async fn fleet() -> (AppState, Relay, tempfile::TempDir) {
     let state = AppState::new(store, settings, "bench-admin").await.unwrap();
     let relay = Relay::standalone();
     for index in 0..WORKERS {
-        relay.directory().put(
+        state.workers().put(
             &format!("w-{index:04}"),
             WorkerInfo {
                 agent_url: "http://127.0.0.1:1".into(),
@@ -100,7 +100,7 @@ async fn place_one(state: &AppState, relay: &Relay, serial: usize) -> Duration {
     };
     state.store().insert_session(&record).await.unwrap();
     // Keep the fleet from filling up over thousands of placements.
-    relay.directory().adjust_active(&chosen, -1);
+    state.workers().adjust_active(&chosen, -1);
     started.elapsed()
 }
 

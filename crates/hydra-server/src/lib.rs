@@ -10,6 +10,7 @@ pub mod extract;
 pub mod heartbeats;
 pub mod registry;
 pub mod routes;
+pub mod sealing;
 pub mod sessions;
 pub mod state;
 pub mod workers;

@@ -33,7 +33,7 @@ use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::routes::nodes::check_word;
 use crate::state::{AppState, now_ms};
-use crate::workers::{self, WorkerDirectory, WorkerInfo, as_loads, worker_loads};
+use crate::workers::{self, WorkerInfo, as_loads, worker_loads};
 
 /// Longest wait for a worker to start a session (its readiness wait is 30 s).
 const START_TIMEOUT: Duration = Duration::from_secs(45);
@@ -43,7 +43,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the relay routes share besides `AppState`.
 #[derive(Clone)]
 pub struct Relay {
-    directory: WorkerDirectory,
     http: reqwest::Client,
     proxy: Proxy,
     /// Serialises placement so two requests never take the same last slot.
@@ -51,14 +50,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay with its own empty worker directory (benchmarks and tests of placement).
+    /// A relay outside the router (benchmarks and tests of placement); it places on the
+    /// workers of the `AppState` it is given.
     pub fn standalone() -> Relay {
-        Relay::new(WorkerDirectory::default())
-    }
-
-    /// The worker reports.
-    pub fn directory(&self) -> &WorkerDirectory {
-        &self.directory
+        Relay::new()
     }
 
     /// Held while a placement reads loads and takes a slot.
@@ -78,18 +73,17 @@ impl Relay {
             heartbeat_timeout_ms: state.heartbeat_timeout_ms(),
         };
         let _placing = self.placement.lock().await;
-        let rows: Vec<_> = worker_loads(state, &self.directory, district)
+        let rows: Vec<_> = worker_loads(state, state.workers(), district)
             .into_iter()
             .filter(|row| !excluded.contains(&row.0))
             .collect();
         let id = least_loaded_worker(&as_loads(&rows), now_ms(), &settings)?.to_owned();
-        self.directory.adjust_active(&id, 1);
+        state.workers().adjust_active(&id, 1);
         Ok(id)
     }
 
-    fn new(directory: WorkerDirectory) -> Relay {
+    fn new() -> Relay {
         Relay {
-            directory,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .redirect(reqwest::redirect::Policy::none())
@@ -104,8 +98,7 @@ impl Relay {
 /// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy.
 /// Merge into the API router: `.merge(crate::sessions::router())`.
 pub fn router() -> OpenApiRouter<AppState> {
-    let directory = WorkerDirectory::default();
-    let relay = Relay::new(directory.clone());
+    let relay = Relay::new();
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, end))
@@ -114,7 +107,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .route("/session/{id}", any(colocated_bare))
         .route("/session/{id}/", any(colocated_root))
         .route("/session/{id}/{*rest}", any(colocated_path))
-        .layer(Extension(directory))
         .layer(Extension(relay))
 }
 
@@ -327,7 +319,7 @@ pub async fn create(
                 }
             },
         };
-        let Some(info) = relay.directory.get(&chosen) else {
+        let Some(info) = state.workers().get(&chosen) else {
             excluded.push(chosen);
             continue;
         };
@@ -349,7 +341,7 @@ pub async fn create(
                     updated_at: now,
                 };
                 if let Err(error) = state.store().insert_session(&fresh).await {
-                    relay.directory.adjust_active(&chosen, -1);
+                    state.workers().adjust_active(&chosen, -1);
                     return Err(error.into());
                 }
                 fresh
@@ -373,7 +365,7 @@ pub async fn create(
                 return Ok((StatusCode::CREATED, Json(view(&running))));
             }
             Err(failure) => {
-                relay.directory.adjust_active(&chosen, -1);
+                state.workers().adjust_active(&chosen, -1);
                 tracing::warn!(%session_id, worker_id = %chosen, reason = %failure.message(), "[controller] worker could not start the session");
                 let mut failed = stored;
                 failed.status = SessionStatus::Error;
@@ -450,7 +442,7 @@ pub async fn end(
         record.status,
         SessionStatus::Starting | SessionStatus::Running
     );
-    if let Some(info) = relay.directory.get(&record.worker_id) {
+    if let Some(info) = state.workers().get(&record.worker_id) {
         let answer = relay
             .http
             .delete(format!("{}/api/v1/sessions/{id}", info.agent_url))
@@ -473,7 +465,7 @@ pub async fn end(
         record.status = SessionStatus::Stopped;
         record.updated_at = now_ms();
         state.store().update_session(&record).await?;
-        relay.directory.adjust_active(&record.worker_id, -1);
+        state.workers().adjust_active(&record.worker_id, -1);
         tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
     }
     Ok(Json(view(&record)))
@@ -519,7 +511,7 @@ async fn colocated(
         Ok(None) => return unknown_session(&id).into_response(),
         Err(error) => return ApiError::from(error).into_response(),
     };
-    let Some(info) = relay.directory.get(&record.worker_id) else {
+    let Some(info) = state.workers().get(&record.worker_id) else {
         return ApiError::new(
             ErrorCode::BadGateway,
             format!(

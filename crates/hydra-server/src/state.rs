@@ -1,4 +1,5 @@
-//! What every handler shares: the store, the registry view, settings and the admin token digest.
+//! What every handler shares: the store, the registry view, the relay workers' reports, settings
+//! and the admin token digest.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,6 +12,8 @@ use crate::auth::{Caller, bearer, digests_equal, hash_token};
 use crate::error::ApiError;
 use crate::heartbeats::HeartbeatWriter;
 use crate::registry::{NodeLocks, Registry, SharedRegistry};
+use crate::sealing::Sealer;
+use crate::workers::WorkerDirectory;
 
 /// Settings of a running server, resolved from flags, environment and config file.
 #[derive(Debug, Clone)]
@@ -39,16 +42,21 @@ struct Inner {
     store_healthy: AtomicBool,
     heartbeats: HeartbeatWriter,
     _heartbeat_task: tokio::task::JoinHandle<()>,
+    workers: WorkerDirectory,
+    sealer: Sealer,
 }
 
 impl AppState {
-    /// Loads the registry view from `store`.
+    /// Loads the registry view and the relay workers' last reports from `store` (so sessions
+    /// can be placed before any worker reports again).
     pub async fn new(
         store: Store,
         settings: Settings,
         admin_token: &str,
     ) -> Result<AppState, hydra_store::StoreError> {
         let registry = Registry::load(&store).await?;
+        let sealer = Sealer::from_admin_token(admin_token);
+        let workers = WorkerDirectory::load(&store, &sealer).await?;
         let (heartbeats, heartbeat_task) = HeartbeatWriter::spawn(store.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
@@ -60,6 +68,8 @@ impl AppState {
                 store_healthy: AtomicBool::new(true),
                 heartbeats,
                 _heartbeat_task: heartbeat_task,
+                workers,
+                sealer,
             }),
         })
     }
@@ -82,6 +92,16 @@ impl AppState {
     /// The group-commit heartbeat writer.
     pub fn heartbeats(&self) -> &HeartbeatWriter {
         &self.inner.heartbeats
+    }
+
+    /// The relay workers' reports (placement reads them from memory).
+    pub fn workers(&self) -> &WorkerDirectory {
+        &self.inner.workers
+    }
+
+    /// Seals and opens the agent keys kept in the store.
+    pub fn sealer(&self) -> &Sealer {
+        &self.inner.sealer
     }
 
     /// Server settings.

@@ -2,25 +2,28 @@
 //! runs), `GET /api/v1/workers`, `POST /api/v1/workers/{id}/report`, and the placement inputs
 //! built from the registry view and the reports.
 //!
-//! The reports live in memory (every agent sends one with each heartbeat, and one at start); the
-//! session records they reconcile are in the store. A report is the truth about a worker: a
+//! Every agent sends a report at start and with each heartbeat. Placement reads the reports from
+//! memory (`WorkerDirectory`); each report is also written to the store before it reaches
+//! memory, and the directory is loaded from the store at server start, so sessions can be placed
+//! right after a restart without waiting for every worker to report again. The agent's key is
+//! stored sealed (`crate::sealing`), never in clear and never logged. A report is the truth about a worker: a
 //! stored session of that worker that the report does not show running is marked `error`, so
 //! an agent killed and started again leaves no session the server believes in but nobody runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use hydra_api::{ErrorBody, SessionState, WorkerList, WorkerReport, WorkerView};
 use hydra_core::placement::WorkerLoad;
 use hydra_core::{NodeStatus, Role};
-use hydra_store::SessionStatus;
+use hydra_store::{SessionStatus, Store, StoreError, WorkerReportRecord};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
+use crate::sealing::Sealer;
 use crate::state::{AppState, now_ms};
 
 /// A `starting` session younger than this is left alone by reconciliation: its worker may not
@@ -32,7 +35,7 @@ const STARTING_GRACE_MS: i64 = 60_000;
 pub struct WorkerInfo {
     /// Base URL of the agent.
     pub agent_url: String,
-    /// Bearer key for the agent's session API (never logged).
+    /// Bearer key for the agent's session API (never logged; stored only sealed).
     pub agent_key: String,
     /// Sessions at most.
     pub max_sessions: u32,
@@ -53,13 +56,45 @@ impl std::fmt::Debug for WorkerInfo {
     }
 }
 
-/// Reports of every worker, shared by the relay routes (an `Extension`).
+/// Reports of every worker, shared by the relay routes (in `AppState`).
 #[derive(Debug, Clone, Default)]
 pub struct WorkerDirectory {
     inner: Arc<RwLock<HashMap<String, WorkerInfo>>>,
 }
 
 impl WorkerDirectory {
+    /// The reports kept in `store`, with each worker's slots recounted from its stored
+    /// `starting`/`running` sessions (placements after the report included). A report whose key
+    /// does not open (the admin token changed) is left out: that worker is placed again after
+    /// its next report.
+    pub async fn load(store: &Store, sealer: &Sealer) -> Result<WorkerDirectory, StoreError> {
+        let active = store.active_sessions_by_worker().await?;
+        let mut reports = HashMap::new();
+        for stored in store.list_worker_reports().await? {
+            let Ok(agent_key) = sealer.open(&stored.worker_id, &stored.agent_key_sealed) else {
+                tracing::warn!(worker_id = %stored.worker_id, "[controller] stored worker report has a key this admin token cannot open; waiting for the worker's next report");
+                continue;
+            };
+            let info = WorkerInfo {
+                agent_url: stored.agent_url,
+                agent_key,
+                max_sessions: stored.max_sessions,
+                active_sessions: active.get(&stored.worker_id).copied().unwrap_or(0),
+                reported_at: stored.reported_at,
+            };
+            reports.insert(stored.worker_id, info);
+        }
+        if !reports.is_empty() {
+            tracing::info!(
+                workers = reports.len(),
+                "[controller] worker reports loaded from the store"
+            );
+        }
+        Ok(WorkerDirectory {
+            inner: Arc::new(RwLock::new(reports)),
+        })
+    }
+
     /// One worker's report.
     pub fn get(&self, id: &str) -> Option<WorkerInfo> {
         self.inner
@@ -158,13 +193,12 @@ pub fn as_loads(rows: &[(String, Option<i64>, bool, u32, u32)]) -> Vec<WorkerLoa
     responses((status = 200, body = WorkerList), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    Extension(directory): Extension<WorkerDirectory>,
     headers: HeaderMap,
 ) -> Result<Json<WorkerList>, ApiError> {
     state.require_admin(&headers)?;
     let now = now_ms();
     let timeout = state.heartbeat_timeout_ms();
-    let reports = directory.all();
+    let reports = state.workers().all();
     let registry = state.registry().read().expect("registry lock poisoned");
     let workers = registry
         .all()
@@ -209,7 +243,6 @@ pub async fn list(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn report(
     State(state): State<AppState>,
-    Extension(directory): Extension<WorkerDirectory>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Json(report): Json<WorkerReport>,
@@ -253,23 +286,31 @@ pub async fn report(
         .iter()
         .filter(|session| session.status.is_active())
         .count();
+    let info = WorkerInfo {
+        agent_url: report.agent_url.trim_end_matches('/').to_owned(),
+        agent_key: report.agent_key,
+        max_sessions: report.max_sessions,
+        active_sessions: u32::try_from(active).unwrap_or(u32::MAX),
+        reported_at: now,
+    };
+    // The store first, then memory: the directory never holds a report a restart would lose.
+    let stored = WorkerReportRecord {
+        worker_id: id.clone(),
+        agent_url: info.agent_url.clone(),
+        agent_key_sealed: state.sealer().seal(&id, &info.agent_key),
+        max_sessions: info.max_sessions,
+        reported_at: now,
+    };
+    state.store().put_worker_report(&stored).await?;
+    let directory = state.workers();
     let known = directory.get(&id);
     if known
         .as_ref()
-        .is_none_or(|info| info.agent_key != report.agent_key)
+        .is_none_or(|known| known.agent_key != info.agent_key)
     {
-        tracing::info!(worker_id = %id, agent_url = %report.agent_url, max_sessions = report.max_sessions, "[controller] worker registered");
+        tracing::info!(worker_id = %id, agent_url = %info.agent_url, max_sessions = info.max_sessions, "[controller] worker registered");
     }
-    directory.put(
-        &id,
-        WorkerInfo {
-            agent_url: report.agent_url.trim_end_matches('/').to_owned(),
-            agent_key: report.agent_key,
-            max_sessions: report.max_sessions,
-            active_sessions: u32::try_from(active).unwrap_or(u32::MAX),
-            reported_at: now,
-        },
-    );
+    directory.put(&id, info);
     Ok(StatusCode::NO_CONTENT)
 }
 

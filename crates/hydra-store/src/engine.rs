@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use hydra_core::{CostTier, Node, Roles};
 use sqlx::FromRow;
 
-use crate::{SessionRecord, SessionStatus, StoreError};
+use crate::{SessionRecord, SessionStatus, StoreError, WorkerReportRecord};
 
 /// A `nodes` row as both engines decode it.
 #[derive(Debug, FromRow)]
@@ -122,6 +122,30 @@ impl TryFrom<SessionRow> for SessionRecord {
     }
 }
 
+/// A `worker_reports` row as both engines decode it.
+#[derive(FromRow)]
+pub(crate) struct WorkerReportRow {
+    worker_id: String,
+    agent_url: String,
+    agent_key_sealed: String,
+    max_sessions: i64,
+    reported_at: i64,
+}
+
+impl TryFrom<WorkerReportRow> for WorkerReportRecord {
+    type Error = StoreError;
+    fn try_from(row: WorkerReportRow) -> Result<WorkerReportRecord, StoreError> {
+        Ok(WorkerReportRecord {
+            max_sessions: u32::try_from(row.max_sessions)
+                .map_err(|error| corrupt("worker_reports.max_sessions", error))?,
+            worker_id: row.worker_id,
+            agent_url: row.agent_url,
+            agent_key_sealed: row.agent_key_sealed,
+            reported_at: row.reported_at,
+        })
+    }
+}
+
 /// Maps a unique-key violation to `Conflict`, anything else to `Engine`.
 pub(crate) fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     match &error {
@@ -159,8 +183,10 @@ macro_rules! engine_queries {
 
         use hydra_core::{LatencySample, Node};
 
-        use crate::engine::{NodeRow, SessionRow, conflict_or, node_columns, session_columns};
-        use crate::{Heartbeat, LatencyRecord, SessionRecord};
+        use crate::engine::{
+            NodeRow, SessionRow, WorkerReportRow, conflict_or, node_columns, session_columns,
+        };
+        use crate::{Heartbeat, LatencyRecord, SessionRecord, WorkerReportRecord};
 
         impl $store {
             pub(crate) async fn ping(&self) -> Result<(), StoreError> {
@@ -233,6 +259,10 @@ macro_rules! engine_queries {
             pub(crate) async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
                 let mut transaction = self.writer.begin().await?;
                 sqlx::query("DELETE FROM latency WHERE head_id = $1 OR body_id = $1")
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await?;
+                sqlx::query("DELETE FROM worker_reports WHERE worker_id = $1")
                     .bind(id)
                     .execute(&mut *transaction)
                     .await?;
@@ -378,6 +408,54 @@ macro_rules! engine_queries {
             pub(crate) async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
                 let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.writer).await?;
                 Ok(deleted.rows_affected() > 0)
+            }
+
+            pub(crate) async fn active_sessions_by_worker(&self) -> Result<HashMap<String, u32>, StoreError> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT worker_id, COUNT(*) FROM sessions WHERE status IN ('starting', 'running') \
+                     GROUP BY worker_id",
+                )
+                .fetch_all(&self.reader)
+                .await?;
+                rows.into_iter()
+                    .map(|(worker_id, count)| {
+                        u32::try_from(count)
+                            .map(|count| (worker_id, count))
+                            .map_err(|error| crate::engine::corrupt_value("sessions.worker_id", error))
+                    })
+                    .collect()
+            }
+
+            pub(crate) async fn put_worker_reports(&self, batch: &[WorkerReportRecord]) -> Result<(), StoreError> {
+                let mut transaction = self.writer.begin().await?;
+                for report in batch {
+                    sqlx::query(
+                        "INSERT INTO worker_reports (worker_id, agent_url, agent_key_sealed, max_sessions, reported_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (worker_id) DO UPDATE SET agent_url = excluded.agent_url, \
+                         agent_key_sealed = excluded.agent_key_sealed, max_sessions = excluded.max_sessions, \
+                         reported_at = excluded.reported_at",
+                    )
+                    .bind(&report.worker_id)
+                    .bind(&report.agent_url)
+                    .bind(&report.agent_key_sealed)
+                    .bind(i64::from(report.max_sessions))
+                    .bind(report.reported_at)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                transaction.commit().await?;
+                Ok(())
+            }
+
+            pub(crate) async fn list_worker_reports(&self) -> Result<Vec<WorkerReportRecord>, StoreError> {
+                let rows: Vec<WorkerReportRow> = sqlx::query_as(
+                    "SELECT worker_id, agent_url, agent_key_sealed, max_sessions, reported_at \
+                     FROM worker_reports ORDER BY worker_id",
+                )
+                .fetch_all(&self.reader)
+                .await?;
+                rows.into_iter().map(WorkerReportRecord::try_from).collect()
             }
         }
     };

@@ -19,7 +19,7 @@ use std::path::Path;
 use hydra_core::{LatencySample, Node, Transport};
 
 pub use error::StoreError;
-pub use records::{SessionRecord, SessionStatus};
+pub use records::{SessionRecord, SessionStatus, WorkerReportRecord};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,8 @@ impl Store {
         dispatch!(self, list_token_hashes())
     }
 
-    /// Removes a node (and its latency samples); `false` when it did not exist.
+    /// Removes a node (and its latency samples and worker report); `false` when it did not
+    /// exist.
     pub async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
         dispatch!(self, delete_node(id))
     }
@@ -197,6 +198,29 @@ impl Store {
     /// Removes a session record; `false` when it did not exist.
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
         dispatch!(self, delete_session(id))
+    }
+
+    /// How many sessions each worker has `starting` or `running` (workers with none are absent).
+    pub async fn active_sessions_by_worker(&self) -> Result<HashMap<String, u32>, StoreError> {
+        dispatch!(self, active_sessions_by_worker())
+    }
+
+    // ---- relay worker reports ----
+
+    /// Stores a worker's report, replacing its previous one.
+    pub async fn put_worker_report(&self, report: &WorkerReportRecord) -> Result<(), StoreError> {
+        self.put_worker_reports(std::slice::from_ref(report)).await
+    }
+
+    /// Stores many worker reports in one transaction (group commit); all or none are written,
+    /// and a later report of one worker in the batch wins.
+    pub async fn put_worker_reports(&self, batch: &[WorkerReportRecord]) -> Result<(), StoreError> {
+        dispatch!(self, put_worker_reports(batch))
+    }
+
+    /// Every stored worker report, ordered by worker id.
+    pub async fn list_worker_reports(&self) -> Result<Vec<WorkerReportRecord>, StoreError> {
+        dispatch!(self, list_worker_reports())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Stored records that are not core types: relay sessions.
+//! Stored records that are not core types: relay sessions and relay worker reports.
 
 use std::fmt;
 use std::str::FromStr;
@@ -79,4 +79,32 @@ pub struct SessionRecord {
     pub created_at: i64,
     /// Last change (unix ms).
     pub updated_at: i64,
+}
+
+/// What a relay worker's agent last reported, as stored so that placement works right after a
+/// server restart (the live load is not stored: it is recounted from the session records).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerReportRecord {
+    /// The worker node.
+    pub worker_id: String,
+    /// Base URL of its agent.
+    pub agent_url: String,
+    /// The agent's per-start key, sealed by the server: the store never sees the key itself
+    /// (see `hydra_server::sealing`), and this text is not shown by `Debug`.
+    pub agent_key_sealed: String,
+    /// Sessions the worker may run at most.
+    pub max_sessions: u32,
+    /// When the report came (unix ms).
+    pub reported_at: i64,
+}
+
+impl fmt::Debug for WorkerReportRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerReportRecord")
+            .field("worker_id", &self.worker_id)
+            .field("agent_url", &self.agent_url)
+            .field("max_sessions", &self.max_sessions)
+            .field("reported_at", &self.reported_at)
+            .finish_non_exhaustive()
+    }
 }

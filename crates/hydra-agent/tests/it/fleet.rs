@@ -1,7 +1,8 @@
 //! The whole relay path with a real server (SQLite) and real agents in this process, over
 //! loopback: enrolment, heartbeats and reports, placement over three workers, the page and a
-//! WebSocket through both proxies, ending sessions, an agent that restarts without its sessions,
-//! and a second agent on a taken port.
+//! WebSocket through both proxies, ending sessions, a server that restarts and places on the
+//! stored worker reports, an agent that restarts without its sessions, and a second agent on a
+//! taken port.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,12 +27,17 @@ struct Server {
     url: String,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    heartbeat_timeout: Duration,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     async fn start(heartbeat_timeout: Duration) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), heartbeat_timeout).await
+    }
+
+    /// A server (new state, new port) on the store in `dir`.
+    async fn start_in(dir: tempfile::TempDir, heartbeat_timeout: Duration) -> Server {
         let store = Store::open_sqlite(&dir.path().join("hydra.db"))
             .await
             .unwrap();
@@ -52,8 +58,22 @@ impl Server {
             url,
             shutdown,
             task,
-            _dir: dir,
+            heartbeat_timeout,
+            dir: Some(dir),
         }
+    }
+
+    /// Stops this server (waiting for it to finish) and starts a new one on the same store, on
+    /// another port: agents keep sending to the old address, so the new server hears nothing
+    /// from them.
+    async fn restart(mut self) -> Server {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the server stops within 10 s")
+            .unwrap();
+        let dir = self.dir.take().unwrap();
+        Server::start_in(dir, self.heartbeat_timeout).await
     }
 
     fn admin(&self) -> Client {
@@ -376,6 +396,69 @@ async fn placement_follows_load_skips_full_and_silent_workers() {
         none.to_string().contains("no healthy workers available"),
         "{none}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_places_on_stored_worker_reports_without_a_new_report() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(30)).await;
+    let agent = Agent::start(&server, "w-s", &state_dir(temp.path(), "w-s"), &body, 2).await;
+    healthy_workers(&server, 1).await;
+    let before = server.admin().create_session(&for_body()).await.unwrap();
+    assert_eq!(before.status, SessionState::Running);
+
+    // A new AppState on the same store, at an address the agent does not know: nothing it
+    // sends reaches the new server, which has only what the store kept.
+    let server = server.restart().await;
+    let admin = server.admin();
+    let workers = admin.list_workers().await.unwrap().workers;
+    assert_eq!(workers.len(), 1);
+    let worker = &workers[0];
+    assert!(worker.healthy, "{worker:?}");
+    assert_eq!(
+        worker.agent_url.as_deref(),
+        Some(format!("http://{}", agent.address).as_str())
+    );
+    assert_eq!(
+        (worker.active_sessions, worker.max_sessions),
+        (1, 2),
+        "the slot taken before the restart is counted from the stored sessions"
+    );
+
+    // Placed and started on the agent with the key the store kept (sealed).
+    let after = admin.create_session(&for_body()).await.unwrap();
+    assert_eq!(after.worker_id, "w-s");
+    assert_eq!(after.status, SessionState::Running);
+    let page = reqwest::get(after.stream_url.clone().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("stand-in stream"), "{page}");
+    let full = admin.create_session(&for_body()).await.unwrap_err();
+    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    let ended = admin.end_session(&before.session_id).await.unwrap();
+    assert_eq!(ended.status, SessionState::Stopped);
+
+    // The key in the store is sealed: not there in clear, and useless with another admin token.
+    let db = server.dir.as_ref().unwrap().path().join("hydra.db");
+    let store = Store::open_sqlite(&db).await.unwrap();
+    let stored = store.list_worker_reports().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].agent_key_sealed.starts_with("v1."));
+    assert!(!stored[0].agent_key_sealed.contains("hyk_"));
+    let settings = Settings {
+        heartbeat_timeout: Duration::from_secs(30),
+        public_url: "http://127.0.0.1:9".into(),
+        body_limit_bytes: 64 * 1024,
+    };
+    let foreign = AppState::new(store, settings, "hya_another_admin_token")
+        .await
+        .unwrap();
+    assert!(foreign.workers().get("w-s").is_none());
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use hydra_core::{CostTier, Node, Role, Roles, Transport};
-use hydra_store::{Heartbeat, LatencyRecord, SessionRecord, SessionStatus, Store, StoreError};
+use hydra_store::{
+    Heartbeat, LatencyRecord, SessionRecord, SessionStatus, Store, StoreError, WorkerReportRecord,
+};
 
 /// A store on a fresh file or database, kept alive with its temp dir.
 struct Fixture {
@@ -52,6 +54,8 @@ on_both_engines!(
     delete_removes_node_and_its_latency,
     latency_keeps_the_latest_sample,
     sessions_round_trip_and_update,
+    worker_reports_replace_batch_and_leave_with_their_node,
+    active_sessions_are_counted_per_worker,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -262,4 +266,93 @@ async fn heartbeat_batches_commit_together_and_report_missing_nodes(store: Store
         store.record_heartbeats(&[]).await.unwrap(),
         Vec::<bool>::new()
     );
+}
+
+fn worker_report(worker_id: &str, max_sessions: u32, reported_at: i64) -> WorkerReportRecord {
+    WorkerReportRecord {
+        worker_id: worker_id.into(),
+        agent_url: format!("http://{worker_id}.example:7071"),
+        agent_key_sealed: format!("v1.sealed-{worker_id}-{reported_at}"),
+        max_sessions,
+        reported_at,
+    }
+}
+
+async fn worker_reports_replace_batch_and_leave_with_their_node(store: Store) {
+    let mut worker = Node::new("w-1", Roles::NONE.with(Role::Worker));
+    worker.enrolled_at = 1;
+    store.insert_node(&worker, "h").await.unwrap();
+    assert_eq!(store.list_worker_reports().await.unwrap(), vec![]);
+    store
+        .put_worker_report(&worker_report("w-1", 15, 100))
+        .await
+        .unwrap();
+    let replaced = WorkerReportRecord {
+        agent_url: "http://[fd00::9]:7071".into(),
+        ..worker_report("w-1", 4, 200)
+    };
+    store.put_worker_report(&replaced).await.unwrap();
+    assert_eq!(
+        store.list_worker_reports().await.unwrap(),
+        vec![replaced.clone()],
+        "a new report replaces every field"
+    );
+
+    let batch = vec![
+        worker_report("w-3", 2, 300),
+        worker_report("w-2", 7, 301),
+        worker_report("w-3", 9, 302),
+    ];
+    store.put_worker_reports(&batch).await.unwrap();
+    store.put_worker_reports(&[]).await.unwrap();
+    assert_eq!(
+        store.list_worker_reports().await.unwrap(),
+        vec![
+            replaced,
+            worker_report("w-2", 7, 301),
+            worker_report("w-3", 9, 302),
+        ],
+        "ordered by worker id; the later report of w-3 in the batch wins"
+    );
+
+    assert!(store.delete_node("w-1").await.unwrap());
+    let left: Vec<String> = store
+        .list_worker_reports()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|report| report.worker_id)
+        .collect();
+    assert_eq!(left, ["w-2", "w-3"], "a deleted node's report goes with it");
+}
+
+async fn active_sessions_are_counted_per_worker(store: Store) {
+    let statuses = [
+        ("s-1", "w-1", SessionStatus::Starting),
+        ("s-2", "w-1", SessionStatus::Running),
+        ("s-3", "w-1", SessionStatus::Stopped),
+        ("s-4", "w-2", SessionStatus::Error),
+        ("s-5", "w-3", SessionStatus::Running),
+    ];
+    for (index, (id, worker_id, status)) in statuses.into_iter().enumerate() {
+        let session = SessionRecord {
+            id: id.into(),
+            worker_id: worker_id.into(),
+            body_ip: "10.0.0.7".into(),
+            body_id: None,
+            head_id: None,
+            experience: None,
+            port: None,
+            stream_url: None,
+            status,
+            error: None,
+            created_at: index as i64,
+            updated_at: index as i64,
+        };
+        store.insert_session(&session).await.unwrap();
+    }
+    let counts = store.active_sessions_by_worker().await.unwrap();
+    let mut counts: Vec<(String, u32)> = counts.into_iter().collect();
+    counts.sort();
+    assert_eq!(counts, vec![("w-1".to_owned(), 2), ("w-3".to_owned(), 1)]);
 }
