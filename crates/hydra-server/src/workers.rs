@@ -326,13 +326,11 @@ async fn reconcile(
         .iter()
         .map(|session| (session.session_id.as_str(), session))
         .collect();
-    for mut record in state.store().list_sessions().await? {
-        if record.worker_id != worker_id
-            || !matches!(
-                record.status,
-                SessionStatus::Starting | SessionStatus::Running
-            )
-        {
+    for mut record in state.store().list_sessions_of_worker(worker_id).await? {
+        if !matches!(
+            record.status,
+            SessionStatus::Starting | SessionStatus::Running
+        ) {
             continue;
         }
         let (status, error) = match reported.get(record.id.as_str()) {

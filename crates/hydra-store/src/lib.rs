@@ -195,6 +195,14 @@ impl Store {
         dispatch!(self, list_sessions())
     }
 
+    /// Every session of one worker, oldest first (through the `sessions_worker` index).
+    pub async fn list_sessions_of_worker(
+        &self,
+        worker_id: &str,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        dispatch!(self, list_sessions_of_worker(worker_id))
+    }
+
     /// Removes a session record; `false` when it did not exist.
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
         dispatch!(self, delete_session(id))

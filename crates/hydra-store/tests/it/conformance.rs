@@ -56,6 +56,7 @@ on_both_engines!(
     sessions_round_trip_and_update,
     worker_reports_replace_batch_and_leave_with_their_node,
     active_sessions_are_counted_per_worker,
+    sessions_of_one_worker_are_listed_oldest_first,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -355,4 +356,50 @@ async fn active_sessions_are_counted_per_worker(store: Store) {
     let mut counts: Vec<(String, u32)> = counts.into_iter().collect();
     counts.sort();
     assert_eq!(counts, vec![("w-1".to_owned(), 2), ("w-3".to_owned(), 1)]);
+}
+
+async fn sessions_of_one_worker_are_listed_oldest_first(store: Store) {
+    let session = |id: &str, worker_id: &str, created_at: i64| SessionRecord {
+        id: id.into(),
+        worker_id: worker_id.into(),
+        body_ip: "10.0.0.7".into(),
+        body_id: None,
+        head_id: None,
+        experience: None,
+        port: Some(8080),
+        stream_url: None,
+        status: SessionStatus::Running,
+        error: None,
+        created_at,
+        updated_at: created_at,
+    };
+    for (id, worker_id, created_at) in [
+        ("s-c", "w-1", 30),
+        ("s-x", "w-2", 10),
+        ("s-a", "w-1", 10),
+        ("s-b", "w-1", 10),
+        ("s-y", "w-10", 5),
+    ] {
+        store
+            .insert_session(&session(id, worker_id, created_at))
+            .await
+            .unwrap();
+    }
+    let ids = |sessions: Vec<SessionRecord>| -> Vec<String> {
+        sessions.into_iter().map(|session| session.id).collect()
+    };
+    assert_eq!(
+        ids(store.list_sessions_of_worker("w-1").await.unwrap()),
+        ["s-a", "s-b", "s-c"],
+        "by creation time, then id; not w-10's"
+    );
+    assert_eq!(
+        store.list_sessions_of_worker("w-2").await.unwrap(),
+        vec![session("s-x", "w-2", 10)],
+        "every field read back"
+    );
+    assert_eq!(
+        store.list_sessions_of_worker("w-none").await.unwrap(),
+        vec![]
+    );
 }
