@@ -87,9 +87,10 @@ sessions:
     }
 
     /// Waits (at most 30 s) until the server lists the worker as healthy (enrolled, heartbeating,
-    /// reported), so a session can be placed on it.
-    async fn wait_worker(&self, agent: &Agent) {
+    /// reported), so a session can be placed on it; fails at once if the agent exits.
+    async fn wait_worker(&self, agent: &mut Agent) {
         let healthy = eventually(Duration::from_secs(30), async || {
+            agent.assert_running();
             let (_, list) = call(Method::GET, &self.server.api("/workers"), None).await;
             list["workers"].as_array().is_some_and(|workers| {
                 workers
@@ -182,6 +183,12 @@ impl Agent {
         self.child.try_wait().expect("poll the agent").is_none()
     }
 
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll the agent") {
+            panic!("the agent exited ({status}); its log:\n{}", self.log());
+        }
+    }
+
     /// Waits at most `limit` for the agent to exit.
     async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
@@ -221,9 +228,12 @@ impl Drop for Agent {
 }
 
 /// The process group of one session's stand-in process, read from its data dir's marker. On drop
-/// it is ended if its leader still works in that dir (so no reused pid is ever signalled).
+/// the group is ended if its leader is still the same process (same start time, so a reused pid
+/// is never signalled) and alive.
 struct SessionGroup {
     pgid: i32,
+    /// The leader's start time (field 22 of `/proc/<pid>/stat`).
+    started: String,
     dir: PathBuf,
 }
 
@@ -238,29 +248,39 @@ impl SessionGroup {
             .and_then(|pgid| i32::try_from(pgid).ok())
             .expect("marker pgid");
         let dir = dir.canonicalize().expect("session dir");
-        let group = SessionGroup { pgid, dir };
+        let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd"));
         assert!(
-            group.leader_works_there(),
-            "session process {pgid} does not run in its data dir"
+            cwd.as_ref().is_ok_and(|cwd| *cwd == dir),
+            "session process {pgid} does not run in its data dir: {cwd:?}"
         );
-        assert!(
-            live_members(pgid).contains(&pgid),
-            "session process {pgid} is not alive"
-        );
+        let started = stat(pgid).expect("the session process's stat")[19].clone();
+        let group = SessionGroup { pgid, started, dir };
+        assert!(group.leader_alive(), "session process {pgid} is not alive");
         group
     }
 
-    fn leader_works_there(&self) -> bool {
-        std::fs::read_link(format!("/proc/{}/cwd", self.pgid)).is_ok_and(|cwd| cwd == self.dir)
+    /// Whether the leader the marker named still runs (not a zombie, not a reused pid).
+    fn leader_alive(&self) -> bool {
+        stat(self.pgid).is_some_and(|fields| fields[0] != "Z" && fields[19] == self.started)
     }
 }
 
 impl Drop for SessionGroup {
     fn drop(&mut self) {
-        if self.leader_works_there() {
+        if self.leader_alive() {
             let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
         }
     }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: `[0]` state, `[2]` process group,
+/// `[19]` start time.
+fn stat(pid: i32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+    (fields.len() > 19).then_some(fields)
 }
 
 /// The processes of group `pgid` that are alive: zombies (dead, waiting for whoever inherited
@@ -269,19 +289,10 @@ fn live_members(pgid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let group = pgid.to_string();
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
-        })
+        .filter(|pid| stat(*pid).is_some_and(|fields| fields[0] != "Z" && fields[2] == group))
         .collect()
 }
 
@@ -290,7 +301,7 @@ fn live_members(pgid: i32) -> Vec<i32> {
 async fn a_second_agent_on_the_same_port_exits_and_touches_nothing() {
     let fleet = Fleet::start();
     let mut first = Agent::start(&fleet, "first");
-    fleet.wait_worker(&first).await;
+    fleet.wait_worker(&mut first).await;
     let id = fleet.create_session().await;
     let group = SessionGroup::of(&fleet, &id);
 
@@ -316,11 +327,11 @@ async fn a_second_agent_on_the_same_port_exits_and_touches_nothing() {
         "the session's data dir lost files"
     );
     assert!(
-        group.leader_works_there() && live_members(group.pgid).contains(&group.pgid),
+        group.leader_alive() && live_members(group.pgid).contains(&group.pgid),
         "the session process {} is gone",
         group.pgid
     );
-    assert!(first.running(), "the first agent died:\n{}", first.log());
+    first.assert_running();
     let health = fleet.agent_health().await;
     let sessions = health["extra"]["sessions"].as_array().expect("sessions");
     assert!(
@@ -339,7 +350,7 @@ async fn a_second_agent_on_the_same_port_exits_and_touches_nothing() {
 async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() {
     let fleet = Fleet::start();
     let mut before = Agent::start(&fleet, "before");
-    fleet.wait_worker(&before).await;
+    fleet.wait_worker(&mut before).await;
     let id = fleet.create_session().await;
     let group = SessionGroup::of(&fleet, &id);
 
@@ -349,6 +360,7 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
 
     let mut after = Agent::start(&fleet, "after");
     let marked = eventually(Duration::from_secs(30), async || {
+        after.assert_running();
         fleet.server_session(&id).await["status"] == "error"
     })
     .await;
@@ -387,11 +399,7 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
         "the restarted agent did not say it ended {id}'s group:\n{log}"
     );
 
-    assert!(
-        after.running(),
-        "the restarted agent died:\n{}",
-        after.log()
-    );
+    after.assert_running();
     let health = fleet.agent_health().await;
     assert_eq!(health["extra"]["sessions"], json!([]), "{health}");
     // The worker takes sessions again (the orphan's port and slot are free).

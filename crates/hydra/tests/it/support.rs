@@ -230,10 +230,22 @@ pub fn standin_web_stream() -> PathBuf {
         .clone()
 }
 
-/// A loopback port that was free a moment ago (bound to port 0, then released).
+/// A loopback port below the kernel's ephemeral range (32768 and up), so no outgoing connection
+/// can take it while a test has it released (between an agent's SIGKILL and its restart), that
+/// was free a moment ago. Each call in this process hands out another block of 4 ports
+/// (10000-19999, starting at an offset from the pid so concurrent test processes differ); the
+/// next 3 ports are for the caller too (e.g. a session port range).
 pub fn free_loopback_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BLOCKS: u32 = 2_500;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % 100 * 25;
+    for _ in 0..BLOCKS {
+        let block = (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % BLOCKS;
+        let port = u16::try_from(10_000 + block * 4).expect("port fits u16");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 10000 and 19999");
 }
