@@ -1,8 +1,10 @@
 //! Relay benchmarks (measurements, never tests):
 //!
 //! 1. `placement`: the server's placement path over 1,000 registered workers, decision plus its
-//!    durable session record in SQLite (WAL, synchronous=FULL), sequential and with 32 concurrent
-//!    requests; the agent's process start is excluded (the goal: 2,000/s, p99 < 50 ms).
+//!    durable session record in SQLite (WAL, synchronous=FULL) through the server's group-commit
+//!    session writer, sequential and with 32 concurrent requests; the agent's process start is
+//!    excluded (the goal: 2,000/s, p99 < 50 ms). Sequential requests cannot share a commit, so
+//!    they measure one fsync per record; concurrent ones share them.
 //! 2. `first-byte`: a session start with the stand-in process until the first byte of its page
 //!    arrives through the agent's proxy.
 //!
@@ -76,7 +78,8 @@ async fn fleet() -> (AppState, Relay, tempfile::TempDir) {
 }
 
 /// One placement as the server makes it (`Relay::place`: under the placement lock, read the
-/// loads, decide, take the slot), then its durable record.
+/// loads, decide, take the slot), then its durable record through the server's group-commit
+/// session writer (answered only after the transaction holding it committed).
 async fn place_one(state: &AppState, relay: &Relay, serial: usize) -> Duration {
     let started = Instant::now();
     let chosen = relay
@@ -98,7 +101,7 @@ async fn place_one(state: &AppState, relay: &Relay, serial: usize) -> Duration {
         created_at: now,
         updated_at: now,
     };
-    state.store().insert_session(&record).await.unwrap();
+    state.session_writes().insert(record).await.unwrap();
     // Keep the fleet from filling up over thousands of placements.
     state.workers().adjust_active(&chosen, -1);
     started.elapsed()

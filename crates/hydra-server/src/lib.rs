@@ -7,7 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
-pub mod heartbeats;
+pub mod group_commit;
 pub mod registry;
 pub mod routes;
 pub mod sealing;

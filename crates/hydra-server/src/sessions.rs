@@ -2,7 +2,9 @@
 //! colocated `/session/{id}/...` proxy to the worker that runs the session.
 //!
 //! A new session goes to the least-loaded healthy worker (`hydra_core::placement`); its record
-//! is written to the store before the worker is asked, and updated with the worker's answer. A
+//! is written to the store before the worker is asked, and updated with the worker's answer.
+//! Every session write goes through the group-commit writer (`AppState::session_writes`), so
+//! concurrent placements share one transaction and one fsync, each answered after its commit. A
 //! worker that cannot start it answers with the reason; the next-best worker is tried once.
 
 use std::net::{IpAddr, SocketAddr};
@@ -340,16 +342,16 @@ pub async fn create(
                     created_at: now,
                     updated_at: now,
                 };
-                if let Err(error) = state.store().insert_session(&fresh).await {
+                if let Err(error) = state.session_writes().insert(fresh.clone()).await {
                     state.workers().adjust_active(&chosen, -1);
-                    return Err(error.into());
+                    return Err(error);
                 }
                 fresh
             }
             Some(mut moved) => {
                 moved.worker_id = chosen.clone();
                 moved.updated_at = now;
-                state.store().update_session(&moved).await?;
+                state.session_writes().update(moved.clone()).await?;
                 moved
             }
         };
@@ -361,7 +363,7 @@ pub async fn create(
                 running.port = Some(started.port);
                 running.stream_url = Some(started.stream_url);
                 running.updated_at = now_ms();
-                state.store().update_session(&running).await?;
+                state.session_writes().update(running.clone()).await?;
                 return Ok((StatusCode::CREATED, Json(view(&running))));
             }
             Err(failure) => {
@@ -371,7 +373,7 @@ pub async fn create(
                 failed.status = SessionStatus::Error;
                 failed.error = Some(failure.message());
                 failed.updated_at = now_ms();
-                state.store().update_session(&failed).await?;
+                state.session_writes().update(failed.clone()).await?;
                 let final_failure = matches!(
                     &failure,
                     WorkerFailure::Refused(error) if error.code == ErrorCode::InvalidRequest
@@ -464,7 +466,7 @@ pub async fn end(
     if was_active {
         record.status = SessionStatus::Stopped;
         record.updated_at = now_ms();
-        state.store().update_session(&record).await?;
+        state.session_writes().update(record.clone()).await?;
         state.workers().adjust_active(&record.worker_id, -1);
         tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
     }

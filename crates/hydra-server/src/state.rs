@@ -10,7 +10,7 @@ use hydra_store::Store;
 
 use crate::auth::{Caller, bearer, digests_equal, hash_token};
 use crate::error::ApiError;
-use crate::heartbeats::HeartbeatWriter;
+use crate::group_commit::{HeartbeatWriter, ReportWriter, SessionWriter};
 use crate::registry::{NodeLocks, Registry, SharedRegistry};
 use crate::sealing::Sealer;
 use crate::workers::WorkerDirectory;
@@ -41,7 +41,9 @@ struct Inner {
     admin_digest: String,
     store_healthy: AtomicBool,
     heartbeats: HeartbeatWriter,
-    _heartbeat_task: tokio::task::JoinHandle<()>,
+    session_writes: SessionWriter,
+    report_writes: ReportWriter,
+    _writer_tasks: [tokio::task::JoinHandle<()>; 3],
     workers: WorkerDirectory,
     sealer: Sealer,
 }
@@ -57,7 +59,9 @@ impl AppState {
         let registry = Registry::load(&store).await?;
         let sealer = Sealer::from_admin_token(admin_token);
         let workers = WorkerDirectory::load(&store, &sealer).await?;
-        let (heartbeats, heartbeat_task) = HeartbeatWriter::spawn(store.clone());
+        let (heartbeats, heartbeat_task) = HeartbeatWriter::heartbeats(store.clone());
+        let (session_writes, session_task) = SessionWriter::sessions(store.clone());
+        let (report_writes, report_task) = ReportWriter::reports(store.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -67,7 +71,9 @@ impl AppState {
                 admin_digest: hash_token(admin_token),
                 store_healthy: AtomicBool::new(true),
                 heartbeats,
-                _heartbeat_task: heartbeat_task,
+                session_writes,
+                report_writes,
+                _writer_tasks: [heartbeat_task, session_task, report_task],
                 workers,
                 sealer,
             }),
@@ -92,6 +98,17 @@ impl AppState {
     /// The group-commit heartbeat writer.
     pub fn heartbeats(&self) -> &HeartbeatWriter {
         &self.inner.heartbeats
+    }
+
+    /// The group-commit writer of session records: every session insert and update goes
+    /// through it, so concurrent placements share fsyncs.
+    pub fn session_writes(&self) -> &SessionWriter {
+        &self.inner.session_writes
+    }
+
+    /// The group-commit writer of worker reports.
+    pub fn report_writes(&self) -> &ReportWriter {
+        &self.inner.report_writes
     }
 
     /// The relay workers' reports (placement reads them from memory).

@@ -301,7 +301,7 @@ pub async fn report(
         max_sessions: info.max_sessions,
         reported_at: now,
     };
-    state.store().put_worker_report(&stored).await?;
+    state.report_writes().submit(stored).await?;
     let directory = state.workers();
     let known = directory.get(&id);
     if known
@@ -326,6 +326,7 @@ async fn reconcile(
         .iter()
         .map(|session| (session.session_id.as_str(), session))
         .collect();
+    let mut updates = Vec::new();
     for mut record in state.store().list_sessions_of_worker(worker_id).await? {
         if !matches!(
             record.status,
@@ -353,7 +354,9 @@ async fn reconcile(
         record.status = status;
         record.error = error;
         record.updated_at = now;
-        state.store().update_session(&record).await?;
+        updates.push(state.session_writes().update(record));
     }
+    // Submitted together, so they share one transaction.
+    futures::future::try_join_all(updates).await?;
     Ok(())
 }

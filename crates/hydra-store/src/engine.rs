@@ -186,7 +186,7 @@ macro_rules! engine_queries {
         use crate::engine::{
             NodeRow, SessionRow, WorkerReportRow, conflict_or, node_columns, session_columns,
         };
-        use crate::{Heartbeat, LatencyRecord, SessionRecord, WorkerReportRecord};
+        use crate::{Heartbeat, LatencyRecord, SessionRecord, SessionWrite, WorkerReportRecord};
 
         impl $store {
             pub(crate) async fn ping(&self) -> Result<(), StoreError> {
@@ -347,45 +347,51 @@ macro_rules! engine_queries {
                 Ok(by_head)
             }
 
-            pub(crate) async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-                sqlx::query(concat!(
-                    "INSERT INTO sessions (",
-                    session_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ))
-                .bind(&session.id)
-                .bind(&session.worker_id)
-                .bind(&session.body_ip)
-                .bind(&session.body_id)
-                .bind(&session.head_id)
-                .bind(&session.experience)
-                .bind(session.port.map(i64::from))
-                .bind(&session.stream_url)
-                .bind(session.status.as_str())
-                .bind(&session.error)
-                .bind(session.created_at)
-                .bind(session.updated_at)
-                .execute(&self.writer)
-                .await
-                .map_err(|error| conflict_or(error, || format!("session {:?}", session.id)))?;
-                Ok(())
-            }
-
-            pub(crate) async fn update_session(&self, session: &SessionRecord) -> Result<bool, StoreError> {
-                let updated = sqlx::query(
-                    "UPDATE sessions SET worker_id = $2, port = $3, stream_url = $4, status = $5, error = $6, \
-                     updated_at = $7 WHERE id = $1",
-                )
-                .bind(&session.id)
-                .bind(&session.worker_id)
-                .bind(session.port.map(i64::from))
-                .bind(&session.stream_url)
-                .bind(session.status.as_str())
-                .bind(&session.error)
-                .bind(session.updated_at)
-                .execute(&self.writer)
-                .await?;
-                Ok(updated.rows_affected() > 0)
+            pub(crate) async fn write_sessions(&self, batch: &[SessionWrite]) -> Result<Vec<bool>, StoreError> {
+                let mut transaction = self.writer.begin().await?;
+                let mut applied = Vec::with_capacity(batch.len());
+                for write in batch {
+                    // A taken id is answered `false` instead of failing the statement: a unique
+                    // violation would abort the whole PostgreSQL transaction, and with it the
+                    // other writes of the batch.
+                    let done = match write {
+                        SessionWrite::Insert(session) => sqlx::query(concat!(
+                            "INSERT INTO sessions (",
+                            session_columns!(),
+                            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING"
+                        ))
+                        .bind(&session.id)
+                        .bind(&session.worker_id)
+                        .bind(&session.body_ip)
+                        .bind(&session.body_id)
+                        .bind(&session.head_id)
+                        .bind(&session.experience)
+                        .bind(session.port.map(i64::from))
+                        .bind(&session.stream_url)
+                        .bind(session.status.as_str())
+                        .bind(&session.error)
+                        .bind(session.created_at)
+                        .bind(session.updated_at)
+                        .execute(&mut *transaction)
+                        .await?,
+                        SessionWrite::Update(session) => sqlx::query(
+                            "UPDATE sessions SET worker_id = $2, port = $3, stream_url = $4, status = $5, \
+                             error = $6, updated_at = $7 WHERE id = $1",
+                        )
+                        .bind(&session.id)
+                        .bind(&session.worker_id)
+                        .bind(session.port.map(i64::from))
+                        .bind(&session.stream_url)
+                        .bind(session.status.as_str())
+                        .bind(&session.error)
+                        .bind(session.updated_at)
+                        .execute(&mut *transaction)
+                        .await?,
+                    };
+                    applied.push(done.rows_affected() > 0);
+                }
+                transaction.commit().await?;
+                Ok(applied)
             }
 
             pub(crate) async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -19,7 +19,7 @@ use std::path::Path;
 use hydra_core::{LatencySample, Node, Transport};
 
 pub use error::StoreError;
-pub use records::{SessionRecord, SessionStatus, WorkerReportRecord};
+pub use records::{SessionRecord, SessionStatus, SessionWrite, WorkerReportRecord};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,13 +176,32 @@ impl Store {
 
     /// Inserts a session record; `Conflict` when the id exists.
     pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        dispatch!(self, insert_session(session))
+        let applied = self
+            .write_sessions(&[SessionWrite::Insert(session.clone())])
+            .await?;
+        if applied.first().copied().unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                what: format!("session {:?}", session.id),
+            })
+        }
     }
 
-    /// Replaces the mutable fields of a session (status, error, port, stream URL, updated_at);
-    /// `false` when it does not exist.
+    /// Replaces the mutable fields of a session (worker, status, error, port, stream URL,
+    /// updated_at); `false` when it does not exist.
     pub async fn update_session(&self, session: &SessionRecord) -> Result<bool, StoreError> {
-        dispatch!(self, update_session(session))
+        let applied = self
+            .write_sessions(&[SessionWrite::Update(session.clone())])
+            .await?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
+
+    /// Applies many session writes, in order, in one transaction (group commit: one fsync for
+    /// the batch). Answers, in order, whether each was applied (see [`SessionWrite`]); all or
+    /// none are durable when it returns.
+    pub async fn write_sessions(&self, batch: &[SessionWrite]) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self, write_sessions(batch))
     }
 
     /// One session, or `None`.

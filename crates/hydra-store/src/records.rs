@@ -81,6 +81,16 @@ pub struct SessionRecord {
     pub updated_at: i64,
 }
 
+/// One change to the `sessions` table, as a batch of them is applied in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionWrite {
+    /// A new record; applied as `false` when a session with its id exists (nothing written).
+    Insert(SessionRecord),
+    /// New values for the mutable fields (worker, status, error, port, stream URL,
+    /// updated_at); applied as `false` when the session does not exist.
+    Update(SessionRecord),
+}
+
 /// What a relay worker's agent last reported, as stored so that placement works right after a
 /// server restart (the live load is not stored: it is recounted from the session records).
 #[derive(Clone, PartialEq, Eq)]

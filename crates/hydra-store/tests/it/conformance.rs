@@ -4,7 +4,8 @@ use std::net::IpAddr;
 
 use hydra_core::{CostTier, Node, Role, Roles, Transport};
 use hydra_store::{
-    Heartbeat, LatencyRecord, SessionRecord, SessionStatus, Store, StoreError, WorkerReportRecord,
+    Heartbeat, LatencyRecord, SessionRecord, SessionStatus, SessionWrite, Store, StoreError,
+    WorkerReportRecord,
 };
 
 /// A store on a fresh file or database, kept alive with its temp dir.
@@ -57,6 +58,7 @@ on_both_engines!(
     worker_reports_replace_batch_and_leave_with_their_node,
     active_sessions_are_counted_per_worker,
     sessions_of_one_worker_are_listed_oldest_first,
+    session_write_batches_apply_in_order_and_report_each,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -402,4 +404,56 @@ async fn sessions_of_one_worker_are_listed_oldest_first(store: Store) {
         store.list_sessions_of_worker("w-none").await.unwrap(),
         vec![]
     );
+}
+
+async fn session_write_batches_apply_in_order_and_report_each(store: Store) {
+    let record = |id: &str, worker_id: &str| SessionRecord {
+        id: id.into(),
+        worker_id: worker_id.into(),
+        body_ip: "10.0.0.7".into(),
+        body_id: None,
+        head_id: Some("h-1".into()),
+        experience: None,
+        port: None,
+        stream_url: None,
+        status: SessionStatus::Starting,
+        error: None,
+        created_at: 1,
+        updated_at: 1,
+    };
+    store.insert_session(&record("s-old", "w-1")).await.unwrap();
+    let running = SessionRecord {
+        port: Some(8085),
+        stream_url: Some("http://w-2:7071/session/s-new/".into()),
+        status: SessionStatus::Running,
+        updated_at: 2,
+        ..record("s-new", "w-2")
+    };
+    let taken = SessionRecord {
+        worker_id: "w-9".into(),
+        ..record("s-old", "w-9")
+    };
+    let batch = vec![
+        SessionWrite::Insert(record("s-new", "w-1")),
+        SessionWrite::Insert(taken),
+        SessionWrite::Update(running.clone()),
+        SessionWrite::Update(record("s-ghost", "w-1")),
+    ];
+    assert_eq!(
+        store.write_sessions(&batch).await.unwrap(),
+        vec![true, false, true, false]
+    );
+    assert_eq!(
+        store.get_session("s-new").await.unwrap(),
+        Some(running),
+        "the update after the insert in one batch wins"
+    );
+    assert_eq!(
+        store.get_session("s-old").await.unwrap(),
+        Some(record("s-old", "w-1")),
+        "a taken id leaves the stored record as it was"
+    );
+    assert_eq!(store.get_session("s-ghost").await.unwrap(), None);
+    assert_eq!(store.list_sessions().await.unwrap().len(), 2);
+    assert_eq!(store.write_sessions(&[]).await.unwrap(), Vec::<bool>::new());
 }
