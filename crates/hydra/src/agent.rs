@@ -93,23 +93,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(args.config.as_deref(), args.overrides())
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(crate::signals::stop_on_signal(
+        shutdown.clone(),
+        "[worker] shutting down: ending session processes",
+    ));
     hydra_agent::daemon::run(config, shutdown)
         .await
         .context("hydra agent")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("[worker] shutting down: ending session processes");
-    shutdown.cancel();
 }

@@ -12,6 +12,7 @@ mod logging;
 mod nodes;
 mod output;
 mod server;
+mod signals;
 mod status;
 
 use std::process::ExitCode;

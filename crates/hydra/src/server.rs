@@ -159,25 +159,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     tracing::info!(listen = %bound, storage = store.engine().as_str(), nodes = node_count, "[controller] hydra server listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(crate::signals::stop_on_signal(
+        shutdown.clone(),
+        "[controller] shutting down: finishing in-flight requests",
+    ));
     hydra_server::serve(listener, state, shutdown)
         .await
         .context("server failed")?;
     store.close().await;
     tracing::info!("[controller] hydra server stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("[controller] shutting down: finishing in-flight requests");
-    shutdown.cancel();
 }
