@@ -1,7 +1,9 @@
 //! `hydra agent` as real processes with real signals, against a real `hydra server`: a second
 //! agent on a taken port exits with the start-up guard's message and touches nothing; an agent
 //! killed with SIGKILL and started again leaves neither a session the server believes in but
-//! nobody runs, nor the orphaned session process.
+//! nobody runs, nor the orphaned session process; a session acknowledged by a server that is then
+//! killed with SIGKILL is back, and can be ended, through the server started again (both
+//! engines).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ const MARKER_FILE: &str = "hydra-session.json";
 /// A temp dir, a server, a stand-in body and one agent config file shared by every agent started.
 struct Fleet {
     server: ServerProcess,
+    /// The server's storage, to start it again on.
+    setup: ServerSetup,
     /// The stand-in Sunshine port: the kernel completes connections on its backlog.
     _body: TcpListener,
     config: PathBuf,
@@ -40,8 +44,18 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Fleet {
+        Fleet::start_with(None)
+    }
+
+    /// A fleet whose server keeps its state in PostgreSQL at `database_url`, or in SQLite in the
+    /// temp dir. The server listens on a fixed port below the ephemeral range, so a server
+    /// started again after a SIGKILL is where the agent sends its heartbeats.
+    fn start_with(database_url: Option<String>) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = ServerProcess::start(&ServerSetup::sqlite(&dir.path().join("server")));
+        let mut setup = ServerSetup::sqlite(&dir.path().join("server"));
+        setup.database_url = database_url;
+        let listen = format!("127.0.0.1:{}", free_loopback_port());
+        let server = ServerProcess::start_listening(&setup, &listen);
         let body = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in body");
         let body_port = body.local_addr().expect("body address").port();
         let agent_port = free_loopback_port();
@@ -74,6 +88,7 @@ sessions:
         std::fs::write(&config, yaml).expect("write the agent config");
         Fleet {
             server,
+            setup,
             _body: body,
             config,
             agent_port,
@@ -133,6 +148,22 @@ sessions:
         .await;
         assert_eq!(status, 200, "{session}");
         session
+    }
+
+    /// SIGKILLs the server and starts a new one on the same storage and address.
+    fn restart_server_after_sigkill(&mut self) {
+        self.server.restart_after_kill_9(&self.setup);
+    }
+
+    /// The server's view of the worker.
+    async fn server_worker(&self) -> Value {
+        let (status, list) = call(Method::GET, &self.server.api("/workers"), None).await;
+        assert_eq!(status, 200, "{list}");
+        list["workers"]
+            .as_array()
+            .and_then(|workers| workers.iter().find(|worker| worker["id"] == WORKER_ID))
+            .unwrap_or_else(|| panic!("the server lists no worker {WORKER_ID}: {list}"))
+            .clone()
     }
 
     /// The agent's health answer (the agent must be up).
@@ -205,6 +236,16 @@ impl Agent {
         }
     }
 
+    /// SIGSTOP: the agent sends nothing (no heartbeat, no report) until [`Agent::resume`].
+    fn pause(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP the agent");
+    }
+
+    /// SIGCONT after [`Agent::pause`].
+    fn resume(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT the agent");
+    }
+
     /// SIGKILL (no shutdown code runs), then reap it.
     fn sigkill(&mut self) {
         kill(self.pid(), Signal::SIGKILL).expect("SIGKILL the agent");
@@ -217,6 +258,8 @@ impl Drop for Agent {
         if !self.running() {
             return;
         }
+        // A paused agent handles SIGTERM only once it runs again.
+        let _ = kill(self.pid(), Signal::SIGCONT);
         let _ = kill(self.pid(), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.running() && Instant::now() < deadline {
@@ -405,4 +448,118 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
     // The worker takes sessions again (the orphan's port and slot are free).
     let fresh = fleet.create_session().await;
     assert_ne!(fresh, id);
+}
+
+/// Issue 4: "Session state lives in the store (both engines); a server restart loses no session
+/// record", and "a crash or a kill at any point loses no acknowledged write": a session the
+/// server acknowledged is back after the server's SIGKILL, its worker is placeable from the
+/// stored report before the agent reports again (the agent is paused meanwhile), and the
+/// session is ended on the agent through the server started again.
+async fn an_acknowledged_session_survives_a_server_sigkill(database_url: Option<String>) {
+    let mut fleet = Fleet::start_with(database_url);
+    let mut agent = Agent::start(&fleet, "agent");
+    fleet.wait_worker(&mut agent).await;
+    let id = fleet.create_session().await;
+    let group = SessionGroup::of(&fleet, &id);
+    let before = fleet.server_session(&id).await;
+    assert!(
+        before["port"].is_u64()
+            && before["stream_url"]
+                .as_str()
+                .is_some_and(|url| !url.is_empty()),
+        "the acknowledged session lacks its port or stream URL: {before}"
+    );
+
+    // Nothing reaches the restarted server from the agent until it answered from its store.
+    agent.pause();
+    let restarted_at = std::time::SystemTime::now();
+    fleet.restart_server_after_sigkill();
+    let after = fleet.server_session(&id).await;
+    for field in [
+        "session_id",
+        "worker_id",
+        "body_ip",
+        "port",
+        "stream_url",
+        "status",
+        "created_at",
+    ] {
+        assert_eq!(
+            after[field], before[field],
+            "{field} changed across the restart: {before} then {after}"
+        );
+    }
+    assert_eq!(after["status"], "running");
+    let worker = fleet.server_worker().await;
+    let agent_url = format!("http://127.0.0.1:{}", fleet.agent_port);
+    assert!(
+        worker["healthy"] == true
+            && worker["agent_url"] == agent_url.as_str()
+            && worker["active_sessions"] == 1
+            && worker["max_sessions"] == 2,
+        "the restarted server lost the worker's report: {worker}; its log:\n{}",
+        fleet.server.log.lock().unwrap()
+    );
+
+    // The agent reports to the restarted server (same address): the session stays running.
+    agent.resume();
+    let reported = eventually(Duration::from_secs(20), async || {
+        agent.assert_running();
+        let (status, answer) = call(Method::GET, &fleet.agent_api("/status"), None).await;
+        status == 200
+            && answer["last_heartbeat_error"].is_null()
+            && answer["last_heartbeat"]
+                .as_str()
+                .and_then(|at| humantime::parse_rfc3339(at).ok())
+                .is_some_and(|at| at > restarted_at)
+    })
+    .await;
+    assert!(
+        reported,
+        "the agent never reported to the restarted server; agent log:\n{}\nserver log:\n{}",
+        agent.log(),
+        fleet.server.log.lock().unwrap()
+    );
+    assert_eq!(fleet.server_session(&id).await["status"], "running");
+
+    let (status, ended) = call(
+        Method::DELETE,
+        &fleet.server.api(&format!("/sessions/{id}")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{ended}");
+    assert_eq!(ended["status"], "stopped", "{ended}");
+    let gone = eventually(Duration::from_secs(10), async || {
+        live_members(group.pgid).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "the session process group {} still runs: {:?}; agent log:\n{}\nserver log:\n{}",
+        group.pgid,
+        live_members(group.pgid),
+        agent.log(),
+        fleet.server.log.lock().unwrap()
+    );
+    let health = fleet.agent_health().await;
+    let sessions = health["extra"]["sessions"].as_array().expect("sessions");
+    assert!(
+        sessions.iter().all(|session| session["id"] != id.as_str()
+            || (session["status"] != "running" && session["process_alive"] != true)),
+        "the agent still runs {id}: {health}"
+    );
+    assert_eq!(fleet.server_session(&id).await["status"], "stopped");
+    assert_eq!(fleet.server_worker().await["active_sessions"], 0);
+}
+
+#[tokio::test]
+async fn an_acknowledged_session_survives_a_sqlite_server_sigkill() {
+    an_acknowledged_session_survives_a_server_sigkill(None).await;
+}
+
+#[tokio::test]
+async fn an_acknowledged_session_survives_a_postgres_server_sigkill() {
+    let url = hydra_store::testing::fresh_postgres_database("agent_sigkill").await;
+    an_acknowledged_session_survives_a_server_sigkill(Some(url)).await;
 }

@@ -249,3 +249,72 @@ pub fn free_loopback_port() -> u16 {
     }
     panic!("no free loopback port between 10000 and 19999");
 }
+
+impl ServerProcess {
+    /// Starts the server listening on `listen` (e.g. a fixed port from [`free_loopback_port`],
+    /// so a server started again on the same storage is at the same URL) and waits (at most
+    /// 30 s) until it listens. Otherwise as [`ServerProcess::start`].
+    pub fn start_listening(setup: &ServerSetup, listen: &str) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
+        command
+            .args(["server", "--listen", listen, "--data-dir"])
+            .arg(&setup.data_dir)
+            .args(&setup.extra)
+            .env("RUST_LOG", "info")
+            .env_remove("HYDRA_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(token) = &setup.admin_token {
+            command.args(["--admin-token", token]);
+        }
+        if let Some(url) = &setup.database_url {
+            command.args(["--database-url", url]);
+        }
+        let mut child = command.spawn().expect("spawn hydra server");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("hydra server listening")
+                    && let Some(address) = line
+                        .split("listen=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                {
+                    let _ = address_tx.send(address.to_owned());
+                }
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let Ok(address) = address_rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "hydra server did not start on {listen} within 30 s; its log:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        ServerProcess {
+            child,
+            url: format!("http://{address}"),
+            log,
+        }
+    }
+
+    /// Sends SIGKILL (no shutdown code runs), reaps the process, and starts a new server on
+    /// `setup`'s storage at the same address (see [`ServerProcess::start_listening`]).
+    pub fn restart_after_kill_9(&mut self, setup: &ServerSetup) {
+        self.child.kill().expect("SIGKILL the server");
+        self.child.wait().expect("reap the server");
+        let listen = self
+            .url
+            .strip_prefix("http://")
+            .expect("the server URL is http://ADDRESS")
+            .to_owned();
+        *self = ServerProcess::start_listening(setup, &listen);
+    }
+}
