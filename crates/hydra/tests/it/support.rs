@@ -46,57 +46,7 @@ impl ServerSetup {
 impl ServerProcess {
     /// Starts the server on an ephemeral loopback port and waits (at most 30 s) until it listens.
     pub fn start(setup: &ServerSetup) -> ServerProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
-        command
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&setup.data_dir)
-            .args(&setup.extra)
-            .env("RUST_LOG", "info")
-            .env_remove("HYDRA_ADMIN_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(token) = &setup.admin_token {
-            command.args(["--admin-token", token]);
-        }
-        if let Some(url) = &setup.database_url {
-            command.args(["--database-url", url]);
-        }
-        let mut child = command.spawn().expect("spawn hydra server");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("hydra server listening")
-                    && let Some(address) = line
-                        .split("listen=")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                {
-                    let _ = address_tx.send(address.to_owned());
-                }
-                let mut log = sink.lock().expect("log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let address = match address_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "hydra server did not start within 30 s; its log:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        };
-        ServerProcess {
-            child,
-            url: format!("http://{address}"),
-            log,
-        }
+        ServerProcess::start_listening(setup, "127.0.0.1:0")
     }
 
     /// Sends SIGKILL and reaps the process: no shutdown code runs.
