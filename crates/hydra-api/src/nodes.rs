@@ -6,6 +6,9 @@ use hydra_core::{CostTier, Node, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Largest GPU memory accepted, in MB (16 TiB): far above any GPU, far below what storage can hold.
+pub const MAX_VRAM_MB: u64 = 16_777_216;
+
 /// A role as it appears on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -81,24 +84,27 @@ impl From<CostTier> for CostTierWire {
 pub struct EnrolRequest {
     /// Identifier; generated as `node-` + 8 hex when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub id: Option<String>,
     /// Human name; defaults to the id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
     pub name: Option<String>,
-    /// Any of `body`, `worker`, `head`.
-    #[serde(default)]
+    /// Any of `body`, `worker`, `head`; at least one.
+    #[schema(min_items = 1)]
     pub roles: Vec<RoleWire>,
     /// Region (e.g. `bxl1`).
-    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub district: String,
     /// Site inside the district (e.g. `rupelmonde`).
-    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub venue: String,
     /// Owning organisation.
-    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub owner: String,
     /// Other organisations that may use the node.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub allowed_orgs: Vec<String>,
     /// Address on the venue LAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +116,7 @@ pub struct EnrolRequest {
     pub wg_ip: Option<IpAddr>,
     /// GPU memory in MB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 16_777_216)]
     pub vram_mb: Option<u64>,
     /// Who pays for the node; `owned` by default.
     #[serde(default)]
@@ -212,6 +219,7 @@ pub struct HeartbeatRequest {
     pub active_sessions: u32,
     /// GPU memory in MB, when it changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 16_777_216)]
     pub vram_mb: Option<u64>,
 }
 
@@ -220,8 +228,10 @@ pub struct HeartbeatRequest {
 #[serde(deny_unknown_fields)]
 pub struct MoveRequest {
     /// New district.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub district: String,
     /// New venue.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub venue: String,
 }
 

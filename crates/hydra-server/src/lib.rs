@@ -70,7 +70,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 
 /// The whole application: API, OpenAPI document, metrics, JSON 404s, body limit.
 pub fn app(state: AppState) -> Router {
-    let (router, openapi) = api_router().split_for_parts();
+    let (router, mut openapi) = api_router().split_for_parts();
+    document_common_errors(&mut openapi);
     let openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
     let body_limit = state.settings().body_limit_bytes;
     router
@@ -82,6 +83,63 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Adds the error answers every route can give to each operation that does not list them
+/// already, so the document matches what the server does: 401/403 where a token is needed,
+/// 400 where there is input, 413 where there is a body, 503 when storage fails.
+fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let secured = operation
+                .security
+                .as_ref()
+                .is_some_and(|security| !security.is_empty());
+            let has_input = operation.request_body.is_some()
+                || operation
+                    .parameters
+                    .as_ref()
+                    .is_some_and(|parameters| !parameters.is_empty());
+            let mut wanted: Vec<(&str, &str)> = Vec::new();
+            if secured {
+                wanted.push(("401", "Missing or unknown bearer token"));
+                wanted.push(("403", "The token may not make this call"));
+                wanted.push(("503", "Storage or the needed workers are unavailable"));
+            }
+            if has_input {
+                wanted.push(("400", "Invalid input; the message names the field"));
+            }
+            if operation.request_body.is_some() {
+                wanted.push(("413", "Request body larger than the limit"));
+            }
+            for (status, description) in wanted {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
+    }
 }
 
 async fn metrics_text() -> impl IntoResponse {

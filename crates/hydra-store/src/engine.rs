@@ -216,7 +216,7 @@ macro_rules! engine_queries {
                 .bind(allowed_orgs)
                 .bind(node.lan_ip.map(|ip| ip.to_string()))
                 .bind(node.wg_ip.map(|ip| ip.to_string()))
-                .bind(node.vram_mb.map(|mb| mb as i64))
+                .bind(crate::engine::vram_column(node.vram_mb)?)
                 .bind(node.cost_tier.as_str())
                 .bind(node.drained)
                 .bind(node.idle)
@@ -286,7 +286,7 @@ macro_rules! engine_queries {
                     .bind(heartbeat.at)
                     .bind(heartbeat.idle)
                     .bind(i64::from(heartbeat.active_sessions))
-                    .bind(heartbeat.vram_mb.map(|mb| mb as i64))
+                    .bind(crate::engine::vram_column(heartbeat.vram_mb)?)
                     .execute(&mut *transaction)
                     .await?;
                     found.push(updated.rows_affected() > 0);
@@ -480,6 +480,16 @@ macro_rules! engine_queries {
 }
 
 pub(crate) use engine_queries;
+
+/// `vram_mb` as stored (a signed 64-bit column); a value that does not fit is refused rather
+/// than written as a negative number that could not be read back.
+pub(crate) fn vram_column(vram_mb: Option<u64>) -> Result<Option<i64>, StoreError> {
+    vram_mb
+        .map(|mb| {
+            i64::try_from(mb).map_err(|error| corrupt("nodes.vram_mb", format!("{mb}: {error}")))
+        })
+        .transpose()
+}
 
 /// A value that cannot be written or read back in the expected form.
 pub(crate) fn corrupt_value(column: &'static str, error: impl ToString) -> StoreError {

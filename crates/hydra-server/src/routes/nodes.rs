@@ -70,6 +70,17 @@ fn unknown_node(id: &str) -> ApiError {
     ApiError::not_found(format!("node {id:?} is not enrolled"))
 }
 
+/// Checks a reported GPU memory size against [`hydra_api::MAX_VRAM_MB`].
+fn check_vram(vram_mb: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match vram_mb {
+        Some(mb) if mb > hydra_api::MAX_VRAM_MB => Err(ApiError::invalid(format!(
+            "vram_mb must be at most {} (MB)",
+            hydra_api::MAX_VRAM_MB
+        ))),
+        other => Ok(other),
+    }
+}
+
 /// Builds the node an enrolment asks for, or says which field is wrong.
 fn node_from_request(request: EnrolRequest, now: i64) -> Result<Node, ApiError> {
     let id = match request.id {
@@ -112,7 +123,7 @@ fn node_from_request(request: EnrolRequest, now: i64) -> Result<Node, ApiError> 
     node.allowed_orgs = request.allowed_orgs;
     node.lan_ip = request.lan_ip;
     node.wg_ip = request.wg_ip;
-    node.vram_mb = request.vram_mb;
+    node.vram_mb = check_vram(request.vram_mb)?;
     node.cost_tier = request.cost_tier.into();
     node.enrolled_at = now;
     Ok(node)
@@ -233,7 +244,7 @@ pub async fn heartbeat(
         at: now_ms(),
         idle: request.idle,
         active_sessions: request.active_sessions,
-        vram_mb: request.vram_mb,
+        vram_mb: check_vram(request.vram_mb)?,
     };
     let node = write_node(
         &state,

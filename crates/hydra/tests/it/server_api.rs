@@ -226,6 +226,16 @@ async fn bad_input_is_a_4xx_naming_the_field_and_changes_nothing() {
             "vram_mb",
         ),
         (
+            json!({"roles": ["body"], "district": "bxl1", "venue": "v", "owner": "o", "vram_mb": 9_223_372_036_854_775_808u64}),
+            400,
+            "vram_mb",
+        ),
+        (
+            json!({"district": "bxl1", "venue": "v", "owner": "o"}),
+            400,
+            "roles",
+        ),
+        (
             json!({"id": "x".repeat(65), "roles": ["body"], "district": "bxl1", "venue": "v", "owner": "o"}),
             400,
             "id",
@@ -352,6 +362,22 @@ async fn tokens_admin_node_and_wrong() {
     assert_eq!(status, 403);
     let (status, _) = call_as(&node_token, Method::GET, &server.api("/nodes"), None).await;
     assert_eq!(status, 403);
+    // A GPU size that storage could not read back is refused and changes nothing.
+    let huge = Some(json!({"idle": true, "vram_mb": 9_223_372_036_854_775_808u64}));
+    let (status, answer) = call_as(
+        &node_token,
+        Method::POST,
+        &server.api("/nodes/b1/heartbeat"),
+        huge,
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("vram_mb"),
+        "{answer}"
+    );
+    let (_, node) = call(Method::GET, &server.api("/nodes/b1"), None).await;
+    assert_eq!(node["vram_mb"], 12_000);
     // The token is never shown again, and never stored in the clear.
     let (_, shown) = call(Method::GET, &server.api("/nodes/b1"), None).await;
     assert!(!shown.to_string().contains(&node_token));
