@@ -227,6 +227,16 @@ pub fn api_error(code: ErrorCode, message: &str) -> Response {
     error_answer(status, code.as_str(), message)
 }
 
+/// Parses a JSON request body, or answers 400 with serde's message (which names the field).
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|error| {
+        Box::new(api_error(
+            ErrorCode::InvalidRequest,
+            &format!("invalid request body: {error}"),
+        ))
+    })
+}
+
 /// The agent's router.
 pub fn router(state: AgentState) -> Router {
     Router::new()
@@ -295,14 +305,9 @@ async fn start_session(
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
     };
-    let request: StartSessionRequest = match serde_json::from_slice(&body) {
+    let request: StartSessionRequest = match parse_body(&body) {
         Ok(request) => request,
-        Err(error) => {
-            return api_error(
-                ErrorCode::InvalidRequest,
-                &format!("invalid request body: {error}"),
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     let spec = SessionSpec {
         id: request.session_id,
@@ -382,14 +387,9 @@ async fn rate(State(state): State<AgentState>, Path(id): Path<String>, body: Byt
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
     };
-    let rating: RatingRequest = match serde_json::from_slice(&body) {
+    let rating: RatingRequest = match parse_body(&body) {
         Ok(rating) => rating,
-        Err(error) => {
-            return api_error(
-                ErrorCode::InvalidRequest,
-                &format!("invalid request body: {error}"),
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     if !(1..=5).contains(&rating.stars) {
         return api_error(ErrorCode::InvalidRequest, "stars must be 1 to 5");
