@@ -8,6 +8,7 @@
 pub mod config;
 pub mod daemon;
 pub mod enrol;
+pub mod head;
 pub mod heartbeat;
 pub mod http;
 pub mod local_api;

@@ -4,12 +4,14 @@
 //! API boundary: these types are a compatibility promise. Requests reject unknown fields.
 //! No logic beyond conversions from `hydra-core` types.
 
+pub mod eligible;
 pub mod error;
 pub mod nodes;
 pub mod selection;
 pub mod sessions;
 pub mod system;
 
+pub use eligible::*;
 pub use error::{ErrorBody, ErrorCode};
 pub use nodes::*;
 pub use selection::*;

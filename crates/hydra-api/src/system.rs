@@ -23,6 +23,15 @@ pub struct CheckMaster {
     pub master_url: Option<String>,
 }
 
+/// Now as unix milliseconds: the one clock reading every crate stamps wire times with
+/// (`hydra-core` takes time as an argument and never reads it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 /// Formats unix milliseconds as RFC 3339 UTC with millisecond precision.
 pub fn rfc3339(unix_ms: i64) -> String {
     let instant = if unix_ms >= 0 {

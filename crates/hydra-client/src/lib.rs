@@ -12,14 +12,15 @@
 mod api;
 mod client;
 pub mod discovery;
-mod eligible;
 mod error;
 mod relay;
 mod replicas;
 mod retry;
 
 pub use client::{Client, ClientConfig};
-pub use eligible::{EligibleQuery, Measurement};
 pub use error::ClientError;
+/// The eligible-bodies question and the connect times a head reports, one wire type shared with
+/// the server (`hydra-api`).
+pub use hydra_api::{EligibleQuery, Measurement};
 pub use replicas::ReplicaStatus;
 pub use retry::RetryPolicy;

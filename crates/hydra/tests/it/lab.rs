@@ -433,7 +433,7 @@ fn a_body_dying_between_discovery_and_launch_is_dropped_and_the_next_one_streams
             ]
         );
         assert_logged(&head, "failed to launch");
-        assert_logged(&head, "dropping the cached route to b-rup-1");
+        assert_logged(&head, "dropping the route to b-rup-1");
         assert_logged(
             &head,
             &format!(

@@ -1,0 +1,161 @@
+//! What a head keeps in its state dir between processes: the pairing record (which address its
+//! streaming client was given, and how that stream is doing) and the connect times it measured
+//! but has not reported yet.
+
+use std::io::Write;
+use std::path::Path;
+
+use hydra_client::Measurement;
+use hydra_client::discovery::Route;
+use serde::Serialize;
+
+/// The pairing record's file in the state dir.
+pub const PAIRING_FILE: &str = "pairing.json";
+/// The unreported connect times' file in the state dir (`body:transport:rtt_ms` per line).
+pub const MEASUREMENTS_FILE: &str = "measured";
+
+/// How the stream on a route is doing, as the pairing record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingState {
+    /// The client was started on the route.
+    Launching,
+    /// It ran past the launch window.
+    Streaming,
+    /// It failed to launch; the route is forgotten.
+    LaunchFailed,
+    /// It ended after streaming, or the head stopped it.
+    Ended,
+}
+
+#[derive(Debug, Serialize)]
+struct PairingRecord<'a> {
+    head_id: &'a str,
+    body_id: &'a str,
+    ip: String,
+    port: u16,
+    transport: &'static str,
+    state: PairingState,
+    /// Why it failed or how it ended, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    updated_at: String,
+}
+
+/// Writes the pairing record to `<state_dir>/pairing.json` atomically (temporary file, fsync,
+/// rename), so a reader never sees half a record.
+pub fn write_pairing(
+    state_dir: &Path,
+    head_id: &str,
+    route: &Route,
+    state: PairingState,
+    detail: Option<&str>,
+    now_ms: i64,
+) -> std::io::Result<()> {
+    let record = PairingRecord {
+        head_id,
+        body_id: &route.body_id,
+        ip: route.ip.to_string(),
+        port: route.port,
+        transport: route.transport.as_str(),
+        state,
+        detail,
+        updated_at: hydra_api::rfc3339(now_ms),
+    };
+    let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+    std::fs::create_dir_all(state_dir)?;
+    let temporary = state_dir.join(format!("{PAIRING_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, state_dir.join(PAIRING_FILE))
+}
+
+/// Connect times an earlier process measured but could not report yet; unreadable lines are
+/// skipped (the file is a cache, not a record).
+pub fn load_measurements(state_dir: &Path) -> Vec<Measurement> {
+    let Ok(text) = std::fs::read_to_string(state_dir.join(MEASUREMENTS_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| line.trim().parse::<Measurement>().ok())
+        .collect()
+}
+
+/// Keeps the connect times still to report, for the next request or the next process; a
+/// failure is logged, never fatal (the times are only a ranking hint).
+pub fn save_measurements(state_dir: &Path, measurements: &[Measurement]) {
+    let text: String = measurements
+        .iter()
+        .map(|measurement| format!("{measurement}\n"))
+        .collect();
+    let written = std::fs::create_dir_all(state_dir)
+        .and_then(|()| std::fs::write(state_dir.join(MEASUREMENTS_FILE), text));
+    if let Err(error) = written {
+        tracing::warn!(dir = %state_dir.display(), "[head] cannot keep measured connect times: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hydra_core::Transport;
+
+    use super::*;
+
+    fn route() -> Route {
+        Route {
+            body_id: "b-2".into(),
+            ip: "198.19.0.11".parse().unwrap(),
+            port: 47990,
+            transport: Transport::Wireguard,
+            rtt_ms: 3,
+        }
+    }
+
+    #[test]
+    fn measurements_survive_a_round_trip_through_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let measured = vec![
+            Measurement {
+                body_id: "b-1".into(),
+                transport: Transport::Lan,
+                rtt_ms: 1,
+            },
+            Measurement {
+                body_id: "b-2".into(),
+                transport: Transport::Wireguard,
+                rtt_ms: 40,
+            },
+        ];
+        save_measurements(dir.path(), &measured);
+        assert_eq!(load_measurements(dir.path()), measured);
+        std::fs::write(
+            dir.path().join(MEASUREMENTS_FILE),
+            "junk\nb-3:lan:7\nb-4:udp:1\n",
+        )
+        .unwrap();
+        assert_eq!(load_measurements(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn the_pairing_record_names_the_route() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pairing(
+            dir.path(),
+            "head-1",
+            &route(),
+            PairingState::LaunchFailed,
+            Some("pairing failed"),
+            0,
+        )
+        .unwrap();
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(PAIRING_FILE)).unwrap()).unwrap();
+        assert_eq!(record["body_id"], "b-2");
+        assert_eq!(record["ip"], "198.19.0.11");
+        assert_eq!(record["transport"], "wireguard");
+        assert_eq!(record["state"], "launch_failed");
+        assert_eq!(record["detail"], "pairing failed");
+        assert!(!dir.path().join("pairing.json.tmp").exists());
+    }
+}
