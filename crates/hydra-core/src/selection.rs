@@ -251,4 +251,6 @@ pub fn strict_venue<'a>(
 }
 
 #[cfg(test)]
+mod naive;
+#[cfg(test)]
 mod tests;

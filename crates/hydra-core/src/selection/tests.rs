@@ -395,3 +395,71 @@ proptest! {
         }
     }
 }
+
+fn arb_latency(fleet: &[Node]) -> impl Strategy<Value = HashMap<String, LatencySample>> + use<> {
+    let ids: Vec<String> = fleet.iter().map(|node| node.id.clone()).collect();
+    prop::collection::vec(
+        (
+            prop::sample::select(if ids.is_empty() {
+                vec!["none".to_owned()]
+            } else {
+                ids
+            }),
+            1u32..200,
+            // Some samples are older than `latency_max_age_ms` and must be ignored.
+            0i64..(2 * SETTINGS.latency_max_age_ms),
+        ),
+        0..12,
+    )
+    .prop_map(|samples| {
+        samples
+            .into_iter()
+            .map(|(id, rtt_ms, age)| {
+                (
+                    id,
+                    LatencySample {
+                        rtt_ms,
+                        measured_at: NOW - age,
+                    },
+                )
+            })
+            .collect()
+    })
+}
+
+fn fleet_with_observations()
+-> impl Strategy<Value = (Vec<Node>, HashMap<String, LatencySample>, HashSet<String>)> {
+    prop::collection::vec(arb_node(), 0..40).prop_flat_map(|fleet| {
+        let ids: Vec<String> = fleet.iter().map(|node| node.id.clone()).collect();
+        let unreachable = prop::collection::hash_set(
+            prop::sample::select(if ids.is_empty() {
+                vec!["none".to_owned()]
+            } else {
+                ids
+            }),
+            0..3,
+        );
+        (Just(fleet.clone()), arb_latency(&fleet), unreachable)
+    })
+}
+
+proptest! {
+    /// `select_bodies` gives exactly what the naive selection, written from the field's rules
+    /// with none of its helpers, gives: the same policy, the same bodies (so nothing usable is
+    /// lost and nothing unusable gets in), in the same order, with the same fresh latencies.
+    #[test]
+    fn select_bodies_agrees_with_the_naive_oracle(
+        (fleet, latency, unreachable) in fleet_with_observations(),
+    ) {
+        let observations = Observations { latency: Some(&latency), unreachable: Some(&unreachable) };
+        let selection = select_bodies(&HEAD, &fleet, NOW, &SETTINGS, &observations);
+        let ours: Vec<(String, Option<u32>)> = selection
+            .bodies
+            .iter()
+            .map(|candidate| (candidate.node.id.clone(), candidate.rtt_ms))
+            .collect();
+        let oracle = super::naive::naive_select(&HEAD, &fleet, NOW, &SETTINGS, &latency, &unreachable);
+        prop_assert_eq!(selection.policy.as_str(), oracle.policy);
+        prop_assert_eq!(ours, oracle.bodies);
+    }
+}
