@@ -60,8 +60,13 @@ mod tests {
         let b = generate_token("hyn_");
         assert_ne!(a, b);
         assert!(a.starts_with("hyn_") && a.len() == 4 + 64);
-        assert_eq!(hash_token(&a), hash_token(&a));
-        assert!(digests_equal(&hash_token(&a), &hash_token(&a)));
+        // FIPS 180-2's test vector: the stored digest is plain SHA-256, hex-encoded.
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(hash_token(&a), hash_token(&b));
+        assert!(digests_equal(&hash_token(&a), &hash_token(&a.clone())));
         assert!(!digests_equal(&hash_token(&a), &hash_token(&b)));
         assert!(!digests_equal("abc", "abcd"));
     }

@@ -176,13 +176,32 @@ mod tests {
 
     #[test]
     fn reads_its_own_cpu_time() {
+        // Spin until the reading moves (bounded): a parser that read the wrong fields, or a
+        // constant, never sees this process's CPU time grow.
         let before = own_cpu_seconds().expect("/proc/self/stat on Linux");
         let mut spin: u64 = 0;
-        for number in 0..2_000_000u64 {
-            spin = spin.wrapping_add(number * number);
+        let mut after = before;
+        for _ in 0..2_000 {
+            for number in 0..1_000_000u64 {
+                spin = spin.wrapping_add(std::hint::black_box(number * number));
+            }
+            after = own_cpu_seconds().expect("/proc/self/stat on Linux");
+            if after > before {
+                break;
+            }
         }
         assert!(spin > 0);
-        let after = own_cpu_seconds().expect("/proc/self/stat on Linux");
-        assert!(after >= before, "{before} -> {after}");
+        assert!(after > before, "CPU time did not grow: {before} -> {after}");
+        // It counts this process only: far less than the machine's uptime in CPU seconds.
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .expect("/proc/uptime")
+            .split_whitespace()
+            .next()
+            .and_then(|word| word.parse().ok())
+            .expect("uptime in seconds");
+        assert!(
+            after < uptime,
+            "{after} s of CPU in a process younger than {uptime} s"
+        );
     }
 }

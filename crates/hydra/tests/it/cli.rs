@@ -81,10 +81,11 @@ async fn enrol_list_eligible_park_drain_and_remove_through_the_cli() {
         ("HYDRA_SERVER", server.url.as_str()),
         ("HYDRA_TOKEN", ADMIN_TOKEN),
     ];
-    for (id, venue, lan, vram) in [
-        ("b-rup-1", "rupelmonde", "10.1.0.1", "8192"),
-        ("b-rup-2", "rupelmonde", "10.1.0.2", "24576"),
-        ("b-c7", "cloud-seven", "10.2.0.1", "16384"),
+    // Each body its own addresses, so a table that mixed bodies up would show.
+    for (id, venue, lan, wg, vram) in [
+        ("b-rup-1", "rupelmonde", "10.1.0.1", "10.99.0.1", "8192"),
+        ("b-rup-2", "rupelmonde", "10.1.0.2", "10.99.0.2", "24576"),
+        ("b-c7", "cloud-seven", "10.2.0.1", "10.99.0.3", "16384"),
     ] {
         let run = hydra(
             &env,
@@ -92,7 +93,7 @@ async fn enrol_list_eligible_park_drain_and_remove_through_the_cli() {
                 id,
                 "body",
                 venue,
-                &["--lan-ip", lan, "--wg-ip", "10.99.0.1", "--vram-mb", vram],
+                &["--lan-ip", lan, "--wg-ip", wg, "--vram-mb", vram],
             ),
         )
         .await;
@@ -121,7 +122,7 @@ async fn enrol_list_eligible_park_drain_and_remove_through_the_cli() {
     expect_test::expect![[r#"
         policy: quickroute (bodies in the head's own venue, of its owner), 2 bodies
         ID       VENUE       SAME_VENUE  LAN_IP    WG_IP      IDLE  VRAM_MB  TIER   RTT_MS
-        b-rup-2  rupelmonde  yes         10.1.0.2  10.99.0.1  yes   24576    owned  -
+        b-rup-2  rupelmonde  yes         10.1.0.2  10.99.0.2  yes   24576    owned  -
         b-rup-1  rupelmonde  yes         10.1.0.1  10.99.0.1  yes   8192     owned  -
     "#]]
     .assert_eq(&run.stdout);

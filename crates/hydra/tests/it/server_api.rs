@@ -41,15 +41,17 @@ fn ids(answer: &Value) -> Vec<String> {
 #[tokio::test]
 async fn readme_walkthrough_quickroute_then_cross_venue_after_parking() {
     let (_dir, server) = start();
-    for (id, venue, vram) in [
-        ("b-rup-1", "rupelmonde", 8_192),
-        ("b-rup-2", "rupelmonde", 24_576),
-        ("b-c7", "cloud-seven", 16_384),
-    ] {
+    // Each body its own addresses, so an answer that mixed bodies up would show.
+    let bodies = [
+        ("b-rup-1", "rupelmonde", 8_192, "10.1.0.11", "10.99.0.11"),
+        ("b-rup-2", "rupelmonde", 24_576, "10.1.0.12", "10.99.0.12"),
+        ("b-c7", "cloud-seven", 16_384, "10.2.0.21", "10.99.0.21"),
+    ];
+    for (id, venue, vram, lan_ip, wg_ip) in bodies {
         enrol(
             &server,
             json!({"id": id, "roles": ["body"], "district": "bxl1", "venue": venue, "owner": "acme",
-                   "lan_ip": "10.1.0.1", "wg_ip": "10.99.0.1", "vram_mb": vram}),
+                   "lan_ip": lan_ip, "wg_ip": wg_ip, "vram_mb": vram}),
         )
         .await;
         heartbeat(&server, id, true).await;
@@ -66,7 +68,24 @@ async fn readme_walkthrough_quickroute_then_cross_venue_after_parking() {
         "idle first, then VRAM descending"
     );
     assert_eq!(answer["bodies"][0]["same_venue"], true);
-    assert_eq!(answer["bodies"][0]["wg_ip"], "10.99.0.1");
+    let addresses = |answer: &Value| -> Vec<(String, String, String)> {
+        answer["bodies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|body| {
+                let text = |field: &str| body[field].as_str().unwrap_or("-").to_owned();
+                (text("id"), text("lan_ip"), text("wg_ip"))
+            })
+            .collect()
+    };
+    assert_eq!(
+        addresses(&answer),
+        [
+            ("b-rup-2".into(), "10.1.0.12".into(), "10.99.0.12".into()),
+            ("b-rup-1".into(), "10.1.0.11".into(), "10.99.0.11".into()),
+        ]
+    );
 
     // Park both venue bodies in the spare district: the head falls over to the other venue.
     for id in ["b-rup-1", "b-rup-2"] {
