@@ -4,5 +4,6 @@ mod agent;
 mod cli;
 mod durability;
 mod lab;
+mod metrics;
 mod server_api;
 mod support;
