@@ -49,3 +49,32 @@ pub async fn fresh_postgres_database(label: &str) -> String {
         .expect("database URL has a path");
     format!("{base}/{name}")
 }
+
+/// Makes the test database at `database_url` refuse (`accepting = false`) or accept new
+/// connections, and, when refusing, ends the sessions it has: a real outage of that database as
+/// its clients see it, while the test server's other databases stay up.
+pub async fn set_database_accepting(database_url: &str, accepting: bool) {
+    let (_, name) = database_url
+        .rsplit_once('/')
+        .expect("database URL has a path");
+    assert!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "not a test database name: {name}"
+    );
+    let mut connection = PgConnection::connect(&postgres_server_url())
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to {DATABASE_URL_VAR}: {error}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS {accepting}"
+    )))
+    .execute(&mut connection)
+    .await
+    .unwrap_or_else(|error| panic!("cannot change ALLOW_CONNECTIONS of {name}: {error}"));
+    if !accepting {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(name)
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("cannot end the sessions of {name}: {error}"));
+    }
+}

@@ -6,4 +6,5 @@ mod durability;
 mod lab;
 mod metrics;
 mod server_api;
+mod storage_outage;
 mod support;
