@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod durability;
+mod durability_in_flight;
 mod lab;
 mod metrics;
 mod server_api;
