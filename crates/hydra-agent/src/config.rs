@@ -8,14 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Serialized};
 use serde::{Deserialize, Serialize};
 
 use crate::worker::{WorkerSettings, default_command, process::check_template};
-
-/// Largest config file accepted.
-const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Top-level sections; only `HYDRA_<SECTION>__...` variables are read.
 const SECTIONS: &[&str] = &[
@@ -239,20 +234,13 @@ impl AgentConfig {
     /// Layers defaults, the YAML file at `file`, `HYDRA_*` variables and `flags` (a JSON object
     /// of the keys set on the command line, nested like the file), then validates.
     pub fn load(file: Option<&Path>, flags: serde_json::Value) -> Result<AgentConfig, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(AgentConfig::default()));
-        if let Some(path) = file {
-            figment = figment.merge(Serialized::globals(read_yaml(path)?));
-        }
-        figment = figment
-            .merge(Env::prefixed("HYDRA_").split("__").filter(|key| {
-                let normalised = key.as_str().replace("__", ".");
-                let section = normalised.split('.').next().unwrap_or_default();
-                SECTIONS
-                    .iter()
-                    .any(|known| known.eq_ignore_ascii_case(section))
-            }))
-            .merge(Serialized::globals(flags));
-        let config: AgentConfig = figment.extract().map_err(describe)?;
+        let config: AgentConfig = crate::layering::layered(
+            &AgentConfig::default(),
+            file,
+            crate::layering::EnvKeys::Sectioned(SECTIONS),
+            &flags,
+        )
+        .map_err(ConfigError)?;
         config.validate()?;
         Ok(config)
     }
@@ -355,58 +343,6 @@ impl AgentConfig {
             serde_json::to_string(&self.ice_servers).unwrap_or_else(|_| "[]".into());
         settings
     }
-}
-
-fn read_yaml(path: &Path) -> Result<serde_json::Value, ConfigError> {
-    let metadata = std::fs::metadata(path).map_err(|error| {
-        ConfigError(format!(
-            "cannot read config file {}: {error}",
-            path.display()
-        ))
-    })?;
-    if metadata.len() > MAX_CONFIG_BYTES {
-        return Err(ConfigError(format!(
-            "config file {} is larger than 1 MiB",
-            path.display()
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        ConfigError(format!(
-            "cannot read config file {}: {error}",
-            path.display()
-        ))
-    })?;
-    let value: serde_json::Value = serde_saphyr::from_str(&text)
-        .map_err(|error| ConfigError(format!("config file {}: {error}", path.display())))?;
-    match value {
-        serde_json::Value::Object(_) => Ok(value),
-        serde_json::Value::Null => Ok(serde_json::Value::Object(Default::default())),
-        _ => Err(ConfigError(format!(
-            "config file {}: expected a mapping of settings at the top level",
-            path.display()
-        ))),
-    }
-}
-
-/// One line per figment error, naming the key and where its value came from.
-fn describe(error: figment::Error) -> ConfigError {
-    let lines: Vec<String> = error
-        .into_iter()
-        .map(|error| {
-            let origin = error
-                .metadata
-                .as_ref()
-                .map(|metadata| format!(" (from {})", metadata.name))
-                .unwrap_or_default();
-            let key = error.path.join(".");
-            if key.is_empty() {
-                format!("configuration: {}{origin}", error.kind)
-            } else {
-                format!("configuration key {key:?}: {}{origin}", error.kind)
-            }
-        })
-        .collect();
-    ConfigError(lines.join("; "))
 }
 
 #[cfg(test)]

@@ -11,5 +11,6 @@ pub mod enrol;
 pub mod head;
 pub mod heartbeat;
 pub mod http;
+pub mod layering;
 pub mod local_api;
 pub mod worker;

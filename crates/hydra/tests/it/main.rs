@@ -2,6 +2,7 @@
 
 mod agent;
 mod cli;
+mod config_sources;
 mod durability;
 mod durability_in_flight;
 mod lab;
