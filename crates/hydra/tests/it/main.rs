@@ -7,6 +7,7 @@ mod durability;
 mod durability_in_flight;
 mod lab;
 mod metrics;
+mod sdk_failover;
 mod server_api;
 mod storage_outage;
 mod support;
