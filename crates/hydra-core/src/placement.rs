@@ -141,4 +141,6 @@ fn placement_order(a: &WorkerLoad<'_>, b: &WorkerLoad<'_>) -> Ordering {
 }
 
 #[cfg(test)]
+mod naive;
+#[cfg(test)]
 mod tests;

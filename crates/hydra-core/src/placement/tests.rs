@@ -185,3 +185,18 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    /// `least_loaded_worker` picks what the naive reading of the field's rule picks (float load
+    /// ratios, a sort, the first), and fails with the same words.
+    #[test]
+    fn the_choice_agrees_with_the_naive_oracle(fleet in arb_fleet()) {
+        let workers = loads(&fleet);
+        let ours = least_loaded_worker(&workers, NOW, &SETTINGS)
+            .map(str::to_owned)
+            .map_err(|error| error.to_string());
+        let oracle = super::naive::naive_place(&workers, NOW, SETTINGS.heartbeat_timeout_ms)
+            .map_err(str::to_owned);
+        prop_assert_eq!(ours, oracle);
+    }
+}
