@@ -1,22 +1,25 @@
 //! The colocated `/session/{id}/...` proxy: when the server and a worker share an address, the
 //! server forwards a session's browser traffic to the agent of the worker that runs it (which
-//! adds the page script), so stream URLs can use the server's address.
+//! adds the page script), so stream URLs can use the server's address. Only a request with the
+//! session's viewer capability (`hydra_proxy::capability`) is forwarded.
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use hydra_api::ErrorCode;
+use hydra_proxy::capability;
 use hydra_proxy::proxy::{Forward, Proxy};
+use hydra_proxy::session_path::{check_session_id, is_server_session_id};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, now_ms};
 
 /// What the colocated routes share besides `AppState`: the forwarding client.
 #[derive(Clone)]
@@ -36,16 +39,44 @@ pub fn router() -> OpenApiRouter<AppState> {
         .layer(Extension(colocated))
 }
 
-fn unknown_session(id: &str) -> ApiError {
+/// The one answer a browser gets for a session it may not see, known or not, so the answer
+/// reveals nothing (no store lookup either without a capability).
+fn no_access(id: &str) -> ApiError {
     ApiError::not_found(format!("session {id:?} does not exist"))
 }
 
-async fn colocated_bare(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+/// Refuses, before any lookup, a session id the server cannot have made (400 naming it).
+fn check_server_session_id(id: &str) -> Result<(), ApiError> {
+    check_session_id(id).map_err(|bad| ApiError::invalid(bad.message()))?;
+    if is_server_session_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "session id in the path must be s- and 16 lowercase hex digits",
+        ))
+    }
+}
+
+async fn colocated_bare(
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: Uri,
+) -> Response {
+    if let Err(bad) = check_server_session_id(&id) {
+        return bad.into_response();
+    }
+    // The query may carry the viewer capability: keep it.
+    let query = uri
+        .query()
+        .map(|query| format!("?{query}"))
+        .unwrap_or_default();
     Response::builder()
         .status(StatusCode::PERMANENT_REDIRECT)
-        .header(axum::http::header::LOCATION, format!("/session/{id}/"))
+        .header(
+            axum::http::header::LOCATION,
+            format!("/session/{id}/{query}"),
+        )
         .body(Body::empty())
-        .unwrap_or_default()
+        .unwrap_or_else(|_| ApiError::invalid("invalid query").into_response())
 }
 
 async fn colocated_root(
@@ -54,42 +85,49 @@ async fn colocated_root(
     axum::extract::Path(id): axum::extract::Path<String>,
     request: Request,
 ) -> Response {
-    colocated(state, shared, id, String::new(), request).await
+    colocated(state, shared, id, request).await
 }
 
 async fn colocated_path(
     State(state): State<AppState>,
     Extension(shared): Extension<Colocated>,
-    axum::extract::Path((id, rest)): axum::extract::Path<(String, String)>,
+    axum::extract::Path((id, _rest)): axum::extract::Path<(String, String)>,
     request: Request,
 ) -> Response {
-    colocated(state, shared, id, rest, request).await
+    colocated(state, shared, id, request).await
 }
 
 /// Forwards `/session/{id}/...` to the agent of the worker that runs the session (which adds
-/// the page script), so stream URLs can use the server's address.
-async fn colocated(
-    state: AppState,
-    shared: Colocated,
-    id: String,
-    rest: String,
-    request: Request,
-) -> Response {
+/// the page script), so stream URLs can use the server's address. The viewer capability is
+/// checked here with the worker's agent key (the server is no open door to the agent), and
+/// again by the agent, which takes it out before the session process; the path and query go
+/// on exactly as they came.
+async fn colocated(state: AppState, shared: Colocated, id: String, request: Request) -> Response {
+    if let Err(bad) = check_server_session_id(&id) {
+        return bad.into_response();
+    }
+    if !capability::presented(request.uri().query(), request.headers()) {
+        return no_access(&id).into_response();
+    }
     let record = match state.store().get_session(&id).await {
         Ok(Some(record)) => record,
-        Ok(None) => return unknown_session(&id).into_response(),
+        Ok(None) => return no_access(&id).into_response(),
         Err(error) => return ApiError::from(error).into_response(),
     };
     let Some(info) = state.workers().get(&record.worker_id) else {
-        return ApiError::new(
-            ErrorCode::BadGateway,
-            format!(
-                "worker {} has not reported where it listens",
-                record.worker_id
-            ),
-        )
-        .into_response();
+        return no_access(&id).into_response();
     };
+    let checked = capability::check(
+        info.agent_key.as_bytes(),
+        &id,
+        request.uri().query(),
+        request.headers(),
+        now_ms(),
+    );
+    if let Err(refusal) = checked {
+        tracing::debug!(session_id = %id, ?refusal, "[proxy] viewer capability refused");
+        return no_access(&id).into_response();
+    }
     let Some(target) = agent_address(&info.agent_url).await else {
         return ApiError::new(
             ErrorCode::BadGateway,
@@ -97,14 +135,13 @@ async fn colocated(
         )
         .into_response();
     };
-    let query = request
+    let path_and_query = request
         .uri()
-        .query()
-        .map(|query| format!("?{query}"))
-        .unwrap_or_default();
+        .path_and_query()
+        .map_or_else(|| format!("/session/{id}/"), |raw| raw.as_str().to_owned());
     let forward = Forward {
         target,
-        path_and_query: format!("/session/{id}/{rest}{query}"),
+        path_and_query,
         prefix: String::new(),
         inject: None,
         connections: None,

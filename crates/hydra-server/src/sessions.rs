@@ -21,6 +21,7 @@ use hydra_api::{
 use hydra_core::Role;
 use hydra_core::placement::{PlacementError, PlacementSettings, least_loaded_worker};
 use hydra_core::selection::{Head, Observations, select_bodies};
+use hydra_proxy::capability::without_capability;
 use hydra_store::{SessionRecord, SessionStatus};
 use rand::RngCore;
 use utoipa_axum::router::OpenApiRouter;
@@ -353,10 +354,14 @@ pub async fn create(
                 let mut running = stored;
                 running.status = SessionStatus::Running;
                 running.port = Some(started.port);
-                running.stream_url = Some(started.stream_url);
+                // The store keeps the link without the viewer capability; only this answer
+                // carries it.
+                running.stream_url = Some(without_capability(&started.stream_url));
                 running.updated_at = now_ms();
                 state.session_writes().update(running.clone()).await?;
-                return Ok((StatusCode::CREATED, Json(view(&running))));
+                let mut answer = view(&running);
+                answer.stream_url = Some(started.stream_url);
+                return Ok((StatusCode::CREATED, Json(answer)));
             }
             Err(failure) => {
                 state.workers().adjust_active(&chosen, -1);
