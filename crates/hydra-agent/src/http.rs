@@ -17,11 +17,12 @@ use axum::routing::{any, get, post};
 use hydra_api::{ErrorCode, RatingRequest, StartSessionRequest, WorkerSession, WorkerSessionList};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::local_api::{AgentHealth, AgentStatus, HealthExtra, SessionHealth, wireguard_up};
-use crate::worker::{SessionSpec, Worker};
+use crate::worker::{Rated, SessionSpec, Worker};
+use hydra_core::rate_limit::TokenBucket;
 use hydra_proxy::capability::{self, Access};
 use hydra_proxy::inject::PageContext;
 use hydra_proxy::proxy::{Forward, Proxy, error_answer};
@@ -31,6 +32,13 @@ use hydra_proxy::session_path::{check_session_id, raw_rest};
 const BODY_LIMIT: usize = 64 * 1024;
 /// Longest rating comment.
 const MAX_COMMENT: usize = 2_000;
+/// Ratings being forwarded to `sessions.rating_url` at once, at most (each is an outbound POST
+/// that a viewer without a token starts).
+const MAX_RATING_FORWARDS: usize = 4;
+/// Ratings forwarded in a burst, then one per [`RATING_INTERVAL_MS`].
+const RATING_BURST: u32 = 8;
+/// Sustained rate of forwarded ratings: one every 2 s.
+const RATING_INTERVAL_MS: i64 = 2_000;
 
 /// What the heartbeat loop last saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +91,8 @@ struct Inner {
     heartbeat: Mutex<HeartbeatState>,
     report_now: Notify,
     http: reqwest::Client,
+    rating_forwards: Arc<Semaphore>,
+    rating_bucket: Mutex<TokenBucket>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -125,6 +135,12 @@ impl AgentState {
                     .timeout(Duration::from_secs(5))
                     .build()
                     .unwrap_or_default(),
+                rating_forwards: Arc::new(Semaphore::new(MAX_RATING_FORWARDS)),
+                rating_bucket: Mutex::new(TokenBucket::new(
+                    RATING_BURST,
+                    RATING_INTERVAL_MS,
+                    now_ms(),
+                )),
             }),
         }
     }
@@ -199,6 +215,27 @@ impl AgentState {
             tracing::debug!(session_id = %id, ?refusal, "[proxy] viewer capability refused");
             Box::new(not_known(id))
         })
+    }
+
+    /// A place among the rating forwards in flight and a token of their rate, or why not.
+    fn rating_forward_slot(&self) -> Result<OwnedSemaphorePermit, &'static str> {
+        let permit = self
+            .inner
+            .rating_forwards
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "too many ratings are being forwarded; try again later")?;
+        let allowed = self
+            .inner
+            .rating_bucket
+            .lock()
+            .expect("rating bucket poisoned")
+            .try_take(now_ms());
+        if allowed {
+            Ok(permit)
+        } else {
+            Err("too many ratings; try again later")
+        }
     }
 
     /// `stream_url` with a fresh viewer capability for `session_id`.
@@ -507,14 +544,35 @@ async fn rate(
         );
     }
     let Some(session) = worker.session(&id) else {
-        return api_error(
-            ErrorCode::NotFound,
-            &format!("session {id} is not known here"),
-        );
+        return not_known(&id);
     };
-    worker.rate_session(&id, rating.stars);
+    let already_rated = || {
+        api_error(
+            ErrorCode::Conflict,
+            &format!("session {id} is already rated"),
+        )
+    };
+    if session.rating.is_some() {
+        return already_rated();
+    }
+    // Bounded before anything is recorded, so a refused rating changes nothing.
+    let forward_slot = match state.inner.settings.rating_url.clone() {
+        Some(url) => match state.rating_forward_slot() {
+            Ok(permit) => Some((url, permit)),
+            Err(message) => {
+                tracing::warn!(session_id = %id, "[rating] {message}");
+                return api_error(ErrorCode::Unavailable, message);
+            }
+        },
+        None => None,
+    };
+    match worker.rate_session(&id, rating.stars) {
+        Rated::Recorded => {}
+        Rated::Already => return already_rated(),
+        Rated::UnknownSession => return not_known(&id),
+    }
     tracing::info!(session_id = %id, stars = rating.stars, "[rating] session {id} rated {} stars", rating.stars);
-    if let Some(url) = state.inner.settings.rating_url.clone() {
+    if let Some((url, permit)) = forward_slot {
         let record = serde_json::json!({
             "session_id": id,
             "worker_id": state.heartbeat().node_id,
@@ -524,8 +582,10 @@ async fn rate(
             "comment": rating.comment,
         });
         let http = state.inner.http.clone();
-        // Bounded by the client's 5 s timeout; the browser does not wait for it.
+        // Bounded by the client's 5 s timeout and the permit it holds; the browser does not
+        // wait for it.
         tokio::spawn(async move {
+            let _permit = permit;
             match http.post(&url).json(&record).send().await {
                 Ok(answer) if answer.status().is_success() => {}
                 Ok(answer) => {

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod node;
 pub mod placement;
 pub mod probe;
+pub mod rate_limit;
 pub mod selection;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use hydra_agent::http::{AgentState, HttpSettings, router};
 use hydra_agent::local_api::AgentHealth;
-use hydra_agent::worker::Worker;
+use hydra_agent::worker::{Worker, WorkerSettings};
 use hydra_proxy::capability;
 use hydra_proxy::proxy::Proxy;
 use tokio_tungstenite::tungstenite::Message;
@@ -34,25 +34,32 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start() -> Agent {
+        Agent::start_with(|_, _| {}).await
+    }
+
+    /// An agent whose settings `adjust` changed first.
+    pub async fn start_with(adjust: impl FnOnce(&mut WorkerSettings, &mut HttpSettings)) -> Agent {
         let temp = tempfile::tempdir().unwrap();
         let body = Body::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let mut worker_settings = settings(temp.path(), &body);
         worker_settings.stream_base_url = format!("http://{address}");
+        let mut http_settings = HttpSettings {
+            roles: vec!["worker".into()],
+            servers: Vec::new(),
+            return_url: "https://kiosk.example/home".into(),
+            report_url: "https://support.example/report".into(),
+            rating_url: None,
+            api_token: Some(API_TOKEN.into()),
+            wireguard_optional: true,
+            viewer_ttl: Duration::from_secs(600),
+        };
+        adjust(&mut worker_settings, &mut http_settings);
         let worker = Worker::new(worker_settings);
         let shutdown = CancellationToken::new();
         let state = AgentState::new(
-            HttpSettings {
-                roles: vec!["worker".into()],
-                servers: Vec::new(),
-                return_url: "https://kiosk.example/home".into(),
-                report_url: "https://support.example/report".into(),
-                rating_url: None,
-                api_token: Some(API_TOKEN.into()),
-                wireguard_optional: true,
-                viewer_ttl: Duration::from_secs(600),
-            },
+            http_settings,
             Some(worker.clone()),
             Proxy::new(shutdown.clone()),
         );
@@ -644,4 +651,75 @@ async fn a_control_character_or_a_malformed_session_id_is_a_400() {
             .unwrap();
         assert_eq!(answer.status(), 400, "{path}");
     }
+}
+
+/// Issue 7 ("Also"): ratings need no token and each forward is an outbound POST. One rating per
+/// session (a second is 409 and changes nothing); at most 4 forwards in flight (the next rating
+/// is 503 and recorded nowhere), under a rate limit (`hydra_core::rate_limit`).
+#[tokio::test]
+async fn ratings_are_one_per_session_and_their_forwards_are_bounded() {
+    // A rating endpoint that accepts and never answers: every forward stays in flight.
+    let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint_address = endpoint.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = accepted.clone();
+    let accepting = tokio::spawn(async move {
+        while let Ok((stream, _)) = endpoint.accept().await {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let agent = Agent::start_with(|worker, http| {
+        worker.max_sessions = 6;
+        http.rating_url = Some(format!("http://{endpoint_address}/ratings"));
+    })
+    .await;
+    let mut viewers = Vec::new();
+    for index in 0..6 {
+        let id = format!("r{index}");
+        let session = agent.start_session(&id).await;
+        viewers.push((
+            id,
+            cookie(&capability_of(session["stream_url"].as_str().unwrap())),
+        ));
+    }
+    let client = reqwest::Client::new();
+    let rate = |index: usize, stars: u8| {
+        let (id, viewer) = &viewers[index];
+        client
+            .post(agent.url(&format!("/session/{id}/rating")))
+            .header("cookie", viewer)
+            .json(&serde_json::json!({ "stars": stars }))
+            .send()
+    };
+
+    for index in 0..4 {
+        assert_eq!(rate(index, 4).await.unwrap().status(), 200, "r{index}");
+    }
+    let again = rate(0, 1).await.unwrap();
+    assert_eq!(again.status(), 409);
+    assert!(again.text().await.unwrap().contains("already rated"));
+    assert_eq!(agent.worker.session("r0").unwrap().rating, Some(4));
+    let holding = accepted.clone();
+    wait_for(
+        "4 forwards reach the endpoint",
+        Duration::from_secs(5),
+        || holding.lock().unwrap().len() == 4,
+    )
+    .await;
+
+    for index in [4, 5] {
+        let refused = rate(index, 5).await.unwrap();
+        assert_eq!(refused.status(), 503, "r{index}");
+        assert!(refused.text().await.unwrap().contains("try again later"));
+        assert_eq!(
+            agent.worker.session(&format!("r{index}")).unwrap().rating,
+            None
+        );
+    }
+    assert_eq!(
+        accepted.lock().unwrap().len(),
+        4,
+        "a refused rating was forwarded"
+    );
+    accepting.abort();
 }
