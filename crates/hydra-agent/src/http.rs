@@ -15,8 +15,6 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hydra_api::{ErrorCode, RatingRequest, StartSessionRequest, WorkerSession, WorkerSessionList};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -27,6 +25,7 @@ use hydra_proxy::capability::{self, Access};
 use hydra_proxy::inject::PageContext;
 use hydra_proxy::proxy::{Forward, Proxy, error_answer};
 use hydra_proxy::session_path::{check_session_id, raw_rest};
+use hydra_proxy::token;
 
 /// Largest request body the agent reads.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -87,7 +86,7 @@ struct Inner {
     proxy: Proxy,
     started: Instant,
     agent_key: String,
-    accepted_digests: Vec<[u8; 32]>,
+    accepted_digests: Vec<String>,
     heartbeat: Mutex<HeartbeatState>,
     report_now: Notify,
     http: reqwest::Client,
@@ -104,10 +103,6 @@ impl std::fmt::Debug for AgentState {
     }
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 impl AgentState {
     /// State with a fresh random agent key.
     pub fn new(settings: HttpSettings, worker: Option<Arc<Worker>>, proxy: Proxy) -> AgentState {
@@ -117,9 +112,9 @@ impl AgentState {
             rand::rng().fill_bytes(&mut bytes);
             format!("hyk_{}", hex::encode(bytes))
         };
-        let mut accepted_digests = vec![digest(&agent_key)];
-        if let Some(token) = settings.api_token.as_deref().filter(|t| !t.is_empty()) {
-            accepted_digests.push(digest(token));
+        let mut accepted_digests = vec![token::digest_hex(&agent_key)];
+        if let Some(api_token) = settings.api_token.as_deref().filter(|t| !t.is_empty()) {
+            accepted_digests.push(token::digest_hex(api_token));
         }
         AgentState {
             inner: Arc::new(Inner {
@@ -259,12 +254,7 @@ impl AgentState {
                 ErrorCode::Unauthorized,
                 "missing Authorization: Bearer <token> header",
             ))?;
-        let given = digest(token);
-        let mut accepted = subtle::Choice::from(0);
-        for candidate in &self.inner.accepted_digests {
-            accepted |= candidate.ct_eq(&given);
-        }
-        if bool::from(accepted) {
+        if token::matches_any(token, &self.inner.accepted_digests) {
             Ok(())
         } else {
             Err(Refusal(ErrorCode::Unauthorized, "unknown token"))

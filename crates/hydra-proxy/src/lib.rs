@@ -11,3 +11,4 @@ pub mod capability;
 pub mod inject;
 pub mod proxy;
 pub mod session_path;
+pub mod token;
