@@ -664,6 +664,11 @@ async fn proxy(state: AgentState, id: String, mut request: Request) -> Response 
     let mut response = state.inner.proxy.forward(request, forward).await;
     if let Some(cookie) = access.set_cookie {
         response.headers_mut().append(header::SET_COOKIE, cookie);
+        // The page's URL carries the capability: links from it must not hand it on in Referer.
+        response.headers_mut().insert(
+            header::REFERRER_POLICY,
+            header::HeaderValue::from_static("same-origin"),
+        );
     }
     response
 }

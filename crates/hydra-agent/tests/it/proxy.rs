@@ -445,6 +445,7 @@ async fn the_capability_becomes_a_session_cookie_for_the_pages_own_requests() {
             && set_cookie.contains("SameSite=Strict"),
         "{set_cookie}"
     );
+    assert_eq!(page.headers()["referrer-policy"], "same-origin");
     let viewer = format!("other=1; {}", cookie(&token));
     let asset = client
         .get(agent.url("/session/viewer/assets/app.js?v=2"))
