@@ -5,4 +5,5 @@ mod cli;
 mod durability;
 mod lab;
 mod server_api;
+mod status;
 mod support;
