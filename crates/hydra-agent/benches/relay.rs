@@ -188,6 +188,7 @@ async fn first_byte() {
             rating_url: None,
             api_token: None,
             wireguard_optional: true,
+            viewer_ttl: Duration::from_secs(60),
         },
         Some(worker.clone()),
         Proxy::new(shutdown.clone()),

@@ -134,6 +134,8 @@ pub struct SessionsSection {
     pub idle_timeout: f64,
     /// Base of stream URLs; the agent's public URL by default (the server's URL when colocated).
     pub stream_base_url: Option<String>,
+    /// Seconds a viewer capability minted into a stream URL stays valid (12 h).
+    pub viewer_ttl: f64,
 }
 
 /// `sunshine:`.
@@ -221,6 +223,7 @@ impl Default for SessionsSection {
             check_interval: 30.0,
             idle_timeout: 300.0,
             stream_base_url: None,
+            viewer_ttl: hydra_proxy::capability::DEFAULT_TTL_SECS as f64,
         }
     }
 }
@@ -288,6 +291,7 @@ impl AgentConfig {
                 ("sessions.ready_timeout", self.sessions.ready_timeout),
                 ("sessions.check_interval", self.sessions.check_interval),
                 ("sessions.idle_timeout", self.sessions.idle_timeout),
+                ("sessions.viewer_ttl", self.sessions.viewer_ttl),
             ] {
                 if !(value > 0.0 && value <= 86_400.0) {
                     return fail(format!("{key} must be between 0 and 86400 seconds"));

@@ -87,6 +87,7 @@ pub async fn serve(
             rating_url: config.sessions.rating_url.clone(),
             api_token: config.api_token.clone(),
             wireguard_optional: config.wireguard_optional,
+            viewer_ttl: Duration::from_secs_f64(config.sessions.viewer_ttl),
         },
         worker.clone(),
         proxy.clone(),

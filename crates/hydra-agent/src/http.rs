@@ -1,7 +1,9 @@
-//! The agent's HTTP surface: local API (`/api/v1/health`, `/api/v1/status`), the session API the
-//! server calls (bearer: the agent key sent in the worker report, or the configured API token),
-//! and the browser's routes: the `/session/{id}/...` proxy, `POST /session/{id}/quit` (no token)
-//! and `POST /session/{id}/rating`.
+//! The agent's HTTP surface: local API (`/api/v1/health`, `/api/v1/status`: counts without a
+//! token, session details with one), the session API the server calls (bearer: the agent key
+//! sent in the worker report, or the configured API token), and the browser's routes: the
+//! `/session/{id}/...` proxy, `POST /session/{id}/quit` and `POST /session/{id}/rating`, each
+//! opened only by the session's viewer capability (`hydra_proxy::capability`), which is minted
+//! into the `stream_url` of the start answer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,24 +11,33 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hydra_api::{ErrorCode, RatingRequest, StartSessionRequest, WorkerSession, WorkerSessionList};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::local_api::{AgentHealth, AgentStatus, HealthExtra, SessionHealth, wireguard_up};
-use crate::worker::{SessionSpec, Worker};
+use crate::worker::{Rated, SessionSpec, Worker};
+use hydra_core::rate_limit::TokenBucket;
+use hydra_proxy::capability::{self, Access};
 use hydra_proxy::inject::PageContext;
 use hydra_proxy::proxy::{Forward, Proxy, error_answer};
+use hydra_proxy::session_path::{check_session_id, raw_rest};
+use hydra_proxy::token;
 
 /// Largest request body the agent reads.
 const BODY_LIMIT: usize = 64 * 1024;
 /// Longest rating comment.
 const MAX_COMMENT: usize = 2_000;
+/// Ratings being forwarded to `sessions.rating_url` at once, at most (each is an outbound POST
+/// that a viewer without a token starts).
+const MAX_RATING_FORWARDS: usize = 4;
+/// Ratings forwarded in a burst, then one per [`RATING_INTERVAL_MS`].
+const RATING_BURST: u32 = 8;
+/// Sustained rate of forwarded ratings: one every 2 s.
+const RATING_INTERVAL_MS: i64 = 2_000;
 
 /// What the heartbeat loop last saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +69,9 @@ pub struct HttpSettings {
     pub api_token: Option<String>,
     /// Count the node healthy without WireGuard (a lab or a colocated test).
     pub wireguard_optional: bool,
+    /// How long a viewer capability minted with a stream URL stays valid
+    /// (`sessions.viewer_ttl`).
+    pub viewer_ttl: Duration,
 }
 
 /// Shared state of the agent's HTTP surface; cheap to clone.
@@ -72,10 +86,12 @@ struct Inner {
     proxy: Proxy,
     started: Instant,
     agent_key: String,
-    accepted_digests: Vec<[u8; 32]>,
+    accepted_digests: Vec<String>,
     heartbeat: Mutex<HeartbeatState>,
     report_now: Notify,
     http: reqwest::Client,
+    rating_forwards: Arc<Semaphore>,
+    rating_bucket: Mutex<TokenBucket>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -87,10 +103,6 @@ impl std::fmt::Debug for AgentState {
     }
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 impl AgentState {
     /// State with a fresh random agent key.
     pub fn new(settings: HttpSettings, worker: Option<Arc<Worker>>, proxy: Proxy) -> AgentState {
@@ -100,9 +112,9 @@ impl AgentState {
             rand::rng().fill_bytes(&mut bytes);
             format!("hyk_{}", hex::encode(bytes))
         };
-        let mut accepted_digests = vec![digest(&agent_key)];
-        if let Some(token) = settings.api_token.as_deref().filter(|t| !t.is_empty()) {
-            accepted_digests.push(digest(token));
+        let mut accepted_digests = vec![token::digest_hex(&agent_key)];
+        if let Some(api_token) = settings.api_token.as_deref().filter(|t| !t.is_empty()) {
+            accepted_digests.push(token::digest_hex(api_token));
         }
         AgentState {
             inner: Arc::new(Inner {
@@ -118,6 +130,12 @@ impl AgentState {
                     .timeout(Duration::from_secs(5))
                     .build()
                     .unwrap_or_default(),
+                rating_forwards: Arc::new(Semaphore::new(MAX_RATING_FORWARDS)),
+                rating_bucket: Mutex::new(TokenBucket::new(
+                    RATING_BURST,
+                    RATING_INTERVAL_MS,
+                    now_ms(),
+                )),
             }),
         }
     }
@@ -166,6 +184,66 @@ impl AgentState {
         }
     }
 
+    /// Checks a browser's request to `/session/{id}/...`: the id's form (400 naming it), then
+    /// the session's viewer capability; without a valid one the answer is the same 404 as for a
+    /// session that does not exist, so it reveals nothing.
+    fn viewer_access(
+        &self,
+        id: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Access, Box<Response>> {
+        if let Err(bad) = check_session_id(id) {
+            return Err(Box::new(api_error(
+                ErrorCode::InvalidRequest,
+                bad.message(),
+            )));
+        }
+        capability::check(
+            self.inner.agent_key.as_bytes(),
+            id,
+            uri.query(),
+            headers,
+            now_ms(),
+        )
+        .map_err(|refusal| {
+            tracing::debug!(session_id = %id, ?refusal, "[proxy] viewer capability refused");
+            Box::new(not_known(id))
+        })
+    }
+
+    /// A place among the rating forwards in flight and a token of their rate, or why not.
+    fn rating_forward_slot(&self) -> Result<OwnedSemaphorePermit, &'static str> {
+        let permit = self
+            .inner
+            .rating_forwards
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "too many ratings are being forwarded; try again later")?;
+        let allowed = self
+            .inner
+            .rating_bucket
+            .lock()
+            .expect("rating bucket poisoned")
+            .try_take(now_ms());
+        if allowed {
+            Ok(permit)
+        } else {
+            Err("too many ratings; try again later")
+        }
+    }
+
+    /// `stream_url` with a fresh viewer capability for `session_id`.
+    fn viewer_url(&self, session_id: &str, stream_url: &str) -> String {
+        let token = capability::mint_for(
+            self.inner.agent_key.as_bytes(),
+            session_id,
+            now_ms(),
+            self.inner.settings.viewer_ttl.as_secs().max(1),
+        );
+        capability::viewer_url(stream_url, &token)
+    }
+
     fn check_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         let token = headers
             .get(header::AUTHORIZATION)
@@ -176,12 +254,7 @@ impl AgentState {
                 ErrorCode::Unauthorized,
                 "missing Authorization: Bearer <token> header",
             ))?;
-        let given = digest(token);
-        let mut accepted = subtle::Choice::from(0);
-        for candidate in &self.inner.accepted_digests {
-            accepted |= candidate.ct_eq(&given);
-        }
-        if bool::from(accepted) {
+        if token::matches_any(token, &self.inner.accepted_digests) {
             Ok(())
         } else {
             Err(Refusal(ErrorCode::Unauthorized, "unknown token"))
@@ -208,6 +281,23 @@ impl AgentState {
             None => (0, 0, Vec::new()),
         }
     }
+}
+
+/// Unix milliseconds now (capabilities expire on the wall clock, which the server shares).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// The one answer a browser gets for a session it may not see, known or not.
+fn not_known(id: &str) -> Response {
+    api_error(
+        ErrorCode::NotFound,
+        &format!("session {id} is not known here"),
+    )
 }
 
 /// A request refused before any work, with a fixed message.
@@ -254,7 +344,20 @@ pub fn router(state: AgentState) -> Router {
         .with_state(state)
 }
 
-async fn health(State(state): State<AgentState>) -> Response {
+/// Whether a local-API request may see session details: no token gives counts only, a wrong
+/// token is refused (so `hydra status --token` says so rather than printing less).
+fn details_allowed(state: &AgentState, headers: &HeaderMap) -> Result<bool, Refusal> {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Ok(false);
+    }
+    state.check_token(headers).map(|()| true)
+}
+
+async fn health(State(state): State<AgentState>, headers: HeaderMap) -> Response {
+    let detailed = match details_allowed(&state, &headers) {
+        Ok(detailed) => detailed,
+        Err(refusal) => return refusal.into_response(),
+    };
     let (active_sessions, max_sessions, sessions) = state.sessions_health();
     axum::Json(AgentHealth {
         status: state.health_word().to_owned(),
@@ -265,14 +368,18 @@ async fn health(State(state): State<AgentState>) -> Response {
             wireguard: wireguard_up(),
             active_sessions,
             max_sessions,
-            sessions,
+            sessions: detailed.then_some(sessions),
         },
     })
     .into_response()
 }
 
-async fn status(State(state): State<AgentState>) -> Response {
-    let (_, max_sessions, sessions) = state.sessions_health();
+async fn status(State(state): State<AgentState>, headers: HeaderMap) -> Response {
+    let detailed = match details_allowed(&state, &headers) {
+        Ok(detailed) => detailed,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (active_sessions, max_sessions, sessions) = state.sessions_health();
     let heartbeat = state.heartbeat();
     axum::Json(AgentStatus {
         node_id: heartbeat.node_id,
@@ -283,8 +390,9 @@ async fn status(State(state): State<AgentState>) -> Response {
         last_heartbeat_error: heartbeat.last_error,
         uptime: state.inner.started.elapsed().as_secs(),
         health: state.health_word().to_owned(),
+        active_sessions,
         max_sessions,
-        sessions,
+        sessions: detailed.then_some(sessions),
     })
     .into_response()
 }
@@ -320,7 +428,11 @@ async fn start_session(
     let outcome = worker.start_session(spec).await;
     state.report_now().notify_one();
     match outcome {
-        Ok(session) => (StatusCode::CREATED, axum::Json(wire(&session))).into_response(),
+        Ok(session) => {
+            let mut answer = wire(&session);
+            answer.stream_url = state.viewer_url(&session.id, &answer.stream_url);
+            (StatusCode::CREATED, axum::Json(answer)).into_response()
+        }
         Err(error) => api_error(error.code(), &error.to_string()),
     }
 }
@@ -361,7 +473,15 @@ async fn stop_session(
     }
 }
 
-async fn quit(State(state): State<AgentState>, Path(id): Path<String>) -> Response {
+async fn quit(
+    State(state): State<AgentState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
+        return *refused;
+    }
     let worker = match state.worker_or_404() {
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
@@ -382,7 +502,16 @@ async fn quit(State(state): State<AgentState>, Path(id): Path<String>) -> Respon
     }
 }
 
-async fn rate(State(state): State<AgentState>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn rate(
+    State(state): State<AgentState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
+        return *refused;
+    }
     let worker = match state.worker_or_404() {
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
@@ -405,14 +534,35 @@ async fn rate(State(state): State<AgentState>, Path(id): Path<String>, body: Byt
         );
     }
     let Some(session) = worker.session(&id) else {
-        return api_error(
-            ErrorCode::NotFound,
-            &format!("session {id} is not known here"),
-        );
+        return not_known(&id);
     };
-    worker.rate_session(&id, rating.stars);
+    let already_rated = || {
+        api_error(
+            ErrorCode::Conflict,
+            &format!("session {id} is already rated"),
+        )
+    };
+    if session.rating.is_some() {
+        return already_rated();
+    }
+    // Bounded before anything is recorded, so a refused rating changes nothing.
+    let forward_slot = match state.inner.settings.rating_url.clone() {
+        Some(url) => match state.rating_forward_slot() {
+            Ok(permit) => Some((url, permit)),
+            Err(message) => {
+                tracing::warn!(session_id = %id, "[rating] {message}");
+                return api_error(ErrorCode::Unavailable, message);
+            }
+        },
+        None => None,
+    };
+    match worker.rate_session(&id, rating.stars) {
+        Rated::Recorded => {}
+        Rated::Already => return already_rated(),
+        Rated::UnknownSession => return not_known(&id),
+    }
     tracing::info!(session_id = %id, stars = rating.stars, "[rating] session {id} rated {} stars", rating.stars);
-    if let Some(url) = state.inner.settings.rating_url.clone() {
+    if let Some((url, permit)) = forward_slot {
         let record = serde_json::json!({
             "session_id": id,
             "worker_id": state.heartbeat().node_id,
@@ -422,8 +572,10 @@ async fn rate(State(state): State<AgentState>, Path(id): Path<String>, body: Byt
             "comment": rating.comment,
         });
         let http = state.inner.http.clone();
-        // Bounded by the client's 5 s timeout; the browser does not wait for it.
+        // Bounded by the client's 5 s timeout and the permit it holds; the browser does not
+        // wait for it.
         tokio::spawn(async move {
+            let _permit = permit;
             match http.post(&url).json(&record).send().await {
                 Ok(answer) if answer.status().is_success() => {}
                 Ok(answer) => {
@@ -439,12 +591,20 @@ async fn rate(State(state): State<AgentState>, Path(id): Path<String>, body: Byt
     axum::Json(serde_json::json!({ "session_id": id, "stars": rating.stars })).into_response()
 }
 
-async fn add_slash(Path(id): Path<String>) -> Response {
+/// `/session/{id}` to `/session/{id}/`, keeping the query (which may carry the capability).
+async fn add_slash(Path(id): Path<String>, uri: Uri) -> Response {
+    if let Err(bad) = check_session_id(&id) {
+        return api_error(ErrorCode::InvalidRequest, bad.message());
+    }
+    let query = uri
+        .query()
+        .map(|query| format!("?{query}"))
+        .unwrap_or_default();
     Response::builder()
         .status(StatusCode::PERMANENT_REDIRECT)
-        .header(header::LOCATION, format!("/session/{id}/"))
+        .header(header::LOCATION, format!("/session/{id}/{query}"))
         .body(Body::empty())
-        .unwrap_or_default()
+        .unwrap_or_else(|_| api_error(ErrorCode::InvalidRequest, "invalid query"))
 }
 
 async fn proxy_root(
@@ -452,33 +612,39 @@ async fn proxy_root(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    proxy(state, id, String::new(), request).await
+    proxy(state, id, request).await
 }
 
 async fn proxy_path(
     State(state): State<AgentState>,
-    Path((id, rest)): Path<(String, String)>,
+    Path((id, _rest)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    proxy(state, id, rest, request).await
+    proxy(state, id, request).await
 }
 
-async fn proxy(state: AgentState, id: String, rest: String, request: Request) -> Response {
+/// Forwards a viewer's request to the session process: the path after `/session/{id}` and the
+/// query exactly as they came (the capability taken out of the query and the cookies).
+async fn proxy(state: AgentState, id: String, mut request: Request) -> Response {
+    let access = match state.viewer_access(&id, request.uri(), request.headers()) {
+        Ok(access) => access,
+        Err(refused) => return *refused,
+    };
     let worker = match state.worker_or_404() {
         Ok(worker) => worker,
         Err(refusal) => return refusal.into_response(),
     };
     let (Some(target), Some(session)) = (worker.proxy_target(&id), worker.session(&id)) else {
-        return api_error(
-            ErrorCode::NotFound,
-            &format!("session {id} is not running here"),
-        );
+        return not_known(&id);
     };
     let query = request
         .uri()
         .query()
+        .and_then(capability::strip_query)
         .map(|query| format!("?{query}"))
         .unwrap_or_default();
+    let path_and_query = format!("{}{query}", raw_rest(request.uri()));
+    capability::strip_cookie(request.headers_mut());
     let context = PageContext {
         session_id: id.clone(),
         worker_id: state.heartbeat().node_id.unwrap_or_default(),
@@ -489,11 +655,20 @@ async fn proxy(state: AgentState, id: String, rest: String, request: Request) ->
     };
     let forward = Forward {
         target: target.address,
-        path_and_query: format!("/{rest}{query}"),
+        path_and_query,
         prefix: format!("/session/{id}"),
         inject: Some(context),
         connections: Some(target.connections),
         session_id: id,
     };
-    state.inner.proxy.forward(request, forward).await
+    let mut response = state.inner.proxy.forward(request, forward).await;
+    if let Some(cookie) = access.set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+        // The page's URL carries the capability: links from it must not hand it on in Referer.
+        response.headers_mut().insert(
+            header::REFERRER_POLICY,
+            header::HeaderValue::from_static("same-origin"),
+        );
+    }
+    response
 }

@@ -1,5 +1,6 @@
 //! Bodies of the agent's local API: `GET /api/v1/health` (the field's fields) and
-//! `GET /api/v1/status` (what `hydra status` prints).
+//! `GET /api/v1/status` (what `hydra status` prints). Without a token both carry counts only:
+//! session ids and body addresses are what a viewer must not learn from them.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +30,9 @@ pub struct HealthExtra {
     pub active_sessions: u32,
     /// Sessions at most (0 without the worker role).
     pub max_sessions: u32,
-    /// Every session the worker knows.
-    pub sessions: Vec<SessionHealth>,
+    /// Every session the worker knows; only with a token (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Vec<SessionHealth>>,
 }
 
 /// One session in the health answer.
@@ -92,10 +94,14 @@ pub struct AgentStatus {
     pub uptime: u64,
     /// `ok` or `degraded` (as in health).
     pub health: String,
+    /// Sessions starting or running.
+    #[serde(default)]
+    pub active_sessions: u32,
     /// Sessions at most (0 without the worker role).
     pub max_sessions: u32,
-    /// Every session the worker knows.
-    pub sessions: Vec<SessionHealth>,
+    /// Every session the worker knows; only with a token (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Vec<SessionHealth>>,
 }
 
 /// Whether a WireGuard interface is up: a `/sys/class/net` device whose `uevent` says

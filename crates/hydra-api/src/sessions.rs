@@ -80,7 +80,8 @@ pub struct SessionView {
     pub experience: Option<String>,
     /// Port of the session process on the worker.
     pub port: Option<u16>,
-    /// URL the browser opens.
+    /// URL the browser opens. In the answer to `POST /api/v1/sessions` it carries the viewer's
+    /// capability (`?hydra_viewer=...`, signed and expiring); stored views leave it out.
     pub stream_url: Option<String>,
     /// Current state.
     pub status: SessionState,
@@ -132,7 +133,8 @@ pub struct WorkerSession {
     pub body_ip: String,
     /// Port of the session process.
     pub port: u16,
-    /// URL the browser opens.
+    /// URL the browser opens (with the viewer's capability in the agent's start answer; without
+    /// it in worker reports).
     pub stream_url: String,
     /// Current state.
     pub status: SessionState,

@@ -8,6 +8,7 @@ pub mod failover;
 pub mod node;
 pub mod placement;
 pub mod probe;
+pub mod rate_limit;
 pub mod selection;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};

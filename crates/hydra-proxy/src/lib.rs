@@ -1,10 +1,14 @@
 //! The relay's HTTP forwarding: a byte-exact reverse proxy to a session process (WebSocket
-//! upgrades joined with `copy_bidirectional`, active connections counted) and the streaming
-//! HTML rewriter that injects the session page script.
+//! upgrades joined with `copy_bidirectional`, active connections counted), the streaming
+//! HTML rewriter that injects the session page script, and the browser's access to a session
+//! (the viewer capability, the session id and raw path of a `/session/{id}/...` request).
 //!
 //! Used by the agent (worker sessions) and by the server (colocated `/session/` paths).
 //! Architecture invariant: no knowledge of sessions' lifecycle, the store or the control plane;
 //! it forwards what it is given to the address it is given.
 
+pub mod capability;
 pub mod inject;
 pub mod proxy;
+pub mod session_path;
+pub mod token;

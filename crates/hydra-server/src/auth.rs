@@ -1,18 +1,18 @@
 //! Bearer tokens: generation, hashing, constant-time checks.
 //!
 //! Tokens are never stored or logged in the clear: the server keeps SHA-256 digests and compares
-//! digests in constant time.
+//! digests in constant time (`hydra_proxy::token`, shared with the agent).
 
 use axum::http::HeaderMap;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
+pub use hydra_proxy::token::digests_equal;
+
 /// The SHA-256 digest of a token, hex-encoded, as stored.
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hydra_proxy::token::digest_hex(token)
 }
 
 /// A new random token with a readable prefix (`hya_` admin, `hyn_` node): 256 bits of entropy.
@@ -20,11 +20,6 @@ pub fn generate_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!("{prefix}{}", hex::encode(bytes))
-}
-
-/// Whether two stored digests are equal, in time independent of where they differ.
-pub fn digests_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 /// The bearer token of a request, or 401.

@@ -5,6 +5,7 @@
 //! first and reaches the view only once the store acknowledged it.
 
 pub mod auth;
+pub mod colocated;
 pub mod error;
 pub mod extract;
 pub mod group_commit;

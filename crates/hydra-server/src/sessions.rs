@@ -1,5 +1,5 @@
-//! Relay sessions: `POST/GET /api/v1/sessions`, `GET/DELETE /api/v1/sessions/{id}`, and the
-//! colocated `/session/{id}/...` proxy to the worker that runs the session.
+//! Relay sessions: `POST/GET /api/v1/sessions`, `GET/DELETE /api/v1/sessions/{id}`; the
+//! colocated `/session/{id}/...` proxy is merged from `crate::colocated`.
 //!
 //! A new session goes to the least-loaded healthy worker (`hydra_core::placement`); its record
 //! is written to the store before the worker is asked, and updated with the worker's answer.
@@ -7,16 +7,13 @@
 //! concurrent placements share one transaction and one fsync, each answered after its commit. A
 //! worker that cannot start it answers with the reason; the next-best worker is tried once.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
 use hydra_api::{
     CreateSessionRequest, ErrorBody, ErrorCode, SessionList, SessionState, SessionView,
     StartSessionRequest, WorkerSession,
@@ -24,10 +21,9 @@ use hydra_api::{
 use hydra_core::Role;
 use hydra_core::placement::{PlacementError, PlacementSettings, least_loaded_worker};
 use hydra_core::selection::{Head, Observations, select_bodies};
-use hydra_proxy::proxy::{Forward, Proxy};
+use hydra_proxy::capability::without_capability;
 use hydra_store::{SessionRecord, SessionStatus};
 use rand::RngCore;
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -46,7 +42,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Relay {
     http: reqwest::Client,
-    proxy: Proxy,
     /// Serialises placement so two requests never take the same last slot.
     placement: Arc<tokio::sync::Mutex<()>>,
 }
@@ -91,13 +86,13 @@ impl Relay {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
-            proxy: Proxy::new(CancellationToken::new()),
             placement: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 }
 
-/// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy.
+/// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy
+/// (`crate::colocated`).
 /// Merge into the API router: `.merge(crate::sessions::router())`.
 pub fn router() -> OpenApiRouter<AppState> {
     let relay = Relay::new();
@@ -106,9 +101,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, end))
         .routes(routes!(workers::list))
         .routes(routes!(workers::report))
-        .route("/session/{id}", any(colocated_bare))
-        .route("/session/{id}/", any(colocated_root))
-        .route("/session/{id}/{*rest}", any(colocated_path))
+        .merge(crate::colocated::router())
         .layer(Extension(relay))
 }
 
@@ -361,10 +354,14 @@ pub async fn create(
                 let mut running = stored;
                 running.status = SessionStatus::Running;
                 running.port = Some(started.port);
-                running.stream_url = Some(started.stream_url);
+                // The store keeps the link without the viewer capability; only this answer
+                // carries it.
+                running.stream_url = Some(without_capability(&started.stream_url));
                 running.updated_at = now_ms();
                 state.session_writes().update(running.clone()).await?;
-                return Ok((StatusCode::CREATED, Json(view(&running))));
+                let mut answer = view(&running);
+                answer.stream_url = Some(started.stream_url);
+                return Ok((StatusCode::CREATED, Json(answer)));
             }
             Err(failure) => {
                 state.workers().adjust_active(&chosen, -1);
@@ -471,91 +468,4 @@ pub async fn end(
         tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
     }
     Ok(Json(view(&record)))
-}
-
-async fn colocated_bare(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
-    Response::builder()
-        .status(StatusCode::PERMANENT_REDIRECT)
-        .header(axum::http::header::LOCATION, format!("/session/{id}/"))
-        .body(Body::empty())
-        .unwrap_or_default()
-}
-
-async fn colocated_root(
-    State(state): State<AppState>,
-    Extension(relay): Extension<Relay>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    request: Request,
-) -> Response {
-    colocated(state, relay, id, String::new(), request).await
-}
-
-async fn colocated_path(
-    State(state): State<AppState>,
-    Extension(relay): Extension<Relay>,
-    axum::extract::Path((id, rest)): axum::extract::Path<(String, String)>,
-    request: Request,
-) -> Response {
-    colocated(state, relay, id, rest, request).await
-}
-
-/// Forwards `/session/{id}/...` to the agent of the worker that runs the session (which adds
-/// the page script), so stream URLs can use the server's address.
-async fn colocated(
-    state: AppState,
-    relay: Relay,
-    id: String,
-    rest: String,
-    request: Request,
-) -> Response {
-    let record = match state.store().get_session(&id).await {
-        Ok(Some(record)) => record,
-        Ok(None) => return unknown_session(&id).into_response(),
-        Err(error) => return ApiError::from(error).into_response(),
-    };
-    let Some(info) = state.workers().get(&record.worker_id) else {
-        return ApiError::new(
-            ErrorCode::BadGateway,
-            format!(
-                "worker {} has not reported where it listens",
-                record.worker_id
-            ),
-        )
-        .into_response();
-    };
-    let Some(target) = agent_address(&info.agent_url).await else {
-        return ApiError::new(
-            ErrorCode::BadGateway,
-            format!("cannot resolve worker address {}", info.agent_url),
-        )
-        .into_response();
-    };
-    let query = request
-        .uri()
-        .query()
-        .map(|query| format!("?{query}"))
-        .unwrap_or_default();
-    let forward = Forward {
-        target,
-        path_and_query: format!("/session/{id}/{rest}{query}"),
-        prefix: String::new(),
-        inject: None,
-        connections: None,
-        session_id: id,
-    };
-    relay.proxy.forward(request, forward).await
-}
-
-/// The socket address of an `http://host:port` agent URL.
-async fn agent_address(url: &str) -> Option<SocketAddr> {
-    let parsed = reqwest::Url::parse(url).ok()?;
-    let host = parsed
-        .host_str()?
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = parsed.port_or_known_default()?;
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    tokio::net::lookup_host((host, port)).await.ok()?.next()
 }

@@ -1,5 +1,6 @@
 //! `hydra status`: asks the local agent what it knows (node, roles, servers, last heartbeat,
-//! sessions) and prints it.
+//! sessions) and prints it. Session details need a token (`--token` or `HYDRA_TOKEN`: the
+//! agent's `api_token`); without one the agent answers counts only.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,15 @@ pub struct Args {
     /// Print the agent's answer as JSON.
     #[arg(long)]
     json: bool,
+    /// The agent's `api_token`, for session details (ids, bodies); read from the environment
+    /// rather than argv where others can see it.
+    #[arg(
+        long,
+        env = "HYDRA_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// Prints the local agent's status.
@@ -41,7 +51,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot build the HTTP client")?;
     let url = format!("{base}/api/v1/status");
-    let answer = client.get(&url).send().await.with_context(|| {
+    let mut request = client.get(&url);
+    if let Some(token) = args.token.as_deref().filter(|token| !token.is_empty()) {
+        request = request.bearer_auth(token);
+    }
+    let answer = request.send().await.with_context(|| {
         format!("no agent answers at {base} (--agent): is hydra agent running?")
     })?;
     anyhow::ensure!(
@@ -63,11 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The status as people read it.
 fn render(status: &AgentStatus) -> String {
-    let active = status
-        .sessions
-        .iter()
-        .filter(|session| matches!(session.status.as_str(), "starting" | "running"))
-        .count();
+    let active = status.active_sessions;
     let mut text = key_values(&[
         ("node", or_dash(status.node_id.as_ref())),
         ("roles", status.roles.join(",")),
@@ -82,7 +92,11 @@ fn render(status: &AgentStatus) -> String {
         ("uptime", format!("{} s", status.uptime)),
         ("sessions", format!("{active} of {}", status.max_sessions)),
     ]);
-    if !status.sessions.is_empty() {
+    let Some(sessions) = &status.sessions else {
+        text.push_str("(session details need the agent's token: --token or HYDRA_TOKEN)\n");
+        return text;
+    };
+    if !sessions.is_empty() {
         let mut table = Table::new(&[
             "ID",
             "BODY",
@@ -93,7 +107,7 @@ fn render(status: &AgentStatus) -> String {
             "CONNECTIONS",
             "AGE",
         ]);
-        for session in &status.sessions {
+        for session in sessions {
             table.row(vec![
                 session.id.clone(),
                 session.body_ip.clone(),
@@ -128,8 +142,9 @@ mod tests {
             last_heartbeat_error: None,
             uptime: 42,
             health: "ok".into(),
+            active_sessions: 1,
             max_sessions: 15,
-            sessions: vec![SessionHealth {
+            sessions: Some(vec![SessionHealth {
                 id: "s-1".into(),
                 body_ip: "10.0.0.2".into(),
                 status: "running".into(),
@@ -139,7 +154,7 @@ mod tests {
                 age: 9,
                 port: 8080,
                 error: None,
-            }],
+            }]),
         };
         expect_test::expect![[r#"
             node:             w1
@@ -154,6 +169,36 @@ mod tests {
 
             ID   BODY      STATUS   PORT  PROCESS  DATA DIR  CONNECTIONS  AGE
             s-1  10.0.0.2  running  8080  yes      yes       2            9 s
+        "#]]
+        .assert_eq(&render(&status));
+    }
+
+    #[test]
+    fn without_a_token_renders_counts_and_says_how_to_see_more() {
+        let status = AgentStatus {
+            node_id: Some("w1".into()),
+            roles: vec!["worker".into()],
+            servers: vec!["http://127.0.0.1:7070".into()],
+            master: None,
+            last_heartbeat: None,
+            last_heartbeat_error: None,
+            uptime: 42,
+            health: "ok".into(),
+            active_sessions: 3,
+            max_sessions: 15,
+            sessions: None,
+        };
+        expect_test::expect![[r#"
+            node:             w1
+            roles:            worker
+            servers:          http://127.0.0.1:7070
+            master:           -
+            last heartbeat:   -
+            heartbeat error:  -
+            health:           ok
+            uptime:           42 s
+            sessions:         3 of 15
+            (session details need the agent's token: --token or HYDRA_TOKEN)
         "#]]
         .assert_eq(&render(&status));
     }

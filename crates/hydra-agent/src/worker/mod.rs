@@ -176,6 +176,17 @@ impl SessionSnapshot {
     }
 }
 
+/// What became of a viewer's rating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rated {
+    /// Recorded.
+    Recorded,
+    /// The session was already rated; nothing changed.
+    Already,
+    /// No such session.
+    UnknownSession,
+}
+
 /// Where the proxy sends a session's traffic.
 #[derive(Debug, Clone)]
 pub struct ProxyTarget {
@@ -537,15 +548,17 @@ impl Worker {
         table.get(id).map(|entry| self.snapshot_of(entry))
     }
 
-    /// Records a viewer's rating; `false` for an unknown session.
-    pub fn rate_session(&self, id: &str, stars: u8) -> bool {
+    /// Records a viewer's rating, once per session: a second one changes nothing (ratings need
+    /// no token, so each must be bounded).
+    pub fn rate_session(&self, id: &str, stars: u8) -> Rated {
         let mut table = self.table();
         match table.get_mut(id) {
+            Some(entry) if entry.rating.is_some() => Rated::Already,
             Some(entry) => {
                 entry.rating = Some(stars);
-                true
+                Rated::Recorded
             }
-            None => false,
+            None => Rated::UnknownSession,
         }
     }
 

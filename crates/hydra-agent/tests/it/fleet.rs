@@ -23,8 +23,8 @@ use crate::support::{Body, port_base, standin_command};
 const ADMIN: &str = "hya_fleet_test_admin_token";
 
 /// A server on a loopback port with its SQLite file in a temp dir.
-struct Server {
-    url: String,
+pub(crate) struct Server {
+    pub(crate) url: String,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     heartbeat_timeout: Duration,
@@ -32,7 +32,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(heartbeat_timeout: Duration) -> Server {
+    pub(crate) async fn start(heartbeat_timeout: Duration) -> Server {
         Server::start_in(tempfile::tempdir().unwrap(), heartbeat_timeout).await
     }
 
@@ -76,7 +76,7 @@ impl Server {
         Server::start_in(dir, self.heartbeat_timeout).await
     }
 
-    fn admin(&self) -> Client {
+    pub(crate) fn admin(&self) -> Client {
         Client::new(
             ClientConfig::new([self.url.clone()])
                 .with_token(ADMIN)
@@ -94,17 +94,36 @@ impl Drop for Server {
 }
 
 /// An agent with the worker role, in this process.
-struct Agent {
-    address: SocketAddr,
+pub(crate) struct Agent {
+    pub(crate) address: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), hydra_agent::daemon::DaemonError>>>,
 }
 
 impl Agent {
-    async fn start(server: &Server, id: &str, state_dir: &Path, body: &Body, max: u32) -> Agent {
+    pub(crate) async fn start(
+        server: &Server,
+        id: &str,
+        state_dir: &Path,
+        body: &Body,
+        max: u32,
+    ) -> Agent {
+        Agent::start_with(server, id, state_dir, body, max, |_| {}).await
+    }
+
+    /// An agent whose config `adjust` changed first.
+    pub(crate) async fn start_with(
+        server: &Server,
+        id: &str,
+        state_dir: &Path,
+        body: &Body,
+        max: u32,
+        adjust: impl FnOnce(&mut AgentConfig),
+    ) -> Agent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let config = agent_config(server, id, state_dir, body, max, address);
+        let mut config = agent_config(server, id, state_dir, body, max, address);
+        adjust(&mut config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(hydra_agent::daemon::serve(
             listener,
@@ -178,7 +197,7 @@ where
 }
 
 /// Waits until the server sees `count` healthy workers.
-async fn healthy_workers(server: &Server, count: usize) {
+pub(crate) async fn healthy_workers(server: &Server, count: usize) {
     let admin = server.admin();
     wait_until("workers healthy", Duration::from_secs(20), || {
         let admin = admin.clone();
@@ -191,14 +210,14 @@ async fn healthy_workers(server: &Server, count: usize) {
     .await;
 }
 
-fn for_body() -> CreateSessionRequest {
+pub(crate) fn for_body() -> CreateSessionRequest {
     CreateSessionRequest {
         body_ip: Some("127.0.0.1".into()),
         ..CreateSessionRequest::default()
     }
 }
 
-fn state_dir(root: &Path, id: &str) -> PathBuf {
+pub(crate) fn state_dir(root: &Path, id: &str) -> PathBuf {
     root.join(id)
 }
 
@@ -215,8 +234,9 @@ async fn a_session_is_created_opened_through_both_proxies_and_ended() {
     assert_eq!(session.worker_id, "w-one");
     assert_eq!(session.status, SessionState::Running);
     let stream_url = session.stream_url.clone().unwrap();
+    let (base, capability) = stream_url.split_once('?').unwrap();
     assert_eq!(
-        stream_url,
+        base,
         format!("http://{}/session/{}/", agent.address, session.session_id)
     );
 
@@ -229,7 +249,10 @@ async fn a_session_is_created_opened_through_both_proxies_and_ended() {
         .unwrap();
     assert!(page.contains("stand-in stream") && page.contains("data-hydra-injected"));
     // Through the server (colocated mode): the same page.
-    let colocated = format!("{}/session/{}/", server.url, session.session_id);
+    let colocated = format!(
+        "{}/session/{}/?{capability}",
+        server.url, session.session_id
+    );
     let page = reqwest::get(&colocated)
         .await
         .unwrap()
@@ -240,7 +263,7 @@ async fn a_session_is_created_opened_through_both_proxies_and_ended() {
 
     // A WebSocket through the server and the worker to the stand-in's echo.
     let ws_url = format!(
-        "ws://{}/session/{}/ws",
+        "ws://{}/session/{}/ws?{capability}",
         server.url.trim_start_matches("http://"),
         session.session_id
     );

@@ -69,6 +69,7 @@ server: {{listen: "127.0.0.1:{agent_port}"}}
 controller: {{url: ["{server}"], token: "{ADMIN_TOKEN}"}}
 state_dir: "{state}"
 wireguard_optional: true
+api_token: "{ADMIN_TOKEN}"
 heartbeat: {{interval: 0.5}}
 sessions:
   max: 2
@@ -167,6 +168,8 @@ sessions:
     }
 
     /// The agent's health answer (the agent must be up).
+    /// The agent's health with session details (`call` sends the token the config names as
+    /// `api_token`).
     async fn agent_health(&self) -> Value {
         let (status, health) = call(Method::GET, &self.agent_api("/health"), None).await;
         assert_eq!(status, 200, "{health}");

@@ -10,4 +10,5 @@ mod metrics;
 mod sdk_failover;
 mod server_api;
 mod storage_outage;
+mod status;
 mod support;
