@@ -125,8 +125,16 @@ pub fn select_bodies<'a>(
     let mut quickroute: Vec<&'a Node> = Vec::new();
     let mut cross_venue: Vec<&'a Node> = Vec::new();
     for node in bodies {
-        if node.district != head.district
-            || !node.usable_by(head.owner)
+        if node.district != head.district {
+            continue;
+        }
+        let in_quickroute = node.venue == head.venue && node.owner == head.owner;
+        // Once quickroute has a body the fallback can never be the answer: the cheap string
+        // comparisons above are all that a body outside quickroute costs from then on.
+        if !in_quickroute && !quickroute.is_empty() {
+            continue;
+        }
+        if !node.usable_by(head.owner)
             || !is_available(node, now, settings)
             || observations
                 .unreachable
@@ -134,10 +142,12 @@ pub fn select_bodies<'a>(
         {
             continue;
         }
-        if node.venue == head.venue && node.owner == head.owner {
+        if in_quickroute {
+            if quickroute.is_empty() {
+                cross_venue.clear();
+            }
             quickroute.push(node);
-        } else if quickroute.is_empty() {
-            // Once quickroute has a body the fallback can never be the answer; stop collecting.
+        } else {
             cross_venue.push(node);
         }
     }
