@@ -9,6 +9,6 @@ mod lab;
 mod metrics;
 mod sdk_failover;
 mod server_api;
-mod storage_outage;
 mod status;
+mod storage_outage;
 mod support;

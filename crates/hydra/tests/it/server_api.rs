@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{ServerProcess, ServerSetup, call, call_as, eventually, http};
+use crate::support::{ServerProcess, ServerSetup, call, call_as, eventually, http, ids};
 
 fn start() -> (tempfile::TempDir, ServerProcess) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -27,15 +27,6 @@ async fn heartbeat(server: &ServerProcess, id: &str, idle: bool) {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
-}
-
-fn ids(answer: &Value) -> Vec<String> {
-    answer["bodies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|body| body["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{ServerProcess, ServerSetup, call, eventually};
+use crate::support::{ServerProcess, ServerSetup, call, eventually, ids};
 
 async fn health_status(server: &ServerProcess) -> String {
     let (status, health) = call(Method::GET, &server.api("/health"), None).await;
@@ -25,12 +25,7 @@ async fn eligible_ids(server: &ServerProcess) -> Vec<String> {
     .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["policy"], "quickroute", "{answer}");
-    answer["bodies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|body| body["id"].as_str().unwrap().to_owned())
-        .collect()
+    ids(&answer)
 }
 
 #[tokio::test]

@@ -268,3 +268,13 @@ impl ServerProcess {
         *self = ServerProcess::start_listening(setup, &listen);
     }
 }
+
+/// The body ids of an eligible answer, in order.
+pub fn ids(answer: &serde_json::Value) -> Vec<String> {
+    answer["bodies"]
+        .as_array()
+        .expect("bodies array")
+        .iter()
+        .map(|body| body["id"].as_str().expect("body id").to_owned())
+        .collect()
+}
