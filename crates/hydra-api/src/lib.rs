@@ -9,6 +9,7 @@ pub mod nodes;
 pub mod selection;
 pub mod sessions;
 pub mod system;
+pub mod text;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use nodes::*;

@@ -1,6 +1,9 @@
 //! Relay sessions and workers: the server's session API and the worker report an agent sends.
 
+use std::borrow::Cow;
+
 use hydra_api::{CreateSessionRequest, SessionList, SessionView, WorkerList, WorkerReport};
+use hydra_core::text::clean_free_text;
 use reqwest::Method;
 
 use crate::client::{Call, Kind};
@@ -43,14 +46,25 @@ impl Client {
     }
 
     /// `POST /api/v1/workers/{id}/report`: what a worker's agent runs and how to reach it
-    /// (the node's own token). Idempotent: the latest report wins.
+    /// (the node's own token). Idempotent: the latest report wins. Each session's `error` (often
+    /// a process log tail) is cleaned of the control characters the server refuses
+    /// (`hydra_core::text::clean_free_text`), so one bad log line cannot get the report refused.
     pub async fn report_worker(&self, id: &str, report: &WorkerReport) -> Result<(), ClientError> {
+        let mut cleaned = None::<WorkerReport>;
+        for (index, session) in report.sessions.iter().enumerate() {
+            let Some(error) = &session.error else {
+                continue;
+            };
+            if let Cow::Owned(clean) = clean_free_text(error) {
+                cleaned.get_or_insert_with(|| report.clone()).sessions[index].error = Some(clean);
+            }
+        }
         let call = Call::new(
             Method::POST,
             Kind::IdempotentWrite,
             &["workers", id, "report"],
         )
-        .with_json(report)?;
+        .with_json(cleaned.as_ref().unwrap_or(report))?;
         self.execute(&call).await.map(drop)
     }
 }

@@ -8,6 +8,8 @@ pub mod node;
 pub mod placement;
 pub mod probe;
 pub mod selection;
+pub mod text;
+pub mod trust;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};
 pub use selection::{

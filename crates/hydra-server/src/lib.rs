@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod group_commit;
 pub mod registry;
+pub mod report_checks;
 pub mod routes;
 pub mod sealing;
 pub mod sessions;

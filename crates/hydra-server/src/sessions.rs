@@ -344,7 +344,7 @@ pub async fn create(
                 };
                 if let Err(error) = state.session_writes().insert(fresh.clone()).await {
                     state.workers().adjust_active(&chosen, -1);
-                    return Err(error);
+                    return Err(error.into());
                 }
                 fresh
             }

@@ -6,3 +6,4 @@ mod durability;
 mod lab;
 mod server_api;
 mod support;
+mod trust;
