@@ -315,19 +315,27 @@ macro_rules! engine_queries {
             }
 
             pub(crate) async fn record_latency(&self, sample: &LatencyRecord) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO latency (head_id, body_id, transport, rtt_ms, measured_at) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (head_id, body_id) DO UPDATE SET transport = excluded.transport, \
-                     rtt_ms = excluded.rtt_ms, measured_at = excluded.measured_at",
-                )
-                .bind(&sample.head_id)
-                .bind(&sample.body_id)
-                .bind(sample.transport.as_str())
-                .bind(i64::from(sample.rtt_ms))
-                .bind(sample.measured_at)
-                .execute(&self.writer)
-                .await?;
+                self.record_latencies(std::slice::from_ref(sample)).await
+            }
+
+            pub(crate) async fn record_latencies(&self, samples: &[LatencyRecord]) -> Result<(), StoreError> {
+                let mut transaction = self.writer.begin().await?;
+                for sample in samples {
+                    sqlx::query(
+                        "INSERT INTO latency (head_id, body_id, transport, rtt_ms, measured_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (head_id, body_id) DO UPDATE SET transport = excluded.transport, \
+                         rtt_ms = excluded.rtt_ms, measured_at = excluded.measured_at",
+                    )
+                    .bind(&sample.head_id)
+                    .bind(&sample.body_id)
+                    .bind(sample.transport.as_str())
+                    .bind(i64::from(sample.rtt_ms))
+                    .bind(sample.measured_at)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                transaction.commit().await?;
                 Ok(())
             }
 

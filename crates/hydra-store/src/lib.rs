@@ -165,6 +165,12 @@ impl Store {
         dispatch!(self, record_latency(sample))
     }
 
+    /// Records many samples in one transaction (one fsync); a later sample of the same (head,
+    /// body) in the batch wins. All or none are written.
+    pub async fn record_latencies(&self, samples: &[LatencyRecord]) -> Result<(), StoreError> {
+        dispatch!(self, record_latencies(samples))
+    }
+
     /// The latest sample per (head, body): `head_id -> body_id -> sample`.
     pub async fn list_latencies(
         &self,

@@ -54,6 +54,7 @@ on_both_engines!(
     move_and_drain_change_only_their_fields,
     delete_removes_node_and_its_latency,
     latency_keeps_the_latest_sample,
+    latency_batches_write_every_sample_in_one_call_and_the_last_wins,
     sessions_round_trip_and_update,
     worker_reports_replace_batch_and_leave_with_their_node,
     active_sessions_are_counted_per_worker,
@@ -199,6 +200,45 @@ async fn latency_keeps_the_latest_sample(store: Store) {
     let latencies = store.list_latencies().await.unwrap();
     let sample = latencies["h1"]["b1"];
     assert_eq!((sample.rtt_ms, sample.measured_at), (2, 2_000));
+}
+
+async fn latency_batches_write_every_sample_in_one_call_and_the_last_wins(store: Store) {
+    let sample = |head: &str, body: &str, rtt_ms: u32, measured_at: i64| LatencyRecord {
+        head_id: head.into(),
+        body_id: body.into(),
+        transport: Transport::Lan,
+        rtt_ms,
+        measured_at,
+    };
+    store
+        .record_latency(&sample("h1", "b9", 50, 500))
+        .await
+        .unwrap();
+    let mut batch: Vec<LatencyRecord> = (0..256)
+        .map(|index| sample("h1", &format!("b{index}"), index, 1_000))
+        .collect();
+    batch.push(sample("h1", "b7", 3, 1_001));
+    batch.push(sample("h2", "b7", 4, 1_002));
+    store.record_latencies(&batch).await.unwrap();
+    store.record_latencies(&[]).await.unwrap();
+    let latencies = store.list_latencies().await.unwrap();
+    assert_eq!(latencies["h1"].len(), 256);
+    let shown = |head: &str, body: &str| {
+        let sample = latencies[head][body];
+        (sample.rtt_ms, sample.measured_at)
+    };
+    assert_eq!(
+        shown("h1", "b9"),
+        (9, 1_000),
+        "the batch replaced the older sample"
+    );
+    assert_eq!(
+        shown("h1", "b7"),
+        (3, 1_001),
+        "a later sample in the batch wins"
+    );
+    assert_eq!(shown("h2", "b7"), (4, 1_002));
+    assert_eq!(shown("h1", "b255"), (255, 1_000));
 }
 
 async fn sessions_round_trip_and_update(store: Store) {

@@ -467,3 +467,107 @@ async fn the_capacity_cap_and_the_allowlist_are_settings() {
         (400, Some("agent_url must not carry a user or password"))
     );
 }
+
+// ---- node tokens speak only for their own head (item 7) ----
+
+#[tokio::test]
+async fn a_node_token_reads_and_records_samples_only_for_its_own_head() {
+    let (_dir, server) = start(&[]);
+    let mut tokens = std::collections::HashMap::new();
+    for (id, role, venue) in [
+        ("h1", "head", "rupelmonde"),
+        ("h2", "head", "rupelmonde"),
+        ("b-far", "body", "cloud-seven"),
+        ("b-near", "body", "cloud-seven"),
+    ] {
+        let answer = enrol(
+            &server,
+            json!({"id": id, "roles": [role], "district": "bxl1", "venue": venue, "owner": "acme"}),
+        )
+        .await;
+        tokens.insert(id, answer["token"].as_str().unwrap().to_owned());
+        if role == "body" {
+            let (status, _) = call(
+                Method::POST,
+                &server.api(&format!("/nodes/{id}/heartbeat")),
+                Some(json!({"idle": true})),
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+    }
+    let ranking = async |token: &str| {
+        let (status, answer) = call_as(
+            token,
+            Method::GET,
+            &server.api("/bodies/eligible?head_id=h1"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        answer["bodies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|body| {
+                (
+                    body["id"].as_str().unwrap().to_owned(),
+                    body["rtt_ms"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = ranking(crate::support::ADMIN_TOKEN).await;
+
+    // Another head's token and a body's token may neither record for h1 nor read its ranking.
+    let push = "/bodies/eligible?head_id=h1&measured=b-near:lan:900,b-far:lan:1";
+    for asking in ["h2", "b-far"] {
+        for path in [push, "/bodies/eligible?head_id=h1"] {
+            let (status, answer) =
+                call_as(&tokens[asking], Method::GET, &server.api(path), None).await;
+            assert_eq!(
+                (status, answer["error"].as_str()),
+                (403, Some("forbidden")),
+                "{asking} {path}: {answer}"
+            );
+            assert!(
+                answer["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("head_id \"h1\""),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(
+        ranking(crate::support::ADMIN_TOKEN).await,
+        before,
+        "h1's ranking untouched"
+    );
+
+    // h1's own token records (duplicates: the last one given wins), and so may the admin.
+    let (status, answer) = call_as(
+        &tokens["h1"],
+        Method::GET,
+        &server.api("/bodies/eligible?head_id=h1&measured=b-near:lan:30,b-far:lan:20,b-near:lan:5"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        ranking(&tokens["h1"]).await,
+        [
+            ("b-near".to_owned(), json!(5)),
+            ("b-far".to_owned(), json!(20))
+        ]
+    );
+    // Strict venue (no head_id) stays open to any token.
+    let (status, _) = call_as(
+        &tokens["b-far"],
+        Method::GET,
+        &server.api("/bodies/eligible?district=bxl1&venue=cloud-seven"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
