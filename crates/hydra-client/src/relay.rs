@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use hydra_api::{CreateSessionRequest, SessionList, SessionView, WorkerList, WorkerReport};
+use hydra_api::{
+    CreateSessionRequest, SessionList, SessionQuery, SessionView, WorkerList, WorkerReport,
+};
 use hydra_core::text::clean_free_text;
 use reqwest::Method;
 
@@ -21,9 +23,15 @@ impl Client {
         self.execute(&call).await?.json()
     }
 
-    /// `GET /api/v1/sessions`: every session on every worker.
+    /// `GET /api/v1/sessions` with the default query: the newest page of sessions (100).
     pub async fn list_sessions(&self) -> Result<SessionList, ClientError> {
-        let call = Call::new(Method::GET, Kind::Read, &["sessions"]);
+        self.sessions_page(&SessionQuery::default()).await
+    }
+
+    /// `GET /api/v1/sessions`: one page of sessions matching `query`, newest first; give the
+    /// answer's `next_cursor` as `query.cursor` for the next page.
+    pub async fn sessions_page(&self, query: &SessionQuery) -> Result<SessionList, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["sessions"]).with_query(query.to_query());
         self.execute(&call).await?.json()
     }
 

@@ -5,5 +5,6 @@ mod cli;
 mod durability;
 mod lab;
 mod server_api;
+mod session_history;
 mod support;
 mod trust;
