@@ -52,6 +52,36 @@ pub fn check_report(
     })
 }
 
+/// Applies the checks to the reports loaded from the store at start (stored before these
+/// checks existed, or before the operator changed the cap or the allowlist): a report whose
+/// host is no longer allowed is dropped (that worker is placed again after its next report,
+/// which is checked), a capacity above the cap is clamped. Answers how many were dropped.
+pub fn recheck_stored(
+    registry: &crate::registry::Registry,
+    directory: &crate::workers::WorkerDirectory,
+    cap: u32,
+    allowlist: &[String],
+) -> usize {
+    let mut dropped = 0;
+    for (id, mut info) in directory.all() {
+        let enrolled: Vec<IpAddr> = registry
+            .get(&id)
+            .map(|node| node.lan_ip.into_iter().chain(node.wg_ip).collect())
+            .unwrap_or_default();
+        let allowed = parse_agent_url(&info.agent_url)
+            .is_ok_and(|(host, _)| agent_host_allowed(&host, &enrolled, allowlist));
+        if !allowed {
+            tracing::warn!(worker_id = %id, agent_url = %info.agent_url, "[controller] stored worker report names a host that is not allowed; ignored until the worker reports again");
+            directory.remove(&id);
+            dropped += 1;
+        } else if info.max_sessions > cap {
+            info.max_sessions = cap;
+            directory.put(&id, info);
+        }
+    }
+    dropped
+}
+
 /// Parses an agent URL: `http` or `https`, a host, a port, and no user, path, query or
 /// fragment. Answers the bare host (an IP without brackets, or a lowercase name) and the URL
 /// rebuilt as `scheme://host:port`.

@@ -88,6 +88,12 @@ impl AppState {
         let registry = Registry::load(&store).await?;
         let sealer = Sealer::from_admin_token(admin_token);
         let workers = WorkerDirectory::load(&store, &sealer).await?;
+        crate::report_checks::recheck_stored(
+            &registry,
+            &workers,
+            settings.max_sessions_per_worker,
+            &settings.agent_url_hosts,
+        );
         let (heartbeats, heartbeat_task) = HeartbeatWriter::heartbeats(store.clone());
         let (session_writes, session_task) = SessionWriter::sessions(store.clone());
         let (report_writes, report_task) = ReportWriter::reports(store.clone());

@@ -125,6 +125,14 @@ impl WorkerDirectory {
         }
     }
 
+    /// Forgets a worker's report (it is placed again after its next report).
+    pub fn remove(&self, id: &str) -> Option<WorkerInfo> {
+        self.inner
+            .write()
+            .expect("worker directory poisoned")
+            .remove(id)
+    }
+
     /// Every report, by worker id.
     pub fn all(&self) -> HashMap<String, WorkerInfo> {
         self.inner

@@ -571,3 +571,96 @@ async fn a_node_token_reads_and_records_samples_only_for_its_own_head() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn stored_reports_are_checked_again_at_start() {
+    let (store, _dir) = sqlite_store().await;
+    let sealer = hydra_server::sealing::Sealer::from_admin_token("admin-of-this-test");
+    for (id, lan_ip, agent_url, max_sessions) in [
+        ("w-foreign", "10.1.0.5", "http://10.9.9.9:7071", 4),
+        ("w-big", "10.1.0.6", "http://10.1.0.6:7071", u32::MAX),
+        ("w-local", "10.1.0.7", "http://127.0.0.1:7071", 4),
+    ] {
+        let mut node = Node::new(id, Roles::NONE.with(Role::Worker));
+        node.lan_ip = Some(lan_ip.parse().unwrap());
+        store
+            .insert_node(&node, &format!("{id:0>64}"))
+            .await
+            .unwrap();
+        store
+            .put_worker_report(&WorkerReportRecord {
+                worker_id: id.into(),
+                agent_url: agent_url.into(),
+                agent_key_sealed: sealer.seal(id, "agent-key-0123456789abcdef"),
+                max_sessions,
+                reported_at: 1_000,
+            })
+            .await
+            .unwrap();
+    }
+    let settings = hydra_server::Settings {
+        agent_url_hosts: vec!["127.0.0.1".into()],
+        ..hydra_server::Settings::default()
+    };
+    let state = hydra_server::AppState::new(store, settings, "admin-of-this-test")
+        .await
+        .unwrap();
+    let workers = state.workers();
+    assert!(
+        workers.get("w-foreign").is_none(),
+        "a stored foreign host is not used"
+    );
+    assert_eq!(workers.get("w-big").unwrap().max_sessions, 64);
+    assert_eq!(workers.get("w-local").unwrap().max_sessions, 4);
+}
+
+#[tokio::test]
+async fn the_sdk_cleans_the_error_texts_a_worker_reports() {
+    let (_dir, server) = start(&["--agent-url-hosts", "127.0.0.1"]);
+    let token = enrol_worker(&server, "w-log", "10.1.0.8").await;
+    let report = |error: &str| hydra_api::WorkerReport {
+        agent_url: "http://127.0.0.1:7071".into(),
+        agent_key: "k".repeat(32),
+        max_sessions: 2,
+        sessions: vec![hydra_api::WorkerSession {
+            session_id: "s-1".into(),
+            body_ip: "10.0.0.1".into(),
+            port: 9000,
+            stream_url: "http://127.0.0.1:9000/".into(),
+            status: hydra_api::SessionState::Error,
+            error: Some(error.into()),
+        }],
+    };
+    let log_tail = "boot\r\nready\n\u{1b}[31mfatal\u{0}\n";
+    // Sent as it is, the server refuses it naming the field...
+    let (status, answer) = call_as(
+        &token,
+        Method::POST,
+        &server.api("/workers/w-log/report"),
+        Some(serde_json::to_value(report(log_tail)).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("sessions[0].error"),
+        "{answer}"
+    );
+    // ...through the SDK (as the agent sends it), it is cleaned and accepted.
+    let client = hydra_client::Client::new(
+        hydra_client::ClientConfig::new([server.url.clone()])
+            .with_token(&token)
+            .with_retry(hydra_client::RetryPolicy::once()),
+    )
+    .unwrap();
+    client
+        .report_worker("w-log", &report(log_tail))
+        .await
+        .unwrap();
+    assert_eq!(
+        worker(&server, "w-log").await["agent_url"],
+        "http://127.0.0.1:7071"
+    );
+}
