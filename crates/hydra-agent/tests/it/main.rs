@@ -2,6 +2,7 @@
 //! 127.0.0.1.
 
 mod fleet;
+mod input;
 mod proxy;
 mod support;
 mod worker;
