@@ -221,7 +221,7 @@ pub struct RatingRequest {
 #[into_params(parameter_in = Query)]
 pub struct SessionQuery {
     /// Only sessions in this state (`starting`, `running`, `stopped`, `error`).
-    #[param(value_type = Option<String>)]
+    #[param(inline)]
     pub status: Option<SessionState>,
     /// Only sessions on this worker.
     pub worker_id: Option<String>,
@@ -229,6 +229,7 @@ pub struct SessionQuery {
     pub head_id: Option<String>,
     /// Sessions per page, 1 to [`SessionQuery::MAX_LIMIT`] (default
     /// [`SessionQuery::DEFAULT_LIMIT`]).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page: the page after it.
     pub cursor: Option<String>,
