@@ -425,6 +425,20 @@ async fn a_worker_pointing_elsewhere_is_refused_and_never_gets_a_session() {
         (shown["agent_url"].clone(), shown["max_sessions"].clone()),
         (json!("http://10.1.0.5:7071"), json!(64))
     );
+    // The next report of the same agent run is capped again, silently.
+    let (status, _) = send_report(
+        &server,
+        &token,
+        "w-foreign",
+        "http://10.1.0.5:7071",
+        u64::from(u32::MAX),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        worker(&server, "w-foreign").await["max_sessions"],
+        json!(64)
+    );
     let log = server.log.lock().unwrap().clone();
     assert_eq!(
         log.matches("worker reports more sessions than max_sessions_per_worker")
