@@ -59,6 +59,7 @@ async fn fleet() -> (AppState, Relay, tempfile::TempDir) {
         heartbeat_timeout: Duration::from_secs(3_600),
         public_url: "http://127.0.0.1:7070".into(),
         body_limit_bytes: 64 * 1024,
+        ..Settings::default()
     };
     let state = AppState::new(store, settings, "bench-admin").await.unwrap();
     let relay = Relay::standalone();

@@ -317,14 +317,23 @@ pub fn api_error(code: ErrorCode, message: &str) -> Response {
     error_answer(status, code.as_str(), message)
 }
 
-/// Parses a JSON request body, or answers 400 with serde's message (which names the field).
+/// Parses a JSON request body, or answers 400 with serde's message (which names the field); a
+/// string with a control character is refused naming its field (`hydra_api::text`, the server's
+/// rule).
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body).map_err(|error| {
+    let parsed = serde_json::from_slice(body).map_err(|error| {
         Box::new(api_error(
             ErrorCode::InvalidRequest,
             &format!("invalid request body: {error}"),
         ))
-    })
+    })?;
+    hydra_api::text::check_json_text(body).map_err(|error| {
+        Box::new(api_error(
+            ErrorCode::InvalidRequest,
+            &format!("invalid request body: {error}"),
+        ))
+    })?;
+    Ok(parsed)
 }
 
 /// The agent's router.

@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod selection;
 pub mod sessions;
 pub mod system;
+pub mod text;
 
 pub use eligible::*;
 pub use error::{ErrorBody, ErrorCode};

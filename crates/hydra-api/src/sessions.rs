@@ -93,11 +93,14 @@ pub struct SessionView {
     pub updated_at: String,
 }
 
-/// `GET /api/v1/sessions`.
+/// `GET /api/v1/sessions`: one page of sessions (see [`SessionQuery`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SessionList {
-    /// Every session, oldest first.
+    /// The sessions of this page, newest first.
     pub sessions: Vec<SessionView>,
+    /// Give it as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/v1/sessions` on a worker's agent (the server's call, authenticated with the
@@ -211,4 +214,197 @@ pub struct RatingRequest {
     /// Free text, at most 2,000 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+}
+
+/// `GET /api/v1/sessions` query: filters and one page, newest first. Encoded by the SDK with
+/// [`SessionQuery::to_query`] and decoded by the server with [`SessionQuery::from_query`], so the
+/// wire form has one owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SessionQuery {
+    /// Only sessions in this state (`starting`, `running`, `stopped`, `error`).
+    #[param(inline)]
+    pub status: Option<SessionState>,
+    /// Only sessions on this worker.
+    pub worker_id: Option<String>,
+    /// Only sessions asked for this head.
+    pub head_id: Option<String>,
+    /// Sessions per page, 1 to [`SessionQuery::MAX_LIMIT`] (default
+    /// [`SessionQuery::DEFAULT_LIMIT`]).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page: the page after it.
+    pub cursor: Option<String>,
+}
+
+impl SessionQuery {
+    /// Sessions per page when `limit` is absent.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// Most sessions per page.
+    pub const MAX_LIMIT: u32 = 1_000;
+
+    /// The query parameters, for a URL.
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        if let Some(status) = self.status {
+            pairs.push(("status", status.as_str().to_owned()));
+        }
+        for (name, value) in [("worker_id", &self.worker_id), ("head_id", &self.head_id)] {
+            if let Some(value) = value {
+                pairs.push((name, value.clone()));
+            }
+        }
+        if let Some(limit) = self.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &self.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        pairs
+    }
+
+    /// Decodes the query parameters; the error names the parameter at fault.
+    pub fn from_query(pairs: &[(String, String)]) -> Result<SessionQuery, String> {
+        let mut query = SessionQuery::default();
+        for (name, value) in pairs {
+            let taken = match name.as_str() {
+                "status" => {
+                    let status = match value.as_str() {
+                        "starting" => SessionState::Starting,
+                        "running" => SessionState::Running,
+                        "stopped" => SessionState::Stopped,
+                        "error" => SessionState::Error,
+                        _ => {
+                            return Err(format!(
+                                "status {value:?} is not one of starting, running, stopped, error"
+                            ));
+                        }
+                    };
+                    query.status.replace(status).is_some()
+                }
+                "worker_id" => query.worker_id.replace(value.clone()).is_some(),
+                "head_id" => query.head_id.replace(value.clone()).is_some(),
+                "limit" => {
+                    let limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|limit| (1..=SessionQuery::MAX_LIMIT).contains(limit))
+                        .ok_or_else(|| {
+                            format!(
+                                "limit must be a whole number from 1 to {}",
+                                SessionQuery::MAX_LIMIT
+                            )
+                        })?;
+                    query.limit.replace(limit).is_some()
+                }
+                "cursor" => {
+                    SessionCursor::decode(value)?;
+                    query.cursor.replace(value.clone()).is_some()
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {name:?}; expected status, worker_id, head_id, limit, cursor"
+                    ));
+                }
+            };
+            if taken {
+                return Err(format!("{name} is given more than once"));
+            }
+        }
+        Ok(query)
+    }
+
+    /// `limit`, or the default.
+    pub fn page_size(&self) -> u32 {
+        self.limit.unwrap_or(SessionQuery::DEFAULT_LIMIT)
+    }
+}
+
+/// Where a page of sessions ends: the creation time and id of its last (oldest) session.
+/// On the wire, `<created_at ms>.<id>`; opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCursor {
+    /// `created_at` of the last session shown (unix ms).
+    pub created_at: i64,
+    /// Its id (orders sessions created in the same millisecond).
+    pub id: String,
+}
+
+impl SessionCursor {
+    /// The wire form.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at, self.id)
+    }
+
+    /// Parses the wire form; the error names `cursor`.
+    pub fn decode(text: &str) -> Result<SessionCursor, String> {
+        let invalid = || format!("cursor {text:?} is not a next_cursor this server gave");
+        let (created_at, id) = text.split_once('.').ok_or_else(invalid)?;
+        let created_at = created_at.parse::<i64>().map_err(|_| invalid())?;
+        if id.is_empty() {
+            return Err(invalid());
+        }
+        Ok(SessionCursor {
+            created_at,
+            id: id.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    fn pairs(query: &SessionQuery) -> Vec<(String, String)> {
+        query
+            .to_query()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect()
+    }
+
+    #[test]
+    fn session_queries_round_trip_and_bad_parameters_are_named() {
+        let full = SessionQuery {
+            status: Some(SessionState::Stopped),
+            worker_id: Some("w-1".into()),
+            head_id: Some("h 1&x=y".into()),
+            limit: Some(1_000),
+            cursor: Some(
+                SessionCursor {
+                    created_at: 1_700_000_000_123,
+                    id: "s-00ff.x".into(),
+                }
+                .encode(),
+            ),
+        };
+        for query in [SessionQuery::default(), full] {
+            assert_eq!(SessionQuery::from_query(&pairs(&query)), Ok(query));
+        }
+        let bad = |name: &str, value: &str| {
+            SessionQuery::from_query(&[(name.to_owned(), value.to_owned())]).unwrap_err()
+        };
+        assert!(bad("status", "done").contains("status"));
+        assert!(bad("limit", "0").contains("limit"));
+        assert!(bad("limit", "1001").contains("limit"));
+        assert!(bad("cursor", "nope").contains("cursor"));
+        assert!(bad("cursor", "12.").contains("cursor"));
+        assert!(bad("sort", "asc").contains("sort"));
+        let twice = [
+            ("limit".to_owned(), "5".to_owned()),
+            ("limit".to_owned(), "6".to_owned()),
+        ];
+        assert!(
+            SessionQuery::from_query(&twice)
+                .unwrap_err()
+                .contains("limit")
+        );
+        assert_eq!(
+            SessionCursor::decode("5.s-1.2"),
+            Ok(SessionCursor {
+                created_at: 5,
+                id: "s-1.2".into()
+            })
+        );
+    }
 }

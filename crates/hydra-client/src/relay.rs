@@ -1,6 +1,11 @@
 //! Relay sessions and workers: the server's session API and the worker report an agent sends.
 
-use hydra_api::{CreateSessionRequest, SessionList, SessionView, WorkerList, WorkerReport};
+use std::borrow::Cow;
+
+use hydra_api::{
+    CreateSessionRequest, SessionList, SessionQuery, SessionView, WorkerList, WorkerReport,
+};
+use hydra_core::text::clean_free_text;
 use reqwest::Method;
 
 use crate::client::{Call, Kind};
@@ -18,9 +23,15 @@ impl Client {
         self.execute(&call).await?.json()
     }
 
-    /// `GET /api/v1/sessions`: every session on every worker.
+    /// `GET /api/v1/sessions` with the default query: the newest page of sessions (100).
     pub async fn list_sessions(&self) -> Result<SessionList, ClientError> {
-        let call = Call::new(Method::GET, Kind::Read, &["sessions"]);
+        self.sessions_page(&SessionQuery::default()).await
+    }
+
+    /// `GET /api/v1/sessions`: one page of sessions matching `query`, newest first; give the
+    /// answer's `next_cursor` as `query.cursor` for the next page.
+    pub async fn sessions_page(&self, query: &SessionQuery) -> Result<SessionList, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["sessions"]).with_query(query.to_query());
         self.execute(&call).await?.json()
     }
 
@@ -43,14 +54,25 @@ impl Client {
     }
 
     /// `POST /api/v1/workers/{id}/report`: what a worker's agent runs and how to reach it
-    /// (the node's own token). Idempotent: the latest report wins.
+    /// (the node's own token). Idempotent: the latest report wins. Each session's `error` (often
+    /// a process log tail) is cleaned of the control characters the server refuses
+    /// (`hydra_core::text::clean_free_text`), so one bad log line cannot get the report refused.
     pub async fn report_worker(&self, id: &str, report: &WorkerReport) -> Result<(), ClientError> {
+        let mut cleaned = None::<WorkerReport>;
+        for (index, session) in report.sessions.iter().enumerate() {
+            let Some(error) = &session.error else {
+                continue;
+            };
+            if let Cow::Owned(clean) = clean_free_text(error) {
+                cleaned.get_or_insert_with(|| report.clone()).sessions[index].error = Some(clean);
+            }
+        }
         let call = Call::new(
             Method::POST,
             Kind::IdempotentWrite,
             &["workers", id, "report"],
         )
-        .with_json(report)?;
+        .with_json(cleaned.as_ref().unwrap_or(report))?;
         self.execute(&call).await.map(drop)
     }
 }

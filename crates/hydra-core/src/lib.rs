@@ -10,6 +10,8 @@ pub mod placement;
 pub mod probe;
 pub mod rate_limit;
 pub mod selection;
+pub mod text;
+pub mod trust;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};
 pub use selection::{

@@ -63,6 +63,29 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
+        ApiError::from_store(&error)
+    }
+}
+
+impl From<crate::group_commit::CommitError> for ApiError {
+    fn from(error: crate::group_commit::CommitError) -> ApiError {
+        use crate::group_commit::CommitError;
+        match error {
+            CommitError::Store(store) => ApiError::from_store(&store),
+            CommitError::ShuttingDown => {
+                ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
+            }
+            CommitError::ShortAnswer { .. } => {
+                tracing::error!(%error, "[store] group commit answered short");
+                ApiError::new(ErrorCode::Internal, error.to_string())
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// The answer for a store failure (logged here, once per request).
+    fn from_store(error: &StoreError) -> ApiError {
         match error {
             StoreError::Conflict { what } => {
                 ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))

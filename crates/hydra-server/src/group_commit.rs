@@ -3,25 +3,51 @@
 //! fsyncs a second instead of a thousand.
 //!
 //! Invariant: a caller is answered only after the transaction holding its write committed, so
-//! an acknowledged write survives `kill -9` exactly as a single write would. A batch fails or
-//! commits as a whole; on failure every caller in it gets the error.
+//! an acknowledged write survives `kill -9` exactly as a single write would. A batch that the
+//! engine refuses because of a value in it (`StoreError::is_refused_write`) is retried write by
+//! write, so one bad write fails alone instead of failing every caller that shared its
+//! transaction; a batch that fails for any other reason (the engine is unreachable) fails every
+//! caller in it.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use hydra_store::{Heartbeat, SessionRecord, SessionWrite, Store, StoreError, WorkerReportRecord};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-
-use crate::error::ApiError;
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer before callers wait for room.
 const QUEUE: usize = 8_192;
 
+/// Why a group-committed write was not acknowledged (the server maps it to HTTP in `error.rs`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// The store failed the transaction that held this write (shared by the writes that failed
+    /// with it).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The writer task has ended: the server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The store answered fewer outcomes than writes (a bug in a store method).
+    #[error("{writer}: the store answered fewer writes than it was given")]
+    ShortAnswer {
+        /// The writer's name.
+        writer: &'static str,
+    },
+}
+
+impl From<StoreError> for CommitError {
+    fn from(error: StoreError) -> CommitError {
+        CommitError::Store(Arc::new(error))
+    }
+}
+
 struct Pending<I, O> {
     item: I,
-    reply: oneshot::Sender<Result<O, ApiError>>,
+    reply: oneshot::Sender<Result<O, CommitError>>,
 }
 
 /// Handle to a batching writer of items `I` answered with `O`; the writer task ends when the
@@ -48,14 +74,7 @@ impl<I, O> std::fmt::Debug for GroupCommit<I, O> {
     }
 }
 
-fn shutting_down() -> ApiError {
-    ApiError::new(
-        hydra_api::ErrorCode::Unavailable,
-        "the server is shutting down",
-    )
-}
-
-impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
+impl<I: Clone + Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     /// Starts the writer task on the current runtime. `write(context, batch)` stores a batch in
     /// one transaction (the context is the store) and answers one `O` per item, in order; `name`
     /// labels the batch-size metric (`hydra_group_commit_batch_size{writer}`).
@@ -71,13 +90,13 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     }
 
     /// Writes `item` durably (with whatever else is waiting) and answers its outcome.
-    pub async fn submit(&self, item: I) -> Result<O, ApiError> {
+    pub async fn submit(&self, item: I) -> Result<O, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { item, reply })
             .await
-            .map_err(|_| shutting_down())?;
-        answer.await.map_err(|_| shutting_down())?
+            .map_err(|_| CommitError::ShuttingDown)?;
+        answer.await.map_err(|_| CommitError::ShuttingDown)?
     }
 }
 
@@ -88,6 +107,7 @@ async fn write_batches<C, I, O, W, F>(
     mut pending: mpsc::Receiver<Pending<I, O>>,
 ) where
     C: Clone,
+    I: Clone,
     W: Fn(C, Vec<I>) -> F,
     F: Future<Output = Result<Vec<O>, StoreError>>,
 {
@@ -100,27 +120,54 @@ async fn write_batches<C, I, O, W, F>(
             .map(|pending| (pending.item, pending.reply))
             .unzip();
         let count = items.len();
+        // Kept only when a retry one by one is possible: a batch of one is never retried.
+        let retry = (count > 1).then(|| items.clone());
         match write(context.clone(), items).await {
-            Ok(outcomes) => {
-                debug_assert_eq!(outcomes.len(), count, "{name}: one outcome per write");
-                let mut outcomes = outcomes.into_iter();
-                for reply in replies {
-                    let outcome = outcomes.next().ok_or_else(|| {
-                        ApiError::new(
-                            hydra_api::ErrorCode::Internal,
-                            format!("{name}: the store answered fewer writes than it was given"),
-                        )
-                    });
-                    let _ = reply.send(outcome);
+            Ok(outcomes) => answer(name, replies, outcomes),
+            Err(error) => match retry {
+                Some(items) if error.is_refused_write() => {
+                    tracing::warn!(writer = name, writes = count, %error, "[store] group commit refused; writing its writes one by one");
+                    metrics::counter!("hydra_group_commit_retried_total", "writer" => name)
+                        .increment(1);
+                    for (item, reply) in items.into_iter().zip(replies) {
+                        let outcome = write(context.clone(), vec![item]).await;
+                        let _ = reply.send(match outcome {
+                            Ok(outcomes) => outcomes
+                                .into_iter()
+                                .next()
+                                .ok_or(CommitError::ShortAnswer { writer: name }),
+                            Err(error) => Err(CommitError::from(error)),
+                        });
+                    }
                 }
-            }
-            Err(error) => {
-                let error = ApiError::from(error);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                _ => {
+                    let error = CommitError::from(error);
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
                 }
-            }
+            },
         }
+    }
+}
+
+/// Sends each caller its outcome, in order.
+fn answer<O>(
+    name: &'static str,
+    replies: Vec<oneshot::Sender<Result<O, CommitError>>>,
+    outcomes: Vec<O>,
+) {
+    debug_assert_eq!(
+        outcomes.len(),
+        replies.len(),
+        "{name}: one outcome per write"
+    );
+    let mut outcomes = outcomes.into_iter();
+    for reply in replies {
+        let outcome = outcomes
+            .next()
+            .ok_or(CommitError::ShortAnswer { writer: name });
+        let _ = reply.send(outcome);
     }
 }
 
@@ -136,7 +183,7 @@ impl HeartbeatWriter {
     }
 
     /// Records one heartbeat durably; `false` when the node does not exist.
-    pub async fn record(&self, id: &str, heartbeat: Heartbeat) -> Result<bool, ApiError> {
+    pub async fn record(&self, id: &str, heartbeat: Heartbeat) -> Result<bool, CommitError> {
         self.submit((id.to_owned(), heartbeat)).await
     }
 }
@@ -153,7 +200,7 @@ impl SessionWriter {
     }
 
     /// Inserts a session record durably; `Conflict` when the id exists.
-    pub async fn insert(&self, session: SessionRecord) -> Result<(), ApiError> {
+    pub async fn insert(&self, session: SessionRecord) -> Result<(), CommitError> {
         let what = format!("session {:?}", session.id);
         if self.submit(SessionWrite::Insert(session)).await? {
             Ok(())
@@ -163,7 +210,7 @@ impl SessionWriter {
     }
 
     /// Replaces a session's mutable fields durably; `false` when it does not exist.
-    pub async fn update(&self, session: SessionRecord) -> Result<bool, ApiError> {
+    pub async fn update(&self, session: SessionRecord) -> Result<bool, CommitError> {
         self.submit(SessionWrite::Update(session)).await
     }
 }
@@ -221,6 +268,12 @@ mod tests {
                         what: "item 999".into(),
                     });
                 }
+                if batch.contains(&998) {
+                    return Err(StoreError::Path {
+                        path: "/nowhere".into(),
+                        detail: "the engine is unreachable".into(),
+                    });
+                }
                 Ok(batch.into_iter().map(|item| item * 10).collect())
             },
         )
@@ -272,7 +325,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_transaction_fails_every_write_in_it() {
+    async fn a_refused_transaction_is_retried_write_by_write_so_only_the_bad_one_fails() {
         let recorder = Recorder::default();
         let (writer, _task) = recorder_writer(recorder.clone());
         let blocker = tokio::spawn({
@@ -294,12 +347,53 @@ mod tests {
             QUEUE - writer.queue.capacity() == 2
         })
         .await;
+        // The blocker, the shared batch, then one transaction per write of it.
+        recorder.commit.add_permits(4);
+        assert_eq!(blocker.await.unwrap().unwrap(), 10);
+        let outcomes: Vec<_> = futures::future::join_all(doomed).await;
+        assert_eq!(outcomes[0].as_ref().unwrap().as_ref().unwrap(), &50);
+        let error = outcomes[1].as_ref().unwrap().as_ref().unwrap_err();
+        assert!(
+            matches!(error, CommitError::Store(store) if matches!(**store, StoreError::Conflict { .. })),
+            "{error:?}"
+        );
+        let batches = recorder.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![vec![1], vec![5, 999], vec![5], vec![999]]);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_fails_every_write_of_the_batch_without_retries() {
+        let recorder = Recorder::default();
+        let (writer, _task) = recorder_writer(recorder.clone());
+        let blocker = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.submit(1).await }
+        });
+        until("the first batch is being written", || {
+            recorder.batches.lock().unwrap().len() == 1
+        })
+        .await;
+        let doomed: Vec<_> = [5, 998]
+            .map(|item| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.submit(item).await })
+            })
+            .into_iter()
+            .collect();
+        until("both writes queued", || {
+            QUEUE - writer.queue.capacity() == 2
+        })
+        .await;
         recorder.commit.add_permits(2);
         assert_eq!(blocker.await.unwrap().unwrap(), 10);
         for task in doomed {
             let error = task.await.unwrap().unwrap_err();
-            assert_eq!(error.code, hydra_api::ErrorCode::Conflict, "{error:?}");
+            assert!(
+                matches!(&error, CommitError::Store(store) if matches!(**store, StoreError::Path { .. })),
+                "{error:?}"
+            );
         }
+        assert_eq!(recorder.batches.lock().unwrap().len(), 2, "no retry");
     }
 
     #[tokio::test]
@@ -308,6 +402,10 @@ mod tests {
         task.abort();
         let _ = task.await;
         let error = writer.submit(1).await.unwrap_err();
-        assert_eq!(error.message, "the server is shutting down");
+        assert!(matches!(error, CommitError::ShuttingDown), "{error:?}");
+        assert_eq!(
+            crate::error::ApiError::from(error).message,
+            "the server is shutting down"
+        );
     }
 }

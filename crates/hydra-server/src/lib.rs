@@ -10,6 +10,8 @@ pub mod error;
 pub mod extract;
 pub mod group_commit;
 pub mod registry;
+pub mod report_checks;
+pub mod retention;
 pub mod routes;
 pub mod sealing;
 pub mod sessions;
@@ -162,7 +164,7 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
 }
 
 /// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
-/// (store probe, metrics upkeep). Returns once in-flight requests have finished.
+/// (store probe, metrics upkeep, session retention). Returns once in-flight requests have finished.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -172,6 +174,10 @@ pub async fn serve(
     let mut duties = tokio::task::JoinSet::new();
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
+    duties.spawn(retention::prune_ended_sessions(
+        state.clone(),
+        shutdown.clone(),
+    ));
     let outcome = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

@@ -15,20 +15,20 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use hydra_api::{
-    CreateSessionRequest, ErrorBody, ErrorCode, SessionList, SessionState, SessionView,
-    StartSessionRequest, WorkerSession,
+    CreateSessionRequest, ErrorBody, ErrorCode, SessionCursor, SessionList, SessionQuery,
+    SessionState, SessionView, StartSessionRequest, WorkerSession,
 };
 use hydra_core::Role;
 use hydra_core::placement::{PlacementError, PlacementSettings, least_loaded_worker};
 use hydra_core::selection::{Head, Observations, select_bodies};
 use hydra_proxy::capability::without_capability;
-use hydra_store::{SessionRecord, SessionStatus};
+use hydra_store::{SessionFilter, SessionRecord, SessionStatus};
 use rand::RngCore;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::extract::{Json, Path};
+use crate::extract::{Json, Path, Query};
 use crate::routes::nodes::check_word;
 use crate::state::{AppState, now_ms};
 use crate::workers::{self, WorkerInfo, as_loads, worker_loads};
@@ -337,7 +337,7 @@ pub async fn create(
                 };
                 if let Err(error) = state.session_writes().insert(fresh.clone()).await {
                     state.workers().adjust_active(&chosen, -1);
-                    return Err(error);
+                    return Err(error.into());
                 }
                 fresh
             }
@@ -389,17 +389,59 @@ pub async fn create(
         .unwrap_or_else(|| ApiError::new(ErrorCode::Unavailable, "no healthy workers available")))
 }
 
-/// Every session of every worker, oldest first.
+/// One page of sessions, newest first, filtered by `status`, `worker_id` and `head_id`; give the
+/// answer's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", security(("bearer" = [])),
-    responses((status = 200, body = SessionList), (status = 401, body = ErrorBody)))]
+    params(SessionQuery),
+    responses((status = 200, body = SessionList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<SessionList>, ApiError> {
     state.require_admin(&headers)?;
-    let sessions = state.store().list_sessions().await?;
+    let query = SessionQuery::from_query(&pairs).map_err(ApiError::invalid)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(SessionCursor::decode)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let filter = SessionFilter {
+        status: query.status.map(|status| match status {
+            SessionState::Starting => SessionStatus::Starting,
+            SessionState::Running => SessionStatus::Running,
+            SessionState::Stopped => SessionStatus::Stopped,
+            SessionState::Error => SessionStatus::Error,
+        }),
+        worker_id: query.worker_id.clone(),
+        head_id: query.head_id.clone(),
+    };
+    let page = query.page_size();
+    // One more than the page: whether there is a next page, without a count.
+    let mut rows = state
+        .store()
+        .list_sessions_page(
+            &filter,
+            page + 1,
+            after
+                .as_ref()
+                .map(|cursor| (cursor.created_at, cursor.id.as_str())),
+        )
+        .await?;
+    let more = rows.len() > page as usize;
+    rows.truncate(page as usize);
+    let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
+        SessionCursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        }
+        .encode()
+    });
     Ok(Json(SessionList {
-        sessions: sessions.iter().map(view).collect(),
+        sessions: rows.iter().map(view).collect(),
+        next_cursor,
     }))
 }
 

@@ -24,6 +24,35 @@ pub struct Settings {
     pub public_url: String,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// Most sessions the server places on one worker, whatever its report says.
+    pub max_sessions_per_worker: u32,
+    /// Hosts a worker's `agent_url` may name besides the node's enrolled addresses (IPs or DNS
+    /// names; e.g. `127.0.0.1` for a colocated worker or loopback tests).
+    pub agent_url_hosts: Vec<String>,
+    /// Ended sessions (`stopped`, `error`) older than this are pruned.
+    pub session_retention: Duration,
+}
+
+impl Settings {
+    /// Default of `max_sessions_per_worker`.
+    pub const DEFAULT_MAX_SESSIONS_PER_WORKER: u32 = 64;
+    /// Default of `session_retention`: 7 days.
+    pub const DEFAULT_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+impl Default for Settings {
+    /// The defaults of `hydra server` (listening on 127.0.0.1:7070); tests and benchmarks
+    /// override what they need with `..Settings::default()`.
+    fn default() -> Settings {
+        Settings {
+            heartbeat_timeout: Duration::from_secs(60),
+            public_url: "http://127.0.0.1:7070".to_owned(),
+            body_limit_bytes: 64 * 1024,
+            max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
+            agent_url_hosts: Vec::new(),
+            session_retention: Settings::DEFAULT_SESSION_RETENTION,
+        }
+    }
 }
 
 /// Shared state of the server; cheap to clone.
@@ -59,6 +88,12 @@ impl AppState {
         let registry = Registry::load(&store).await?;
         let sealer = Sealer::from_admin_token(admin_token);
         let workers = WorkerDirectory::load(&store, &sealer).await?;
+        crate::report_checks::recheck_stored(
+            &registry,
+            &workers,
+            settings.max_sessions_per_worker,
+            &settings.agent_url_hosts,
+        );
         let (heartbeats, heartbeat_task) = HeartbeatWriter::heartbeats(store.clone());
         let (session_writes, session_task) = SessionWriter::sessions(store.clone());
         let (report_writes, report_task) = ReportWriter::reports(store.clone());

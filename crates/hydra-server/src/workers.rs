@@ -125,6 +125,14 @@ impl WorkerDirectory {
         }
     }
 
+    /// Forgets a worker's report (it is placed again after its next report).
+    pub fn remove(&self, id: &str) -> Option<WorkerInfo> {
+        self.inner
+            .write()
+            .expect("worker directory poisoned")
+            .remove(id)
+    }
+
     /// Every report, by worker id.
     pub fn all(&self) -> HashMap<String, WorkerInfo> {
         self.inner
@@ -256,29 +264,35 @@ pub async fn report(
             )));
         }
     }
-    let is_worker = state
+    // Trust checks (issue 7 items 3 and 4): the node must be an enrolled worker, its agent URL
+    // one of its enrolled addresses (or allowed), its capacity capped by the server.
+    let enrolled = state
         .registry()
         .read()
         .expect("registry lock poisoned")
         .get(&id)
-        .map(|node| node.roles.contains(Role::Worker));
-    match is_worker {
+        .map(|node| {
+            let addresses: Vec<std::net::IpAddr> =
+                node.lan_ip.into_iter().chain(node.wg_ip).collect();
+            (node.roles.contains(Role::Worker), addresses)
+        });
+    let enrolled = match enrolled {
         None => return Err(ApiError::not_found(format!("node {id:?} is not enrolled"))),
-        Some(false) => {
+        Some((false, _)) => {
             return Err(ApiError::invalid(format!(
                 "node {id:?} does not have the worker role"
             )));
         }
-        Some(true) => {}
-    }
-    if !(report.agent_url.starts_with("http://") || report.agent_url.starts_with("https://")) {
-        return Err(ApiError::invalid(
-            "agent_url must start with http:// or https://",
-        ));
-    }
-    if report.agent_key.len() < 16 || report.agent_key.len() > 256 {
-        return Err(ApiError::invalid("agent_key must be 16 to 256 characters"));
-    }
+        Some((true, addresses)) => addresses,
+    };
+    let settings = state.settings();
+    let trusted = crate::report_checks::check_report(
+        &id,
+        &report,
+        &enrolled,
+        settings.max_sessions_per_worker,
+        &settings.agent_url_hosts,
+    )?;
     let now = now_ms();
     reconcile(&state, &id, &report, now).await?;
     let active = report
@@ -287,9 +301,9 @@ pub async fn report(
         .filter(|session| session.status.is_active())
         .count();
     let info = WorkerInfo {
-        agent_url: report.agent_url.trim_end_matches('/').to_owned(),
+        agent_url: trusted.agent_url,
         agent_key: report.agent_key,
-        max_sessions: report.max_sessions,
+        max_sessions: trusted.max_sessions,
         active_sessions: u32::try_from(active).unwrap_or(u32::MAX),
         reported_at: now,
     };
@@ -309,6 +323,10 @@ pub async fn report(
         .is_none_or(|known| known.agent_key != info.agent_key)
     {
         tracing::info!(worker_id = %id, agent_url = %info.agent_url, max_sessions = info.max_sessions, "[controller] worker registered");
+        if let Some(reported) = trusted.clamped_from {
+            // Once per agent start (a new key), not on every report.
+            tracing::warn!(worker_id = %id, reported_max_sessions = reported, max_sessions = info.max_sessions, "[controller] worker reports more sessions than max_sessions_per_worker; capped");
+        }
     }
     directory.put(&id, info);
     Ok(StatusCode::NO_CONTENT)

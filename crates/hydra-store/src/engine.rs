@@ -315,19 +315,27 @@ macro_rules! engine_queries {
             }
 
             pub(crate) async fn record_latency(&self, sample: &LatencyRecord) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO latency (head_id, body_id, transport, rtt_ms, measured_at) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (head_id, body_id) DO UPDATE SET transport = excluded.transport, \
-                     rtt_ms = excluded.rtt_ms, measured_at = excluded.measured_at",
-                )
-                .bind(&sample.head_id)
-                .bind(&sample.body_id)
-                .bind(sample.transport.as_str())
-                .bind(i64::from(sample.rtt_ms))
-                .bind(sample.measured_at)
-                .execute(&self.writer)
-                .await?;
+                self.record_latencies(std::slice::from_ref(sample)).await
+            }
+
+            pub(crate) async fn record_latencies(&self, samples: &[LatencyRecord]) -> Result<(), StoreError> {
+                let mut transaction = self.writer.begin().await?;
+                for sample in samples {
+                    sqlx::query(
+                        "INSERT INTO latency (head_id, body_id, transport, rtt_ms, measured_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (head_id, body_id) DO UPDATE SET transport = excluded.transport, \
+                         rtt_ms = excluded.rtt_ms, measured_at = excluded.measured_at",
+                    )
+                    .bind(&sample.head_id)
+                    .bind(&sample.body_id)
+                    .bind(sample.transport.as_str())
+                    .bind(i64::from(sample.rtt_ms))
+                    .bind(sample.measured_at)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                transaction.commit().await?;
                 Ok(())
             }
 
@@ -409,6 +417,69 @@ macro_rules! engine_queries {
                         .fetch_all(&self.reader)
                         .await?;
                 rows.into_iter().map(SessionRecord::try_from).collect()
+            }
+
+            pub(crate) async fn list_sessions_page(
+                &self,
+                filter: &crate::SessionFilter,
+                limit: u32,
+                after: Option<(i64, &str)>,
+            ) -> Result<Vec<SessionRecord>, StoreError> {
+                // Only the filters given become clauses, so each query can use its index.
+                let mut clauses: Vec<String> = Vec::new();
+                let mut next = 0;
+                let mut parameter = || {
+                    next += 1;
+                    format!("${next}")
+                };
+                if filter.status.is_some() {
+                    clauses.push(format!("status = {}", parameter()));
+                }
+                if filter.worker_id.is_some() {
+                    clauses.push(format!("worker_id = {}", parameter()));
+                }
+                if filter.head_id.is_some() {
+                    clauses.push(format!("head_id = {}", parameter()));
+                }
+                if after.is_some() {
+                    let (created, id) = (parameter(), parameter());
+                    clauses.push(format!("(created_at < {created} OR (created_at = {created} AND id < {id}))"));
+                }
+                let mut sql = String::from(concat!("SELECT ", session_columns!(), " FROM sessions"));
+                if !clauses.is_empty() {
+                    sql.push_str(" WHERE ");
+                    sql.push_str(&clauses.join(" AND "));
+                }
+                sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {}", parameter()));
+                // Safe: the text is built only from fixed fragments and `$n` placeholders; every
+                // value is bound.
+                let mut query = sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(sql));
+                if let Some(status) = filter.status {
+                    query = query.bind(status.as_str());
+                }
+                if let Some(worker_id) = &filter.worker_id {
+                    query = query.bind(worker_id);
+                }
+                if let Some(head_id) = &filter.head_id {
+                    query = query.bind(head_id);
+                }
+                if let Some((created_at, id)) = after {
+                    query = query.bind(created_at).bind(id);
+                }
+                let rows = query.bind(i64::from(limit)).fetch_all(&self.reader).await?;
+                rows.into_iter().map(SessionRecord::try_from).collect()
+            }
+
+            pub(crate) async fn prune_ended_sessions(&self, ended_before: i64, batch: u32) -> Result<u64, StoreError> {
+                let deleted = sqlx::query(
+                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
+                     WHERE status IN ('stopped', 'error') AND updated_at < $1 LIMIT $2)",
+                )
+                .bind(ended_before)
+                .bind(i64::from(batch))
+                .execute(&self.writer)
+                .await?;
+                Ok(deleted.rows_affected())
             }
 
             pub(crate) async fn list_sessions_of_worker(&self, worker_id: &str) -> Result<Vec<SessionRecord>, StoreError> {

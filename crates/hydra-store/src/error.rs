@@ -32,3 +32,18 @@ pub enum StoreError {
         detail: String,
     },
 }
+
+impl StoreError {
+    /// Whether the engine refused a value or statement (a unique key taken, a value it cannot
+    /// store such as a NUL in PostgreSQL text, a value out of range) rather than failing to
+    /// answer: a batch refused so may succeed without its bad write, and is worth retrying write
+    /// by write.
+    pub fn is_refused_write(&self) -> bool {
+        match self {
+            StoreError::Conflict { .. } | StoreError::Corrupt { .. } => true,
+            StoreError::Engine(sqlx::Error::Database(_)) => true,
+            StoreError::Engine(sqlx::Error::Encode(_)) => true,
+            StoreError::Engine(_) | StoreError::Migrate(_) | StoreError::Path { .. } => false,
+        }
+    }
+}

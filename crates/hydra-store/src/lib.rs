@@ -165,6 +165,12 @@ impl Store {
         dispatch!(self, record_latency(sample))
     }
 
+    /// Records many samples in one transaction (one fsync); a later sample of the same (head,
+    /// body) in the batch wins. All or none are written.
+    pub async fn record_latencies(&self, samples: &[LatencyRecord]) -> Result<(), StoreError> {
+        dispatch!(self, record_latencies(samples))
+    }
+
     /// The latest sample per (head, body): `head_id -> body_id -> sample`.
     pub async fn list_latencies(
         &self,
@@ -212,6 +218,29 @@ impl Store {
     /// Every session, oldest first.
     pub async fn list_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         dispatch!(self, list_sessions())
+    }
+
+    /// One page of sessions matching `filter`, newest first (by `created_at`, then id), at most
+    /// `limit`, starting after `after` (`(created_at, id)` of the last session of the previous
+    /// page), through the `sessions_created` index.
+    pub async fn list_sessions_page(
+        &self,
+        filter: &SessionFilter,
+        limit: u32,
+        after: Option<(i64, &str)>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        dispatch!(self, list_sessions_page(filter, limit, after))
+    }
+
+    /// Deletes at most `batch` ended sessions (`stopped`, `error`) last changed before
+    /// `ended_before` (unix ms), in one transaction; answers how many went (fewer than `batch`:
+    /// none is left).
+    pub async fn prune_ended_sessions(
+        &self,
+        ended_before: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, prune_ended_sessions(ended_before, batch))
     }
 
     /// Every session of one worker, oldest first (through the `sessions_worker` index).
@@ -262,6 +291,17 @@ pub struct Heartbeat {
     pub active_sessions: u32,
     /// GPU memory, when reported.
     pub vram_mb: Option<u64>,
+}
+
+/// Which sessions a listing shows; `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only this state.
+    pub status: Option<SessionStatus>,
+    /// Only this worker's.
+    pub worker_id: Option<String>,
+    /// Only those asked for this head.
+    pub head_id: Option<String>,
 }
 
 /// A connect time measured by a head.

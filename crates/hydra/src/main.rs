@@ -12,6 +12,7 @@ mod logging;
 mod nodes;
 mod output;
 mod server;
+mod sessions;
 mod signals;
 mod status;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Ask which bodies a head may use.
     #[command(subcommand)]
     Bodies(bodies::Command),
+    /// List (filtered, paged), show and end relay sessions.
+    #[command(subcommand)]
+    Sessions(sessions::Command),
     /// Run a head: discover a reachable body and stream from it.
     #[command(subcommand)]
     Head(head::Command),
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Nodes(command) => nodes::run(command).await,
             Command::Bodies(command) => bodies::run(command).await,
+            Command::Sessions(command) => sessions::run(command).await,
             Command::Head(command) => head::run(command).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Status(args) => status::run(args).await,

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default, clap::Args, Serialize)]
 pub struct Args {
     /// YAML config file with any of: listen, data_dir, admin_token, database_url,
-    /// heartbeat_timeout, public_url, body_limit_bytes.
+    /// heartbeat_timeout, public_url, body_limit_bytes, max_sessions_per_worker,
+    /// agent_url_hosts, session_retention.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -45,6 +46,20 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
+    /// Most sessions placed on one worker; a worker reporting more is capped [default: 64].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_sessions_per_worker: Option<u32>,
+    /// Comma-separated hosts (IPs or names) a worker's agent_url may name besides the node's
+    /// enrolled lan_ip and wg_ip, e.g. 127.0.0.1 for a worker on this machine [default: none].
+    #[arg(long, value_name = "HOSTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_url_hosts: Option<String>,
+    /// How long ended (stopped, error) sessions are kept before they are pruned, e.g. 7d, 12h
+    /// [default: 7d].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_retention: Option<String>,
 }
 
 /// The resolved server configuration.
@@ -58,6 +73,9 @@ struct ServerConfig {
     heartbeat_timeout: u64,
     public_url: Option<String>,
     body_limit_bytes: usize,
+    max_sessions_per_worker: u32,
+    agent_url_hosts: String,
+    session_retention: String,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +88,9 @@ impl Default for ServerConfig {
             heartbeat_timeout: 60,
             public_url: None,
             body_limit_bytes: 64 * 1024,
+            max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
+            agent_url_hosts: String::new(),
+            session_retention: "7d".to_owned(),
         }
     }
 }
@@ -82,6 +103,9 @@ const ENV_KEYS: &[&str] = &[
     "heartbeat_timeout",
     "public_url",
     "body_limit_bytes",
+    "max_sessions_per_worker",
+    "agent_url_hosts",
+    "session_retention",
 ];
 
 /// Runs the server until interrupted.
@@ -95,6 +119,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         config.heartbeat_timeout > 0,
         "--heartbeat-timeout must be at least 1 second"
+    );
+    let session_retention =
+        humantime::parse_duration(&config.session_retention).with_context(|| {
+            format!(
+                "--session-retention {:?} is not a duration (e.g. 7d, 12h)",
+                config.session_retention
+            )
+        })?;
+    anyhow::ensure!(
+        session_retention >= Duration::from_secs(60),
+        "--session-retention must be at least 1m"
     );
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -148,6 +183,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| format!("http://{bound}")),
         body_limit_bytes: config.body_limit_bytes,
+        max_sessions_per_worker: config.max_sessions_per_worker,
+        agent_url_hosts: config
+            .agent_url_hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|host| !host.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        session_retention,
     };
     let state = AppState::new(store.clone(), settings, &admin_token)
         .await

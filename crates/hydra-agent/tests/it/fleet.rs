@@ -47,6 +47,7 @@ impl Server {
             heartbeat_timeout,
             public_url: url.clone(),
             body_limit_bytes: 64 * 1024,
+            ..Settings::default()
         };
         let state = AppState::new(store, settings, ADMIN).await.unwrap();
         let shutdown = CancellationToken::new();
@@ -166,6 +167,8 @@ fn agent_config(
     config.node.district = "bxl1".into();
     config.node.venue = "cloud-seven".into();
     config.node.owner = "acme".into();
+    // Enrolled with the address its agent URL names (the server checks it).
+    config.node.lan_ip = Some(address.ip());
     config.server.listen = address;
     config.controller.url = vec![server.url.clone()];
     config.controller.token = Some(ADMIN.into());
@@ -476,6 +479,7 @@ async fn a_restarted_server_places_on_stored_worker_reports_without_a_new_report
         heartbeat_timeout: Duration::from_secs(30),
         public_url: "http://127.0.0.1:9".into(),
         body_limit_bytes: 64 * 1024,
+        ..Settings::default()
     };
     let foreign = AppState::new(store, settings, "hya_another_admin_token")
         .await

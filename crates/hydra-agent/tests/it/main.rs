@@ -3,6 +3,7 @@
 
 mod colocated;
 mod fleet;
+mod input;
 mod proxy;
 mod support;
 mod worker;

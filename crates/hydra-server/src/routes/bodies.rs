@@ -1,6 +1,6 @@
 //! `GET /api/v1/bodies/eligible`: the body-selection policy over the registry view.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -11,6 +11,7 @@ use hydra_store::LatencyRecord;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
 use crate::state::{AppState, now_ms};
@@ -82,19 +83,21 @@ fn parse_measured(text: &str) -> Result<Vec<(String, Transport, u32)>, ApiError>
 /// With `head_id`: quickroute (same district, venue and owner; a gate), else the cross-venue
 /// fallback (same district, usable by the head's owner, ranked by measured latency, ownership,
 /// cost tier, idleness, VRAM). Without: strict venue from `district` and `venue`.
-/// Any valid token (admin or node) may ask.
+/// Any valid token may ask for strict venue; with `head_id`, a node token only for its own
+/// head (`403` naming `head_id` otherwise), the admin token for any.
 #[utoipa::path(get, path = "/api/v1/bodies/eligible", tag = "bodies", params(EligibleQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Eligible bodies, best first", body = EligibleResponse),
         (status = 400, description = "Bad parameters, or head_id names a node without the head role", body = ErrorBody),
+        (status = 403, description = "A node token asking for another head_id", body = ErrorBody),
         (status = 404, description = "Unknown head_id", body = ErrorBody)))]
 pub async fn eligible(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<EligibleQuery>,
 ) -> Result<Json<EligibleResponse>, ApiError> {
-    state.caller(&headers)?;
+    let caller = state.caller(&headers)?;
     let now = now_ms();
     let settings = state.selection_settings();
     let Some(head_id) = query.head_id else {
@@ -116,6 +119,15 @@ pub async fn eligible(
         );
         return Ok(Json(EligibleResponse::from(&selection)));
     };
+    // A node token speaks only for its own head: reading another head's ranking, or recording
+    // samples in its name, would let any node reorder that head's bodies.
+    if let Caller::Node(node_id) = &caller
+        && *node_id != head_id
+    {
+        return Err(ApiError::forbidden(format!(
+            "head_id {head_id:?}: a node token may only ask for its own head"
+        )));
+    }
     if query.district.is_some() || query.venue.is_some() {
         return Err(ApiError::invalid(
             "give either head_id or district and venue, not both",
@@ -129,7 +141,9 @@ pub async fn eligible(
         Some(text) => parse_measured(text)?,
         None => Vec::new(),
     };
-    {
+    // One lookup of the head, under one lock: its place is kept for the selection, and the
+    // samples naming a body that is not enrolled (removed since the head probed it) dropped.
+    let (district, venue, owner, samples) = {
         let registry = state.registry().read().expect("registry lock poisoned");
         let head = registry
             .get(&head_id)
@@ -139,17 +153,36 @@ pub async fn eligible(
                 "node {head_id:?} does not have the head role"
             )));
         }
-    }
-    record_measurements(&state, &head_id, measured, now).await?;
-    let registry = state.registry().read().expect("registry lock poisoned");
-    let head_node = registry
-        .get(&head_id)
-        .ok_or_else(|| ApiError::not_found(format!("head {head_id:?} is not enrolled")))?;
-    let head = Head {
-        district: &head_node.district,
-        venue: &head_node.venue,
-        owner: &head_node.owner,
+        let samples = latest_samples(&head_id, measured, now, |body_id| {
+            registry.get(body_id).is_some()
+        });
+        (
+            head.district.clone(),
+            head.venue.clone(),
+            head.owner.clone(),
+            samples,
+        )
     };
+    // Durably, in one transaction, before the view (a restart must not lose what was answered).
+    if !samples.is_empty() {
+        state.store().record_latencies(&samples).await?;
+    }
+    let head = Head {
+        district: &district,
+        venue: &venue,
+        owner: &owner,
+    };
+    let mut registry = state.registry().write().expect("registry lock poisoned");
+    for sample in &samples {
+        registry.set_latency(
+            &head_id,
+            &sample.body_id,
+            LatencySample {
+                rtt_ms: sample.rtt_ms,
+                measured_at: sample.measured_at,
+            },
+        );
+    }
     let observations = Observations {
         latency: registry.latency_of(&head_id),
         unreachable: (!unreachable.is_empty()).then_some(&unreachable),
@@ -166,52 +199,76 @@ pub async fn eligible(
     Ok(Json(EligibleResponse::from(&selection)))
 }
 
-/// Stores the head's measured connect times (durably, then in the view). Samples naming a body
-/// that is not enrolled are ignored: the body may have been removed since the head probed it.
-async fn record_measurements(
-    state: &AppState,
+/// The head's measured connect times as store records: one per body (the last one given wins),
+/// only for bodies that `enrolled` knows.
+fn latest_samples(
     head_id: &str,
     measured: Vec<(String, Transport, u32)>,
     now: i64,
-) -> Result<(), ApiError> {
+    enrolled: impl Fn(&str) -> bool,
+) -> Vec<LatencyRecord> {
+    let mut by_body: HashMap<String, (Transport, u32)> = HashMap::new();
+    let mut order = Vec::new();
     for (body_id, transport, rtt_ms) in measured {
-        if state
-            .registry()
-            .read()
-            .expect("registry lock poisoned")
-            .get(&body_id)
-            .is_none()
-        {
+        if !enrolled(&body_id) {
             continue;
         }
-        let record = LatencyRecord {
-            head_id: head_id.to_owned(),
-            body_id,
-            transport,
-            rtt_ms,
-            measured_at: now,
-        };
-        state.store().record_latency(&record).await?;
-        state
-            .registry()
-            .write()
-            .expect("registry lock poisoned")
-            .set_latency(
-                head_id,
-                &record.body_id,
-                LatencySample {
-                    rtt_ms,
-                    measured_at: now,
-                },
-            );
+        if by_body
+            .insert(body_id.clone(), (transport, rtt_ms))
+            .is_none()
+        {
+            order.push(body_id);
+        }
     }
-    Ok(())
+    order
+        .into_iter()
+        .filter_map(|body_id| {
+            let (transport, rtt_ms) = by_body.remove(&body_id)?;
+            Some(LatencyRecord {
+                head_id: head_id.to_owned(),
+                body_id,
+                transport,
+                rtt_ms,
+                measured_at: now,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_measured;
+    use super::{latest_samples, parse_measured};
     use hydra_core::Transport;
+
+    #[test]
+    fn samples_are_one_per_enrolled_body_and_the_last_wins() {
+        let measured = vec![
+            ("b1".to_owned(), Transport::Lan, 3),
+            ("gone".to_owned(), Transport::Lan, 1),
+            ("b2".to_owned(), Transport::Wireguard, 40),
+            ("b1".to_owned(), Transport::Wireguard, 9),
+        ];
+        let samples = latest_samples("h1", measured, 77, |body| body != "gone");
+        let shown: Vec<_> = samples
+            .iter()
+            .map(|s| {
+                (
+                    s.head_id.as_str(),
+                    s.body_id.as_str(),
+                    s.transport,
+                    s.rtt_ms,
+                    s.measured_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("h1", "b1", Transport::Wireguard, 9, 77),
+                ("h1", "b2", Transport::Wireguard, 40, 77)
+            ]
+        );
+    }
 
     #[test]
     fn measured_parses_and_names_bad_entries() {

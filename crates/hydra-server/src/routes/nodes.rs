@@ -249,7 +249,7 @@ pub async fn heartbeat(
     let node = write_node(
         &state,
         &id,
-        state.heartbeats().record(&id, heartbeat),
+        futures::TryFutureExt::map_err(state.heartbeats().record(&id, heartbeat), ApiError::from),
         |node| {
             node.last_heartbeat = Some(heartbeat.at);
             node.idle = heartbeat.idle;

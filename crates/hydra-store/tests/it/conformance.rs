@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use hydra_core::{CostTier, Node, Role, Roles, Transport};
 use hydra_store::{
-    Heartbeat, LatencyRecord, SessionRecord, SessionStatus, SessionWrite, Store, StoreError,
-    WorkerReportRecord,
+    Heartbeat, LatencyRecord, SessionFilter, SessionRecord, SessionStatus, SessionWrite, Store,
+    StoreError, WorkerReportRecord,
 };
 
 /// A store on a fresh file or database, kept alive with its temp dir.
@@ -54,11 +54,14 @@ on_both_engines!(
     move_and_drain_change_only_their_fields,
     delete_removes_node_and_its_latency,
     latency_keeps_the_latest_sample,
+    latency_batches_write_every_sample_in_one_call_and_the_last_wins,
     sessions_round_trip_and_update,
     worker_reports_replace_batch_and_leave_with_their_node,
     active_sessions_are_counted_per_worker,
     sessions_of_one_worker_are_listed_oldest_first,
     session_write_batches_apply_in_order_and_report_each,
+    session_pages_are_newest_first_filtered_and_follow_the_cursor,
+    pruning_removes_only_ended_sessions_older_than_the_cutoff_in_batches,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -199,6 +202,45 @@ async fn latency_keeps_the_latest_sample(store: Store) {
     let latencies = store.list_latencies().await.unwrap();
     let sample = latencies["h1"]["b1"];
     assert_eq!((sample.rtt_ms, sample.measured_at), (2, 2_000));
+}
+
+async fn latency_batches_write_every_sample_in_one_call_and_the_last_wins(store: Store) {
+    let sample = |head: &str, body: &str, rtt_ms: u32, measured_at: i64| LatencyRecord {
+        head_id: head.into(),
+        body_id: body.into(),
+        transport: Transport::Lan,
+        rtt_ms,
+        measured_at,
+    };
+    store
+        .record_latency(&sample("h1", "b9", 50, 500))
+        .await
+        .unwrap();
+    let mut batch: Vec<LatencyRecord> = (0..256)
+        .map(|index| sample("h1", &format!("b{index}"), index, 1_000))
+        .collect();
+    batch.push(sample("h1", "b7", 3, 1_001));
+    batch.push(sample("h2", "b7", 4, 1_002));
+    store.record_latencies(&batch).await.unwrap();
+    store.record_latencies(&[]).await.unwrap();
+    let latencies = store.list_latencies().await.unwrap();
+    assert_eq!(latencies["h1"].len(), 256);
+    let shown = |head: &str, body: &str| {
+        let sample = latencies[head][body];
+        (sample.rtt_ms, sample.measured_at)
+    };
+    assert_eq!(
+        shown("h1", "b9"),
+        (9, 1_000),
+        "the batch replaced the older sample"
+    );
+    assert_eq!(
+        shown("h1", "b7"),
+        (3, 1_001),
+        "a later sample in the batch wins"
+    );
+    assert_eq!(shown("h2", "b7"), (4, 1_002));
+    assert_eq!(shown("h1", "b255"), (255, 1_000));
 }
 
 async fn sessions_round_trip_and_update(store: Store) {
@@ -456,4 +498,163 @@ async fn session_write_batches_apply_in_order_and_report_each(store: Store) {
     assert_eq!(store.get_session("s-ghost").await.unwrap(), None);
     assert_eq!(store.list_sessions().await.unwrap().len(), 2);
     assert_eq!(store.write_sessions(&[]).await.unwrap(), Vec::<bool>::new());
+}
+
+fn history_session(
+    index: usize,
+    status: SessionStatus,
+    created_at: i64,
+    updated_at: i64,
+) -> SessionRecord {
+    SessionRecord {
+        id: format!("s-{index:04}"),
+        worker_id: format!("w-{}", index % 3),
+        body_ip: "10.0.0.1".into(),
+        body_id: None,
+        head_id: index.is_multiple_of(2).then(|| "h-even".to_owned()),
+        experience: None,
+        port: None,
+        stream_url: None,
+        status,
+        error: None,
+        created_at,
+        updated_at,
+    }
+}
+
+async fn session_pages_are_newest_first_filtered_and_follow_the_cursor(store: Store) {
+    // 25 sessions; pairs share a created_at, so the id orders them.
+    let statuses = [
+        SessionStatus::Stopped,
+        SessionStatus::Running,
+        SessionStatus::Error,
+    ];
+    let writes: Vec<SessionWrite> = (0..25)
+        .map(|index| {
+            SessionWrite::Insert(history_session(
+                index,
+                statuses[index % 3],
+                1_000 + (index / 2) as i64,
+                2_000,
+            ))
+        })
+        .collect();
+    store.write_sessions(&writes).await.unwrap();
+    let all_ids = |filter: SessionFilter, page: u32| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut after: Option<(i64, String)> = None;
+            for _page in 0..100 {
+                let rows = store
+                    .list_sessions_page(
+                        &filter,
+                        page,
+                        after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                    )
+                    .await
+                    .unwrap();
+                assert!(rows.len() <= page as usize);
+                let Some(last) = rows.last() else { break };
+                after = Some((last.created_at, last.id.clone()));
+                ids.extend(rows.into_iter().map(|row| row.id));
+            }
+            ids
+        }
+    };
+    let expected: Vec<String> = (0..25).rev().map(|index| format!("s-{index:04}")).collect();
+    assert_eq!(all_ids(SessionFilter::default(), 7).await, expected);
+    assert_eq!(all_ids(SessionFilter::default(), 1).await, expected);
+    let first = store
+        .list_sessions_page(&SessionFilter::default(), 3, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|row| row.id.as_str()).collect::<Vec<_>>(),
+        ["s-0024", "s-0023", "s-0022"]
+    );
+    let running = all_ids(
+        SessionFilter {
+            status: Some(SessionStatus::Running),
+            ..SessionFilter::default()
+        },
+        2,
+    )
+    .await;
+    let expected_running: Vec<String> = (0..25)
+        .rev()
+        .filter(|index| index % 3 == 1)
+        .map(|index| format!("s-{index:04}"))
+        .collect();
+    assert_eq!(running, expected_running);
+    let narrow = all_ids(
+        SessionFilter {
+            status: Some(SessionStatus::Stopped),
+            worker_id: Some("w-0".into()),
+            head_id: Some("h-even".into()),
+        },
+        2,
+    )
+    .await;
+    let expected_narrow: Vec<String> = (0..25)
+        .rev()
+        .filter(|index| index % 3 == 0 && index % 2 == 0)
+        .map(|index| format!("s-{index:04}"))
+        .collect();
+    assert_eq!(narrow, expected_narrow);
+    assert!(
+        all_ids(
+            SessionFilter {
+                worker_id: Some("nobody".into()),
+                ..SessionFilter::default()
+            },
+            5
+        )
+        .await
+        .is_empty()
+    );
+}
+
+async fn pruning_removes_only_ended_sessions_older_than_the_cutoff_in_batches(store: Store) {
+    let statuses = [
+        SessionStatus::Stopped,
+        SessionStatus::Error,
+        SessionStatus::Running,
+        SessionStatus::Starting,
+    ];
+    // 40 sessions: even ones ended long ago (updated_at 100), odd ones recently (5_000).
+    let writes: Vec<SessionWrite> = (0..40)
+        .map(|index| {
+            let updated_at = if index % 2 == 0 { 100 } else { 5_000 };
+            SessionWrite::Insert(history_session(index, statuses[index % 4], 50, updated_at))
+        })
+        .collect();
+    store.write_sessions(&writes).await.unwrap();
+    // Old and ended: indexes 0 mod 4 (stopped) and 2 mod 4 (running: kept) -> 10 stopped old.
+    // Error sessions are odd indexes (1 mod 4): all recent, kept.
+    let mut pruned = Vec::new();
+    for _round in 0..10 {
+        let count = store.prune_ended_sessions(1_000, 4).await.unwrap();
+        pruned.push(count);
+        if count < 4 {
+            break;
+        }
+    }
+    assert_eq!(pruned, [4, 4, 2]);
+    let left = store.list_sessions().await.unwrap();
+    assert_eq!(left.len(), 30);
+    assert!(left.iter().all(|row| {
+        !(matches!(row.status, SessionStatus::Stopped | SessionStatus::Error)
+            && row.updated_at < 1_000)
+    }));
+    assert!(
+        left.iter()
+            .any(|row| row.status == SessionStatus::Running && row.updated_at == 100),
+        "live sessions are never pruned, however old"
+    );
+    assert_eq!(
+        store.prune_ended_sessions(6_000, 100).await.unwrap(),
+        10,
+        "the recent error ones, once past the cutoff"
+    );
 }

@@ -64,7 +64,7 @@ impl Fleet {
         let sessions_root = dir.path().join("sessions");
         let standin = standin_web_stream();
         let yaml = format!(
-            r#"node: {{id: {WORKER_ID}, roles: [worker], district: bxl1, venue: cloud-seven, owner: acme}}
+            r#"node: {{id: {WORKER_ID}, roles: [worker], district: bxl1, venue: cloud-seven, owner: acme, lan_ip: 127.0.0.1}}
 server: {{listen: "127.0.0.1:{agent_port}"}}
 controller: {{url: ["{server}"], token: "{ADMIN_TOKEN}"}}
 state_dir: "{state}"

@@ -9,6 +9,8 @@ mod lab;
 mod metrics;
 mod sdk_failover;
 mod server_api;
+mod session_history;
 mod status;
 mod storage_outage;
 mod support;
+mod trust;
