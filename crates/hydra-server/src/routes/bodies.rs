@@ -4,79 +4,15 @@ use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use hydra_api::{EligibleResponse, ErrorBody};
+use hydra_api::{EligibleParams, EligibleQuery, EligibleResponse, ErrorBody, Measurement};
 use hydra_core::selection::{Head, Observations, select_bodies, strict_venue};
 use hydra_core::{LatencySample, Role, Transport};
 use hydra_store::LatencyRecord;
-use serde::Deserialize;
-use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
 use crate::state::{AppState, now_ms};
-
-/// Most ids in `unreachable` and samples in `measured`.
-const MAX_LIST: usize = 256;
-
-/// Query of the eligible list: `head_id` (quickroute, else cross-venue) or `district` + `venue`
-/// (strict venue, for clients that send no head).
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct EligibleQuery {
-    /// The head asking; it names itself, its token is not its identity.
-    pub head_id: Option<String>,
-    /// Strict venue: district (with `venue`, without `head_id`).
-    pub district: Option<String>,
-    /// Strict venue: venue (with `district`, without `head_id`).
-    pub venue: Option<String>,
-    /// Comma-separated body ids the head could not reach; left out of this one answer.
-    pub unreachable: Option<String>,
-    /// Comma-separated `body_id:transport:rtt_ms` connect times the head measured
-    /// (transport `lan` or `wireguard`); they rank cross-venue bodies from now on.
-    pub measured: Option<String>,
-}
-
-fn split_list(field: &str, text: &str) -> Result<Vec<String>, ApiError> {
-    let items: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if items.len() > MAX_LIST {
-        return Err(ApiError::invalid(format!(
-            "{field} names more than {MAX_LIST} entries"
-        )));
-    }
-    Ok(items)
-}
-
-/// Parses `measured`: `body_id:transport:rtt_ms`, comma-separated.
-fn parse_measured(text: &str) -> Result<Vec<(String, Transport, u32)>, ApiError> {
-    split_list("measured", text)?
-        .into_iter()
-        .map(|item| {
-            let mut parts = item.splitn(3, ':');
-            let (Some(body_id), Some(transport), Some(rtt_ms)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(ApiError::invalid(format!(
-                    "measured entry {item:?} is not body_id:transport:rtt_ms"
-                )));
-            };
-            let transport: Transport = transport.parse().map_err(|error| {
-                ApiError::invalid(format!("measured entry {item:?}: transport: {error}"))
-            })?;
-            let rtt_ms: u32 = rtt_ms.parse().map_err(|_| {
-                ApiError::invalid(format!(
-                    "measured entry {item:?}: rtt_ms must be a whole number of ms"
-                ))
-            })?;
-            Ok((body_id.to_owned(), transport, rtt_ms))
-        })
-        .collect()
-}
 
 /// The bodies a head may use, best first, with the policy that chose them.
 ///
@@ -85,7 +21,7 @@ fn parse_measured(text: &str) -> Result<Vec<(String, Transport, u32)>, ApiError>
 /// cost tier, idleness, VRAM). Without: strict venue from `district` and `venue`.
 /// Any valid token may ask for strict venue; with `head_id`, a node token only for its own
 /// head (`403` naming `head_id` otherwise), the admin token for any.
-#[utoipa::path(get, path = "/api/v1/bodies/eligible", tag = "bodies", params(EligibleQuery),
+#[utoipa::path(get, path = "/api/v1/bodies/eligible", tag = "bodies", params(EligibleParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Eligible bodies, best first", body = EligibleResponse),
@@ -95,29 +31,30 @@ fn parse_measured(text: &str) -> Result<Vec<(String, Transport, u32)>, ApiError>
 pub async fn eligible(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<EligibleQuery>,
+    Query(params): Query<EligibleParams>,
 ) -> Result<Json<EligibleResponse>, ApiError> {
     let caller = state.caller(&headers)?;
     let now = now_ms();
     let settings = state.selection_settings();
-    let Some(head_id) = query.head_id else {
-        if query.unreachable.is_some() || query.measured.is_some() {
-            return Err(ApiError::invalid("unreachable and measured need head_id"));
+    let query =
+        EligibleQuery::from_params(params).map_err(|error| ApiError::invalid(error.message))?;
+    let (head_id, unreachable, measured) = match query {
+        EligibleQuery::Head {
+            head_id,
+            unreachable,
+            measured,
+        } => (head_id, unreachable, measured),
+        EligibleQuery::StrictVenue { district, venue } => {
+            let registry = state.registry().read().expect("registry lock poisoned");
+            let selection = strict_venue(
+                &district,
+                &venue,
+                registry.in_district(&district),
+                now,
+                &settings,
+            );
+            return Ok(Json(EligibleResponse::from(&selection)));
         }
-        let (Some(district), Some(venue)) = (query.district, query.venue) else {
-            return Err(ApiError::invalid(
-                "give head_id, or both district and venue",
-            ));
-        };
-        let registry = state.registry().read().expect("registry lock poisoned");
-        let selection = strict_venue(
-            &district,
-            &venue,
-            registry.in_district(&district),
-            now,
-            &settings,
-        );
-        return Ok(Json(EligibleResponse::from(&selection)));
     };
     // A node token speaks only for its own head: reading another head's ranking, or recording
     // samples in its name, would let any node reorder that head's bodies.
@@ -128,19 +65,7 @@ pub async fn eligible(
             "head_id {head_id:?}: a node token may only ask for its own head"
         )));
     }
-    if query.district.is_some() || query.venue.is_some() {
-        return Err(ApiError::invalid(
-            "give either head_id or district and venue, not both",
-        ));
-    }
-    let unreachable: HashSet<String> = match &query.unreachable {
-        Some(text) => split_list("unreachable", text)?.into_iter().collect(),
-        None => HashSet::new(),
-    };
-    let measured = match &query.measured {
-        Some(text) => parse_measured(text)?,
-        None => Vec::new(),
-    };
+    let unreachable: HashSet<String> = unreachable.into_iter().collect();
     // One lookup of the head, under one lock: its place is kept for the selection, and the
     // samples naming a body that is not enrolled (removed since the head probed it) dropped.
     let (district, venue, owner, samples) = {
@@ -203,13 +128,18 @@ pub async fn eligible(
 /// only for bodies that `enrolled` knows.
 fn latest_samples(
     head_id: &str,
-    measured: Vec<(String, Transport, u32)>,
+    measured: Vec<Measurement>,
     now: i64,
     enrolled: impl Fn(&str) -> bool,
 ) -> Vec<LatencyRecord> {
     let mut by_body: HashMap<String, (Transport, u32)> = HashMap::new();
     let mut order = Vec::new();
-    for (body_id, transport, rtt_ms) in measured {
+    for Measurement {
+        body_id,
+        transport,
+        rtt_ms,
+    } in measured
+    {
         if !enrolled(&body_id) {
             continue;
         }
@@ -237,17 +167,22 @@ fn latest_samples(
 
 #[cfg(test)]
 mod tests {
-    use super::{latest_samples, parse_measured};
+    use hydra_api::Measurement;
     use hydra_core::Transport;
+
+    use super::latest_samples;
 
     #[test]
     fn samples_are_one_per_enrolled_body_and_the_last_wins() {
-        let measured = vec![
-            ("b1".to_owned(), Transport::Lan, 3),
-            ("gone".to_owned(), Transport::Lan, 1),
-            ("b2".to_owned(), Transport::Wireguard, 40),
-            ("b1".to_owned(), Transport::Wireguard, 9),
-        ];
+        let measured = [
+            "b1:lan:3",
+            "gone:lan:1",
+            "b2:wireguard:40",
+            "b1:wireguard:9",
+        ]
+        .iter()
+        .map(|text| text.parse::<Measurement>().unwrap())
+        .collect();
         let samples = latest_samples("h1", measured, 77, |body| body != "gone");
         let shown: Vec<_> = samples
             .iter()
@@ -267,35 +202,6 @@ mod tests {
                 ("h1", "b1", Transport::Wireguard, 9, 77),
                 ("h1", "b2", Transport::Wireguard, 40, 77)
             ]
-        );
-    }
-
-    #[test]
-    fn measured_parses_and_names_bad_entries() {
-        assert_eq!(
-            parse_measured("b1:lan:3, b2:wireguard:40").unwrap(),
-            vec![
-                ("b1".into(), Transport::Lan, 3),
-                ("b2".into(), Transport::Wireguard, 40)
-            ]
-        );
-        let error = parse_measured("b1:udp:3").unwrap_err();
-        assert!(
-            error.message.contains("b1:udp:3") && error.message.contains("transport"),
-            "{}",
-            error.message
-        );
-        assert!(
-            parse_measured("b1:lan")
-                .unwrap_err()
-                .message
-                .contains("body_id:transport:rtt_ms")
-        );
-        assert!(
-            parse_measured("b1:lan:-1")
-                .unwrap_err()
-                .message
-                .contains("rtt_ms")
         );
     }
 }
