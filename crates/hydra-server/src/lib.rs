@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod fleet;
 pub mod group_commit;
 pub mod registry;
 pub mod routes;

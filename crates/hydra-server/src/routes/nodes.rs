@@ -45,27 +45,6 @@ fn view(state: &AppState, node: &Node) -> NodeView {
     NodeView::from_node(node, now_ms(), state.heartbeat_timeout_ms())
 }
 
-/// Changes one node: under the node's lock, runs `store_write` (which answers whether the node
-/// exists) and, once the store acknowledged, applies `patch` to the registry view.
-async fn write_node(
-    state: &AppState,
-    id: &str,
-    store_write: impl Future<Output = Result<bool, ApiError>>,
-    patch: impl FnOnce(&mut Node),
-) -> Result<Node, ApiError> {
-    let _guard = state.node_locks().lock(id).await;
-    if !store_write.await? {
-        return Err(unknown_node(id));
-    }
-    let mut registry = state.registry().write().expect("registry lock poisoned");
-    registry
-        .patch(id, |node| {
-            patch(node);
-            node.clone()
-        })
-        .ok_or_else(|| unknown_node(id))
-}
-
 fn unknown_node(id: &str) -> ApiError {
     ApiError::not_found(format!("node {id:?} is not enrolled"))
 }
@@ -145,13 +124,7 @@ pub async fn enrol(
     let node = node_from_request(request, now_ms())?;
     let token = generate_token("hyn_");
     let digest = hash_token(&token);
-    let _guard = state.node_locks().lock(&node.id).await;
-    state.store().insert_node(&node, &digest).await?;
-    {
-        let mut registry = state.registry().write().expect("registry lock poisoned");
-        registry.put(node.clone());
-        registry.set_token(&node.id, digest);
-    }
+    let node = state.fleet().enrol(node, digest).await?;
     tracing::info!(node_id = %node.id, roles = %node.roles, district = %node.district, venue = %node.venue, "[controller] node enrolled");
     metrics::counter!("hydra_enrolments_total").increment(1);
     Ok((
@@ -173,7 +146,7 @@ pub async fn list(
     state.require_admin(&headers)?;
     let now = now_ms();
     let timeout = state.heartbeat_timeout_ms();
-    let registry = state.registry().read().expect("registry lock poisoned");
+    let registry = state.fleet().view();
     let nodes = registry
         .all()
         .into_iter()
@@ -192,7 +165,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
     state.require_admin(&headers)?;
-    let registry = state.registry().read().expect("registry lock poisoned");
+    let registry = state.fleet().view();
     let node = registry.get(&id).ok_or_else(|| unknown_node(&id))?;
     Ok(Json(view(&state, node)))
 }
@@ -207,15 +180,9 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.require_admin(&headers)?;
-    let _guard = state.node_locks().lock(&id).await;
-    if !state.store().delete_node(&id).await? {
-        return Err(unknown_node(&id));
-    }
-    state
-        .registry()
-        .write()
-        .expect("registry lock poisoned")
-        .remove(&id);
+    // What other services forget about a removed node goes in this hook (it runs in the
+    // fleet's owned task, so a client that hangs up cannot skip it).
+    state.fleet().remove(&id, |_id| {}).await?;
     tracing::info!(node_id = %id, "[controller] node removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -246,20 +213,7 @@ pub async fn heartbeat(
         active_sessions: request.active_sessions,
         vram_mb: check_vram(request.vram_mb)?,
     };
-    let node = write_node(
-        &state,
-        &id,
-        state.heartbeats().record(&id, heartbeat),
-        |node| {
-            node.last_heartbeat = Some(heartbeat.at);
-            node.idle = heartbeat.idle;
-            node.active_sessions = heartbeat.active_sessions;
-            if let Some(vram_mb) = heartbeat.vram_mb {
-                node.vram_mb = Some(vram_mb);
-            }
-        },
-    )
-    .await?;
+    let node = state.fleet().heartbeat(&id, heartbeat).await?;
     metrics::counter!("hydra_heartbeats_total").increment(1);
     Ok(Json(view(&state, &node)))
 }
@@ -279,17 +233,10 @@ pub async fn move_node(
     state.require_admin(&headers)?;
     check_word("district", &request.district)?;
     check_word("venue", &request.venue)?;
-    let store_write = async {
-        Ok(state
-            .store()
-            .move_node(&id, &request.district, &request.venue)
-            .await?)
-    };
-    let node = write_node(&state, &id, store_write, |node| {
-        node.district = request.district.clone();
-        node.venue = request.venue.clone();
-    })
-    .await?;
+    let node = state
+        .fleet()
+        .move_node(&id, &request.district, &request.venue)
+        .await?;
     tracing::info!(node_id = %id, district = %node.district, venue = %node.venue, "[controller] node moved");
     Ok(Json(view(&state, &node)))
 }
@@ -306,11 +253,7 @@ pub async fn drain(
     Json(request): Json<DrainRequest>,
 ) -> Result<Json<NodeView>, ApiError> {
     state.require_admin(&headers)?;
-    let store_write = async { Ok(state.store().set_drained(&id, request.drained).await?) };
-    let node = write_node(&state, &id, store_write, |node| {
-        node.drained = request.drained
-    })
-    .await?;
+    let node = state.fleet().set_drained(&id, request.drained).await?;
     tracing::info!(node_id = %id, drained = request.drained, "[controller] node drain changed");
     Ok(Json(view(&state, &node)))
 }

@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod durability;
+mod fleet;
 mod lab;
 mod server_api;
 mod support;
