@@ -1,6 +1,7 @@
 //! The relay's HTTP forwarding: a byte-exact reverse proxy to a session process (WebSocket
 //! upgrades joined with `copy_bidirectional`, active connections counted) and the streaming
-//! HTML rewriter that injects the session page script.
+//! HTML rewriter that injects the session page script; `serve` serves a router with the limits
+//! both daemons need (header and idle timeouts, a connection cap, a shutdown deadline).
 //!
 //! Used by the agent (worker sessions) and by the server (colocated `/session/` paths).
 //! Architecture invariant: no knowledge of sessions' lifecycle, the store or the control plane;
@@ -8,3 +9,4 @@
 
 pub mod inject;
 pub mod proxy;
+pub mod serve;

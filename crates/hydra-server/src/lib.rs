@@ -30,6 +30,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use hydra_proxy::serve::ServeSettings;
 pub use state::{AppState, Settings};
 
 use crate::error::ApiError;
@@ -161,20 +162,32 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
-/// (store probe, metrics upkeep). Returns once in-flight requests have finished.
+/// Serves `state` on `listener` until `shutdown` is cancelled, with the default connection
+/// limits (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, shutdown, ServeSettings::default()).await
+}
+
+/// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
+/// (store probe, metrics upkeep) and `limits` (header and idle timeouts, connection cap,
+/// shutdown deadline). Returns once in-flight requests have finished or the deadline passed.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    limits: ServeSettings,
+) -> std::io::Result<()> {
     let _ = metrics_handle();
     let mut duties = tokio::task::JoinSet::new();
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
-    let outcome = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let outcome =
+        hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
+            .await;
     shutdown.cancel();
     while duties.join_next().await.is_some() {}
     outcome

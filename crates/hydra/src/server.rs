@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default, clap::Args, Serialize)]
 pub struct Args {
     /// YAML config file with any of: listen, data_dir, admin_token, database_url,
-    /// heartbeat_timeout, public_url, body_limit_bytes.
+    /// heartbeat_timeout, public_url, body_limit_bytes, header_read_timeout, idle_timeout,
+    /// max_connections, shutdown_timeout.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -58,6 +59,14 @@ struct ServerConfig {
     heartbeat_timeout: u64,
     public_url: Option<String>,
     body_limit_bytes: usize,
+    /// Seconds a request head may take to arrive.
+    header_read_timeout: u64,
+    /// Seconds a keep-alive connection may wait between requests.
+    idle_timeout: u64,
+    /// Connections open at once; past it, new ones wait.
+    max_connections: usize,
+    /// Seconds open connections get to finish after SIGTERM/SIGINT before they are dropped.
+    shutdown_timeout: u64,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +79,10 @@ impl Default for ServerConfig {
             heartbeat_timeout: 60,
             public_url: None,
             body_limit_bytes: 64 * 1024,
+            header_read_timeout: 10,
+            idle_timeout: 60,
+            max_connections: 1024,
+            shutdown_timeout: 10,
         }
     }
 }
@@ -82,6 +95,10 @@ const ENV_KEYS: &[&str] = &[
     "heartbeat_timeout",
     "public_url",
     "body_limit_bytes",
+    "header_read_timeout",
+    "idle_timeout",
+    "max_connections",
+    "shutdown_timeout",
 ];
 
 /// Runs the server until interrupted.
@@ -96,6 +113,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.heartbeat_timeout > 0,
         "--heartbeat-timeout must be at least 1 second"
     );
+    anyhow::ensure!(
+        config.header_read_timeout > 0 && config.idle_timeout > 0,
+        "header_read_timeout and idle_timeout must be at least 1 second"
+    );
+    anyhow::ensure!(
+        config.max_connections > 0,
+        "max_connections must be at least 1"
+    );
+    let limits = hydra_server::ServeSettings {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout),
+        idle_timeout: Duration::from_secs(config.idle_timeout),
+        max_connections: config.max_connections,
+        shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+    };
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (--data-dir)",
@@ -161,9 +192,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::signals::stop_on_signal(
         shutdown.clone(),
-        "[controller] shutting down: finishing in-flight requests",
+        "[controller] shutting down: finishing in-flight requests (a second signal exits at once)",
     ));
-    hydra_server::serve(listener, state, shutdown)
+    hydra_server::serve_with(listener, state, shutdown, limits)
         .await
         .context("server failed")?;
     store.close().await;

@@ -6,4 +6,5 @@ mod durability;
 mod fleet;
 mod lab;
 mod server_api;
+mod serving;
 mod support;
