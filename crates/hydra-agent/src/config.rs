@@ -103,8 +103,12 @@ pub struct ServerSection {
 pub struct ControllerSection {
     /// Base URL of every replica.
     pub url: Vec<String>,
-    /// The admin token, used once to enrol (then the stored node token is used).
+    /// The admin token, used once to enrol (then the stored node token is used); prefer
+    /// `enrolment_token`, so the admin token never sits on a node.
     pub token: Option<String>,
+    /// A one-time enrolment token (`hydra nodes token create`), used instead of `token` to
+    /// enrol; it can do nothing else and is spent by the enrolment.
+    pub enrolment_token: Option<String>,
 }
 
 /// `heartbeat:`.
@@ -209,6 +213,7 @@ impl Default for ControllerSection {
         ControllerSection {
             url: vec!["http://127.0.0.1:7070".into()],
             token: None,
+            enrolment_token: None,
         }
     }
 }

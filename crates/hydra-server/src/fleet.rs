@@ -97,12 +97,42 @@ impl Fleet {
         self.owned(move |fleet| async move {
             let _guard = fleet.inner.locks.lock(&node.id).await;
             fleet.inner.store.insert_node(&node, &token_digest).await?;
-            let mut view = fleet.inner.view.write().expect("registry lock poisoned");
-            view.put(node.clone());
-            view.set_token(&node.id, token_digest);
-            Ok(node)
+            Ok(fleet.show_enrolled(node, token_digest))
         })
         .await
+    }
+
+    /// Enrols `node` by consuming the one-time enrolment token with `enrolment_digest` in the
+    /// same store transaction; `401` when that token is unknown, used or expired at `now`.
+    pub async fn enrol_with_token(
+        &self,
+        node: Node,
+        token_digest: String,
+        enrolment_digest: String,
+        now: i64,
+    ) -> Result<Node, ApiError> {
+        self.owned(move |fleet| async move {
+            let _guard = fleet.inner.locks.lock(&node.id).await;
+            let store = &fleet.inner.store;
+            if !store
+                .enrol_with_token(&node, &token_digest, &enrolment_digest, now)
+                .await?
+            {
+                return Err(ApiError::unauthorized(
+                    "the enrolment token is unknown, used or expired",
+                ));
+            }
+            Ok(fleet.show_enrolled(node, token_digest))
+        })
+        .await
+    }
+
+    /// Puts a node the store just enrolled, and its token digest, into the view.
+    fn show_enrolled(&self, node: Node, token_digest: String) -> Node {
+        let mut view = self.inner.view.write().expect("registry lock poisoned");
+        view.put(node.clone());
+        view.set_token(&node.id, token_digest);
+        node
     }
 
     /// Moves a node to another district and venue.

@@ -66,6 +66,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::nodes::heartbeat))
         .routes(routes!(routes::nodes::move_node))
         .routes(routes!(routes::nodes::drain))
+        .routes(routes!(routes::nodes::create_enrolment_token))
         .routes(routes!(routes::bodies::eligible))
         .merge(sessions::router())
 }

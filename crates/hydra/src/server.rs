@@ -29,7 +29,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
-    /// Admin bearer token. Without one the server makes one, stores it in
+    /// Admin bearer token. Prefer HYDRA_ADMIN_TOKEN or the generated file: argv is readable by
+    /// every local user (ps). Without one the server makes one, stores it in
     /// <data-dir>/admin-token (mode 0600) and says where.
     #[arg(long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod durability;
+mod enrolment;
 mod fleet;
 mod lab;
 mod server_api;
