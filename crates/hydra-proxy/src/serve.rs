@@ -427,3 +427,80 @@ impl<B: Body + Unpin> Body for Answered<B> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Activity, ServeSettings};
+
+    const SETTINGS: ServeSettings = ServeSettings {
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 4,
+        shutdown_timeout: Duration::from_secs(5),
+    };
+
+    /// Seconds from `start` to the deadline the watchdog would act on, and its reason.
+    fn due(activity: &Activity, start: Instant) -> Option<(u64, &'static str)> {
+        activity
+            .deadline(&SETTINGS)
+            .map(|(deadline, reason)| ((deadline - start).as_secs(), reason))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_the_request_cycle() {
+        let start = Instant::now();
+        let activity = Activity::new();
+        // A new connection must send its first head within the header timeout, bytes or not.
+        assert_eq!(
+            due(&activity, start),
+            Some((10, "request head not received in time"))
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        activity.bytes_read();
+        assert_eq!(
+            due(&activity, start),
+            Some((10, "request head not received in time"))
+        );
+        // Busy while a request is answered: no deadline.
+        activity.request_started();
+        assert_eq!(due(&activity, start), None);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(due(&activity, start), None);
+        // Between requests: the idle timeout, from the end of the answer.
+        activity.request_finished();
+        assert_eq!(due(&activity, start), Some((163, "idle timeout")));
+        // The first byte of the next head starts the header timeout.
+        tokio::time::advance(Duration::from_secs(7)).await;
+        activity.bytes_read();
+        assert_eq!(
+            due(&activity, start),
+            Some((120, "request head not received in time"))
+        );
+        activity.request_started();
+        activity.request_started();
+        activity.request_finished();
+        assert_eq!(due(&activity, start), None, "one request still in flight");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_fires_only_after_a_deadline_that_still_holds() {
+        let activity = Arc::new(Activity::new());
+        let watchdog = tokio::spawn(Arc::clone(&activity).watchdog(SETTINGS));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.request_started();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        tokio::task::yield_now().await;
+        assert!(!watchdog.is_finished(), "a busy connection was closed");
+        activity.request_finished();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        tokio::task::yield_now().await;
+        assert!(!watchdog.is_finished(), "closed before the idle timeout");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(watchdog.await.unwrap(), "idle timeout");
+    }
+}
