@@ -82,6 +82,14 @@ pub struct ServerSection {
     pub listen: SocketAddr,
     /// URL the control plane (and browsers) reach the agent at; `http://<listen>` by default.
     pub public_url: Option<String>,
+    /// Seconds a request head may take to arrive.
+    pub header_read_timeout: f64,
+    /// Seconds a keep-alive connection may wait between requests.
+    pub idle_timeout: f64,
+    /// Connections open at once (WebSockets included); past it, new ones wait.
+    pub max_connections: usize,
+    /// Seconds open connections get to finish at shutdown before they are dropped.
+    pub shutdown_timeout: f64,
 }
 
 /// `controller:`.
@@ -90,8 +98,12 @@ pub struct ServerSection {
 pub struct ControllerSection {
     /// Base URL of every replica.
     pub url: Vec<String>,
-    /// The admin token, used once to enrol (then the stored node token is used).
+    /// The admin token, used once to enrol (then the stored node token is used); prefer
+    /// `enrolment_token`, so the admin token never sits on a node.
     pub token: Option<String>,
+    /// A one-time enrolment token (`hydra nodes token create`), used instead of `token` to
+    /// enrol; it can do nothing else and is spent by the enrolment.
+    pub enrolment_token: Option<String>,
 }
 
 /// `heartbeat:`.
@@ -185,6 +197,10 @@ impl Default for ServerSection {
         ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             public_url: None,
+            header_read_timeout: 10.0,
+            idle_timeout: 60.0,
+            max_connections: 1024,
+            shutdown_timeout: 10.0,
         }
     }
 }
@@ -194,6 +210,7 @@ impl Default for ControllerSection {
         ControllerSection {
             url: vec!["http://127.0.0.1:7070".into()],
             token: None,
+            enrolment_token: None,
         }
     }
 }
@@ -277,6 +294,21 @@ impl AgentConfig {
         if !(0.0..=0.5).contains(&self.heartbeat.jitter) {
             return fail("heartbeat.jitter must be between 0 and 0.5".into());
         }
+        for (key, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+        ] {
+            if !(value > 0.0 && value <= 86_400.0) {
+                return fail(format!("{key} must be between 0 and 86400 seconds"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return fail("server.max_connections must be at least 1".into());
+        }
         if self.runs_worker() {
             if self.sessions.max == 0 || self.sessions.max > 1_000 {
                 return fail("sessions.max must be between 1 and 1000".into());
@@ -314,6 +346,16 @@ impl AgentConfig {
             .unwrap_or_else(|| format!("http://{}", self.server.listen))
             .trim_end_matches('/')
             .to_owned()
+    }
+
+    /// The limits of the agent's HTTP listener.
+    pub fn serve_settings(&self) -> hydra_proxy::serve::ServeSettings {
+        hydra_proxy::serve::ServeSettings {
+            header_read_timeout: Duration::from_secs_f64(self.server.header_read_timeout),
+            idle_timeout: Duration::from_secs_f64(self.server.idle_timeout),
+            max_connections: self.server.max_connections,
+            shutdown_timeout: Duration::from_secs_f64(self.server.shutdown_timeout),
+        }
     }
 
     /// The sessions root.

@@ -97,9 +97,9 @@ pub async fn serve(
     {
         let app = router(state.clone());
         let stop = shutdown.clone();
+        let limits = config.serve_settings();
         tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
+            hydra_proxy::serve::serve(listener, app, limits, stop, "worker")
                 .await
                 .map_err(DaemonError::Serve)
         });

@@ -1,5 +1,5 @@
-//! The node's identity: enrol once with the admin token, keep the node token in the state dir
-//! (mode 0600), and use it from then on.
+//! The node's identity: enrol once with a one-time enrolment token (or the admin token), keep
+//! the node token in the state dir (mode 0600), and use it from then on.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,9 +37,9 @@ impl std::fmt::Debug for Identity {
 /// Why the agent has no identity.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrolError {
-    /// Nothing stored and no admin token to enrol with.
+    /// Nothing stored and no token to enrol with.
     #[error(
-        "no node token stored in {0} and no controller.token to enrol with: set controller.token (HYDRA_CONTROLLER__TOKEN) for the first start"
+        "no node token stored in {0} and nothing to enrol with: set controller.enrolment_token (HYDRA_CONTROLLER__ENROLMENT_TOKEN, from `hydra nodes token create`) for the first start"
     )]
     NoToken(PathBuf),
     /// The server refused the enrolment (bad field, id taken, wrong admin token).
@@ -103,7 +103,8 @@ pub fn store_identity(state_dir: &Path, identity: &Identity) -> Result<(), Enrol
         .map_err(failed)
 }
 
-/// The stored identity, else a new enrolment with `controller.token`. While no replica answers
+/// The stored identity, else a new enrolment with `controller.enrolment_token` (or, failing
+/// that, the admin token in `controller.token`). While no replica answers
 /// it retries with full-jitter backoff (1 s doubling to 60 s) until `shutdown`; a refusal is final.
 pub async fn enrol_or_load(
     config: &AgentConfig,
@@ -114,10 +115,13 @@ pub async fn enrol_or_load(
         tracing::info!(node_id = %identity.node_id, "[heartbeat] using the stored node token");
         return Ok(identity);
     }
-    let Some(admin_token) = config.controller.token.clone().filter(|t| !t.is_empty()) else {
+    let usable = |token: &Option<String>| token.clone().filter(|token| !token.is_empty());
+    let Some(credential) =
+        usable(&config.controller.enrolment_token).or_else(|| usable(&config.controller.token))
+    else {
         return Err(EnrolError::NoToken(config.state_dir.join(IDENTITY_FILE)));
     };
-    let admin = client.with_token(admin_token);
+    let admin = client.with_token(credential);
     let request = EnrolRequest {
         id: config.node.id.clone(),
         name: config.node.name.clone(),

@@ -242,3 +242,25 @@ pub struct DrainRequest {
     /// `true` to drain, `false` to take work again.
     pub drained: bool,
 }
+
+/// Longest life of a one-time enrolment token, in seconds (30 days).
+pub const MAX_ENROLMENT_TOKEN_SECONDS: u64 = 30 * 24 * 3600;
+
+/// `POST /api/v1/enrolment-tokens` (admin): a one-time token a node may enrol with instead of
+/// the admin token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolmentTokenRequest {
+    /// Seconds until the token expires, 1 to 2,592,000 (30 days).
+    #[schema(minimum = 1, maximum = 2_592_000)]
+    pub expires_in_s: u64,
+}
+
+/// `201` answer: the token, shown this once (only its digest is stored), and its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnrolmentTokenResponse {
+    /// The one-time token (`hye_...`): enrols one node, once, before `expires_at`.
+    pub token: String,
+    /// Expiry as RFC 3339 UTC.
+    pub expires_at: String,
+}

@@ -5,8 +5,8 @@
 //! surely never reached the server.
 
 use hydra_api::{
-    DrainRequest, EligibleResponse, EnrolRequest, EnrolResponse, Health, HeartbeatRequest,
-    MoveRequest, NodeList, NodeView,
+    DrainRequest, EligibleResponse, EnrolRequest, EnrolResponse, EnrolmentTokenRequest,
+    EnrolmentTokenResponse, Health, HeartbeatRequest, MoveRequest, NodeList, NodeView,
 };
 use reqwest::Method;
 
@@ -19,6 +19,17 @@ impl Client {
     /// request may have been applied.
     pub async fn enrol(&self, request: &EnrolRequest) -> Result<EnrolResponse, ClientError> {
         let call = Call::new(Method::POST, Kind::Write, &["nodes"]).with_json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// `POST /api/v1/enrolment-tokens` (admin): a one-time enrolment token, shown once. Not
+    /// retried when it may have been applied (a second token would be made).
+    pub async fn create_enrolment_token(
+        &self,
+        request: &EnrolmentTokenRequest,
+    ) -> Result<EnrolmentTokenResponse, ClientError> {
+        let call =
+            Call::new(Method::POST, Kind::Write, &["enrolment-tokens"]).with_json(request)?;
         self.execute(&call).await?.json()
     }
 

@@ -1,7 +1,9 @@
 //! The relay's HTTP forwarding: a byte-exact reverse proxy to a session process (WebSocket
 //! upgrades joined with `copy_bidirectional`, active connections counted), the streaming
-//! HTML rewriter that injects the session page script, and the browser's access to a session
-//! (the viewer capability, the session id and raw path of a `/session/{id}/...` request).
+//! HTML rewriter that injects the session page script, the browser's access to a session
+//! (the viewer capability, the session id and raw path of a `/session/{id}/...` request), and
+//! `serve`, which serves a router with the limits both daemons need (header and idle timeouts, a
+//! connection cap, a shutdown deadline).
 //!
 //! Used by the agent (worker sessions) and by the server (colocated `/session/` paths).
 //! Architecture invariant: no knowledge of sessions' lifecycle, the store or the control plane;
@@ -10,5 +12,6 @@
 pub mod capability;
 pub mod inject;
 pub mod proxy;
+pub mod serve;
 pub mod session_path;
 pub mod token;

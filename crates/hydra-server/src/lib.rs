@@ -8,6 +8,7 @@ pub mod auth;
 pub mod colocated;
 pub mod error;
 pub mod extract;
+pub mod fleet;
 pub mod group_commit;
 pub mod registry;
 pub mod report_checks;
@@ -32,6 +33,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use hydra_proxy::serve::ServeSettings;
 pub use state::{AppState, Settings};
 
 use crate::error::ApiError;
@@ -67,6 +69,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::nodes::heartbeat))
         .routes(routes!(routes::nodes::move_node))
         .routes(routes!(routes::nodes::drain))
+        .routes(routes!(routes::nodes::create_enrolment_token))
         .routes(routes!(routes::bodies::eligible))
         .merge(sessions::router())
 }
@@ -163,12 +166,24 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
-/// (store probe, metrics upkeep, session retention). Returns once in-flight requests have finished.
+/// Serves `state` on `listener` until `shutdown` is cancelled, with the default connection
+/// limits (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, state, shutdown, ServeSettings::default()).await
+}
+
+/// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
+/// (store probe, metrics upkeep) and `limits` (header and idle timeouts, connection cap,
+/// shutdown deadline). Returns once in-flight requests have finished or the deadline passed.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    limits: ServeSettings,
 ) -> std::io::Result<()> {
     let _ = metrics_handle();
     let mut duties = tokio::task::JoinSet::new();
@@ -178,9 +193,9 @@ pub async fn serve(
         state.clone(),
         shutdown.clone(),
     ));
-    let outcome = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let outcome =
+        hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
+            .await;
     shutdown.cancel();
     while duties.join_next().await.is_some() {}
     outcome

@@ -10,8 +10,9 @@ use hydra_store::Store;
 
 use crate::auth::{Caller, bearer, digests_equal, hash_token};
 use crate::error::ApiError;
+use crate::fleet::Fleet;
 use crate::group_commit::{HeartbeatWriter, ReportWriter, SessionWriter};
-use crate::registry::{NodeLocks, Registry, SharedRegistry};
+use crate::registry::{Registry, SharedRegistry};
 use crate::sealing::Sealer;
 use crate::workers::WorkerDirectory;
 
@@ -65,7 +66,7 @@ pub struct AppState {
 struct Inner {
     store: Store,
     registry: SharedRegistry,
-    node_locks: NodeLocks,
+    fleet: Fleet,
     settings: Settings,
     admin_digest: String,
     store_healthy: AtomicBool,
@@ -97,11 +98,13 @@ impl AppState {
         let (heartbeats, heartbeat_task) = HeartbeatWriter::heartbeats(store.clone());
         let (session_writes, session_task) = SessionWriter::sessions(store.clone());
         let (report_writes, report_task) = ReportWriter::reports(store.clone());
+        let registry: SharedRegistry = Arc::new(RwLock::new(registry));
+        let fleet = Fleet::new(store.clone(), registry.clone(), heartbeats.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
-                registry: Arc::new(RwLock::new(registry)),
-                node_locks: NodeLocks::new(64),
+                registry,
+                fleet,
                 settings,
                 admin_digest: hash_token(admin_token),
                 store_healthy: AtomicBool::new(true),
@@ -120,14 +123,15 @@ impl AppState {
         &self.inner.store
     }
 
-    /// The registry view (read it under the lock, never across an await).
+    /// The registry view (read it under the lock, never across an await). Nodes change only
+    /// through [`AppState::fleet`].
     pub fn registry(&self) -> &RwLock<Registry> {
         &self.inner.registry
     }
 
-    /// Per-node write serialisation.
-    pub fn node_locks(&self) -> &NodeLocks {
-        &self.inner.node_locks
+    /// The fleet service: the only way to change a node (store and view together).
+    pub fn fleet(&self) -> &Fleet {
+        &self.inner.fleet
     }
 
     /// The group-commit heartbeat writer.

@@ -184,7 +184,7 @@ macro_rules! engine_queries {
         use hydra_core::{LatencySample, Node};
 
         use crate::engine::{
-            NodeRow, SessionRow, WorkerReportRow, conflict_or, node_columns, session_columns,
+            NodeRow, SessionRow, WorkerReportRow, node_columns, session_columns,
         };
         use crate::{Heartbeat, LatencyRecord, SessionRecord, SessionWrite, WorkerReportRecord};
 
@@ -200,34 +200,8 @@ macro_rules! engine_queries {
             }
 
             pub(crate) async fn insert_node(&self, node: &Node, token_hash: &str) -> Result<(), StoreError> {
-                let allowed_orgs = serde_json::to_string(&node.allowed_orgs)
-                    .map_err(|error| crate::engine::corrupt_value("nodes.allowed_orgs", error))?;
-                sqlx::query(
-                    "INSERT INTO nodes (id, name, roles, district, venue, owner, allowed_orgs, lan_ip, wg_ip, \
-                     vram_mb, cost_tier, drained, idle, active_sessions, last_heartbeat, enrolled_at, token_hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-                )
-                .bind(&node.id)
-                .bind(&node.name)
-                .bind(node.roles.to_string())
-                .bind(&node.district)
-                .bind(&node.venue)
-                .bind(&node.owner)
-                .bind(allowed_orgs)
-                .bind(node.lan_ip.map(|ip| ip.to_string()))
-                .bind(node.wg_ip.map(|ip| ip.to_string()))
-                .bind(crate::engine::vram_column(node.vram_mb)?)
-                .bind(node.cost_tier.as_str())
-                .bind(node.drained)
-                .bind(node.idle)
-                .bind(i64::from(node.active_sessions))
-                .bind(node.last_heartbeat)
-                .bind(node.enrolled_at)
-                .bind(token_hash)
-                .execute(&self.writer)
-                .await
-                .map_err(|error| conflict_or(error, || format!("node {:?}", node.id)))?;
-                Ok(())
+                let mut connection = self.writer.acquire().await?;
+                crate::engine::insert_node_on!(&mut *connection, node, token_hash)
             }
 
             pub(crate) async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
@@ -551,6 +525,44 @@ macro_rules! engine_queries {
 }
 
 pub(crate) use engine_queries;
+
+/// Inserts `$node` with `$token_hash` through `$executor` (a pool connection or a transaction):
+/// one statement shared by a plain enrolment and one that consumes an enrolment token.
+macro_rules! insert_node_on {
+    ($executor:expr, $node:expr, $token_hash:expr) => {{
+        let node: &hydra_core::Node = $node;
+        let token_hash: &str = $token_hash;
+        let allowed_orgs = serde_json::to_string(&node.allowed_orgs)
+            .map_err(|error| crate::engine::corrupt_value("nodes.allowed_orgs", error))?;
+        sqlx::query(
+            "INSERT INTO nodes (id, name, roles, district, venue, owner, allowed_orgs, lan_ip, wg_ip, \
+             vram_mb, cost_tier, drained, idle, active_sessions, last_heartbeat, enrolled_at, token_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&node.id)
+        .bind(&node.name)
+        .bind(node.roles.to_string())
+        .bind(&node.district)
+        .bind(&node.venue)
+        .bind(&node.owner)
+        .bind(allowed_orgs)
+        .bind(node.lan_ip.map(|ip| ip.to_string()))
+        .bind(node.wg_ip.map(|ip| ip.to_string()))
+        .bind(crate::engine::vram_column(node.vram_mb)?)
+        .bind(node.cost_tier.as_str())
+        .bind(node.drained)
+        .bind(node.idle)
+        .bind(i64::from(node.active_sessions))
+        .bind(node.last_heartbeat)
+        .bind(node.enrolled_at)
+        .bind(token_hash)
+        .execute($executor)
+        .await
+        .map_err(|error| crate::engine::conflict_or(error, || format!("node {:?}", node.id)))?;
+        Ok(())
+    }};
+}
+pub(crate) use insert_node_on;
 
 /// `vram_mb` as stored (a signed 64-bit column); a value that does not fit is refused rather
 /// than written as a negative number that could not be read back.

@@ -7,6 +7,7 @@
 //! One conformance suite (`tests/it/conformance.rs`) runs against both engines.
 
 mod engine;
+mod enrolment;
 mod error;
 mod postgres;
 mod records;
@@ -156,6 +157,38 @@ impl Store {
     /// Drains or undrains a node; `false` when it does not exist.
     pub async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, StoreError> {
         dispatch!(self, set_drained(id, drained))
+    }
+
+    // ---- enrolment tokens ----
+
+    /// Stores a new one-time enrolment token (its digest), usable until `expires_at` (unix ms).
+    pub async fn create_enrolment_token(
+        &self,
+        token_hash: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(
+            self,
+            create_enrolment_token(token_hash, created_at, expires_at)
+        )
+    }
+
+    /// Enrols `node` (with its own token's hash) by consuming the enrolment token with
+    /// `enrolment_token_hash`, both in one transaction. `false`, with nothing written, when that
+    /// token is unknown, used or expired at `now`; `Conflict` (token left unused) when the id
+    /// is taken.
+    pub async fn enrol_with_token(
+        &self,
+        node: &Node,
+        node_token_hash: &str,
+        enrolment_token_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(
+            self,
+            enrol_with_token(node, node_token_hash, enrolment_token_hash, now)
+        )
     }
 
     // ---- latency ----

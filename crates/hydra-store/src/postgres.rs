@@ -30,3 +30,4 @@ impl PgStore {
 }
 
 crate::engine::engine_queries!(PgStore);
+crate::enrolment::enrolment_queries!(PgStore);

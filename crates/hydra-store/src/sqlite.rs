@@ -55,3 +55,4 @@ impl SqliteStore {
 }
 
 crate::engine::engine_queries!(SqliteStore);
+crate::enrolment::enrolment_queries!(SqliteStore);

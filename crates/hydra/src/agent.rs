@@ -95,7 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::signals::stop_on_signal(
         shutdown.clone(),
-        "[worker] shutting down: ending session processes",
+        "[worker] shutting down: ending session processes (a second signal exits at once)",
     ));
     hydra_agent::daemon::run(config, shutdown)
         .await

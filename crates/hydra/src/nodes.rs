@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use hydra_api::{CostTierWire, EnrolRequest, MoveRequest, NodeView, RoleWire};
+use hydra_api::{
+    CostTierWire, EnrolRequest, EnrolmentTokenRequest, MoveRequest, NodeView, RoleWire,
+};
 
 use crate::client_args::ClientArgs;
 use crate::output::{Table, key_values, or_dash, print, print_json, yes_no};
@@ -26,6 +28,27 @@ pub enum Command {
     Undrain(IdArgs),
     /// Remove a node from the registry (its token stops working).
     Remove(IdArgs),
+    /// One-time enrolment tokens: give a node's agent one instead of the admin token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Subcommands of `hydra nodes token`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a token that enrols one node, once, before it expires (admin); printed once.
+    Create(TokenCreateArgs),
+}
+
+/// Options of `hydra nodes token create`.
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    /// How long the token stays usable, e.g. `1h`, `30m`, `7d` (at most 30 days).
+    #[arg(long, value_name = "DURATION", default_value = "1h",
+        value_parser = crate::client_args::parse_duration)]
+    expires: std::time::Duration,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// Options of `hydra nodes list`.
@@ -161,7 +184,33 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Drain(args) => set_drained(args, true).await,
         Command::Undrain(args) => set_drained(args, false).await,
         Command::Remove(args) => remove(args).await,
+        Command::Token(TokenCommand::Create(args)) => create_token(args).await,
     }
+}
+
+async fn create_token(args: TokenCreateArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    // Whole seconds, rounded up, so `--expires 500ms` still makes a usable token.
+    let expires_in_s = args.expires.as_secs() + u64::from(args.expires.subsec_nanos() > 0);
+    let created = client
+        .create_enrolment_token(&EnrolmentTokenRequest { expires_in_s })
+        .await
+        .map_err(|error| {
+            args.client
+                .explain(error, "cannot create an enrolment token")
+        })?;
+    if args.client.json {
+        print_json(&created)?;
+    } else {
+        print(&format!(
+            "enrolment token: {}
+expires: {}
+it enrols one node, once; it will not be shown again \
+             (put it in the agent's controller.enrolment_token)\n",
+            created.token, created.expires_at
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {

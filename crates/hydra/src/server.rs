@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Args {
     /// YAML config file with any of: listen, data_dir, admin_token, database_url,
     /// heartbeat_timeout, public_url, body_limit_bytes, max_sessions_per_worker,
-    /// agent_url_hosts, session_retention.
+    /// agent_url_hosts, session_retention, header_read_timeout, idle_timeout, max_connections,
+    /// shutdown_timeout.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -29,7 +30,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
-    /// Admin bearer token. Without one the server makes one, stores it in
+    /// Admin bearer token. Prefer HYDRA_ADMIN_TOKEN or the generated file: argv is readable by
+    /// every local user (ps). Without one the server makes one, stores it in
     /// <data-dir>/admin-token (mode 0600) and says where.
     #[arg(long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +78,14 @@ struct ServerConfig {
     max_sessions_per_worker: u32,
     agent_url_hosts: String,
     session_retention: String,
+    /// Seconds a request head may take to arrive.
+    header_read_timeout: u64,
+    /// Seconds a keep-alive connection may wait between requests.
+    idle_timeout: u64,
+    /// Connections open at once; past it, new ones wait.
+    max_connections: usize,
+    /// Seconds open connections get to finish after SIGTERM/SIGINT before they are dropped.
+    shutdown_timeout: u64,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +101,10 @@ impl Default for ServerConfig {
             max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
             agent_url_hosts: String::new(),
             session_retention: "7d".to_owned(),
+            header_read_timeout: 10,
+            idle_timeout: 60,
+            max_connections: 1024,
+            shutdown_timeout: 10,
         }
     }
 }
@@ -106,6 +120,10 @@ const ENV_KEYS: &[&str] = &[
     "max_sessions_per_worker",
     "agent_url_hosts",
     "session_retention",
+    "header_read_timeout",
+    "idle_timeout",
+    "max_connections",
+    "shutdown_timeout",
 ];
 
 /// Runs the server until interrupted.
@@ -131,6 +149,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         session_retention >= Duration::from_secs(60),
         "--session-retention must be at least 1m"
     );
+    anyhow::ensure!(
+        config.header_read_timeout > 0 && config.idle_timeout > 0,
+        "header_read_timeout and idle_timeout must be at least 1 second"
+    );
+    anyhow::ensure!(
+        config.max_connections > 0,
+        "max_connections must be at least 1"
+    );
+    let limits = hydra_server::ServeSettings {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout),
+        idle_timeout: Duration::from_secs(config.idle_timeout),
+        max_connections: config.max_connections,
+        shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+    };
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (--data-dir)",
@@ -205,9 +237,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::signals::stop_on_signal(
         shutdown.clone(),
-        "[controller] shutting down: finishing in-flight requests",
+        "[controller] shutting down: finishing in-flight requests (a second signal exits at once)",
     ));
-    hydra_server::serve(listener, state, shutdown)
+    hydra_server::serve_with(listener, state, shutdown, limits)
         .await
         .context("server failed")?;
     store.close().await;

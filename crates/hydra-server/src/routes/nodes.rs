@@ -3,14 +3,14 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use hydra_api::{
-    DrainRequest, EnrolRequest, EnrolResponse, ErrorBody, HeartbeatRequest, MoveRequest, NodeList,
-    NodeView,
+    DrainRequest, EnrolRequest, EnrolResponse, EnrolmentTokenRequest, EnrolmentTokenResponse,
+    ErrorBody, HeartbeatRequest, MoveRequest, NodeList, NodeView,
 };
 use hydra_core::{Node, Role, Roles};
 use hydra_store::Heartbeat;
 use rand::RngCore;
 
-use crate::auth::{Caller, generate_token, hash_token};
+use crate::auth::{Caller, bearer, generate_token, hash_token};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::state::{AppState, now_ms};
@@ -19,6 +19,8 @@ use crate::state::{AppState, now_ms};
 const MAX_WORD_LEN: usize = 64;
 /// Most organisations in `allowed_orgs`.
 const MAX_ALLOWED_ORGS: usize = 64;
+/// Prefix of one-time enrolment tokens; any other token must be the admin token to enrol.
+const ENROLMENT_TOKEN_PREFIX: &str = "hye_";
 
 /// Checks a fleet word (id, district, venue, owner, org): 1 to 64 of `[A-Za-z0-9._-]`.
 pub fn check_word(field: &str, value: &str) -> Result<(), ApiError> {
@@ -43,27 +45,6 @@ pub fn check_word(field: &str, value: &str) -> Result<(), ApiError> {
 
 fn view(state: &AppState, node: &Node) -> NodeView {
     NodeView::from_node(node, now_ms(), state.heartbeat_timeout_ms())
-}
-
-/// Changes one node: under the node's lock, runs `store_write` (which answers whether the node
-/// exists) and, once the store acknowledged, applies `patch` to the registry view.
-async fn write_node(
-    state: &AppState,
-    id: &str,
-    store_write: impl Future<Output = Result<bool, ApiError>>,
-    patch: impl FnOnce(&mut Node),
-) -> Result<Node, ApiError> {
-    let _guard = state.node_locks().lock(id).await;
-    if !store_write.await? {
-        return Err(unknown_node(id));
-    }
-    let mut registry = state.registry().write().expect("registry lock poisoned");
-    registry
-        .patch(id, |node| {
-            patch(node);
-            node.clone()
-        })
-        .ok_or_else(|| unknown_node(id))
 }
 
 fn unknown_node(id: &str) -> ApiError {
@@ -129,29 +110,41 @@ fn node_from_request(request: EnrolRequest, now: i64) -> Result<Node, ApiError> 
     Ok(node)
 }
 
-/// Enrols a node. The answer carries the node's token once; only its digest is stored.
+/// Enrols a node, with the admin token or a one-time enrolment token (consumed by it). The
+/// answer carries the node's token once; only its digest is stored.
 #[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = EnrolRequest,
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Enrolled", body = EnrolResponse),
         (status = 400, description = "Invalid field", body = ErrorBody),
+        (status = 401, description = "Unknown token, or an enrolment token used or expired", body = ErrorBody),
         (status = 409, description = "Id taken", body = ErrorBody)))]
 pub async fn enrol(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(request): Json<EnrolRequest>,
 ) -> Result<(StatusCode, Json<EnrolResponse>), ApiError> {
-    state.require_admin(&headers)?;
-    let node = node_from_request(request, now_ms())?;
+    // An enrolment token may enrol and do nothing else: no other route accepts it.
+    let enrolment_digest = match bearer(&headers)? {
+        token if token.starts_with(ENROLMENT_TOKEN_PREFIX) => Some(hash_token(token)),
+        _ => {
+            state.require_admin(&headers)?;
+            None
+        }
+    };
+    let now = now_ms();
+    let node = node_from_request(request, now)?;
     let token = generate_token("hyn_");
     let digest = hash_token(&token);
-    let _guard = state.node_locks().lock(&node.id).await;
-    state.store().insert_node(&node, &digest).await?;
-    {
-        let mut registry = state.registry().write().expect("registry lock poisoned");
-        registry.put(node.clone());
-        registry.set_token(&node.id, digest);
-    }
+    let node = match enrolment_digest {
+        None => state.fleet().enrol(node, digest).await?,
+        Some(enrolment_digest) => {
+            state
+                .fleet()
+                .enrol_with_token(node, digest, enrolment_digest, now)
+                .await?
+        }
+    };
     tracing::info!(node_id = %node.id, roles = %node.roles, district = %node.district, venue = %node.venue, "[controller] node enrolled");
     metrics::counter!("hydra_enrolments_total").increment(1);
     Ok((
@@ -160,6 +153,42 @@ pub async fn enrol(
             node: view(&state, &node),
             token,
         }),
+    ))
+}
+
+/// Makes a one-time enrolment token (admin): it enrols one node, once, before it expires, so
+/// the admin token never has to sit on a node. Shown once; only its digest is stored.
+#[utoipa::path(post, path = "/api/v1/enrolment-tokens", tag = "nodes", request_body = EnrolmentTokenRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = EnrolmentTokenResponse),
+        (status = 400, description = "Invalid field", body = ErrorBody)))]
+pub async fn create_enrolment_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<EnrolmentTokenRequest>,
+) -> Result<(StatusCode, Json<EnrolmentTokenResponse>), ApiError> {
+    state.require_admin(&headers)?;
+    let seconds = request.expires_in_s;
+    if !(1..=hydra_api::MAX_ENROLMENT_TOKEN_SECONDS).contains(&seconds) {
+        return Err(ApiError::invalid(format!(
+            "expires_in_s must be 1 to {} seconds",
+            hydra_api::MAX_ENROLMENT_TOKEN_SECONDS
+        )));
+    }
+    let token = generate_token(ENROLMENT_TOKEN_PREFIX);
+    let now = now_ms();
+    // At most 30 days of milliseconds: no overflow.
+    let expires_at = now + i64::try_from(seconds * 1_000).unwrap_or(i64::MAX - now);
+    state
+        .store()
+        .create_enrolment_token(&hash_token(&token), now, expires_at)
+        .await?;
+    let expires_at = hydra_api::rfc3339(expires_at);
+    tracing::info!(%expires_at, "[controller] one-time enrolment token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrolmentTokenResponse { token, expires_at }),
     ))
 }
 
@@ -173,7 +202,7 @@ pub async fn list(
     state.require_admin(&headers)?;
     let now = now_ms();
     let timeout = state.heartbeat_timeout_ms();
-    let registry = state.registry().read().expect("registry lock poisoned");
+    let registry = state.fleet().view();
     let nodes = registry
         .all()
         .into_iter()
@@ -192,7 +221,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
     state.require_admin(&headers)?;
-    let registry = state.registry().read().expect("registry lock poisoned");
+    let registry = state.fleet().view();
     let node = registry.get(&id).ok_or_else(|| unknown_node(&id))?;
     Ok(Json(view(&state, node)))
 }
@@ -207,15 +236,9 @@ pub async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.require_admin(&headers)?;
-    let _guard = state.node_locks().lock(&id).await;
-    if !state.store().delete_node(&id).await? {
-        return Err(unknown_node(&id));
-    }
-    state
-        .registry()
-        .write()
-        .expect("registry lock poisoned")
-        .remove(&id);
+    // What other services forget about a removed node goes in this hook (it runs in the
+    // fleet's owned task, so a client that hangs up cannot skip it).
+    state.fleet().remove(&id, |_id| {}).await?;
     tracing::info!(node_id = %id, "[controller] node removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -246,20 +269,7 @@ pub async fn heartbeat(
         active_sessions: request.active_sessions,
         vram_mb: check_vram(request.vram_mb)?,
     };
-    let node = write_node(
-        &state,
-        &id,
-        futures::TryFutureExt::map_err(state.heartbeats().record(&id, heartbeat), ApiError::from),
-        |node| {
-            node.last_heartbeat = Some(heartbeat.at);
-            node.idle = heartbeat.idle;
-            node.active_sessions = heartbeat.active_sessions;
-            if let Some(vram_mb) = heartbeat.vram_mb {
-                node.vram_mb = Some(vram_mb);
-            }
-        },
-    )
-    .await?;
+    let node = state.fleet().heartbeat(&id, heartbeat).await?;
     metrics::counter!("hydra_heartbeats_total").increment(1);
     Ok(Json(view(&state, &node)))
 }
@@ -279,17 +289,10 @@ pub async fn move_node(
     state.require_admin(&headers)?;
     check_word("district", &request.district)?;
     check_word("venue", &request.venue)?;
-    let store_write = async {
-        Ok(state
-            .store()
-            .move_node(&id, &request.district, &request.venue)
-            .await?)
-    };
-    let node = write_node(&state, &id, store_write, |node| {
-        node.district = request.district.clone();
-        node.venue = request.venue.clone();
-    })
-    .await?;
+    let node = state
+        .fleet()
+        .move_node(&id, &request.district, &request.venue)
+        .await?;
     tracing::info!(node_id = %id, district = %node.district, venue = %node.venue, "[controller] node moved");
     Ok(Json(view(&state, &node)))
 }
@@ -306,11 +309,7 @@ pub async fn drain(
     Json(request): Json<DrainRequest>,
 ) -> Result<Json<NodeView>, ApiError> {
     state.require_admin(&headers)?;
-    let store_write = async { Ok(state.store().set_drained(&id, request.drained).await?) };
-    let node = write_node(&state, &id, store_write, |node| {
-        node.drained = request.drained
-    })
-    .await?;
+    let node = state.fleet().set_drained(&id, request.drained).await?;
     tracing::info!(node_id = %id, drained = request.drained, "[controller] node drain changed");
     Ok(Json(view(&state, &node)))
 }

@@ -62,6 +62,8 @@ on_both_engines!(
     session_write_batches_apply_in_order_and_report_each,
     session_pages_are_newest_first_filtered_and_follow_the_cursor,
     pruning_removes_only_ended_sessions_older_than_the_cutoff_in_batches,
+    enrolment_tokens_enrol_once_and_expire,
+    an_enrolment_refused_for_a_taken_id_leaves_the_token_unused,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -656,5 +658,83 @@ async fn pruning_removes_only_ended_sessions_older_than_the_cutoff_in_batches(st
         store.prune_ended_sessions(6_000, 100).await.unwrap(),
         10,
         "the recent error ones, once past the cutoff"
+    );
+}
+
+async fn enrolment_tokens_enrol_once_and_expire(store: Store) {
+    store
+        .create_enrolment_token("digest-once", 1_000, 5_000)
+        .await
+        .unwrap();
+    let first = sample_node("node-first");
+    assert!(
+        store
+            .enrol_with_token(&first, "node-hash-1", "digest-once", 2_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_node("node-first").await.unwrap(), Some(first));
+    assert_eq!(
+        store
+            .node_token_hash("node-first")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("node-hash-1")
+    );
+    // Used once: a second enrolment with it writes nothing.
+    let second = sample_node("node-second");
+    assert!(
+        !store
+            .enrol_with_token(&second, "node-hash-2", "digest-once", 2_001)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_node("node-second").await.unwrap(), None);
+    // Expired at its expiry instant; unknown digests are refused the same way.
+    store
+        .create_enrolment_token("digest-late", 1_000, 5_000)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .enrol_with_token(&second, "node-hash-2", "digest-late", 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .enrol_with_token(&second, "node-hash-2", "digest-unknown", 2_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_node("node-second").await.unwrap(), None);
+    let error = store
+        .create_enrolment_token("digest-once", 1_000, 9_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict { .. }), "{error:?}");
+}
+
+async fn an_enrolment_refused_for_a_taken_id_leaves_the_token_unused(store: Store) {
+    store
+        .insert_node(&sample_node("node-taken"), "h")
+        .await
+        .unwrap();
+    store
+        .create_enrolment_token("digest-kept", 1_000, 5_000)
+        .await
+        .unwrap();
+    let error = store
+        .enrol_with_token(&sample_node("node-taken"), "h2", "digest-kept", 2_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict { .. }), "{error:?}");
+    // The failed transaction consumed nothing: the token still enrols another id.
+    assert!(
+        store
+            .enrol_with_token(&sample_node("node-other"), "h3", "digest-kept", 2_000)
+            .await
+            .unwrap()
     );
 }
