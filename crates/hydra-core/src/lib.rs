@@ -8,6 +8,7 @@ pub mod node;
 pub mod placement;
 pub mod probe;
 pub mod selection;
+pub mod session;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};
 pub use selection::{
