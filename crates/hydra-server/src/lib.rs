@@ -161,7 +161,8 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
 }
 
 /// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
-/// (store probe, metrics upkeep). Returns once in-flight requests have finished.
+/// (store probe, metrics upkeep, the sweep of gone workers' sessions). Returns once in-flight
+/// requests have finished.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -171,6 +172,7 @@ pub async fn serve(
     let mut duties = tokio::task::JoinSet::new();
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
+    duties.spawn(workers::sweep(state.clone(), shutdown.clone()));
     let outcome = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

@@ -216,6 +216,7 @@ pub async fn remove(
         .write()
         .expect("registry lock poisoned")
         .remove(&id);
+    state.workers().remove(&id);
     tracing::info!(node_id = %id, "[controller] node removed");
     Ok(StatusCode::NO_CONTENT)
 }
