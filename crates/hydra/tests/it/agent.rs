@@ -1,12 +1,13 @@
 //! `hydra agent` as real processes with real signals, against a real `hydra server`: a second
 //! agent on a taken port exits with the start-up guard's message and touches nothing; an agent
-//! killed with SIGKILL and started again leaves neither a session the server believes in but
-//! nobody runs, nor the orphaned session process; a session acknowledged by a server that is then
+//! killed with SIGKILL takes its session processes with it, and started again leaves no session
+//! the server believes in but nobody runs; a session group whose leader is gone is found by
+//! process group and ended; a session acknowledged by a server that is then
 //! killed with SIGKILL is back, and can be ended, through the server started again (both
 //! engines).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,10 +48,20 @@ impl Fleet {
         Fleet::start_with(None)
     }
 
+    /// A fleet whose session command forks a child that stays in the session's process group
+    /// (as moonlight-web-stream's streamer processes do) before it becomes the stand-in.
+    fn start_forking() -> Fleet {
+        Fleet::start_configured(None, true)
+    }
+
     /// A fleet whose server keeps its state in PostgreSQL at `database_url`, or in SQLite in the
     /// temp dir. The server listens on a fixed port below the ephemeral range, so a server
     /// started again after a SIGKILL is where the agent sends its heartbeats.
     fn start_with(database_url: Option<String>) -> Fleet {
+        Fleet::start_configured(database_url, false)
+    }
+
+    fn start_configured(database_url: Option<String>, forking: bool) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut setup = ServerSetup::sqlite(&dir.path().join("server"));
         setup.database_url = database_url;
@@ -63,6 +74,11 @@ impl Fleet {
         let state_dir = dir.path().join("agent-state");
         let sessions_root = dir.path().join("sessions");
         let standin = standin_web_stream();
+        let prefix = if forking {
+            r#"sh, -c, 'sleep 600 & exec "$0" "$@"', "#
+        } else {
+            ""
+        };
         let yaml = format!(
             r#"node: {{id: {WORKER_ID}, roles: [worker], district: bxl1, venue: cloud-seven, owner: acme}}
 server: {{listen: "127.0.0.1:{agent_port}"}}
@@ -77,7 +93,7 @@ sessions:
   body_port: {body_port}
   ready_timeout: 20
   check_interval: 0.5
-  command: ["{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
+  command: [{prefix}"{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
 "#,
             server = server.url,
             state = state_dir.display(),
@@ -313,6 +329,18 @@ impl Drop for SessionGroup {
         if self.leader_alive() {
             let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
         }
+        // Members left without their leader, still working in the session's dir (or in what
+        // is left of it: the kernel marks a removed cwd " (deleted)").
+        for pid in live_members(self.pgid) {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+            let in_dir = cwd.is_ok_and(|cwd| {
+                let cwd = cwd.to_string_lossy();
+                Path::new(cwd.trim_end_matches(" (deleted)")).starts_with(&self.dir)
+            });
+            if in_dir {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -391,13 +419,30 @@ async fn a_second_agent_on_the_same_port_exits_and_touches_nothing() {
 /// server believes in but nobody runs" — and the orphaned session process group is ended.
 #[tokio::test]
 async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() {
-    let fleet = Fleet::start();
+    let fleet = Fleet::start_forking();
     let mut before = Agent::start(&fleet, "before");
     fleet.wait_worker(&mut before).await;
     let id = fleet.create_session().await;
     let group = SessionGroup::of(&fleet, &id);
+    assert!(
+        live_members(group.pgid).len() >= 3,
+        "guard, stand-in and its forked child: {:?}",
+        live_members(group.pgid)
+    );
 
     before.sigkill();
+    // Issue 7 item 10: the session's processes die with the agent, the forked child included,
+    // without waiting for an agent to start again.
+    let died = eventually(Duration::from_secs(10), async || {
+        live_members(group.pgid).is_empty()
+    })
+    .await;
+    assert!(
+        died,
+        "the SIGKILLed agent's session group {} still runs: {:?}",
+        group.pgid,
+        live_members(group.pgid)
+    );
     // Nobody told the server: it still believes in the session.
     assert_eq!(fleet.server_session(&id).await["status"], "running");
 
@@ -438,8 +483,8 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
     );
     let log = after.log();
     assert!(
-        log.contains("[cleanup] ended an orphaned session process group") && log.contains(&id),
-        "the restarted agent did not say it ended {id}'s group:\n{log}"
+        log.contains("[cleanup] removed orphaned session dir") && log.contains(&id),
+        "the restarted agent did not say it removed {id}'s dir:\n{log}"
     );
 
     after.assert_running();
@@ -448,6 +493,53 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
     // The worker takes sessions again (the orphan's port and slot are free).
     let fresh = fleet.create_session().await;
     assert_ne!(fresh, id);
+}
+
+/// Issue 7 item 10: a session group whose leader is gone (here the guard, SIGKILLed while the
+/// agent was stopped, then the agent SIGKILLed too) still has members running in the session's
+/// dir. The next agent finds them by process group, not only through the leader's
+/// `/proc/{pgid}/cwd`, and ends them before it removes the dir.
+#[tokio::test]
+async fn orphans_whose_group_leader_is_gone_are_found_by_process_group() {
+    let fleet = Fleet::start_forking();
+    let mut before = Agent::start(&fleet, "before");
+    fleet.wait_worker(&mut before).await;
+    let id = fleet.create_session().await;
+    let group = SessionGroup::of(&fleet, &id);
+
+    before.pause();
+    kill(Pid::from_raw(group.pgid), Signal::SIGKILL).expect("SIGKILL the group leader");
+    let leader_gone = eventually(Duration::from_secs(10), async || !group.leader_alive()).await;
+    assert!(leader_gone, "the leader {} still runs", group.pgid);
+    before.sigkill();
+    let members = live_members(group.pgid);
+    assert!(
+        !members.is_empty(),
+        "the leader's children should outlive it for this test"
+    );
+
+    let mut after = Agent::start(&fleet, "after");
+    let ended = eventually(Duration::from_secs(30), async || {
+        after.assert_running();
+        live_members(group.pgid).is_empty()
+    })
+    .await;
+    assert!(
+        ended,
+        "the leaderless group {} still runs: {:?}; restarted agent's log:\n{}",
+        group.pgid,
+        live_members(group.pgid),
+        after.log()
+    );
+    let log = after.log();
+    assert!(
+        log.contains("[cleanup] ended an orphaned session process group") && log.contains(&id),
+        "the restarted agent did not say it ended {id}'s group:\n{log}"
+    );
+    assert!(
+        !group.dir.exists(),
+        "the orphaned session dir is still there"
+    );
 }
 
 /// Issue 4: "Session state lives in the store (both engines); a server restart loses no session
