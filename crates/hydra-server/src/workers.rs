@@ -54,6 +54,9 @@ pub struct WorkerInfo {
     /// Sessions the server holds live on this worker: placements (in flight or acknowledged)
     /// until they end. A report never replaces this set, so it cannot lose a placement.
     pub placed: HashSet<String>,
+    /// Sessions the server ended or gave up here while the agent may still report them live (a
+    /// report made before the end): not counted, forgotten once a report no longer lists them.
+    pub ended: HashSet<String>,
 }
 
 impl WorkerInfo {
@@ -69,6 +72,7 @@ impl WorkerInfo {
             run_seen_at: 0,
             reported_live: HashSet::new(),
             placed: HashSet::new(),
+            ended: HashSet::new(),
         }
     }
 
@@ -220,6 +224,7 @@ impl WorkerDirectory {
         {
             info.placed.remove(session_id);
             info.reported_live.remove(session_id);
+            info.ended.insert(session_id.to_owned());
         }
     }
 
@@ -497,7 +502,16 @@ async fn apply_report(state: &AppState, id: &str, report: WorkerReport) -> Resul
     info.start_timeout_ms = start_timeout_ms;
     info.sequence = report.sequence;
     info.run_seen_at = run_seen_at;
-    info.reported_live = reported_live;
+    let listed: HashSet<&str> = report
+        .sessions
+        .iter()
+        .map(|session| session.session_id.as_str())
+        .collect();
+    info.ended.retain(|id| listed.contains(id.as_str()));
+    info.reported_live = reported_live
+        .into_iter()
+        .filter(|id| !info.ended.contains(id))
+        .collect();
     Ok(())
 }
 

@@ -932,3 +932,68 @@ async fn the_sessions_of_a_worker_offline_past_the_timeout_are_swept() {
     .await;
     assert_eq!(slots_taken(&server, "w-quiet"), 0, "its slot is free");
 }
+
+/// A report the agent made just before a session was ended still lists it running: it must not
+/// take the slot again (the server ended it), and once a report no longer lists it, it is
+/// forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_made_before_an_end_does_not_count_the_ended_session() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(10)).await;
+    let agent = Agent::start_with(
+        &server,
+        "w-late",
+        &state_dir(temp.path(), "w-late"),
+        &body,
+        1,
+        |config| config.heartbeat.interval = 1_000.0,
+    )
+    .await;
+    healthy_workers(&server, 1).await;
+    let admin = server.admin();
+    let session = admin.create_session(&for_body()).await.unwrap();
+    let info = server.state.workers().get("w-late").unwrap();
+    admin.end_session(&session.session_id).await.unwrap();
+    assert_eq!(slots_taken(&server, "w-late"), 0);
+
+    // The report the agent made before the end, arriving after it (a newer sequence than any
+    // applied: the agent's own reports after the end are slower here).
+    let wire = hydra_api::WorkerSession {
+        session_id: session.session_id.clone(),
+        body_ip: "127.0.0.1".into(),
+        port: session.port.unwrap(),
+        stream_url: session.stream_url.clone().unwrap(),
+        status: SessionState::Running,
+        error: None,
+    };
+    let late = hydra_api::WorkerReport {
+        agent_url: info.agent_url.clone(),
+        agent_key: info.agent_key.clone(),
+        max_sessions: 1,
+        sessions: vec![wire],
+        sequence: Some(info.sequence.unwrap() + 1_000),
+        start_timeout_ms: Some(info.start_timeout_ms as u64),
+    };
+    admin.report_worker("w-late", &late).await.unwrap();
+    assert_eq!(
+        slots_taken(&server, "w-late"),
+        0,
+        "the ended session is not counted"
+    );
+    assert_eq!(
+        admin.session(&session.session_id).await.unwrap().status,
+        SessionState::Stopped
+    );
+    let next = admin.create_session(&for_body()).await.unwrap();
+    assert_eq!(next.status, SessionState::Running);
+    // A report that no longer lists it: forgotten; the new session still holds the slot.
+    let mut later = late.clone();
+    later.sessions = Vec::new();
+    later.sequence = Some(info.sequence.unwrap() + 2_000);
+    admin.report_worker("w-late", &later).await.unwrap();
+    let now = server.state.workers().get("w-late").unwrap();
+    assert!(!now.ended.contains(&session.session_id));
+    assert_eq!(now.active_sessions(), 1);
+    agent.stop().await;
+}

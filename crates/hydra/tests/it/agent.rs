@@ -51,17 +51,23 @@ impl Fleet {
     /// A fleet whose session command forks a child that stays in the session's process group
     /// (as moonlight-web-stream's streamer processes do) before it becomes the stand-in.
     fn start_forking() -> Fleet {
-        Fleet::start_configured(None, true)
+        Fleet::start_configured(None, r#"sh, -c, 'sleep 600 & exec "$0" "$@"', "#)
+    }
+
+    /// A fleet whose session processes answer only 2 s after they start (a slow pairing).
+    fn start_slow() -> Fleet {
+        Fleet::start_configured(None, r#"sh, -c, 'sleep 2; exec "$0" "$@"', "#)
     }
 
     /// A fleet whose server keeps its state in PostgreSQL at `database_url`, or in SQLite in the
     /// temp dir. The server listens on a fixed port below the ephemeral range, so a server
     /// started again after a SIGKILL is where the agent sends its heartbeats.
     fn start_with(database_url: Option<String>) -> Fleet {
-        Fleet::start_configured(database_url, false)
+        Fleet::start_configured(database_url, "")
     }
 
-    fn start_configured(database_url: Option<String>, forking: bool) -> Fleet {
+    /// `prefix` goes before the stand-in in the session command template (YAML list items).
+    fn start_configured(database_url: Option<String>, prefix: &str) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut setup = ServerSetup::sqlite(&dir.path().join("server"));
         setup.database_url = database_url;
@@ -74,11 +80,6 @@ impl Fleet {
         let state_dir = dir.path().join("agent-state");
         let sessions_root = dir.path().join("sessions");
         let standin = standin_web_stream();
-        let prefix = if forking {
-            r#"sh, -c, 'sleep 600 & exec "$0" "$@"', "#
-        } else {
-            ""
-        };
         let yaml = format!(
             r#"node: {{id: {WORKER_ID}, roles: [worker], district: bxl1, venue: cloud-seven, owner: acme}}
 server: {{listen: "127.0.0.1:{agent_port}"}}
@@ -493,6 +494,85 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
     // The worker takes sessions again (the orphan's port and slot are free).
     let fresh = fleet.create_session().await;
     assert_ne!(fresh, id);
+}
+
+/// Issue 7 item 2, the review's reproduction with real processes: three clients give up after
+/// 1 s (`curl -m 1`) on sessions whose start takes 2 s. Each start still reaches an outcome:
+/// nothing stays `starting`, the worker's slots count exactly its running sessions, and once
+/// those are ended the worker takes new sessions (before: `starting` forever, then
+/// `503 max sessions reached`).
+#[tokio::test]
+async fn clients_that_give_up_on_slow_starts_leave_no_slot_taken() {
+    let fleet = Fleet::start_slow();
+    let mut agent = Agent::start(&fleet, "agent");
+    fleet.wait_worker(&mut agent).await;
+    let url = fleet.server.api("/sessions");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .timeout(Duration::from_secs(1))
+                .json(&json!({"body_ip": "127.0.0.1"}))
+                .send()
+                .await
+                .map(|answer| answer.status().as_u16())
+        }));
+    }
+    for client in clients {
+        let answer = client.await.expect("client task");
+        // Two give up; the third may be refused at once (both slots are being started).
+        assert!(
+            answer.as_ref().is_err() || answer.as_ref().is_ok_and(|status| *status == 503),
+            "{answer:?}"
+        );
+    }
+    let sessions = async || {
+        let (status, list) = call(Method::GET, &fleet.server.api("/sessions"), None).await;
+        assert_eq!(status, 200, "{list}");
+        list["sessions"].as_array().cloned().unwrap_or_default()
+    };
+    let settled = eventually(Duration::from_secs(30), async || {
+        sessions()
+            .await
+            .iter()
+            .all(|session| session["status"] != "starting")
+    })
+    .await;
+    assert!(
+        settled,
+        "sessions still starting: {:?}; server log:\n{}",
+        sessions().await,
+        fleet.server.log.lock().unwrap()
+    );
+    let running: Vec<String> = sessions()
+        .await
+        .iter()
+        .filter(|session| session["status"] == "running")
+        .filter_map(|session| session["session_id"].as_str().map(str::to_owned))
+        .collect();
+    // Both slots' starts ran to the end (unless a client hung up before the server read it).
+    assert!(running.len() <= 2, "{:?}", sessions().await);
+    let counted = eventually(Duration::from_secs(10), async || {
+        fleet.server_worker().await["active_sessions"] == running.len()
+    })
+    .await;
+    assert!(counted, "{}", fleet.server_worker().await);
+    for id in &running {
+        let (status, ended) = call(
+            Method::DELETE,
+            &fleet.server.api(&format!("/sessions/{id}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{ended}");
+    }
+    assert_eq!(fleet.server_worker().await["active_sessions"], 0);
+    let id = fleet.create_session().await;
+    assert!(!running.contains(&id));
+    agent.assert_running();
 }
 
 /// Issue 7 item 10: a session group whose leader is gone (here the guard, SIGKILLed while the
