@@ -32,6 +32,9 @@ use crate::registry::{NodeLocks, Registry};
 use crate::sealing::Sealer;
 use crate::state::{AppState, now_ms};
 
+/// The longest start bound a worker may report (10 min).
+const MAX_AGENT_START_MS: i64 = 600_000;
+
 /// What one worker's agent last reported, and the sessions the server holds live on it.
 #[derive(Clone)]
 pub struct WorkerInfo {
@@ -453,10 +456,13 @@ async fn apply_report(state: &AppState, id: &str, report: WorkerReport) -> Resul
         Some(known) if same_run => known.run_seen_at,
         _ => now,
     };
+    // Bounded, so a report cannot make the server wait on a start (or keep it `starting`)
+    // for ever.
     let start_timeout_ms = report
         .start_timeout_ms
         .and_then(|ms| i64::try_from(ms).ok())
-        .unwrap_or(DEFAULT_AGENT_START_MS);
+        .unwrap_or(DEFAULT_AGENT_START_MS)
+        .clamp(1_000, MAX_AGENT_START_MS);
     let context = ReportContext {
         run_seen_at,
         start_deadline_ms: start_deadline_ms(start_timeout_ms),
