@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Body, port_base, standin_command};
+use crate::support::{Body, port_base, slow_command, standin_command};
 
 const ADMIN: &str = "hya_fleet_test_admin_token";
 
@@ -563,15 +563,6 @@ async fn a_second_agent_on_the_same_port_exits_and_deletes_nothing() {
     let page = reqwest::get(session.stream_url.unwrap()).await.unwrap();
     assert_eq!(page.status(), 200, "the first agent's session still runs");
     first.stop().await;
-}
-
-/// The stand-in behind `sh`, answering only after `delay` seconds (a slow pairing).
-fn slow_command(delay: &str) -> Vec<String> {
-    let mut command: Vec<String> = ["sh", "-c", &format!("sleep {delay}; exec \"$0\" \"$@\"")]
-        .map(String::from)
-        .to_vec();
-    command.extend(standin_command());
-    command
 }
 
 /// The worker's slots as the server counts them.

@@ -15,7 +15,8 @@ use std::os::unix::process::CommandExt;
 use tokio::time::Instant;
 
 use crate::support::{
-    Body, Logs, closed_port, http_get, process_exists, settings, standin_command, wait_for,
+    Body, Logs, closed_port, http_get, process_exists, settings, slow_command, standin_command,
+    wait_for,
 };
 
 fn spec(id: &str) -> SessionSpec {
@@ -310,16 +311,6 @@ async fn the_port_guard_refuses_a_taken_port_and_orphans_are_cleaned_after_it() 
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
     );
-}
-
-/// The stand-in behind `sh`, answering only after `delay` (a slow pairing): the shell execs it,
-/// so the process the worker watches is the stand-in itself.
-fn slow_command(delay: &str) -> Vec<String> {
-    let mut command: Vec<String> = ["sh", "-c", &format!("sleep {delay}; exec \"$0\" \"$@\"")]
-        .map(String::from)
-        .to_vec();
-    command.extend(standin_command());
-    command
 }
 
 /// Issue 7 item 2: a caller that gives up (the server's request dropped) no longer stops the
