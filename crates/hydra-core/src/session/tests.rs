@@ -1,5 +1,7 @@
-//! Table tests of the session state machine and of `reconcile`, and a property test of
-//! `reconcile` against a plain model of what a report means.
+//! Table tests of the session state machine and of `reconcile`, a property test of one report
+//! against a plain model of what a report means, and a reference model of one agent and one
+//! server driven through random steps (create, ready, report, agent crash, server restart,
+//! delete, time) that checks the real `reconcile` keeps them in step.
 
 use expect_test::{Expect, expect};
 use proptest::prelude::*;
@@ -309,5 +311,207 @@ proptest! {
             let runs = reported_state.is_some_and(SessionState::is_live);
             prop_assert_eq!(ended, runs && (!stored_state.is_live() || marked.is_some()), "{}", id);
         }
+    }
+}
+
+/// One step of the reference-model run: what a fleet of one agent and one server can do.
+#[derive(Debug, Clone)]
+enum Step {
+    /// The server places a session; the agent gets the start at once.
+    Create,
+    /// The agent's `n`-th starting session becomes ready; the server's start task records it.
+    Ready(usize),
+    /// The agent reports; the server reconciles and applies the changes.
+    Report,
+    /// The agent dies and starts again with nothing (a new run).
+    AgentCrash,
+    /// The server restarts: the store stays, what it knew of the agent's run does not.
+    ServerRestart,
+    /// An operator ends the `n`-th stored session.
+    Delete(usize),
+    /// Time passes.
+    Wait(i64),
+}
+
+fn any_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => Just(Step::Create),
+        3 => (0usize..8).prop_map(Step::Ready),
+        4 => Just(Step::Report),
+        1 => Just(Step::AgentCrash),
+        1 => Just(Step::ServerRestart),
+        1 => (0usize..8).prop_map(Step::Delete),
+        3 => (0i64..40_000).prop_map(Step::Wait),
+    ]
+}
+
+/// The plain model of "agent + server" the real `reconcile` is checked against.
+#[derive(Debug, Default)]
+struct Fleet {
+    now: UnixMillis,
+    next_id: usize,
+    /// The agent's sessions (live or ended) of its current run.
+    agent: std::collections::BTreeMap<String, SessionState>,
+    agent_run: u32,
+    /// The store: state and when it last changed.
+    store: std::collections::BTreeMap<String, (SessionState, UnixMillis)>,
+    /// The agent run the server last heard from, and since when (0 after a restart).
+    known_run: Option<u32>,
+    run_seen_at: UnixMillis,
+}
+
+const DEADLINE: i64 = 52_000;
+
+impl Fleet {
+    fn step(&mut self, step: &Step) -> Result<(), TestCaseError> {
+        match step {
+            Step::Create => {
+                let id = format!("s{}", self.next_id);
+                self.next_id += 1;
+                // The server asks with the key of the run it last heard from: a new run
+                // refuses it, and the start task records the failure.
+                if self.known_run == Some(self.agent_run) {
+                    self.store
+                        .insert(id.clone(), (SessionState::Starting, self.now));
+                    self.agent.insert(id, SessionState::Starting);
+                } else {
+                    self.store.insert(id, (SessionState::Error, self.now));
+                }
+            }
+            Step::Ready(n) => {
+                let starting: Vec<String> = self
+                    .agent
+                    .iter()
+                    .filter(|(_, state)| **state == SessionState::Starting)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if let Some(id) = starting.get(n % starting.len().max(1)) {
+                    self.agent.insert(id.clone(), SessionState::Running);
+                    let stored = self.store.get_mut(id).expect("placed sessions are stored");
+                    if stored.0.can_become(SessionState::Running) {
+                        *stored = (SessionState::Running, self.now);
+                    }
+                }
+            }
+            Step::Report => self.report()?,
+            Step::AgentCrash => {
+                self.agent.clear();
+                self.agent_run += 1;
+            }
+            Step::ServerRestart => self.run_seen_at = 0,
+            Step::Delete(n) => {
+                let ids: Vec<String> = self.store.keys().cloned().collect();
+                if let Some(id) = ids.get(n % ids.len().max(1)) {
+                    let stored = self.store.get_mut(id).expect("listed");
+                    if stored.0.is_live() {
+                        *stored = (SessionState::Stopped, self.now);
+                        if let Some(state) = self.agent.get_mut(id) {
+                            *state = SessionState::Stopped;
+                        }
+                    }
+                }
+            }
+            Step::Wait(ms) => self.now += ms,
+        }
+        Ok(())
+    }
+
+    fn report(&mut self) -> Result<(), TestCaseError> {
+        if self.known_run != Some(self.agent_run) {
+            self.known_run = Some(self.agent_run);
+            self.run_seen_at = self.now;
+        }
+        let context = ReportContext {
+            run_seen_at: self.run_seen_at,
+            start_deadline_ms: DEADLINE,
+        };
+        let stored: Vec<StoredSession<'_>> = self
+            .store
+            .iter()
+            .map(|(id, (state, since))| StoredSession {
+                id,
+                state: *state,
+                since: *since,
+            })
+            .collect();
+        let reported: Vec<ReportedSession<'_>> = self
+            .agent
+            .iter()
+            .map(|(id, state)| ReportedSession {
+                id,
+                state: *state,
+                error: None,
+            })
+            .collect();
+        let changes = reconcile(&stored, &reported, self.now, &context);
+        let mut marked = Vec::new();
+        let mut ended = Vec::new();
+        for change in changes {
+            match change {
+                Change::Mark { id, state, .. } => marked.push((id, state)),
+                Change::EndOnWorker { id } => ended.push(id),
+            }
+        }
+        for (id, next) in &marked {
+            let (from, since) = self.store[id];
+            prop_assert!(from.can_become(*next), "{id}: {from:?} -> {next:?}");
+            // Never an error for a session the agent runs, unless its start ran out of time.
+            let on_agent = self.agent.get(id).copied();
+            if *next == SessionState::Error && on_agent.is_some_and(SessionState::is_live) {
+                prop_assert!(
+                    from == SessionState::Starting && self.now - since >= DEADLINE,
+                    "{id} marked error while the agent runs it"
+                );
+            }
+            self.store.insert(id.clone(), (*next, self.now));
+        }
+        for id in &ended {
+            if let Some(state) = self.agent.get_mut(id) {
+                *state = SessionState::Stopped;
+            }
+        }
+        // After the report: what the agent runs, the store holds live, and the reverse, but for
+        // sessions too young (or placed on this run too recently) for the report to know them.
+        for (id, state) in &self.agent {
+            if state.is_live() {
+                prop_assert!(
+                    self.store
+                        .get(id)
+                        .is_some_and(|(stored, _)| stored.is_live()),
+                    "the agent still runs {id}, which the store does not hold live"
+                );
+            }
+        }
+        for (id, (state, since)) in &self.store {
+            if state.is_live() && !self.agent.get(id).is_some_and(|state| state.is_live()) {
+                prop_assert!(
+                    self.now - since < DEADLINE && *since >= self.run_seen_at,
+                    "{id} is live in the store but not on the agent"
+                );
+            }
+            if *state == SessionState::Starting {
+                prop_assert!(
+                    self.now - since < DEADLINE,
+                    "{id} is starting past its deadline"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #[test]
+    fn reconcile_keeps_server_and_agent_in_step(steps in proptest::collection::vec(any_step(), 1..60)) {
+        let mut fleet = Fleet { now: NOW, ..Fleet::default() };
+        for step in &steps {
+            fleet.step(step)?;
+        }
+        // A last report after every deadline: store and agent agree exactly.
+        fleet.now += DEADLINE;
+        fleet.report()?;
+        let live_in_store: Vec<&String> = fleet.store.iter().filter(|(_, (state, _))| state.is_live()).map(|(id, _)| id).collect();
+        let live_on_agent: Vec<&String> = fleet.agent.iter().filter(|(_, state)| state.is_live()).map(|(id, _)| id).collect();
+        prop_assert_eq!(live_in_store, live_on_agent);
     }
 }
