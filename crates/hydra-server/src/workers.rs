@@ -615,8 +615,9 @@ fn end_on_worker(info: WorkerInfo, worker_id: String, session_id: String) {
 }
 
 /// The background duty that cleans up after workers that are gone: every live session of a
-/// worker that was removed or is offline past the heartbeat timeout turns `error` and gives its
-/// slot back, and removed workers leave the directory. Runs until `shutdown`.
+/// worker that was removed or is offline past the heartbeat timeout, and every `starting`
+/// session past its deadline, turns `error` and gives its slot back; removed workers leave the
+/// directory. Runs until `shutdown`.
 pub async fn sweep(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
     let timeout = state.settings().heartbeat_timeout;
     let period = (timeout / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
@@ -637,14 +638,32 @@ pub async fn sweep(state: AppState, shutdown: tokio_util::sync::CancellationToke
 pub async fn sweep_once(state: &AppState, now: i64) -> Result<Vec<String>, ApiError> {
     let timeout_ms = state.heartbeat_timeout_ms();
     let live = state.store().list_live_sessions().await?;
-    let mut gone: Vec<(SessionRecord, &'static str)> = Vec::new();
+    let start_bounds: HashMap<String, i64> = state
+        .workers()
+        .all()
+        .into_iter()
+        .map(|(id, info)| (id, info.start_timeout_ms))
+        .collect();
+    let mut gone: Vec<(SessionRecord, String)> = Vec::new();
     {
         let registry = state.registry().read().expect("registry lock poisoned");
         for record in live {
             let reason = match registry.get(&record.worker_id) {
-                None => "the worker was removed",
+                None => "the worker was removed".to_owned(),
                 Some(node) if node.status(now, timeout_ms) == NodeStatus::Offline => {
-                    "the worker stopped heartbeating"
+                    "the worker stopped heartbeating".to_owned()
+                }
+                // A start past its deadline, even on a worker whose reports do not arrive.
+                Some(_) if record.status == SessionStatus::Starting => {
+                    let bound = start_bounds
+                        .get(&record.worker_id)
+                        .copied()
+                        .unwrap_or(DEFAULT_AGENT_START_MS);
+                    let deadline = start_deadline_ms(bound);
+                    if now.saturating_sub(record.updated_at) < deadline {
+                        continue;
+                    }
+                    format!("the session did not start within {} s", deadline / 1_000)
                 }
                 Some(_) => continue,
             };
@@ -670,9 +689,9 @@ pub async fn sweep_once(state: &AppState, now: i64) -> Result<Vec<String>, ApiEr
         if !from.can_become(SessionState::Error) {
             continue;
         }
-        tracing::warn!(session_id = %record.id, worker_id = %record.worker_id, reason, "[controller] session of a gone worker marked error");
+        tracing::warn!(session_id = %record.id, worker_id = %record.worker_id, %reason, "[controller] session marked error by the sweep");
         record.status = SessionStatus::Error;
-        record.error = Some(reason.to_owned());
+        record.error = Some(reason);
         record.updated_at = now;
         marked.push((record.worker_id.clone(), record.id.clone()));
         updates.push(state.session_writes().update(record));

@@ -988,3 +988,59 @@ async fn a_report_made_before_an_end_does_not_count_the_ended_session() {
     assert_eq!(now.active_sessions(), 1);
     agent.stop().await;
 }
+
+/// Issue 7 item 2: `starting` has a deadline on the server even when no report comes to apply
+/// it: the sweep turns a start past its deadline `error` and frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_past_its_deadline_is_swept_even_without_reports() {
+    let server = Server::start(Duration::from_secs(10)).await;
+    let admin = server.admin();
+    admin
+        .enrol(&EnrolRequest {
+            id: Some("w-mute".into()),
+            roles: vec![RoleWire::Worker],
+            district: "bxl1".into(),
+            venue: "cloud-seven".into(),
+            owner: "acme".into(),
+            ..EnrolRequest::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .heartbeat("w-mute", &HeartbeatRequest::default())
+        .await
+        .unwrap();
+    // A start recorded long ago (a server that died in the middle of it), on a worker that is
+    // online; the store is the server's own SQLite file.
+    let db = server.dir.as_ref().unwrap().path().join("hydra.db");
+    let store = Store::open_sqlite(&db).await.unwrap();
+    let long_ago = hydra_server::state::now_ms() - 600_000;
+    let record = hydra_store::SessionRecord {
+        id: "s-stuck".into(),
+        worker_id: "w-mute".into(),
+        body_ip: "127.0.0.1".into(),
+        body_id: None,
+        head_id: None,
+        experience: None,
+        port: None,
+        stream_url: None,
+        status: hydra_store::SessionStatus::Starting,
+        error: None,
+        created_at: long_ago,
+        updated_at: long_ago,
+    };
+    store.insert_session(&record).await.unwrap();
+    wait_until("the stuck start swept", Duration::from_secs(15), || {
+        let admin = admin.clone();
+        async move {
+            admin.session("s-stuck").await.is_ok_and(|view| {
+                view.status == SessionState::Error
+                    && view
+                        .error
+                        .is_some_and(|error| error.starts_with("the session did not start within"))
+            })
+        }
+    })
+    .await;
+    store.close().await;
+}
