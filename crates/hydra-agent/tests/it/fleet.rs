@@ -1044,3 +1044,52 @@ async fn a_start_past_its_deadline_is_swept_even_without_reports() {
     .await;
     store.close().await;
 }
+
+/// Issue 7 "Also": `end` gave the slot back with an unlocked decrement, once per request, so
+/// concurrent `DELETE`s of one session freed more slots than it held. A slot is now the
+/// session's id, given back under the directory's lock: ending one session many times at once
+/// frees exactly one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ends_of_one_session_free_one_slot() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(10)).await;
+    let agent = Agent::start_with(
+        &server,
+        "w-end",
+        &state_dir(temp.path(), "w-end"),
+        &body,
+        3,
+        |config| config.heartbeat.interval = 1_000.0,
+    )
+    .await;
+    healthy_workers(&server, 1).await;
+    let admin = server.admin();
+    let kept = admin.create_session(&for_body()).await.unwrap();
+    let ended = admin.create_session(&for_body()).await.unwrap();
+    assert_eq!(slots_taken(&server, "w-end"), 2);
+    let mut ends = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let admin = admin.clone();
+        let id = ended.session_id.clone();
+        ends.spawn(async move { admin.end_session(&id).await });
+    }
+    while let Some(outcome) = ends.join_next().await {
+        outcome.unwrap().unwrap();
+    }
+    assert_eq!(
+        slots_taken(&server, "w-end"),
+        1,
+        "only the ended session's slot is free"
+    );
+    // Two slots left, not three.
+    admin.create_session(&for_body()).await.unwrap();
+    admin.create_session(&for_body()).await.unwrap();
+    let full = admin.create_session(&for_body()).await.unwrap_err();
+    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    assert_eq!(
+        admin.session(&kept.session_id).await.unwrap().status,
+        SessionState::Running
+    );
+    agent.stop().await;
+}
