@@ -670,12 +670,13 @@ pub async fn sweep_once(state: &AppState, now: i64) -> Result<Vec<String>, ApiEr
             gone.push((record, reason));
         }
     }
+    // The directory is read before the registry is locked: placement takes the directory's
+    // lock and then the registry's, never the other way round.
+    let known: Vec<String> = start_bounds.keys().cloned().collect();
     let removed: Vec<String> = {
         let registry = state.registry().read().expect("registry lock poisoned");
-        state
-            .workers()
-            .all()
-            .into_keys()
+        known
+            .into_iter()
             .filter(|id| registry.get(id).is_none())
             .collect()
     };
