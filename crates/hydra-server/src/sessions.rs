@@ -432,6 +432,14 @@ async fn start_session(
                     // otherwise lead to the same).
                     end_quietly(&relay, &info, session_id);
                 }
+                let current = state.store().get_session(session_id).await?;
+                if current.is_some_and(|record| {
+                    hydra_core::session::SessionState::from(record.status).is_final()
+                }) {
+                    // Ended (`DELETE`) while it started: that final state stays, and there is
+                    // nothing left to start elsewhere.
+                    return Err(failure.into_api_error(&chosen));
+                }
                 if first_failure.is_none() && retry_on_next_worker(failure.kind(), attempt) {
                     // Still `starting`: it moves to the next worker, which restarts its clock.
                     record = Some(stored);

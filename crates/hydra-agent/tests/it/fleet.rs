@@ -1093,3 +1093,60 @@ async fn concurrent_ends_of_one_session_free_one_slot() {
     );
     agent.stop().await;
 }
+
+/// A session ended (`DELETE`) while its worker starts it stays `stopped`: its start fails, is
+/// not tried again on another worker, and frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_while_it_starts_stays_stopped() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(10)).await;
+    let slow = |config: &mut AgentConfig| config.sessions.command = slow_command("1.5");
+    let a = Agent::start_with(
+        &server,
+        "w-a",
+        &state_dir(temp.path(), "w-a"),
+        &body,
+        2,
+        slow,
+    )
+    .await;
+    let b = Agent::start_with(
+        &server,
+        "w-b",
+        &state_dir(temp.path(), "w-b"),
+        &body,
+        2,
+        slow,
+    )
+    .await;
+    healthy_workers(&server, 2).await;
+    let admin = server.admin();
+    let creating = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.create_session(&for_body()).await })
+    };
+    let id = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(first) = sessions_with(&admin, SessionState::Starting).await.first() {
+                break first.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no session started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let ended = admin.end_session(&id).await.unwrap();
+    assert_eq!(ended.status, SessionState::Stopped);
+    let refused = creating.await.unwrap().unwrap_err();
+    assert!(
+        refused.to_string().contains("ended while it started"),
+        "{refused}"
+    );
+    let view = admin.session(&id).await.unwrap();
+    assert_eq!(view.status, SessionState::Stopped, "{view:?}");
+    assert_eq!(slots_taken(&server, "w-a") + slots_taken(&server, "w-b"), 0);
+    assert_eq!(admin.list_sessions().await.unwrap().sessions.len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
