@@ -416,6 +416,17 @@ async fn start_session(
             Ok(started) => {
                 // The worker runs it: the slot stays taken until the session ends.
                 reservation.commit();
+                if let Some(ended) = state
+                    .store()
+                    .get_session(session_id)
+                    .await?
+                    .filter(|record| {
+                        hydra_core::session::SessionState::from(record.status).is_final()
+                    })
+                {
+                    // Ended (`DELETE`) while it started: `end` stopped it on the worker too.
+                    return Ok(ended);
+                }
                 let mut running = stored;
                 running.status = SessionStatus::Running;
                 running.port = Some(started.port);
