@@ -32,6 +32,9 @@ use crate::registry::{NodeLocks, Registry};
 use crate::sealing::Sealer;
 use crate::state::{AppState, now_ms};
 
+/// How many earlier agent keys of a worker are remembered.
+const RETIRED_KEYS: usize = 4;
+
 /// The longest start bound a worker may report (10 min).
 const MAX_AGENT_START_MS: i64 = 600_000;
 
@@ -52,6 +55,9 @@ pub struct WorkerInfo {
     pub sequence: Option<u64>,
     /// When the server first heard from this agent run (0: loaded from the store).
     pub run_seen_at: i64,
+    /// Keys of the agent's earlier runs (the last few): a late report of an earlier run is
+    /// stale, not a new run.
+    pub retired_keys: Vec<String>,
     /// Sessions the agent said are live (starting or running).
     pub reported_live: HashSet<String>,
     /// Sessions the server holds live on this worker: placements (in flight or acknowledged)
@@ -73,6 +79,7 @@ impl WorkerInfo {
             start_timeout_ms: DEFAULT_AGENT_START_MS,
             sequence: None,
             run_seen_at: 0,
+            retired_keys: Vec::new(),
             reported_live: HashSet::new(),
             placed: HashSet::new(),
             ended: HashSet::new(),
@@ -452,6 +459,13 @@ async fn apply_report(state: &AppState, id: &str, report: WorkerReport) -> Resul
         tracing::debug!(worker_id = %id, sequence, last, "[controller] stale worker report ignored");
         return Ok(());
     }
+    if known
+        .as_ref()
+        .is_some_and(|known| known.retired_keys.contains(&report.agent_key))
+    {
+        tracing::debug!(worker_id = %id, "[controller] report of an earlier agent run ignored");
+        return Ok(());
+    }
     let run_seen_at = match &known {
         Some(known) if same_run => known.run_seen_at,
         _ => now,
@@ -501,6 +515,12 @@ async fn apply_report(state: &AppState, id: &str, report: WorkerReport) -> Resul
     let info = reports
         .entry(id.to_owned())
         .or_insert_with(|| WorkerInfo::new(String::new(), String::new(), 0, now));
+    if info.agent_key != report.agent_key && !info.agent_key.is_empty() {
+        let retired = std::mem::take(&mut info.agent_key);
+        info.retired_keys.push(retired);
+        let excess = info.retired_keys.len().saturating_sub(RETIRED_KEYS);
+        info.retired_keys.drain(..excess);
+    }
     info.agent_url = agent_url;
     info.agent_key = report.agent_key;
     info.max_sessions = report.max_sessions;

@@ -827,6 +827,16 @@ async fn a_stale_worker_report_is_ignored() {
         .await
         .unwrap();
     assert_eq!(max(), 4, "a new agent run counts from 1 again");
+    // A late report of the earlier run is stale, not a run of its own.
+    admin
+        .report_worker("w-seq", &report(run, 99, 1))
+        .await
+        .unwrap();
+    assert_eq!(max(), 4, "the earlier run's late report changed nothing");
+    assert_eq!(
+        server.state.workers().get("w-seq").unwrap().agent_key,
+        next_run
+    );
     assert_eq!(
         server
             .state
