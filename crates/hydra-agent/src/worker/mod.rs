@@ -410,13 +410,18 @@ impl Worker {
         (0..count).filter_map(move |offset| start.checked_add(offset))
     }
 
-    /// Removes `id` from the table, ending its process and removing its data dir.
+    /// Ends `id`'s process, then removes it from the table with its data dir: the entry (and
+    /// its port) stays until the process group is ended.
     async fn release(&self, id: &str) {
+        let process = self
+            .table()
+            .get_mut(id)
+            .and_then(|entry| entry.process.take());
+        if let Some(process) = process {
+            process.end(self.settings.stop_grace).await;
+        }
         let entry = self.table().remove(id);
-        if let Some(mut entry) = entry {
-            if let Some(process) = entry.process.take() {
-                process.end(self.settings.stop_grace).await;
-            }
+        if let Some(entry) = entry {
             remove_dir(&entry.data_dir);
         }
     }

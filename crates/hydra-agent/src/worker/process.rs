@@ -117,10 +117,11 @@ pub fn program_installed(program: &str) -> bool {
 /// to the child and the guard waits for it, so ending a session keeps its grace; a guard whose
 /// parent is already not the agent (it died during the spawn) exits at once.
 const GUARD_SCRIPT: &str = r#"trap 'kill -KILL 0' USR2
-trap 'kill -TERM "$child" 2>/dev/null' TERM
+trap 'term=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM
 [ "$PPID" = "$HYDRA_AGENT_PID" ] || exit 70
 "$@" &
 child=$!
+[ -z "$term" ] || kill -TERM "$child" 2>/dev/null
 while :; do
   wait "$child"
   status=$?
