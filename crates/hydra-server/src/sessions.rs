@@ -526,7 +526,7 @@ pub async fn show(
     Ok(Json(view(&record)))
 }
 
-/// Ends a session: the worker ends its process group; the record turns `stopped`.
+/// Ends a session: the record turns `stopped`, then the worker ends its process group.
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
     params(("id" = String, Path, description = "Session id")),
     responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
@@ -546,6 +546,17 @@ pub async fn end(
         record.status,
         SessionStatus::Starting | SessionStatus::Running
     );
+    // The store first: a start this end races with reads `stopped` before its worker can
+    // refuse it (or answer it), so it neither records nor retries it; and a worker that is not
+    // told (this request cancelled) ends it after its next report.
+    if was_active {
+        record.status = SessionStatus::Stopped;
+        record.updated_at = now_ms();
+        state.session_writes().update(record.clone()).await?;
+        // Under the directory's lock, the one placement takes slots under.
+        state.workers().release(&record.worker_id, &record.id);
+        tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
+    }
     if let Some(info) = state.workers().get(&record.worker_id) {
         let answer = relay
             .http
@@ -564,14 +575,6 @@ pub async fn end(
                 tracing::warn!(session_id = %id, %error, "[controller] worker does not answer; session recorded stopped anyway")
             }
         }
-    }
-    if was_active {
-        record.status = SessionStatus::Stopped;
-        record.updated_at = now_ms();
-        state.session_writes().update(record.clone()).await?;
-        // Under the directory's lock, the one placement takes slots under.
-        state.workers().release(&record.worker_id, &record.id);
-        tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
     }
     Ok(Json(view(&record)))
 }
