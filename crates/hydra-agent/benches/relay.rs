@@ -64,33 +64,36 @@ async fn fleet() -> (AppState, Relay, tempfile::TempDir) {
     let state = AppState::new(store, settings, "bench-admin").await.unwrap();
     let relay = Relay::standalone();
     for index in 0..WORKERS {
-        state.workers().put(
-            &format!("w-{index:04}"),
-            WorkerInfo {
-                agent_url: "http://127.0.0.1:1".into(),
-                agent_key: "bench-key-0123456789".into(),
-                max_sessions: 15,
-                active_sessions: (index % 7) as u32,
-                reported_at: now,
-            },
-        );
+        state.workers().put(&format!("w-{index:04}"), {
+            let mut info = WorkerInfo::new(
+                "http://127.0.0.1:1".into(),
+                "bench-key-0123456789".into(),
+                15,
+                now,
+            );
+            info.placed = (0..index % 7)
+                .map(|slot| format!("s-held-{slot}"))
+                .collect();
+            info
+        });
     }
     (state, relay, dir)
 }
 
-/// One placement as the server makes it (`Relay::place`: under the placement lock, read the
+/// One placement as the server makes it (`Relay::place`: under the directory's lock, read the
 /// loads, decide, take the slot), then its durable record through the server's group-commit
 /// session writer (answered only after the transaction holding it committed).
 async fn place_one(state: &AppState, relay: &Relay, serial: usize) -> Duration {
     let started = Instant::now();
-    let chosen = relay
-        .place(state, None, &[])
-        .await
+    let session_id = format!("s-bench-{serial:08}");
+    let reservation = relay
+        .place(state, None, &[], &session_id)
         .expect("a worker has room");
+    let chosen = reservation.worker_id().to_owned();
     let now = now_ms();
     let record = SessionRecord {
-        id: format!("s-bench-{serial:08}"),
-        worker_id: chosen.clone(),
+        id: session_id,
+        worker_id: chosen,
         body_ip: "10.0.0.2".into(),
         body_id: None,
         head_id: None,
@@ -103,8 +106,9 @@ async fn place_one(state: &AppState, relay: &Relay, serial: usize) -> Duration {
         updated_at: now,
     };
     state.session_writes().insert(record).await.unwrap();
-    // Keep the fleet from filling up over thousands of placements.
-    state.workers().adjust_active(&chosen, -1);
+    // Keep the fleet from filling up over thousands of placements: the reservation drops
+    // uncommitted and gives its slot back.
+    drop(reservation);
     started.elapsed()
 }
 

@@ -34,12 +34,18 @@ pub async fn beat(
 ) -> Result<(), ClientError> {
     let (active, report) = match state.worker() {
         Some(worker) => {
+            // Numbered before the snapshot: a report with a higher number never shows less.
+            let sequence = worker.next_report_sequence();
             let sessions = worker.snapshot();
             let report = WorkerReport {
                 agent_url: settings.agent_url.clone(),
                 agent_key: state.agent_key().to_owned(),
                 max_sessions: worker.settings().max_sessions,
                 sessions: sessions.iter().map(|session| session.to_wire()).collect(),
+                sequence: Some(sequence),
+                start_timeout_ms: Some(
+                    u64::try_from(worker.start_bound().as_millis()).unwrap_or(u64::MAX),
+                ),
             };
             (worker.active_sessions(), Some(report))
         }

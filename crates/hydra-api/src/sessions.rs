@@ -167,6 +167,16 @@ pub struct WorkerReport {
     /// Every session the agent actually knows; the server marks its other sessions on this
     /// worker `error`.
     pub sessions: Vec<WorkerSession>,
+    /// Number of this report in the agent's run (1, 2, ...; a new run starts again with a new
+    /// `agent_key`): the server ignores a report older than the last one it applied, so a
+    /// stale report cannot end a session a newer one showed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// The agent's bound on one start, in ms (its body check plus `sessions.ready_timeout`): the
+    /// server waits that long plus a margin for a start, and gives up a `starting` session
+    /// after one more margin. 32,000 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_ms: Option<u64>,
 }
 
 /// A worker as `GET /api/v1/workers` shows it.
@@ -348,6 +358,17 @@ impl SessionCursor {
             created_at,
             id: id.to_owned(),
         })
+    }
+}
+
+impl From<SessionState> for hydra_core::session::SessionState {
+    fn from(state: SessionState) -> hydra_core::session::SessionState {
+        match state {
+            SessionState::Starting => hydra_core::session::SessionState::Starting,
+            SessionState::Running => hydra_core::session::SessionState::Running,
+            SessionState::Stopped => hydra_core::session::SessionState::Stopped,
+            SessionState::Error => hydra_core::session::SessionState::Error,
+        }
     }
 }
 

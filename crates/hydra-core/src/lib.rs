@@ -10,6 +10,7 @@ pub mod placement;
 pub mod probe;
 pub mod rate_limit;
 pub mod selection;
+pub mod session;
 pub mod text;
 pub mod trust;
 

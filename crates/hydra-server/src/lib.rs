@@ -177,7 +177,8 @@ pub async fn serve(
 }
 
 /// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
-/// (store probe, metrics upkeep) and `limits` (header and idle timeouts, connection cap,
+/// (store probe, metrics upkeep, session retention, the sweep of gone workers' sessions) and
+/// `limits` (header and idle timeouts, connection cap,
 /// shutdown deadline). Returns once in-flight requests have finished or the deadline passed.
 pub async fn serve_with(
     listener: TcpListener,
@@ -193,6 +194,7 @@ pub async fn serve_with(
         state.clone(),
         shutdown.clone(),
     ));
+    duties.spawn(workers::sweep(state.clone(), shutdown.clone()));
     let outcome =
         hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
             .await;

@@ -188,6 +188,8 @@ mod tests {
             agent_key: "k".repeat(32),
             max_sessions,
             sessions: Vec::new(),
+            sequence: None,
+            start_timeout_ms: None,
         };
         let enrolled: [IpAddr; 1] = ["10.1.0.5".parse().unwrap()];
         let trusted = check_report(

@@ -8,7 +8,6 @@
 //! worker that cannot start it answers with the reason; the next-best worker is tried once.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -19,8 +18,9 @@ use hydra_api::{
     SessionState, SessionView, StartSessionRequest, WorkerSession,
 };
 use hydra_core::Role;
-use hydra_core::placement::{PlacementError, PlacementSettings, least_loaded_worker};
+use hydra_core::placement::PlacementSettings;
 use hydra_core::selection::{Head, Observations, select_bodies};
+use hydra_core::session::{StartFailure, retry_on_next_worker, start_wait_ms};
 use hydra_proxy::capability::without_capability;
 use hydra_store::{SessionFilter, SessionRecord, SessionStatus};
 use rand::RngCore;
@@ -31,10 +31,8 @@ use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::routes::nodes::check_word;
 use crate::state::{AppState, now_ms};
-use crate::workers::{self, WorkerInfo, as_loads, worker_loads};
+use crate::workers::{self, SlotReservation, WorkerInfo};
 
-/// Longest wait for a worker to start a session (its readiness wait is 30 s).
-const START_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest wait for a worker to end one.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,8 +40,21 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Relay {
     http: reqwest::Client,
-    /// Serialises placement so two requests never take the same last slot.
-    placement: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The HTTP client the server talks to agents with (no redirects, short connect timeout; each
+/// call sets its own overall timeout).
+pub fn agent_http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 impl Relay {
@@ -53,41 +64,30 @@ impl Relay {
         Relay::new()
     }
 
-    /// Held while a placement reads loads and takes a slot.
-    pub async fn placement_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.placement.lock().await
-    }
-
-    /// Chooses the worker for a new session (in `district`, not in `excluded`) and takes one of
-    /// its slots; the caller gives it back with `adjust_active(id, -1)` if the start fails.
-    pub async fn place(
+    /// Chooses the worker for `session_id` (in `district`, not in `excluded`) and takes one of
+    /// its slots; the slot is given back when the reservation drops uncommitted.
+    pub fn place(
         &self,
         state: &AppState,
         district: Option<&str>,
         excluded: &[String],
-    ) -> Result<String, PlacementError> {
+        session_id: &str,
+    ) -> Result<SlotReservation, hydra_core::placement::PlacementError> {
         let settings = PlacementSettings {
             heartbeat_timeout_ms: state.heartbeat_timeout_ms(),
         };
-        let _placing = self.placement.lock().await;
-        let rows: Vec<_> = worker_loads(state, state.workers(), district)
-            .into_iter()
-            .filter(|row| !excluded.contains(&row.0))
-            .collect();
-        let id = least_loaded_worker(&as_loads(&rows), now_ms(), &settings)?.to_owned();
-        state.workers().adjust_active(&id, 1);
-        Ok(id)
+        state.workers().reserve(
+            state.registry(),
+            district,
+            excluded,
+            session_id,
+            now_ms(),
+            &settings,
+        )
     }
 
     fn new() -> Relay {
-        Relay {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
-            placement: Arc::new(tokio::sync::Mutex::new(())),
-        }
+        Relay { http: agent_http() }
     }
 }
 
@@ -208,6 +208,17 @@ impl WorkerFailure {
         }
     }
 
+    /// The core's word for this failure (whether it is worth another worker).
+    fn kind(&self) -> StartFailure {
+        match self {
+            WorkerFailure::Refused(error) if error.code == ErrorCode::InvalidRequest => {
+                StartFailure::Invalid
+            }
+            WorkerFailure::Refused(_) => StartFailure::Refused,
+            WorkerFailure::Unreachable(_) => StartFailure::Unreachable,
+        }
+    }
+
     fn message(&self) -> String {
         match self {
             WorkerFailure::Refused(error) => error.message.clone(),
@@ -225,7 +236,9 @@ async fn start_on(
         .http
         .post(format!("{}/api/v1/sessions", info.agent_url))
         .bearer_auth(&info.agent_key)
-        .timeout(START_TIMEOUT)
+        .timeout(Duration::from_millis(
+            u64::try_from(start_wait_ms(info.start_timeout_ms)).unwrap_or(u64::MAX),
+        ))
         .json(request)
         .send()
         .await
@@ -287,33 +300,77 @@ pub async fn create(
     let mut bytes = [0u8; 8];
     rand::rng().fill_bytes(&mut bytes);
     let session_id = format!("s-{}", hex::encode(bytes));
-    let start = StartSessionRequest {
-        session_id: Some(session_id.clone()),
-        body_ip: body_ip.clone(),
-        sunshine_user: request.sunshine_user.clone(),
-        sunshine_pass: request.sunshine_pass.clone(),
+    let plan = StartPlan {
+        start: StartSessionRequest {
+            session_id: Some(session_id.clone()),
+            body_ip: body_ip.clone(),
+            sunshine_user: request.sunshine_user.clone(),
+            sunshine_pass: request.sunshine_pass.clone(),
+            experience: request.experience.clone(),
+            exe_path: request.exe_path.clone(),
+        },
+        session_id,
+        body_ip,
+        body_id,
+        head_id: request.head_id.clone(),
         experience: request.experience.clone(),
-        exe_path: request.exe_path.clone(),
+        district: request.district.clone(),
     };
+    // The start runs in a task of its own: a client that hangs up drops this handler, not the
+    // start, so the slot, the record and the worker's process always reach an outcome.
+    let started = tokio::spawn(start_session(state, relay, plan));
+    let answer = started.await.map_err(|error| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the session start ended abnormally: {error}"),
+        )
+    })??;
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// What a session start needs, owned by its task.
+struct StartPlan {
+    session_id: String,
+    body_ip: String,
+    body_id: Option<String>,
+    head_id: Option<String>,
+    experience: Option<String>,
+    district: Option<String>,
+    start: StartSessionRequest,
+}
+
+/// Places the session, records it `starting`, asks the worker to start it and records the
+/// answer; a worker that fails is replaced by the next-best one once
+/// (`hydra_core::session::retry_on_next_worker`). The slot is a [`SlotReservation`]: committed
+/// only when the worker started the session, given back on every other way out.
+async fn start_session(
+    state: AppState,
+    relay: Relay,
+    plan: StartPlan,
+) -> Result<SessionView, ApiError> {
+    let session_id = &plan.session_id;
     let mut excluded: Vec<String> = Vec::new();
     let mut record: Option<SessionRecord> = None;
     let mut first_failure: Option<(String, WorkerFailure)> = None;
-    for _attempt in 0..2 {
-        let chosen = match relay
-            .place(&state, request.district.as_deref(), &excluded)
-            .await
+    for attempt in 1..=2 {
+        let reservation = match relay.place(&state, plan.district.as_deref(), &excluded, session_id)
         {
-            Ok(id) => id,
-            Err(placement) => match first_failure.take() {
-                Some((worker_id, failure)) => {
+            Ok(reservation) => reservation,
+            Err(placement) => {
+                if let Some((worker_id, failure)) = first_failure {
+                    if let Some(mut failed) = record.take() {
+                        failed.status = SessionStatus::Error;
+                        failed.error = Some(failure.message());
+                        failed.updated_at = now_ms();
+                        state.session_writes().update(failed).await?;
+                    }
                     return Err(failure.into_api_error(&worker_id));
                 }
-                None => {
-                    tracing::warn!(error = %placement, "[controller] session not placed");
-                    return Err(ApiError::new(ErrorCode::Unavailable, placement.to_string()));
-                }
-            },
+                tracing::warn!(error = %placement, "[controller] session not placed");
+                return Err(ApiError::new(ErrorCode::Unavailable, placement.to_string()));
+            }
         };
+        let chosen = reservation.worker_id().to_owned();
         let Some(info) = state.workers().get(&chosen) else {
             excluded.push(chosen);
             continue;
@@ -324,10 +381,10 @@ pub async fn create(
                 let fresh = SessionRecord {
                     id: session_id.clone(),
                     worker_id: chosen.clone(),
-                    body_ip: body_ip.clone(),
-                    body_id: body_id.clone(),
-                    head_id: request.head_id.clone(),
-                    experience: request.experience.clone(),
+                    body_ip: plan.body_ip.clone(),
+                    body_id: plan.body_id.clone(),
+                    head_id: plan.head_id.clone(),
+                    experience: plan.experience.clone(),
                     port: None,
                     stream_url: None,
                     status: SessionStatus::Starting,
@@ -335,10 +392,7 @@ pub async fn create(
                     created_at: now,
                     updated_at: now,
                 };
-                if let Err(error) = state.session_writes().insert(fresh.clone()).await {
-                    state.workers().adjust_active(&chosen, -1);
-                    return Err(error.into());
-                }
+                state.session_writes().insert(fresh.clone()).await?;
                 fresh
             }
             Some(mut moved) => {
@@ -348,9 +402,22 @@ pub async fn create(
                 moved
             }
         };
-        tracing::info!(%session_id, worker_id = %chosen, %body_ip, "[controller] session placed");
-        match start_on(&relay, &info, &start).await {
+        tracing::info!(%session_id, worker_id = %chosen, body_ip = %plan.body_ip, "[controller] session placed");
+        match start_on(&relay, &info, &plan.start).await {
             Ok(started) => {
+                // The worker runs it: the slot stays taken until the session ends.
+                reservation.commit();
+                if let Some(ended) = state
+                    .store()
+                    .get_session(session_id)
+                    .await?
+                    .filter(|record| {
+                        hydra_core::session::SessionState::from(record.status).is_final()
+                    })
+                {
+                    // Ended (`DELETE`) while it started: `end` stopped it on the worker too.
+                    return Ok(view(&ended));
+                }
                 let mut running = stored;
                 running.status = SessionStatus::Running;
                 running.port = Some(started.port);
@@ -359,34 +426,68 @@ pub async fn create(
                 running.stream_url = Some(without_capability(&started.stream_url));
                 running.updated_at = now_ms();
                 state.session_writes().update(running.clone()).await?;
+                // Only this answer carries the viewer capability.
                 let mut answer = view(&running);
                 answer.stream_url = Some(started.stream_url);
-                return Ok((StatusCode::CREATED, Json(answer)));
+                return Ok(answer);
             }
             Err(failure) => {
-                state.workers().adjust_active(&chosen, -1);
+                drop(reservation);
                 tracing::warn!(%session_id, worker_id = %chosen, reason = %failure.message(), "[controller] worker could not start the session");
-                let mut failed = stored;
-                failed.status = SessionStatus::Error;
-                failed.error = Some(failure.message());
-                failed.updated_at = now_ms();
-                state.session_writes().update(failed.clone()).await?;
-                let final_failure = matches!(
-                    &failure,
-                    WorkerFailure::Refused(error) if error.code == ErrorCode::InvalidRequest
-                );
-                if final_failure || first_failure.is_some() {
+                if matches!(failure, WorkerFailure::Unreachable(_)) {
+                    // It may still start it after the wait: ask it to end it (its report would
+                    // otherwise lead to the same).
+                    end_quietly(&relay, &info, session_id);
+                }
+                let current = state.store().get_session(session_id).await?;
+                if current.is_some_and(|record| {
+                    hydra_core::session::SessionState::from(record.status).is_final()
+                }) {
+                    // Ended (`DELETE`) while it started: that final state stays, and there is
+                    // nothing left to start elsewhere.
                     return Err(failure.into_api_error(&chosen));
                 }
-                record = Some(failed);
-                excluded.push(chosen.clone());
+                if first_failure.is_none() && retry_on_next_worker(failure.kind(), attempt) {
+                    // Still `starting`: it moves to the next worker, which restarts its clock.
+                    record = Some(stored);
+                    excluded.push(chosen.clone());
+                } else {
+                    let mut failed = stored;
+                    failed.status = SessionStatus::Error;
+                    failed.error = Some(failure.message());
+                    failed.updated_at = now_ms();
+                    state.session_writes().update(failed).await?;
+                    return Err(failure.into_api_error(&chosen));
+                }
                 first_failure = Some((chosen, failure));
             }
         }
     }
-    Err(first_failure
+    let error = first_failure
         .map(|(worker_id, failure)| failure.into_api_error(&worker_id))
-        .unwrap_or_else(|| ApiError::new(ErrorCode::Unavailable, "no healthy workers available")))
+        .unwrap_or_else(|| ApiError::new(ErrorCode::Unavailable, "no healthy workers available"));
+    if let Some(mut failed) = record {
+        failed.status = SessionStatus::Error;
+        failed.error = Some(error.message.clone());
+        failed.updated_at = now_ms();
+        state.session_writes().update(failed).await?;
+    }
+    Err(error)
+}
+
+/// Asks the worker, in the background, to end `session_id`; failures are only logged.
+fn end_quietly(relay: &Relay, info: &WorkerInfo, session_id: &str) {
+    let request = relay
+        .http
+        .delete(format!("{}/api/v1/sessions/{session_id}", info.agent_url))
+        .bearer_auth(&info.agent_key)
+        .timeout(STOP_TIMEOUT);
+    let session_id = session_id.to_owned();
+    tokio::spawn(async move {
+        if let Err(error) = request.send().await {
+            tracing::warn!(%session_id, %error, "[controller] cannot ask the worker to end a session it did not start in time");
+        }
+    });
 }
 
 /// One page of sessions, newest first, filtered by `status`, `worker_id` and `head_id`; give the
@@ -463,7 +564,7 @@ pub async fn show(
     Ok(Json(view(&record)))
 }
 
-/// Ends a session: the worker ends its process group; the record turns `stopped`.
+/// Ends a session: the record turns `stopped`, then the worker ends its process group.
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
     params(("id" = String, Path, description = "Session id")),
     responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
@@ -483,6 +584,17 @@ pub async fn end(
         record.status,
         SessionStatus::Starting | SessionStatus::Running
     );
+    // The store first: a start this end races with reads `stopped` before its worker can
+    // refuse it (or answer it), so it neither records nor retries it; and a worker that is not
+    // told (this request cancelled) ends it after its next report.
+    if was_active {
+        record.status = SessionStatus::Stopped;
+        record.updated_at = now_ms();
+        state.session_writes().update(record.clone()).await?;
+        // Under the directory's lock, the one placement takes slots under.
+        state.workers().release(&record.worker_id, &record.id);
+        tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
+    }
     if let Some(info) = state.workers().get(&record.worker_id) {
         let answer = relay
             .http
@@ -501,13 +613,6 @@ pub async fn end(
                 tracing::warn!(session_id = %id, %error, "[controller] worker does not answer; session recorded stopped anyway")
             }
         }
-    }
-    if was_active {
-        record.status = SessionStatus::Stopped;
-        record.updated_at = now_ms();
-        state.session_writes().update(record.clone()).await?;
-        state.workers().adjust_active(&record.worker_id, -1);
-        tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
     }
     Ok(Json(view(&record)))
 }

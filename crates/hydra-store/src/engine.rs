@@ -468,6 +468,30 @@ macro_rules! engine_queries {
                 rows.into_iter().map(SessionRecord::try_from).collect()
             }
 
+            pub(crate) async fn list_live_sessions_of_worker(&self, worker_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+                // The condition is written as the `sessions_live` index's, so both engines use it.
+                let rows: Vec<SessionRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    " FROM sessions WHERE worker_id = $1 AND status IN ('starting', 'running') ORDER BY created_at, id"
+                ))
+                .bind(worker_id)
+                .fetch_all(&self.reader)
+                .await?;
+                rows.into_iter().map(SessionRecord::try_from).collect()
+            }
+
+            pub(crate) async fn list_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+                let rows: Vec<SessionRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    " FROM sessions WHERE status IN ('starting', 'running') ORDER BY created_at, id"
+                ))
+                .fetch_all(&self.reader)
+                .await?;
+                rows.into_iter().map(SessionRecord::try_from).collect()
+            }
+
             pub(crate) async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
                 let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.writer).await?;
                 Ok(deleted.rows_affected() > 0)

@@ -284,6 +284,20 @@ impl Store {
         dispatch!(self, list_sessions_of_worker(worker_id))
     }
 
+    /// The live (`starting` or `running`) sessions of one worker, oldest first, through the
+    /// `sessions_live` partial index: ended sessions are never read.
+    pub async fn list_live_sessions_of_worker(
+        &self,
+        worker_id: &str,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        dispatch!(self, list_live_sessions_of_worker(worker_id))
+    }
+
+    /// Every live (`starting` or `running`) session, oldest first.
+    pub async fn list_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        dispatch!(self, list_live_sessions())
+    }
+
     /// Removes a session record; `false` when it did not exist.
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
         dispatch!(self, delete_session(id))

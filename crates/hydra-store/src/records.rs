@@ -52,6 +52,28 @@ impl FromStr for SessionStatus {
     }
 }
 
+impl From<SessionStatus> for hydra_core::session::SessionState {
+    fn from(status: SessionStatus) -> hydra_core::session::SessionState {
+        match status {
+            SessionStatus::Starting => hydra_core::session::SessionState::Starting,
+            SessionStatus::Running => hydra_core::session::SessionState::Running,
+            SessionStatus::Stopped => hydra_core::session::SessionState::Stopped,
+            SessionStatus::Error => hydra_core::session::SessionState::Error,
+        }
+    }
+}
+
+impl From<hydra_core::session::SessionState> for SessionStatus {
+    fn from(state: hydra_core::session::SessionState) -> SessionStatus {
+        match state {
+            hydra_core::session::SessionState::Starting => SessionStatus::Starting,
+            hydra_core::session::SessionState::Running => SessionStatus::Running,
+            hydra_core::session::SessionState::Stopped => SessionStatus::Stopped,
+            hydra_core::session::SessionState::Error => SessionStatus::Error,
+        }
+    }
+}
+
 /// A relay session as the control plane records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {

@@ -50,6 +50,9 @@ pub enum StartError {
     /// The worker is shutting down.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The session was ended (`DELETE`, quit) before it was ready.
+    #[error("the session was ended while it started")]
+    EndedWhileStarting,
 }
 
 impl StartError {
@@ -57,7 +60,7 @@ impl StartError {
     pub fn code(&self) -> ErrorCode {
         match self {
             StartError::Invalid(_) => ErrorCode::InvalidRequest,
-            StartError::Duplicate(_) => ErrorCode::Conflict,
+            StartError::Duplicate(_) | StartError::EndedWhileStarting => ErrorCode::Conflict,
             StartError::MaxSessions | StartError::NoPorts | StartError::ShuttingDown => {
                 ErrorCode::Unavailable
             }

@@ -4,7 +4,9 @@
 //!
 //! Invariants: the session table is the only record of what runs; a session leaves the table
 //! only with its process group ended and its data dir removed; a port or a slot is held by
-//! `starting` and `running` sessions only. The table's lock is never held across an await.
+//! `starting` and `running` sessions only. The table's lock is never held across an await. A
+//! start runs in a task of its own and has one deadline (`ready_timeout`), so a caller that
+//! gives up never leaves a `starting` entry that nobody finishes.
 
 mod checks;
 mod error;
@@ -14,7 +16,7 @@ pub mod process;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -216,6 +218,8 @@ pub struct Worker {
     settings: WorkerSettings,
     table: Mutex<BTreeMap<String, Entry>>,
     shutting_down: AtomicBool,
+    /// The last worker report's number in this run (see [`Worker::next_report_sequence`]).
+    report_sequence: AtomicU64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -237,7 +241,22 @@ impl Worker {
             settings,
             table: Mutex::new(BTreeMap::new()),
             shutting_down: AtomicBool::new(false),
+            report_sequence: AtomicU64::new(0),
         })
+    }
+
+    /// The number of the next worker report of this run: 1, 2, ... (the server ignores a report
+    /// older than one it applied). Take it before the snapshot the report carries.
+    pub fn next_report_sequence(&self) -> u64 {
+        self.report_sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The longest a start takes before it is answered, failure included: the body check, the
+    /// readiness wait, and ending a process that did not get ready (SIGTERM, then SIGKILL).
+    pub fn start_bound(&self) -> Duration {
+        self.settings.body_check_timeout
+            + self.settings.ready_timeout
+            + self.settings.stop_grace * 2
     }
 
     /// The settings it runs with.
@@ -260,10 +279,27 @@ impl Worker {
     }
 
     /// Starts a session: checks the request, the capacity, the program and the body's streaming
-    /// port, takes a port and a data dir, spawns the process and waits until it answers.
+    /// port, takes a port and a data dir, spawns the process and waits until it answers, for at
+    /// most `ready_timeout` after the body check.
     ///
-    /// On failure nothing is left: no process, no port held, no data dir, no table entry.
-    pub async fn start_session(&self, spec: SessionSpec) -> Result<SessionSnapshot, StartError> {
+    /// The start runs in a task of its own: dropping this future (the server hung up) does not
+    /// stop it, so it ends `running` or leaves nothing. On failure nothing is left: no process,
+    /// no port held, no data dir, no table entry.
+    pub async fn start_session(
+        self: &Arc<Self>,
+        spec: SessionSpec,
+    ) -> Result<SessionSnapshot, StartError> {
+        let worker = Arc::clone(self);
+        tokio::spawn(async move { worker.run_start(spec).await })
+            .await
+            .unwrap_or_else(|error| {
+                Err(StartError::Spawn(format!(
+                    "the start task ended abnormally: {error}"
+                )))
+            })
+    }
+
+    async fn run_start(&self, spec: SessionSpec) -> Result<SessionSnapshot, StartError> {
         let id = match &spec.id {
             Some(id) => {
                 check_session_id(id)?;
@@ -280,19 +316,21 @@ impl Worker {
             return Err(StartError::NotInstalled);
         }
         self.check_body(&id, body_ip).await?;
+        // One deadline for every port attempt: the start as a whole is bounded.
+        let deadline = Instant::now() + self.settings.ready_timeout;
         let mut tried_ports = HashSet::new();
         let mut last_failure = StartError::NoPorts;
         for _ in 0..PORT_ATTEMPTS {
             let (port, data_dir) = self.reserve(&id, &spec, &tried_ports)?;
             tried_ports.insert(port);
-            match self.launch(&id, &spec, port, &data_dir).await {
+            match self.launch(&id, &spec, port, &data_dir, deadline).await {
                 Ok(snapshot) => return Ok(snapshot),
-                Err(Launch::PortTaken(failure)) => {
+                Err(Launch::PortTaken(failure)) if Instant::now() < deadline => {
                     tracing::warn!(session_id = %id, port, "[worker] session process found its port taken; trying another");
                     self.release(&id).await;
                     last_failure = failure;
                 }
-                Err(Launch::Failed(failure)) => {
+                Err(Launch::PortTaken(failure) | Launch::Failed(failure)) => {
                     tracing::warn!(session_id = %id, error = %failure, "[worker] session failed to start");
                     self.release(&id).await;
                     return Err(failure);
@@ -383,13 +421,18 @@ impl Worker {
         (0..count).filter_map(move |offset| start.checked_add(offset))
     }
 
-    /// Removes `id` from the table, ending its process and removing its data dir.
+    /// Ends `id`'s process, then removes it from the table with its data dir: the entry (and
+    /// its port) stays until the process group is ended.
     async fn release(&self, id: &str) {
+        let process = self
+            .table()
+            .get_mut(id)
+            .and_then(|entry| entry.process.take());
+        if let Some(process) = process {
+            process.end(self.settings.stop_grace).await;
+        }
         let entry = self.table().remove(id);
-        if let Some(mut entry) = entry {
-            if let Some(process) = entry.process.take() {
-                process.end(self.settings.stop_grace).await;
-            }
+        if let Some(entry) = entry {
             remove_dir(&entry.data_dir);
         }
     }
@@ -400,6 +443,7 @@ impl Worker {
         spec: &SessionSpec,
         port: u16,
         data_dir: &std::path::Path,
+        deadline: Instant,
     ) -> Result<SessionSnapshot, Launch> {
         let spawn_failed = |error: std::io::Error| {
             Launch::Failed(StartError::Spawn(format!(
@@ -467,19 +511,20 @@ impl Worker {
             }
         }
         tracing::info!(session_id = %id, port, pid, body_ip = %spec.body_ip, "[session {id}] process started; waiting for it to answer");
-        self.wait_ready(id, spec, port, data_dir).await
+        self.wait_ready(id, spec, port, data_dir, deadline).await
     }
 
-    /// Polls the session's port until it accepts, the process exits, or the wait ends.
+    /// Polls the session's port until it accepts, the process exits, the session is ended, or
+    /// `deadline` passes.
     async fn wait_ready(
         &self,
         id: &str,
         spec: &SessionSpec,
         port: u16,
         data_dir: &std::path::Path,
+        deadline: Instant,
     ) -> Result<SessionSnapshot, Launch> {
         let address = SocketAddr::new(self.settings.session_bind, port);
-        let deadline = Instant::now() + self.settings.ready_timeout;
         // Short pauses first: a session process usually answers within milliseconds.
         let mut pause = Duration::from_millis(5);
         loop {
@@ -488,7 +533,17 @@ impl Worker {
                 let Some(entry) = table.get_mut(id) else {
                     return Err(Launch::Failed(StartError::ShuttingDown));
                 };
-                entry.process.as_mut().and_then(SessionProcess::exited)
+                // Ended meanwhile (`DELETE`, quit, shutdown): its process was taken and ended.
+                let Some(process) = entry.process.as_mut() else {
+                    return Err(Launch::Failed(
+                        if self.shutting_down.load(Ordering::Relaxed) {
+                            StartError::ShuttingDown
+                        } else {
+                            StartError::EndedWhileStarting
+                        },
+                    ));
+                };
+                process.exited()
             };
             if let Some(status) = exited {
                 let log_tail = process::log_tail(data_dir, 2_000);
@@ -522,6 +577,9 @@ impl Worker {
         let Some(entry) = table.get_mut(id) else {
             return Err(Launch::Failed(StartError::ShuttingDown));
         };
+        if entry.status != SessionState::Starting || entry.process.is_none() {
+            return Err(Launch::Failed(StartError::EndedWhileStarting));
+        }
         entry.status = SessionState::Running;
         entry.changed = Instant::now();
         tracing::info!(session_id = %id, port, "[session {id}] running");

@@ -32,8 +32,10 @@ pub async fn bind_agent_port(address: SocketAddr) -> Result<tokio::net::TcpListe
 }
 
 /// Removes every session dir under `root` (creating `root` when missing). A dir whose marker
-/// names a process group still running there (its working directory is that dir) has the group
-/// ended first. Returns the names of the dirs removed. Call only after the port guard passed.
+/// names a process group with a member still running there (its working directory is that dir,
+/// the leader's or any other member's: the leader may be gone while its children run on) has
+/// the group ended first. Returns the names of the dirs removed. Call only after the port guard
+/// passed.
 pub fn clean_orphans(root: &Path) -> io::Result<Vec<String>> {
     std::fs::create_dir_all(root)?;
     let mut removed = Vec::new();
@@ -45,7 +47,7 @@ pub fn clean_orphans(root: &Path) -> io::Result<Vec<String>> {
         let dir = item.path();
         let name = item.file_name().to_string_lossy().into_owned();
         if let Some(marker) = Marker::read(&dir)
-            && runs_in(marker.pgid, &dir)
+            && group_runs_in(marker.pgid, &dir)
         {
             signal_group(marker.pgid, Signal::SIGKILL);
             tracing::warn!(session_id = %marker.session_id, pgid = marker.pgid, "[cleanup] ended an orphaned session process group");
@@ -57,16 +59,69 @@ pub fn clean_orphans(root: &Path) -> io::Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Whether process `pid` exists and works in `dir` (so a reused pid is never signalled).
-fn runs_in(pid: i32, dir: &Path) -> bool {
-    if pid <= 1 {
+/// Whether a live member of process group `pgid` works in `dir` (so a group id reused by
+/// someone else is never signalled).
+fn group_runs_in(pgid: i32, dir: &Path) -> bool {
+    if pgid <= 1 {
         return false;
     }
-    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
-        return false;
-    };
     let Ok(dir) = dir.canonicalize() else {
         return false;
     };
-    cwd == dir
+    group_members(pgid).into_iter().any(|pid| {
+        std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+    })
+}
+
+/// The live (not zombie) processes whose process group is `pgid`, found by scanning `/proc`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| group_of(&stat))
+                .is_some_and(|(state, group)| group == pgid && state != 'Z')
+        })
+        .collect()
+}
+
+/// The state and process group of a `/proc/<pid>/stat` line: the fields after the command
+/// name, which is in parentheses and may itself hold spaces and parentheses.
+fn group_of(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _parent = fields.next()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((state, group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_give_state_and_group_whatever_the_command_name() {
+        assert_eq!(
+            group_of("4242 (web-server) S 1 4240 4240 0 -1 4194560"),
+            Some(('S', 4240))
+        );
+        assert_eq!(
+            group_of("77 (a (b) c) Z 1 70 70 0"),
+            Some(('Z', 70)),
+            "a name with spaces and parentheses"
+        );
+        assert_eq!(group_of("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_found_in_its_own_group() {
+        let own = std::process::id() as i32;
+        let group = nix::unistd::getpgrp().as_raw();
+        assert!(group_members(group).contains(&own));
+    }
 }

@@ -1,6 +1,6 @@
 //! One session process: the command template, spawning it in its own process group with its
-//! output in `web-server.log`, the marker file that lets a later agent find it, and ending the
-//! whole group.
+//! output in `web-server.log` (behind a guard that ends the group when the agent dies), the
+//! marker file that lets a later agent find it, and ending the whole group.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -106,7 +106,59 @@ pub fn program_installed(program: &str) -> bool {
     })
 }
 
-/// A running session process, leader of its own process group.
+/// The guard a session runs under, as the leader of its process group: it starts the session
+/// command as its child, exits with its status, and on SIGUSR2 ends the whole group. `setpriv
+/// --pdeathsig USR2` (util-linux) has the kernel send it SIGUSR2 when the agent dies, even by
+/// SIGKILL, so nothing of a session outlives its agent: children the program forks included,
+/// which a parent-death signal on the program alone would leave running. The workspace forbids
+/// `unsafe_code`, and setting the signal in the child ourselves needs `pre_exec`, hence the
+/// tool. The kernel sends the signal when the *thread* that spawned the guard ends: sessions are
+/// spawned from the runtime's worker threads, which live as long as the agent. SIGTERM is passed
+/// to the child and the guard waits for it, so ending a session keeps its grace; a guard whose
+/// parent is already not the agent (it died during the spawn) exits at once.
+const GUARD_SCRIPT: &str = r#"trap 'kill -KILL 0' USR2
+trap 'term=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM
+[ "$PPID" = "$HYDRA_AGENT_PID" ] || exit 70
+"$@" &
+child=$!
+[ -z "$term" ] || kill -TERM "$child" 2>/dev/null
+while :; do
+  wait "$child"
+  status=$?
+  kill -0 "$child" 2>/dev/null || exit "$status"
+done"#;
+
+/// `argv` behind the guard ([`GUARD_SCRIPT`]), or `argv` itself, with a warning once, when
+/// `setpriv` is not installed.
+fn guard(argv: &[String]) -> Vec<String> {
+    static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let available = *SETPRIV.get_or_init(|| {
+        let found = program_installed("setpriv");
+        if !found {
+            tracing::warn!("[worker] setpriv (util-linux) not installed: session processes will outlive an agent killed with SIGKILL until the next agent start");
+        }
+        found
+    });
+    if !available {
+        return argv.to_vec();
+    }
+    let mut guarded: Vec<String> = [
+        "setpriv",
+        "--pdeathsig",
+        "USR2",
+        "--",
+        "/bin/sh",
+        "-c",
+        GUARD_SCRIPT,
+        "hydra-session-guard",
+    ]
+    .map(String::from)
+    .to_vec();
+    guarded.extend(argv.iter().cloned());
+    guarded
+}
+
+/// A running session process (its guard), leader of its own process group.
 #[derive(Debug)]
 pub struct SessionProcess {
     child: Box<dyn ChildWrapper>,
@@ -128,7 +180,11 @@ impl SessionProcess {
             .append(true)
             .open(data_dir.join(LOG_FILE))?;
         let log_err = log.try_clone()?;
-        let (program, args) = argv
+        if argv.is_empty() {
+            return Err(std::io::Error::other("empty command"));
+        }
+        let guarded = guard(argv);
+        let (program, args) = guarded
             .split_first()
             .ok_or_else(|| std::io::Error::other("empty command"))?;
         let mut command = CommandWrap::with_new(program, |command| {
@@ -136,6 +192,7 @@ impl SessionProcess {
                 .args(args)
                 .current_dir(data_dir)
                 .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+                .env("HYDRA_AGENT_PID", std::process::id().to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(log_err));

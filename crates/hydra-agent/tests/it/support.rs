@@ -26,6 +26,16 @@ pub fn standin_command() -> Vec<String> {
     .to_vec()
 }
 
+/// The stand-in behind `sh`, answering only after `delay` seconds (a slow pairing); the shell
+/// execs it, so the process the worker watches is the stand-in itself.
+pub fn slow_command(delay: &str) -> Vec<String> {
+    let mut command: Vec<String> = ["sh", "-c", &format!("sleep {delay}; exec \"$0\" \"$@\"")]
+        .map(String::from)
+        .to_vec();
+    command.extend(standin_command());
+    command
+}
+
 /// A port range start that other tests are unlikely to use at the same time.
 pub fn port_base() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};

@@ -15,7 +15,8 @@ use std::os::unix::process::CommandExt;
 use tokio::time::Instant;
 
 use crate::support::{
-    Body, Logs, closed_port, http_get, process_exists, settings, standin_command, wait_for,
+    Body, Logs, closed_port, http_get, process_exists, settings, slow_command, standin_command,
+    wait_for,
 };
 
 fn spec(id: &str) -> SessionSpec {
@@ -310,4 +311,87 @@ async fn the_port_guard_refuses_a_taken_port_and_orphans_are_cleaned_after_it() 
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
     );
+}
+
+/// Issue 7 item 2: a caller that gives up (the server's request dropped) no longer stops the
+/// start halfway: it still ends `running`, with its process, and holds its slot as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_caller_gives_up_still_finishes_running() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let mut settings = settings(temp.path(), &body);
+    settings.command = slow_command("0.6");
+    let worker = Worker::new(settings);
+
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(150),
+        worker.start_session(spec("late")),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the caller gave up before the start ended"
+    );
+    assert_eq!(
+        worker.session("late").map(|session| session.status),
+        Some(SessionState::Starting)
+    );
+    wait_for("the start finished", Duration::from_secs(10), || {
+        worker
+            .session("late")
+            .is_some_and(|session| session.status == SessionState::Running)
+    })
+    .await;
+    let session = worker.session("late").unwrap();
+    assert!(session.process_alive, "{session:?}");
+    let page = http_get(SocketAddr::from(([127, 0, 0, 1], session.port)), "/").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert_eq!(worker.active_sessions(), 1);
+    worker.shutdown().await;
+    assert!(!process_exists(session.process_id.unwrap()));
+}
+
+/// Issue 7 item 2: a start nobody waits for any more still has its deadline: past
+/// `ready_timeout` it fails, its process group is ended and nothing of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_start_that_never_answers_is_ended_at_its_deadline() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let mut settings = settings(temp.path(), &body);
+    settings.command = slow_command("600");
+    settings.ready_timeout = Duration::from_millis(800);
+    settings.stop_grace = Duration::from_millis(300);
+    let worker = Worker::new(settings);
+
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(150),
+        worker.start_session(spec("stuck")),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the caller gave up before the start ended"
+    );
+    let mut pid = None;
+    wait_for("the process to be spawned", Duration::from_secs(5), || {
+        pid = worker
+            .session("stuck")
+            .and_then(|session| session.process_id);
+        pid.is_some()
+    })
+    .await;
+    let pid = pid.unwrap();
+    wait_for(
+        "the abandoned start to be ended",
+        Duration::from_secs(10),
+        || worker.session("stuck").is_none(),
+    )
+    .await;
+    // Ended before the entry left the table; reaped (no longer even a zombie) soon after.
+    wait_for("its process group ended", Duration::from_secs(10), || {
+        !process_exists(pid)
+    })
+    .await;
+    assert_eq!(worker.active_sessions(), 0);
+    assert!(!temp.path().join("sessions").join("stuck").exists());
 }

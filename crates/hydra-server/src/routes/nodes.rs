@@ -237,8 +237,15 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     state.require_admin(&headers)?;
     // What other services forget about a removed node goes in this hook (it runs in the
-    // fleet's owned task, so a client that hangs up cannot skip it).
-    state.fleet().remove(&id, |_id| {}).await?;
+    // fleet's owned task, so a client that hangs up cannot skip it): the relay's worker
+    // directory, so the worker is neither placed on nor proxied to again.
+    let workers = state.workers().clone();
+    state
+        .fleet()
+        .remove(&id, move |id| {
+            workers.remove(id);
+        })
+        .await?;
     tracing::info!(node_id = %id, "[controller] node removed");
     Ok(StatusCode::NO_CONTENT)
 }

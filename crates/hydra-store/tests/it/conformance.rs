@@ -59,6 +59,7 @@ on_both_engines!(
     worker_reports_replace_batch_and_leave_with_their_node,
     active_sessions_are_counted_per_worker,
     sessions_of_one_worker_are_listed_oldest_first,
+    only_live_sessions_are_read_for_reconciliation,
     session_write_batches_apply_in_order_and_report_each,
     session_pages_are_newest_first_filtered_and_follow_the_cursor,
     pruning_removes_only_ended_sessions_older_than_the_cutoff_in_batches,
@@ -446,6 +447,59 @@ async fn sessions_of_one_worker_are_listed_oldest_first(store: Store) {
     );
     assert_eq!(
         store.list_sessions_of_worker("w-none").await.unwrap(),
+        vec![]
+    );
+}
+
+async fn only_live_sessions_are_read_for_reconciliation(store: Store) {
+    let session =
+        |id: &str, worker_id: &str, status: SessionStatus, created_at: i64| SessionRecord {
+            id: id.into(),
+            worker_id: worker_id.into(),
+            body_ip: "10.0.0.7".into(),
+            body_id: None,
+            head_id: None,
+            experience: Some("demo".into()),
+            port: Some(8080),
+            stream_url: Some(format!("http://w/session/{id}/")),
+            status,
+            error: None,
+            created_at,
+            updated_at: created_at,
+        };
+    let rows = [
+        session("s-run", "w-1", SessionStatus::Running, 20),
+        session("s-start", "w-1", SessionStatus::Starting, 10),
+        session("s-stop", "w-1", SessionStatus::Stopped, 5),
+        session("s-err", "w-1", SessionStatus::Error, 6),
+        session("s-other", "w-2", SessionStatus::Running, 1),
+    ];
+    for row in &rows {
+        store.insert_session(row).await.unwrap();
+    }
+    let ids = |sessions: Vec<SessionRecord>| -> Vec<String> {
+        sessions.into_iter().map(|session| session.id).collect()
+    };
+    assert_eq!(
+        store.list_live_sessions_of_worker("w-1").await.unwrap(),
+        vec![rows[1].clone(), rows[0].clone()],
+        "live only, oldest first, every field read back"
+    );
+    assert_eq!(
+        ids(store.list_live_sessions().await.unwrap()),
+        ["s-other", "s-start", "s-run"]
+    );
+    // A session that ends leaves the live set.
+    let mut ended = rows[0].clone();
+    ended.status = SessionStatus::Stopped;
+    ended.updated_at = 30;
+    assert!(store.update_session(&ended).await.unwrap());
+    assert_eq!(
+        ids(store.list_live_sessions_of_worker("w-1").await.unwrap()),
+        ["s-start"]
+    );
+    assert_eq!(
+        store.list_live_sessions_of_worker("w-none").await.unwrap(),
         vec![]
     );
 }

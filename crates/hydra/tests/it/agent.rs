@@ -1,12 +1,13 @@
 //! `hydra agent` as real processes with real signals, against a real `hydra server`: a second
 //! agent on a taken port exits with the start-up guard's message and touches nothing; an agent
-//! killed with SIGKILL and started again leaves neither a session the server believes in but
-//! nobody runs, nor the orphaned session process; a session acknowledged by a server that is then
+//! killed with SIGKILL takes its session processes with it, and started again leaves no session
+//! the server believes in but nobody runs; a session group whose leader is gone is found by
+//! process group and ended; a session acknowledged by a server that is then
 //! killed with SIGKILL is back, and can be ended, through the server started again (both
 //! engines).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,10 +48,26 @@ impl Fleet {
         Fleet::start_with(None)
     }
 
+    /// A fleet whose session command forks a child that stays in the session's process group
+    /// (as moonlight-web-stream's streamer processes do) before it becomes the stand-in.
+    fn start_forking() -> Fleet {
+        Fleet::start_configured(None, r#"sh, -c, 'sleep 600 & exec "$0" "$@"', "#)
+    }
+
+    /// A fleet whose session processes answer only 2 s after they start (a slow pairing).
+    fn start_slow() -> Fleet {
+        Fleet::start_configured(None, r#"sh, -c, 'sleep 2; exec "$0" "$@"', "#)
+    }
+
     /// A fleet whose server keeps its state in PostgreSQL at `database_url`, or in SQLite in the
     /// temp dir. The server listens on a fixed port below the ephemeral range, so a server
     /// started again after a SIGKILL is where the agent sends its heartbeats.
     fn start_with(database_url: Option<String>) -> Fleet {
+        Fleet::start_configured(database_url, "")
+    }
+
+    /// `prefix` goes before the stand-in in the session command template (YAML list items).
+    fn start_configured(database_url: Option<String>, prefix: &str) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut setup = ServerSetup::sqlite(&dir.path().join("server"));
         setup.database_url = database_url;
@@ -78,7 +95,7 @@ sessions:
   body_port: {body_port}
   ready_timeout: 20
   check_interval: 0.5
-  command: ["{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
+  command: [{prefix}"{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
 "#,
             server = server.url,
             state = state_dir.display(),
@@ -316,6 +333,18 @@ impl Drop for SessionGroup {
         if self.leader_alive() {
             let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
         }
+        // Members left without their leader, still working in the session's dir (or in what
+        // is left of it: the kernel marks a removed cwd " (deleted)").
+        for pid in live_members(self.pgid) {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+            let in_dir = cwd.is_ok_and(|cwd| {
+                let cwd = cwd.to_string_lossy();
+                Path::new(cwd.trim_end_matches(" (deleted)")).starts_with(&self.dir)
+            });
+            if in_dir {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -394,13 +423,30 @@ async fn a_second_agent_on_the_same_port_exits_and_touches_nothing() {
 /// server believes in but nobody runs" — and the orphaned session process group is ended.
 #[tokio::test]
 async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() {
-    let fleet = Fleet::start();
+    let fleet = Fleet::start_forking();
     let mut before = Agent::start(&fleet, "before");
     fleet.wait_worker(&mut before).await;
     let id = fleet.create_session().await;
     let group = SessionGroup::of(&fleet, &id);
+    assert!(
+        live_members(group.pgid).len() >= 3,
+        "guard, stand-in and its forked child: {:?}",
+        live_members(group.pgid)
+    );
 
     before.sigkill();
+    // Issue 7 item 10: the session's processes die with the agent, the forked child included,
+    // without waiting for an agent to start again.
+    let died = eventually(Duration::from_secs(10), async || {
+        live_members(group.pgid).is_empty()
+    })
+    .await;
+    assert!(
+        died,
+        "the SIGKILLed agent's session group {} still runs: {:?}",
+        group.pgid,
+        live_members(group.pgid)
+    );
     // Nobody told the server: it still believes in the session.
     assert_eq!(fleet.server_session(&id).await["status"], "running");
 
@@ -441,8 +487,8 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
     );
     let log = after.log();
     assert!(
-        log.contains("[cleanup] ended an orphaned session process group") && log.contains(&id),
-        "the restarted agent did not say it ended {id}'s group:\n{log}"
+        log.contains("[cleanup] removed orphaned session dir") && log.contains(&id),
+        "the restarted agent did not say it removed {id}'s dir:\n{log}"
     );
 
     after.assert_running();
@@ -451,6 +497,132 @@ async fn an_agent_killed_with_sigkill_and_restarted_leaves_no_phantom_session() 
     // The worker takes sessions again (the orphan's port and slot are free).
     let fresh = fleet.create_session().await;
     assert_ne!(fresh, id);
+}
+
+/// Issue 7 item 2, the review's reproduction with real processes: three clients give up after
+/// 1 s (`curl -m 1`) on sessions whose start takes 2 s. Each start still reaches an outcome:
+/// nothing stays `starting`, the worker's slots count exactly its running sessions, and once
+/// those are ended the worker takes new sessions (before: `starting` forever, then
+/// `503 max sessions reached`).
+#[tokio::test]
+async fn clients_that_give_up_on_slow_starts_leave_no_slot_taken() {
+    let fleet = Fleet::start_slow();
+    let mut agent = Agent::start(&fleet, "agent");
+    fleet.wait_worker(&mut agent).await;
+    let url = fleet.server.api("/sessions");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .timeout(Duration::from_secs(1))
+                .json(&json!({"body_ip": "127.0.0.1"}))
+                .send()
+                .await
+                .map(|answer| answer.status().as_u16())
+        }));
+    }
+    for client in clients {
+        let answer = client.await.expect("client task");
+        // Two give up; the third may be refused at once (both slots are being started).
+        assert!(
+            answer.as_ref().is_err() || answer.as_ref().is_ok_and(|status| *status == 503),
+            "{answer:?}"
+        );
+    }
+    let sessions = async || {
+        let (status, list) = call(Method::GET, &fleet.server.api("/sessions"), None).await;
+        assert_eq!(status, 200, "{list}");
+        list["sessions"].as_array().cloned().unwrap_or_default()
+    };
+    let settled = eventually(Duration::from_secs(30), async || {
+        sessions()
+            .await
+            .iter()
+            .all(|session| session["status"] != "starting")
+    })
+    .await;
+    assert!(
+        settled,
+        "sessions still starting: {:?}; server log:\n{}",
+        sessions().await,
+        fleet.server.log.lock().unwrap()
+    );
+    let running: Vec<String> = sessions()
+        .await
+        .iter()
+        .filter(|session| session["status"] == "running")
+        .filter_map(|session| session["session_id"].as_str().map(str::to_owned))
+        .collect();
+    // Both slots' starts ran to the end (unless a client hung up before the server read it).
+    assert!(running.len() <= 2, "{:?}", sessions().await);
+    let counted = eventually(Duration::from_secs(10), async || {
+        fleet.server_worker().await["active_sessions"] == running.len()
+    })
+    .await;
+    assert!(counted, "{}", fleet.server_worker().await);
+    for id in &running {
+        let (status, ended) = call(
+            Method::DELETE,
+            &fleet.server.api(&format!("/sessions/{id}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{ended}");
+    }
+    assert_eq!(fleet.server_worker().await["active_sessions"], 0);
+    let id = fleet.create_session().await;
+    assert!(!running.contains(&id));
+    agent.assert_running();
+}
+
+/// Issue 7 item 10: a session group whose leader is gone (here the guard, SIGKILLed while the
+/// agent was stopped, then the agent SIGKILLed too) still has members running in the session's
+/// dir. The next agent finds them by process group, not only through the leader's
+/// `/proc/{pgid}/cwd`, and ends them before it removes the dir.
+#[tokio::test]
+async fn orphans_whose_group_leader_is_gone_are_found_by_process_group() {
+    let fleet = Fleet::start_forking();
+    let mut before = Agent::start(&fleet, "before");
+    fleet.wait_worker(&mut before).await;
+    let id = fleet.create_session().await;
+    let group = SessionGroup::of(&fleet, &id);
+
+    before.pause();
+    kill(Pid::from_raw(group.pgid), Signal::SIGKILL).expect("SIGKILL the group leader");
+    let leader_gone = eventually(Duration::from_secs(10), async || !group.leader_alive()).await;
+    assert!(leader_gone, "the leader {} still runs", group.pgid);
+    before.sigkill();
+    let members = live_members(group.pgid);
+    assert!(
+        !members.is_empty(),
+        "the leader's children should outlive it for this test"
+    );
+
+    let mut after = Agent::start(&fleet, "after");
+    let ended = eventually(Duration::from_secs(30), async || {
+        after.assert_running();
+        live_members(group.pgid).is_empty()
+    })
+    .await;
+    assert!(
+        ended,
+        "the leaderless group {} still runs: {:?}; restarted agent's log:\n{}",
+        group.pgid,
+        live_members(group.pgid),
+        after.log()
+    );
+    let log = after.log();
+    assert!(
+        log.contains("[cleanup] ended an orphaned session process group") && log.contains(&id),
+        "the restarted agent did not say it ended {id}'s group:\n{log}"
+    );
+    assert!(
+        !group.dir.exists(),
+        "the orphaned session dir is still there"
+    );
 }
 
 /// Issue 4: "Session state lives in the store (both engines); a server restart loses no session

@@ -644,6 +644,8 @@ async fn the_sdk_cleans_the_error_texts_a_worker_reports() {
             status: hydra_api::SessionState::Error,
             error: Some(error.into()),
         }],
+        sequence: None,
+        start_timeout_ms: None,
     };
     let log_tail = "boot\r\nready\n\u{1b}[31mfatal\u{0}\n";
     // Sent as it is, the server refuses it naming the field...
