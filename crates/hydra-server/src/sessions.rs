@@ -546,7 +546,7 @@ pub async fn list(
     }))
 }
 
-/// One session.
+/// One session; a live one's `stream_url` carries a fresh viewer capability (admin only).
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
     params(("id" = String, Path, description = "Session id")),
     responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
@@ -561,7 +561,32 @@ pub async fn show(
         .get_session(&id)
         .await?
         .ok_or_else(|| unknown_session(&id))?;
-    Ok(Json(view(&record)))
+    let mut answer = view(&record);
+    answer.stream_url = viewer_stream_url(&state, &record);
+    Ok(Json(answer))
+}
+
+/// The stream URL of a live session with a fresh viewer capability, minted with the key of the
+/// worker that runs it (the store keeps the URL without one); the bare URL when the session has
+/// ended or its worker is not in the directory (no capability would open it then).
+fn viewer_stream_url(state: &AppState, record: &SessionRecord) -> Option<String> {
+    let stored = record.stream_url.as_deref()?;
+    let live = matches!(
+        record.status,
+        SessionStatus::Starting | SessionStatus::Running
+    );
+    match state.workers().get(&record.worker_id) {
+        Some(info) if live => {
+            let token = hydra_proxy::capability::mint_for(
+                info.agent_key.as_bytes(),
+                &record.id,
+                now_ms(),
+                hydra_proxy::capability::DEFAULT_TTL_SECS,
+            );
+            Some(hydra_proxy::capability::viewer_url(stored, &token))
+        }
+        _ => Some(stored.to_owned()),
+    }
 }
 
 /// Ends a session: the record turns `stopped`, then the worker ends its process group.

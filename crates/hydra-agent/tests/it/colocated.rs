@@ -47,11 +47,20 @@ async fn the_colocated_route_needs_the_sessions_capability() {
     let id = &session.session_id;
     let capability = capability_query(session.stream_url.as_deref().unwrap());
     let other_capability = capability_query(other.stream_url.as_deref().unwrap());
-    let stored = admin.session(id).await.unwrap();
+    // The store keeps the URL without the capability; an admin reading the session gets a
+    // freshly minted one that opens the page too.
+    let stored = server.state.store().get_session(id).await.unwrap().unwrap();
     assert!(
         !stored.stream_url.unwrap().contains("hydra_viewer"),
         "the store keeps the capability"
     );
+    let reminted = admin.session(id).await.unwrap().stream_url.unwrap();
+    let reminted_page = format!(
+        "{}/session/{id}/?{}",
+        server.url,
+        capability_query(&reminted)
+    );
+    assert_eq!(reqwest::get(&reminted_page).await.unwrap().status(), 200);
     let client = reqwest::Client::new();
     let page_url = |query: &str| format!("{}/session/{id}/?{query}", server.url);
 

@@ -26,7 +26,7 @@ const ADMIN: &str = "hya_fleet_test_admin_token";
 pub(crate) struct Server {
     pub(crate) url: String,
     /// The server's state (the same one its routes use), to look at its worker directory.
-    state: AppState,
+    pub(crate) state: AppState,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     heartbeat_timeout: Duration,
@@ -801,6 +801,8 @@ async fn a_stale_worker_report_is_ignored() {
             district: "bxl1".into(),
             venue: "cloud-seven".into(),
             owner: "acme".into(),
+            // The address its reports name (the server checks it).
+            lan_ip: Some("127.0.0.1".parse().unwrap()),
             ..EnrolRequest::default()
         })
         .await
@@ -880,15 +882,25 @@ async fn a_removed_worker_is_neither_placed_nor_proxied_and_its_sessions_end() {
     healthy_workers(&server, 1).await;
     let admin = server.admin();
     let session = admin.create_session(&for_body()).await.unwrap();
-    let colocated = format!("{}/session/{}/", server.url, session.session_id);
+    let capability = session
+        .stream_url
+        .as_deref()
+        .and_then(|url| url.split_once('?'))
+        .map(|(_, query)| query.to_owned())
+        .expect("the stream URL carries the viewer capability");
+    let colocated = format!(
+        "{}/session/{}/?{capability}",
+        server.url, session.session_id
+    );
     assert_eq!(reqwest::get(&colocated).await.unwrap().status(), 200);
 
     admin.remove_node("w-gone").await.unwrap();
     assert!(server.state.workers().get("w-gone").is_none());
     let proxied = reqwest::get(&colocated).await.unwrap();
+    // The same answer as an unknown session: nothing about the worker is revealed.
     assert_eq!(
         proxied.status(),
-        502,
+        404,
         "no longer proxied to the removed worker"
     );
     let none = admin.create_session(&for_body()).await.unwrap_err();
