@@ -50,7 +50,7 @@ on_both_engines!(
     duplicate_ids_conflict,
     missing_nodes_report_false,
     heartbeat_updates_liveness_and_keeps_vram_when_absent,
-    heartbeat_batches_commit_together_and_report_missing_nodes,
+    heartbeat_batches_apply_in_order_and_report_missing_nodes,
     move_and_drain_change_only_their_fields,
     delete_removes_node_and_its_latency,
     latency_keeps_the_latest_sample,
@@ -189,9 +189,11 @@ async fn delete_removes_node_and_its_latency(store: Store) {
 }
 
 async fn latency_keeps_the_latest_sample(store: Store) {
+    // The latest is neither the first, nor the lowest, nor the only LAN one.
     for (rtt_ms, measured_at, transport) in [
         (30, 1_000, Transport::Wireguard),
         (2, 2_000, Transport::Lan),
+        (45, 3_000, Transport::Wireguard),
     ] {
         let record = LatencyRecord {
             head_id: "h1".into(),
@@ -204,7 +206,7 @@ async fn latency_keeps_the_latest_sample(store: Store) {
     }
     let latencies = store.list_latencies().await.unwrap();
     let sample = latencies["h1"]["b1"];
-    assert_eq!((sample.rtt_ms, sample.measured_at), (2, 2_000));
+    assert_eq!((sample.rtt_ms, sample.measured_at), (45, 3_000));
 }
 
 async fn latency_batches_write_every_sample_in_one_call_and_the_last_wins(store: Store) {
@@ -282,7 +284,7 @@ async fn sessions_round_trip_and_update(store: Store) {
     assert_eq!(store.list_sessions().await.unwrap(), vec![]);
 }
 
-async fn heartbeat_batches_commit_together_and_report_missing_nodes(store: Store) {
+async fn heartbeat_batches_apply_in_order_and_report_missing_nodes(store: Store) {
     store.insert_node(&sample_node("b1"), "h").await.unwrap();
     store.insert_node(&sample_node("b2"), "h").await.unwrap();
     let beat = |at| Heartbeat {
