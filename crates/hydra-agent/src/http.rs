@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use hydra_api::{ErrorCode, RatingRequest, StartSessionRequest, WorkerSession, WorkerSessionList};
+use hydra_api::{ErrorCode, RatingRequest, StartSessionRequest, WorkerSessionList};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -406,10 +406,6 @@ async fn status(State(state): State<AgentState>, headers: HeaderMap) -> Response
     .into_response()
 }
 
-fn wire(session: &crate::worker::SessionSnapshot) -> WorkerSession {
-    session.to_wire()
-}
-
 async fn start_session(
     State(state): State<AgentState>,
     headers: HeaderMap,
@@ -438,7 +434,7 @@ async fn start_session(
     state.report_now().notify_one();
     match outcome {
         Ok(session) => {
-            let mut answer = wire(&session);
+            let mut answer = session.to_wire();
             answer.stream_url = state.viewer_url(&session.id, &answer.stream_url);
             (StatusCode::CREATED, axum::Json(answer)).into_response()
         }
@@ -454,7 +450,11 @@ async fn list_sessions(State(state): State<AgentState>, headers: HeaderMap) -> R
         Ok(worker) => worker,
         Err(refusal) => return refusal.into_response(),
     };
-    let sessions = worker.snapshot().iter().map(wire).collect();
+    let sessions = worker
+        .snapshot()
+        .iter()
+        .map(|session| session.to_wire())
+        .collect();
     axum::Json(WorkerSessionList { sessions }).into_response()
 }
 
@@ -473,7 +473,7 @@ async fn stop_session(
     match worker.stop_session(&id, "ended by the control plane").await {
         Some(session) => {
             state.report_now().notify_one();
-            axum::Json(wire(&session)).into_response()
+            axum::Json(session.to_wire()).into_response()
         }
         None => api_error(
             ErrorCode::NotFound,

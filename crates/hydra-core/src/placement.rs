@@ -46,6 +46,16 @@ impl WorkerLoad<'_> {
     pub fn free_slots(&self) -> u32 {
         self.max_sessions.saturating_sub(self.active_sessions)
     }
+
+    /// The load ratio `active / max` for display (1.0 when it takes no session); placement
+    /// compares loads exactly with [`compare_load`], never with this float.
+    pub fn load_ratio(&self) -> f64 {
+        if self.max_sessions == 0 {
+            1.0
+        } else {
+            f64::from(self.active_sessions) / f64::from(self.max_sessions)
+        }
+    }
 }
 
 /// Knobs of placement that the operator sets.

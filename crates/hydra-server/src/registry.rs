@@ -129,11 +129,6 @@ impl Registry {
             .flat_map(HashMap::values)
     }
 
-    /// The token digest of a node.
-    pub fn token_digest(&self, id: &str) -> Option<&str> {
-        self.token_of.get(id).map(String::as_str)
-    }
-
     /// The node whose token has this digest.
     pub fn node_with_token(&self, digest: &str) -> Option<&str> {
         self.node_of_token.get(digest).map(String::as_str)

@@ -58,12 +58,6 @@ pub fn agent_http() -> reqwest::Client {
 }
 
 impl Relay {
-    /// A relay outside the router (benchmarks and tests of placement); it places on the
-    /// workers of the `AppState` it is given.
-    pub fn standalone() -> Relay {
-        Relay::new()
-    }
-
     /// Chooses the worker for `session_id` (in `district`, not in `excluded`) and takes one of
     /// its slots; the slot is given back when the reservation drops uncommitted.
     pub fn place(
@@ -85,8 +79,12 @@ impl Relay {
             &settings,
         )
     }
+}
 
-    fn new() -> Relay {
+impl Default for Relay {
+    /// The relay the routes share; benchmarks and tests of placement make their own, which
+    /// places on the workers of the `AppState` it is given.
+    fn default() -> Relay {
         Relay { http: agent_http() }
     }
 }
@@ -95,7 +93,7 @@ impl Relay {
 /// (`crate::colocated`).
 /// Merge into the API router: `.merge(crate::sessions::router())`.
 pub fn router() -> OpenApiRouter<AppState> {
-    let relay = Relay::new();
+    let relay = Relay::default();
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, end))

@@ -354,6 +354,9 @@ pub async fn list(
     state.require_admin(&headers)?;
     let now = now_ms();
     let timeout = state.heartbeat_timeout_ms();
+    let settings = PlacementSettings {
+        heartbeat_timeout_ms: timeout,
+    };
     let reports = state.workers().all();
     let registry = state.registry().read().expect("registry lock poisoned");
     let workers = registry
@@ -362,25 +365,28 @@ pub async fn list(
         .filter(|node| node.roles.contains(Role::Worker))
         .map(|node| {
             let report = reports.get(&node.id);
-            let online = node.status(now, timeout) == NodeStatus::Online;
             let (active, max) = report.map_or((node.active_sessions, 0), |info| {
                 (info.active_sessions(), info.max_sessions)
             });
+            // The same rules placement decides with (`hydra_core::placement`).
+            let load = WorkerLoad {
+                id: &node.id,
+                last_heartbeat: node.last_heartbeat,
+                drained: node.drained,
+                active_sessions: active,
+                max_sessions: max,
+            };
             WorkerView {
                 id: node.id.clone(),
                 name: node.name.clone(),
                 district: node.district.clone(),
                 venue: node.venue.clone(),
                 status: node.status(now, timeout).as_str().to_owned(),
-                healthy: online && !node.drained && report.is_some(),
+                healthy: report.is_some() && load.is_healthy(now, &settings),
                 drained: node.drained,
                 active_sessions: active,
                 max_sessions: max,
-                load: if max == 0 {
-                    1.0
-                } else {
-                    f64::from(active) / f64::from(max)
-                },
+                load: load.load_ratio(),
                 agent_url: report.map(|info| info.agent_url.clone()),
                 last_heartbeat: node.last_heartbeat.map(hydra_api::rfc3339),
             }
