@@ -3,3 +3,4 @@
 pub mod bodies;
 pub mod nodes;
 pub mod system;
+pub mod workers;

@@ -1,0 +1,281 @@
+//! Relay sessions: `POST/GET /api/v1/sessions`, `GET/DELETE /api/v1/sessions/{id}`; the
+//! colocated `/session/{id}/...` proxy is merged from `crate::colocated`.
+//!
+//! A new session goes to the least-loaded healthy worker (`hydra_core::placement`); its record
+//! is written to the store before the worker is asked, and updated with the worker's answer.
+//! Every session write goes through the group-commit writer (`AppState::session_writes`), so
+//! concurrent placements share one transaction and one fsync, each answered after its commit. A
+//! worker that cannot start it answers with the reason; the next-best worker is tried once.//!
+//! Files: this one has the routes that read and end sessions and the shared `Relay`; `start.rs`
+//! places and starts a new one (in a task of its own, so a client that hangs up does not stop
+//! it).
+
+mod start;
+
+pub(crate) use start::__path_create;
+pub use start::create;
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hydra_api::{ErrorBody, SessionCursor, SessionList, SessionQuery, SessionState, SessionView};
+use hydra_core::placement::PlacementSettings;
+use hydra_store::{SessionFilter, SessionRecord, SessionStatus};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::state::{AppState, now_ms};
+use crate::workers::SlotReservation;
+
+/// Longest wait for a worker to end one.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the relay routes share besides `AppState`.
+#[derive(Clone)]
+pub struct Relay {
+    http: reqwest::Client,
+}
+
+/// The HTTP client the server talks to agents with (no redirects, short connect timeout; each
+/// call sets its own overall timeout).
+pub fn agent_http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+impl Relay {
+    /// Chooses the worker for `session_id` (in `district`, not in `excluded`) and takes one of
+    /// its slots; the slot is given back when the reservation drops uncommitted.
+    pub fn place(
+        &self,
+        state: &AppState,
+        district: Option<&str>,
+        excluded: &[String],
+        session_id: &str,
+    ) -> Result<SlotReservation, hydra_core::placement::PlacementError> {
+        let settings = PlacementSettings {
+            heartbeat_timeout_ms: state.heartbeat_timeout_ms(),
+        };
+        state.workers().reserve(
+            state.registry(),
+            district,
+            excluded,
+            session_id,
+            now_ms(),
+            &settings,
+        )
+    }
+}
+
+impl Default for Relay {
+    /// The relay the routes share; benchmarks and tests of placement make their own, which
+    /// places on the workers of the `AppState` it is given.
+    fn default() -> Relay {
+        Relay { http: agent_http() }
+    }
+}
+
+/// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy
+/// (`crate::colocated`).
+/// Merge into the API router: `.merge(crate::sessions::router())`.
+pub fn router() -> OpenApiRouter<AppState> {
+    let relay = Relay::default();
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, end))
+        .routes(routes!(crate::routes::workers::list))
+        .routes(routes!(crate::routes::workers::report))
+        .merge(crate::colocated::router())
+        .layer(Extension(relay))
+}
+
+/// The view of a stored session.
+pub fn view(record: &SessionRecord) -> SessionView {
+    SessionView {
+        session_id: record.id.clone(),
+        worker_id: record.worker_id.clone(),
+        body_ip: record.body_ip.clone(),
+        body_id: record.body_id.clone(),
+        head_id: record.head_id.clone(),
+        experience: record.experience.clone(),
+        port: record.port,
+        stream_url: record.stream_url.clone(),
+        status: match record.status {
+            SessionStatus::Starting => SessionState::Starting,
+            SessionStatus::Running => SessionState::Running,
+            SessionStatus::Stopped => SessionState::Stopped,
+            SessionStatus::Error => SessionState::Error,
+        },
+        error: record.error.clone(),
+        created_at: hydra_api::rfc3339(record.created_at),
+        updated_at: hydra_api::rfc3339(record.updated_at),
+    }
+}
+
+fn unknown_session(id: &str) -> ApiError {
+    ApiError::not_found(format!("session {id:?} does not exist"))
+}
+
+/// One page of sessions, newest first, filtered by `status`, `worker_id` and `head_id`; give the
+/// answer's `next_cursor` as `cursor` for the next page.
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", security(("bearer" = [])),
+    params(SessionQuery),
+    responses((status = 200, body = SessionList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<SessionList>, ApiError> {
+    state.require_admin(&headers)?;
+    let query = SessionQuery::from_query(&pairs).map_err(ApiError::invalid)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(SessionCursor::decode)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let filter = SessionFilter {
+        status: query.status.map(|status| match status {
+            SessionState::Starting => SessionStatus::Starting,
+            SessionState::Running => SessionStatus::Running,
+            SessionState::Stopped => SessionStatus::Stopped,
+            SessionState::Error => SessionStatus::Error,
+        }),
+        worker_id: query.worker_id.clone(),
+        head_id: query.head_id.clone(),
+    };
+    let page = query.page_size();
+    // One more than the page: whether there is a next page, without a count.
+    let mut rows = state
+        .store()
+        .list_sessions_page(
+            &filter,
+            page + 1,
+            after
+                .as_ref()
+                .map(|cursor| (cursor.created_at, cursor.id.as_str())),
+        )
+        .await?;
+    let more = rows.len() > page as usize;
+    rows.truncate(page as usize);
+    let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
+        SessionCursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        }
+        .encode()
+    });
+    Ok(Json(SessionList {
+        sessions: rows.iter().map(view).collect(),
+        next_cursor,
+    }))
+}
+
+/// One session; a live one's `stream_url` carries a fresh viewer capability (admin only).
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    state.require_admin(&headers)?;
+    let record = state
+        .store()
+        .get_session(&id)
+        .await?
+        .ok_or_else(|| unknown_session(&id))?;
+    let mut answer = view(&record);
+    answer.stream_url = viewer_stream_url(&state, &record);
+    Ok(Json(answer))
+}
+
+/// The stream URL of a live session with a fresh viewer capability, minted with the key of the
+/// worker that runs it (the store keeps the URL without one); the bare URL when the session has
+/// ended or its worker is not in the directory (no capability would open it then).
+fn viewer_stream_url(state: &AppState, record: &SessionRecord) -> Option<String> {
+    let stored = record.stream_url.as_deref()?;
+    let live = matches!(
+        record.status,
+        SessionStatus::Starting | SessionStatus::Running
+    );
+    match state.workers().get(&record.worker_id) {
+        Some(info) if live => {
+            let token = hydra_proxy::capability::mint_for(
+                info.agent_key.as_bytes(),
+                &record.id,
+                now_ms(),
+                hydra_proxy::capability::DEFAULT_TTL_SECS,
+            );
+            Some(hydra_proxy::capability::viewer_url(stored, &token))
+        }
+        _ => Some(stored.to_owned()),
+    }
+}
+
+/// Ends a session: the record turns `stopped`, then the worker ends its process group.
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+pub async fn end(
+    State(state): State<AppState>,
+    Extension(relay): Extension<Relay>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    state.require_admin(&headers)?;
+    let mut record = state
+        .store()
+        .get_session(&id)
+        .await?
+        .ok_or_else(|| unknown_session(&id))?;
+    let was_active = matches!(
+        record.status,
+        SessionStatus::Starting | SessionStatus::Running
+    );
+    // The store first: a start this end races with reads `stopped` before its worker can
+    // refuse it (or answer it), so it neither records nor retries it; and a worker that is not
+    // told (this request cancelled) ends it after its next report.
+    if was_active {
+        record.status = SessionStatus::Stopped;
+        record.updated_at = now_ms();
+        state.session_writes().update(record.clone()).await?;
+        // Under the directory's lock, the one placement takes slots under.
+        state.workers().release(&record.worker_id, &record.id);
+        tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
+    }
+    if let Some(info) = state.workers().get(&record.worker_id) {
+        let answer = relay
+            .http
+            .delete(format!("{}/api/v1/sessions/{id}", info.agent_url))
+            .bearer_auth(&info.agent_key)
+            .timeout(STOP_TIMEOUT)
+            .send()
+            .await;
+        match answer {
+            Ok(answer)
+                if answer.status().is_success() || answer.status() == StatusCode::NOT_FOUND => {}
+            Ok(answer) => {
+                tracing::warn!(session_id = %id, status = answer.status().as_u16(), "[controller] worker refused to end the session")
+            }
+            Err(error) => {
+                tracing::warn!(session_id = %id, %error, "[controller] worker does not answer; session recorded stopped anyway")
+            }
+        }
+    }
+    Ok(Json(view(&record)))
+}

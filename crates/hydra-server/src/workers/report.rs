@@ -1,0 +1,223 @@
+//! Applying a worker's report: the sequence check, reconciliation of the stored live sessions
+//! through `hydra_core::session::reconcile`, the durable record, then the directory.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use hydra_api::WorkerReport;
+use hydra_core::Role;
+use hydra_core::session::{
+    Change, DEFAULT_AGENT_START_MS, ReportContext, ReportedSession, StoredSession, reconcile,
+    start_deadline_ms,
+};
+use hydra_store::WorkerReportRecord;
+
+use crate::error::ApiError;
+use crate::state::{AppState, now_ms};
+
+use super::{MAX_AGENT_START_MS, RETIRED_KEYS, WorkerInfo};
+
+/// Applies a valid report of worker `id`: ignored when older than the last one applied for the
+/// same agent run; otherwise the stored sessions are reconciled with it, it is stored, and the
+/// directory takes its address, capacity and live sessions (keeping the server's placements).
+pub async fn apply_report(
+    state: &AppState,
+    id: &str,
+    report: WorkerReport,
+    clamped_from: Option<u32>,
+) -> Result<(), ApiError> {
+    let directory = state.workers();
+    // One report of a worker at a time, so the sequence check and what follows are one step.
+    let _serial = directory.report_locks.0.lock(id).await;
+    let now = now_ms();
+    let known = directory.get(id);
+    let same_run = known
+        .as_ref()
+        .is_some_and(|known| known.agent_key == report.agent_key);
+    if same_run
+        && let (Some(last), Some(sequence)) =
+            (known.as_ref().and_then(|k| k.sequence), report.sequence)
+        && sequence <= last
+    {
+        tracing::debug!(worker_id = %id, sequence, last, "[controller] stale worker report ignored");
+        return Ok(());
+    }
+    if known
+        .as_ref()
+        .is_some_and(|known| known.retired_keys.contains(&report.agent_key))
+    {
+        tracing::debug!(worker_id = %id, "[controller] report of an earlier agent run ignored");
+        return Ok(());
+    }
+    let run_seen_at = match &known {
+        Some(known) if same_run => known.run_seen_at,
+        _ => now,
+    };
+    // Bounded, so a report cannot make the server wait on a start (or keep it `starting`)
+    // for ever.
+    let start_timeout_ms = report
+        .start_timeout_ms
+        .and_then(|ms| i64::try_from(ms).ok())
+        .unwrap_or(DEFAULT_AGENT_START_MS)
+        .clamp(1_000, MAX_AGENT_START_MS);
+    let context = ReportContext {
+        run_seen_at,
+        start_deadline_ms: start_deadline_ms(start_timeout_ms),
+    };
+    reconcile_worker(state, id, &report, now, &context).await?;
+    let reported_live: HashSet<String> = report
+        .sessions
+        .iter()
+        .filter(|session| session.status.is_active())
+        .map(|session| session.session_id.clone())
+        .collect();
+    let agent_url = report.agent_url.trim_end_matches('/').to_owned();
+    // The store first, then memory: the directory never holds a report a restart would lose.
+    let stored = WorkerReportRecord {
+        worker_id: id.to_owned(),
+        agent_url: agent_url.clone(),
+        agent_key_sealed: state.sealer().seal(id, &report.agent_key),
+        max_sessions: report.max_sessions,
+        reported_at: now,
+    };
+    state.report_writes().submit(stored).await?;
+    if !same_run {
+        tracing::info!(worker_id = %id, %agent_url, max_sessions = report.max_sessions, "[controller] worker registered");
+        if let Some(reported) = clamped_from {
+            // Once per agent run (a new key), not on every report.
+            tracing::warn!(worker_id = %id, reported_max_sessions = reported, max_sessions = report.max_sessions, "[controller] worker reports more sessions than max_sessions_per_worker; capped");
+        }
+    }
+    let mut reports = directory.inner.write().expect("worker directory poisoned");
+    if !state
+        .registry()
+        .read()
+        .expect("registry lock poisoned")
+        .get(id)
+        .is_some_and(|node| node.roles.contains(Role::Worker))
+    {
+        // Removed while this report was being applied: it stays out of the directory.
+        return Ok(());
+    }
+    let info = reports
+        .entry(id.to_owned())
+        .or_insert_with(|| WorkerInfo::new(String::new(), String::new(), 0, now));
+    if info.agent_key != report.agent_key && !info.agent_key.is_empty() {
+        let retired = std::mem::take(&mut info.agent_key);
+        info.retired_keys.push(retired);
+        let excess = info.retired_keys.len().saturating_sub(RETIRED_KEYS);
+        info.retired_keys.drain(..excess);
+    }
+    info.agent_url = agent_url;
+    info.agent_key = report.agent_key;
+    info.max_sessions = report.max_sessions;
+    info.reported_at = now;
+    info.start_timeout_ms = start_timeout_ms;
+    info.sequence = report.sequence;
+    info.run_seen_at = run_seen_at;
+    let listed: HashSet<&str> = report
+        .sessions
+        .iter()
+        .map(|session| session.session_id.as_str())
+        .collect();
+    info.ended.retain(|id| listed.contains(id.as_str()));
+    info.reported_live = reported_live
+        .into_iter()
+        .filter(|id| !info.ended.contains(id))
+        .collect();
+    Ok(())
+}
+
+/// Brings the live stored sessions of `worker_id` in line with its report
+/// (`hydra_core::session::reconcile`): the changes are written together (one transaction), their
+/// slots given back, and sessions the worker should not run are ended there.
+async fn reconcile_worker(
+    state: &AppState,
+    worker_id: &str,
+    report: &WorkerReport,
+    now: i64,
+    context: &ReportContext,
+) -> Result<(), ApiError> {
+    let records = state
+        .store()
+        .list_live_sessions_of_worker(worker_id)
+        .await?;
+    let stored: Vec<StoredSession<'_>> = records
+        .iter()
+        .map(|record| StoredSession {
+            id: &record.id,
+            state: record.status.into(),
+            since: record.updated_at,
+        })
+        .collect();
+    let reported: Vec<ReportedSession<'_>> = report
+        .sessions
+        .iter()
+        .map(|session| ReportedSession {
+            id: &session.session_id,
+            state: session.status.into(),
+            error: session.error.as_deref(),
+        })
+        .collect();
+    let changes = reconcile(&stored, &reported, now, context);
+    let mut updates = Vec::new();
+    let mut released = Vec::new();
+    for change in changes {
+        match change {
+            Change::Mark {
+                id,
+                state: next,
+                error,
+            } => {
+                let Some(record) = records.iter().find(|record| record.id == id) else {
+                    continue;
+                };
+                tracing::warn!(session_id = %id, %worker_id, status = next.as_str(), reason = error.as_deref().unwrap_or(""), "[controller] session state taken from the worker's report");
+                let mut record = record.clone();
+                record.status = next.into();
+                record.error = error;
+                record.updated_at = now;
+                released.push(record.id.clone());
+                updates.push(state.session_writes().update(record));
+            }
+            Change::EndOnWorker { id } => {
+                if let Some(info) = state.workers().get(worker_id) {
+                    end_on_worker(info, worker_id.to_owned(), id);
+                }
+            }
+        }
+    }
+    // Submitted together, so they share one transaction.
+    futures::future::try_join_all(updates).await?;
+    for session_id in released {
+        state.workers().release(worker_id, &session_id);
+    }
+    Ok(())
+}
+
+/// Asks a worker's agent, in the background, to end a session the control plane does not hold
+/// live; a failure is logged and the next report asks again.
+fn end_on_worker(info: WorkerInfo, worker_id: String, session_id: String) {
+    tokio::spawn(async move {
+        let answer = crate::sessions::agent_http()
+            .delete(format!("{}/api/v1/sessions/{session_id}", info.agent_url))
+            .bearer_auth(&info.agent_key)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match answer {
+            Ok(answer)
+                if answer.status().is_success() || answer.status() == StatusCode::NOT_FOUND =>
+            {
+                tracing::info!(%session_id, %worker_id, "[controller] ended a session the worker ran but the control plane does not hold");
+            }
+            Ok(answer) => {
+                tracing::warn!(%session_id, %worker_id, status = answer.status().as_u16(), "[controller] worker refused to end a session it should not run");
+            }
+            Err(error) => {
+                tracing::warn!(%session_id, %worker_id, %error, "[controller] worker does not answer; cannot end a session it should not run");
+            }
+        }
+    });
+}
