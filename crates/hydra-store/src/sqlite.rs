@@ -55,3 +55,4 @@ impl SqliteStore {
 }
 
 crate::engine::engine_queries!(SqliteStore);
+crate::node_config::node_config_queries!(SqliteStore);

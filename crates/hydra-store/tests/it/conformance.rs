@@ -457,3 +457,5 @@ async fn session_write_batches_apply_in_order_and_report_each(store: Store) {
     assert_eq!(store.list_sessions().await.unwrap().len(), 2);
     assert_eq!(store.write_sessions(&[]).await.unwrap(), Vec::<bool>::new());
 }
+
+mod node_config;
