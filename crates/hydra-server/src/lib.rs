@@ -65,6 +65,10 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::nodes::heartbeat))
         .routes(routes!(routes::nodes::move_node))
         .routes(routes!(routes::nodes::drain))
+        .routes(routes!(
+            routes::node_config::show,
+            routes::node_config::replace
+        ))
         .routes(routes!(routes::bodies::eligible))
         .merge(sessions::router())
 }

@@ -1,5 +1,6 @@
 //! HTTP route handlers, one module per resource.
 
 pub mod bodies;
+pub mod node_config;
 pub mod nodes;
 pub mod system;
