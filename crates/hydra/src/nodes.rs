@@ -26,6 +26,9 @@ pub enum Command {
     Undrain(IdArgs),
     /// Remove a node from the registry (its token stops working).
     Remove(IdArgs),
+    /// Show or change a node's config bundle (what the control plane overrides in its YAML).
+    #[command(subcommand)]
+    Config(crate::node_config::Command),
 }
 
 /// Options of `hydra nodes list`.
@@ -161,6 +164,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Drain(args) => set_drained(args, true).await,
         Command::Undrain(args) => set_drained(args, false).await,
         Command::Remove(args) => remove(args).await,
+        Command::Config(command) => crate::node_config::run(command).await,
     }
 }
 
