@@ -38,7 +38,7 @@ pub async fn beat(
             let report = WorkerReport {
                 agent_url: settings.agent_url.clone(),
                 agent_key: state.agent_key().to_owned(),
-                max_sessions: worker.settings().max_sessions,
+                max_sessions: worker.max_sessions(),
                 sessions: sessions.iter().map(|session| session.to_wire()).collect(),
             };
             (worker.active_sessions(), Some(report))

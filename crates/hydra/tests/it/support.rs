@@ -268,3 +268,12 @@ impl ServerProcess {
         *self = ServerProcess::start_listening(setup, &listen);
     }
 }
+
+impl ServerProcess {
+    /// SIGKILL and reap, keeping the handle: [`ServerProcess::restart_after_kill_9`] starts it
+    /// again at the same address later (a control plane that is away for a while).
+    pub fn kill_9_in_place(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
