@@ -115,14 +115,23 @@ pub fn load_kept(state_dir: &Path, now_ms: i64) -> Result<Option<NodeConfig>, Ke
 }
 
 /// Keeps `config` as the state dir's bundle atomically: a temp file beside it, fsync, rename,
-/// fsync of the dir, so a crash leaves the old bundle or the new one, never a torn file.
+/// fsync of the dir, so a crash leaves the old bundle or the new one, never a torn file. Mode
+/// 0600, like the node token: a bundle may hold TURN credentials.
 pub fn keep(state_dir: &Path, config: &NodeConfig) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let path = state_dir.join(KEPT_FILE);
     let temp = state_dir.join(format!("{KEPT_FILE}.tmp"));
     let text = serde_json::to_vec_pretty(config).map_err(std::io::Error::other)?;
     {
-        let mut file = std::fs::File::create(&temp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A temp file left by a crash may have other permissions: start from a new one.
+        let _ = std::fs::remove_file(&temp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
         file.write_all(&text)?;
         file.sync_all()?;
     }
@@ -300,6 +309,12 @@ mod tests {
         keep(dir.path(), &config(4, 2)).unwrap();
         assert_eq!(load_kept(dir.path(), 1).unwrap(), Some(config(4, 2)));
         assert!(!dir.path().join(format!("{KEPT_FILE}.tmp")).exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(KEPT_FILE))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "a bundle may hold credentials");
 
         std::fs::write(dir.path().join(KEPT_FILE), b"{\"node_id\": \"w-1\", \"vers").unwrap();
         let error = load_kept(dir.path(), 77).unwrap_err();
