@@ -201,7 +201,8 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// `Ok(self)` for a 2xx, else the matching error.
+    /// `Ok(self)` for a 2xx (or a 304, which only a call with `If-None-Match` gets), else the
+    /// matching error.
     fn into_success(self) -> Result<Answer, ClientError> {
         if (200..300).contains(&self.status) || self.not_modified() {
             Ok(self)
