@@ -18,6 +18,8 @@ const SECTIONS: &[&str] = &[
     "server",
     "controller",
     "heartbeat",
+    "bundle",
+    "health",
     "sessions",
     "sunshine",
     "ice_servers",
@@ -38,6 +40,10 @@ pub struct AgentConfig {
     pub controller: ControllerSection,
     /// Heartbeat schedule.
     pub heartbeat: HeartbeatSection,
+    /// The config bundle poller.
+    pub bundle: BundleSection,
+    /// The control plane health checker.
+    pub health: HealthSection,
     /// The worker role.
     pub sessions: SessionsSection,
     /// Default Sunshine credentials.
@@ -116,6 +122,38 @@ pub struct HeartbeatSection {
     pub jitter: f64,
 }
 
+/// `bundle:` (the config bundle the control plane keeps for this node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleSection {
+    /// Seconds between polls of `GET /api/v1/nodes/{id}/config` (each wait jittered by 10 %).
+    pub poll_interval: f64,
+}
+
+impl Default for BundleSection {
+    fn default() -> Self {
+        BundleSection {
+            poll_interval: 30.0,
+        }
+    }
+}
+
+/// `health:` (the health checker: `check-master` on every replica).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Seconds between rounds (the field's 60 s; down to 1 s).
+    pub interval: f64,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            interval: hydra_core::health::DEFAULT_INTERVAL_MS as f64 / 1_000.0,
+        }
+    }
+}
+
 /// `sessions:` (the worker role).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -167,6 +205,8 @@ impl Default for AgentConfig {
             server: ServerSection::default(),
             controller: ControllerSection::default(),
             heartbeat: HeartbeatSection::default(),
+            bundle: BundleSection::default(),
+            health: HealthSection::default(),
             sessions: SessionsSection::default(),
             sunshine: SunshineSection::default(),
             ice_servers: Vec::new(),
@@ -309,6 +349,15 @@ impl AgentConfig {
         if self.server.max_connections == 0 {
             return fail("server.max_connections must be at least 1".into());
         }
+        if !(self.bundle.poll_interval >= 1.0 && self.bundle.poll_interval <= 3_600.0) {
+            return fail("bundle.poll_interval must be between 1 and 3600 seconds".into());
+        }
+        let health_ms = (self.health.interval * 1_000.0).round();
+        if !(health_ms.is_finite() && health_ms <= 3_600_000.0) {
+            return fail("health.interval must be at most 3600 seconds".into());
+        }
+        hydra_core::health::health_interval_ms(Some(health_ms.max(0.0) as u64))
+            .map_err(|error| ConfigError(format!("health.interval {error}")))?;
         if self.runs_worker() {
             if self.sessions.max == 0 || self.sessions.max > 1_000 {
                 return fail("sessions.max must be between 1 and 1000".into());
@@ -410,6 +459,8 @@ mod tests {
         assert_eq!(config.sessions.body_port, 47990);
         assert_eq!(config.heartbeat.interval, 30.0);
         assert_eq!(config.sessions.idle_timeout, 300.0);
+        assert_eq!(config.bundle.poll_interval, 30.0);
+        assert_eq!(config.health.interval, 60.0);
         assert_eq!(
             config.sessions.command[0],
             "/opt/moonlight-web-stream/web-server"
@@ -450,5 +501,13 @@ mod tests {
         assert!(role.0.contains("node.roles"), "{role}");
         let url = load_yaml("controller:\n  url: [ftp://x]\n").unwrap_err();
         assert!(url.0.contains("controller.url"), "{url}");
+        let health = load_yaml("health:\n  interval: 0.5\n").unwrap_err();
+        assert_eq!(
+            health.0,
+            "health.interval must be at least 1000 ms (1 s), got 500 ms"
+        );
+        assert!(load_yaml("health:\n  interval: 1\n").is_ok());
+        let poll = load_yaml("bundle:\n  poll_interval: 0\n").unwrap_err();
+        assert!(poll.0.contains("bundle.poll_interval"), "{poll}");
     }
 }

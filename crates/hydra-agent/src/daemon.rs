@@ -55,6 +55,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let bound = listener.local_addr().map_err(DaemonError::Serve)?;
+    let (config, start) = crate::bundle::with_kept_bundle(config);
     let worker = if config.runs_worker() {
         let root = config.sessions_root();
         let removed = clean_orphans(&root).map_err(|error| DaemonError::SessionsRoot {
@@ -115,6 +116,7 @@ pub async fn serve(
         let state = state.clone();
         let stop = shutdown.clone();
         let config = config.clone();
+        let worker = worker.clone();
         tasks.spawn(async move {
             let identity = match enrol_or_load(&config, &client, &stop).await {
                 Ok(identity) => identity,
@@ -131,7 +133,17 @@ pub async fn serve(
                 jitter: config.heartbeat.jitter,
                 agent_url: config.public_url(),
             };
-            crate::heartbeat::run(state, client.with_token(identity.token), settings, stop).await;
+            let ride_out = crate::bundle::ride_out(
+                start,
+                identity.node_id.clone(),
+                worker,
+                client.with_token(identity.token.clone()),
+                stop.clone(),
+            );
+            tokio::join!(
+                crate::heartbeat::run(state, client.with_token(identity.token), settings, stop),
+                ride_out
+            );
             Ok(())
         });
     }

@@ -40,7 +40,7 @@ pub async fn beat(
             let report = WorkerReport {
                 agent_url: settings.agent_url.clone(),
                 agent_key: state.agent_key().to_owned(),
-                max_sessions: worker.settings().max_sessions,
+                max_sessions: worker.max_sessions(),
                 sessions: sessions.iter().map(|session| session.to_wire()).collect(),
                 sequence: Some(sequence),
                 start_timeout_ms: Some(

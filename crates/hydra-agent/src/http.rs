@@ -274,7 +274,7 @@ impl AgentState {
                 let sessions = worker.snapshot();
                 (
                     worker.active_sessions(),
-                    worker.settings().max_sessions,
+                    worker.max_sessions(),
                     sessions.iter().map(SessionHealth::from).collect(),
                 )
             }

@@ -5,10 +5,12 @@
 //! Architecture invariant: talks to the control plane only through `hydra-client`; every child
 //! process runs in its own process group and is ended with it.
 
+pub mod bundle;
 pub mod config;
 pub mod daemon;
 pub mod enrol;
 pub mod head;
+pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod layering;

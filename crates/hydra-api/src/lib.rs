@@ -6,6 +6,7 @@
 
 pub mod eligible;
 pub mod error;
+pub mod node_config;
 pub mod nodes;
 pub mod selection;
 pub mod sessions;
@@ -14,6 +15,7 @@ pub mod text;
 
 pub use eligible::*;
 pub use error::{ErrorBody, ErrorCode};
+pub use node_config::*;
 pub use nodes::*;
 pub use selection::*;
 pub use sessions::*;

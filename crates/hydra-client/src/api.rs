@@ -5,8 +5,9 @@
 //! surely never reached the server.
 
 use hydra_api::{
-    DrainRequest, EligibleResponse, EnrolRequest, EnrolResponse, EnrolmentTokenRequest,
-    EnrolmentTokenResponse, Health, HeartbeatRequest, MoveRequest, NodeList, NodeView,
+    ConfigBundle, DrainRequest, EligibleResponse, EnrolRequest, EnrolResponse,
+    EnrolmentTokenRequest, EnrolmentTokenResponse, Health, HeartbeatRequest, MoveRequest,
+    NodeConfig, NodeList, NodeView,
 };
 use reqwest::Method;
 
@@ -95,6 +96,36 @@ impl Client {
     pub async fn eligible(&self, query: &EligibleQuery) -> Result<EligibleResponse, ClientError> {
         let call = Call::new(Method::GET, Kind::Read, &["bodies", "eligible"])
             .with_query(query.query_pairs());
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/nodes/{id}/config`: the node's config bundle (version 0 when none was set).
+    /// With `if_none_match` (the `etag` of the bundle the caller has), `Ok(None)` means it did
+    /// not change.
+    pub async fn node_config(
+        &self,
+        id: &str,
+        if_none_match: Option<&str>,
+    ) -> Result<Option<NodeConfig>, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["nodes", id, "config"])
+            .with_if_none_match(if_none_match);
+        let answer = self.execute(&call).await?;
+        if answer.not_modified() {
+            return Ok(None);
+        }
+        answer.json().map(Some)
+    }
+
+    /// `PUT /api/v1/nodes/{id}/config` (admin): replaces the node's bundle; the answer has its
+    /// new version. Retried like an idempotent write: a repeat stores the same bundle again
+    /// (one more version, same content).
+    pub async fn set_node_config(
+        &self,
+        id: &str,
+        bundle: &ConfigBundle,
+    ) -> Result<NodeConfig, ClientError> {
+        let call = Call::new(Method::PUT, Kind::IdempotentWrite, &["nodes", id, "config"])
+            .with_json(bundle)?;
         self.execute(&call).await?.json()
     }
 

@@ -129,6 +129,8 @@ pub(crate) struct Call {
     query: Vec<(&'static str, String)>,
     body: Option<Vec<u8>>,
     kind: Kind,
+    /// `If-None-Match`: a `304` answer then counts as a success.
+    if_none_match: Option<String>,
 }
 
 impl Call {
@@ -143,6 +145,15 @@ impl Call {
             query: Vec::new(),
             body: None,
             kind,
+            if_none_match: None,
+        }
+    }
+
+    /// Adds `If-None-Match: etag`; the answer may then be `304` ([`Answer::not_modified`]).
+    pub(crate) fn with_if_none_match(self, etag: Option<&str>) -> Call {
+        Call {
+            if_none_match: etag.map(str::to_owned),
+            ..self
         }
     }
 
@@ -190,13 +201,19 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// `Ok(self)` for a 2xx, else the matching error.
+    /// `Ok(self)` for a 2xx (or a 304, which only a call with `If-None-Match` gets), else the
+    /// matching error.
     fn into_success(self) -> Result<Answer, ClientError> {
-        if (200..300).contains(&self.status) {
+        if (200..300).contains(&self.status) || self.not_modified() {
             Ok(self)
         } else {
             Err(ClientError::from_answer(&self.url, self.status, &self.body))
         }
+    }
+
+    /// `304 Not Modified`: what a call with `If-None-Match` gets while nothing changed.
+    pub(crate) fn not_modified(&self) -> bool {
+        self.status == 304
     }
 
     /// A 5xx or 429: worth another replica or a later try.
@@ -539,6 +556,9 @@ impl Client {
             .timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
+        }
+        if let Some(etag) = &call.if_none_match {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag.as_str());
         }
         if let Some(body) = &call.body {
             request = request

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod failover;
+pub mod health;
 pub mod node;
 pub mod placement;
 pub mod probe;

@@ -70,6 +70,10 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::nodes::move_node))
         .routes(routes!(routes::nodes::drain))
         .routes(routes!(routes::nodes::create_enrolment_token))
+        .routes(routes!(
+            routes::node_config::show,
+            routes::node_config::replace
+        ))
         .routes(routes!(routes::bodies::eligible))
         .merge(sessions::router())
 }

@@ -9,6 +9,7 @@
 mod engine;
 mod enrolment;
 mod error;
+mod node_config;
 mod postgres;
 mod records;
 mod sqlite;
@@ -20,6 +21,7 @@ use std::path::Path;
 use hydra_core::{LatencySample, Node, Transport};
 
 pub use error::StoreError;
+pub use node_config::NodeConfigRecord;
 pub use records::{SessionRecord, SessionStatus, SessionWrite, WorkerReportRecord};
 
 /// Which engine a store runs on.

@@ -31,3 +31,4 @@ impl PgStore {
 
 crate::engine::engine_queries!(PgStore);
 crate::enrolment::enrolment_queries!(PgStore);
+crate::node_config::node_config_queries!(PgStore);

@@ -56,3 +56,4 @@ impl SqliteStore {
 
 crate::engine::engine_queries!(SqliteStore);
 crate::enrolment::enrolment_queries!(SqliteStore);
+crate::node_config::node_config_queries!(SqliteStore);

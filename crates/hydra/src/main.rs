@@ -9,6 +9,7 @@ mod client_args;
 mod config;
 mod head;
 mod logging;
+mod node_config;
 mod nodes;
 mod output;
 mod server;

@@ -28,6 +28,9 @@ pub enum Command {
     Undrain(IdArgs),
     /// Remove a node from the registry (its token stops working).
     Remove(IdArgs),
+    /// Show or change a node's config bundle (what the control plane overrides in its YAML).
+    #[command(subcommand)]
+    Config(crate::node_config::Command),
     /// One-time enrolment tokens: give a node's agent one instead of the admin token.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -185,6 +188,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Undrain(args) => set_drained(args, false).await,
         Command::Remove(args) => remove(args).await,
         Command::Token(TokenCommand::Create(args)) => create_token(args).await,
+        Command::Config(command) => crate::node_config::run(command).await,
     }
 }
 

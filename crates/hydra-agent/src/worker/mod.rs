@@ -220,6 +220,9 @@ pub struct Worker {
     shutting_down: AtomicBool,
     /// The last worker report's number in this run (see [`Worker::next_report_sequence`]).
     report_sequence: AtomicU64,
+    /// `settings.max_sessions` until a config bundle changes it (`crate::bundle`): a lower value
+    /// stops new starts only.
+    max_sessions: AtomicU32,
 }
 
 impl std::fmt::Debug for Worker {
@@ -238,6 +241,7 @@ impl Worker {
     /// A worker with no session.
     pub fn new(settings: WorkerSettings) -> Arc<Worker> {
         Arc::new(Worker {
+            max_sessions: AtomicU32::new(settings.max_sessions),
             settings,
             table: Mutex::new(BTreeMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -257,6 +261,16 @@ impl Worker {
         self.settings.body_check_timeout
             + self.settings.ready_timeout
             + self.settings.stop_grace * 2
+    }
+
+    /// Sessions it may run at most now (the config bundle's `sessions.max`, else the YAML's).
+    pub fn max_sessions(&self) -> u32 {
+        self.max_sessions.load(Ordering::Relaxed)
+    }
+
+    /// Applies a new `sessions.max`: running sessions keep running, only new starts see it.
+    pub fn set_max_sessions(&self, max: u32) {
+        self.max_sessions.store(max, Ordering::Relaxed);
     }
 
     /// The settings it runs with.
@@ -376,7 +390,7 @@ impl Worker {
             .values()
             .filter(|entry| entry.status.is_active())
             .count();
-        if active >= self.settings.max_sessions as usize {
+        if active >= self.max_sessions() as usize {
             return Err(StartError::MaxSessions);
         }
         let taken: HashSet<u16> = table
@@ -417,7 +431,7 @@ impl Worker {
     /// The ports of the range: `port_range_start` up to `port_range_start + max_sessions`.
     fn port_range(&self) -> impl Iterator<Item = u16> {
         let start = self.settings.port_range_start;
-        let count = u16::try_from(self.settings.max_sessions).unwrap_or(u16::MAX);
+        let count = u16::try_from(self.max_sessions()).unwrap_or(u16::MAX);
         (0..count).filter_map(move |offset| start.checked_add(offset))
     }
 

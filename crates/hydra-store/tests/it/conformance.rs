@@ -794,3 +794,4 @@ async fn an_enrolment_refused_for_a_taken_id_leaves_the_token_unused(store: Stor
             .unwrap()
     );
 }
+mod node_config;

@@ -738,3 +738,215 @@ async fn an_acknowledged_session_survives_a_postgres_server_sigkill() {
     let url = hydra_store::testing::fresh_postgres_database("agent_sigkill").await;
     an_acknowledged_session_survives_a_server_sigkill(Some(url)).await;
 }
+
+/// The field's WARN and INFO lines (hydra-core/src/health.rs), written out so a changed word fails.
+const DEGRADED_WARN: &str =
+    "[health] no master reachable; degraded mode, running on config version";
+const RECOVERED_INFO: &str = "[health] master reachable again; recovered after";
+
+impl Fleet {
+    /// Polls the bundle and checks health every second (the defaults are 30 s and 60 s).
+    fn fast_ride_out(&self) {
+        let mut yaml = std::fs::read_to_string(&self.config).expect("agent config");
+        yaml.push_str("bundle: {poll_interval: 1}\nhealth: {interval: 1}\n");
+        std::fs::write(&self.config, yaml).expect("write the agent config");
+    }
+
+    /// The agent's `max_sessions` now, if it answers.
+    async fn agent_max_sessions(&self) -> Option<u64> {
+        let (status, health) = call(Method::GET, &self.agent_api("/health"), None).await;
+        (status == 200)
+            .then(|| health["extra"]["max_sessions"].as_u64())
+            .flatten()
+    }
+}
+
+/// Issue 10: "A bundle change (lower `sessions.max`) reaches the agent within one poll and is
+/// kept across a restart", the restart while the control plane is away.
+#[tokio::test]
+async fn a_lower_sessions_max_reaches_a_running_agent_and_is_kept_across_a_restart_while_the_server_is_down()
+ {
+    let mut fleet = Fleet::start();
+    fleet.fast_ride_out();
+    let mut agent = Agent::start(&fleet, "agent");
+    fleet.wait_worker(&mut agent).await;
+    let id = fleet.create_session().await;
+    let group = SessionGroup::of(&fleet, &id);
+    assert_eq!(fleet.agent_max_sessions().await, Some(2));
+
+    let (status, answer) = call(
+        Method::PUT,
+        &fleet.server.api(&format!("/nodes/{WORKER_ID}/config")),
+        Some(json!({"sessions": {"max": 1}})),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["version"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    // One poll is at most 1.1 s (1 s, 10 % jitter); the deadline leaves room for a loaded host.
+    let applied = eventually(Duration::from_secs(5), async || {
+        fleet.agent_max_sessions().await == Some(1)
+    })
+    .await;
+    assert!(
+        applied,
+        "the agent never applied sessions.max 1; its log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("[bundle] applied config version 1"),
+        "{}",
+        agent.log()
+    );
+    // Lower means no new starts; the running session is untouched.
+    assert!(group.leader_alive(), "the running session was stopped");
+    assert_eq!(fleet.server_session(&id).await["status"], "running");
+    let (status, refused) = call(
+        Method::POST,
+        &fleet.server.api("/sessions"),
+        Some(json!({"body_ip": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(
+        status, 503,
+        "a second session started past sessions.max 1: {refused}"
+    );
+    let kept = fleet.dir.path().join("agent-state").join("bundle.json");
+    let kept_text = std::fs::read_to_string(&kept).expect("the kept bundle");
+    assert!(kept_text.contains("\"max\": 1"), "{kept_text}");
+
+    // The control plane goes away; the agent is stopped and started again meanwhile.
+    fleet.server.kill_9_in_place();
+    drop(agent);
+    drop(group);
+    let mut agent = Agent::start(&fleet, "agent-restarted");
+    let restarted = eventually(Duration::from_secs(20), async || {
+        agent.assert_running();
+        fleet.agent_max_sessions().await == Some(1)
+    })
+    .await;
+    assert!(
+        restarted,
+        "the restarted agent does not run on the kept bundle; its log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent
+            .log()
+            .contains("[bundle] starting from the kept config bundle"),
+        "{}",
+        agent.log()
+    );
+    let degraded = eventually(Duration::from_secs(10), async || {
+        agent.log().contains(&format!("{DEGRADED_WARN} 1"))
+    })
+    .await;
+    assert!(
+        degraded,
+        "no degraded WARN naming config version 1; log:\n{}",
+        agent.log()
+    );
+}
+
+/// Issue 10: "killing the server puts the agent in degraded mode with the WARN line once while
+/// its sessions keep running; the server back: INFO once."
+#[tokio::test]
+async fn a_server_killed_degrades_the_agent_once_its_session_keeps_running_and_it_recovers_once() {
+    let mut fleet = Fleet::start();
+    fleet.fast_ride_out();
+    let mut agent = Agent::start(&fleet, "agent");
+    fleet.wait_worker(&mut agent).await;
+    // The create answer's stream URL carries the viewer capability (stored views do not).
+    let (status, created) = call(
+        Method::POST,
+        &fleet.server.api("/sessions"),
+        Some(json!({"body_ip": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(
+        (status, created["status"].as_str()),
+        (201, Some("running")),
+        "{created}"
+    );
+    let id = created["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let stream_url = created["stream_url"]
+        .as_str()
+        .expect("stream_url")
+        .to_owned();
+    let group = SessionGroup::of(&fleet, &id);
+
+    fleet.server.kill_9_in_place();
+    let degraded = eventually(Duration::from_secs(10), async || {
+        agent.log().contains(DEGRADED_WARN)
+    })
+    .await;
+    assert!(degraded, "no degraded WARN; agent log:\n{}", agent.log());
+    // Four more rounds (1 s each) with the server still away: no second WARN.
+    let warned_again = eventually(Duration::from_secs(4), async || {
+        agent.log().matches(DEGRADED_WARN).count() > 1
+    })
+    .await;
+    assert!(
+        !warned_again,
+        "the WARN came more than once:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains(&format!("{DEGRADED_WARN} 0")),
+        "{}",
+        agent.log()
+    );
+    // Everything it supervises keeps running: the process, and the proxy in front of it.
+    assert!(
+        group.leader_alive(),
+        "the session process stopped in degraded mode"
+    );
+    let health = fleet.agent_health().await;
+    let session = health["extra"]["sessions"]
+        .as_array()
+        .and_then(|sessions| {
+            sessions
+                .iter()
+                .find(|session| session["id"] == id.as_str())
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("the agent lost session {id}: {health}"));
+    assert_eq!(session["status"], "running", "{health}");
+    assert_eq!(session["process_alive"], true, "{health}");
+    let page = crate::support::http()
+        .get(&stream_url)
+        .send()
+        .await
+        .expect("the stream URL");
+    assert!(
+        page.status().is_success(),
+        "the proxy stopped serving: {}",
+        page.status()
+    );
+
+    fleet.restart_server_after_sigkill();
+    let recovered = eventually(Duration::from_secs(15), async || {
+        agent.log().contains(RECOVERED_INFO)
+    })
+    .await;
+    assert!(recovered, "no recovery INFO; agent log:\n{}", agent.log());
+    let logged_again = eventually(Duration::from_secs(4), async || {
+        let log = agent.log();
+        log.matches(RECOVERED_INFO).count() > 1 || log.matches(DEGRADED_WARN).count() > 1
+    })
+    .await;
+    assert!(
+        !logged_again,
+        "the INFO or the WARN came twice:\n{}",
+        agent.log()
+    );
+    assert!(
+        group.leader_alive(),
+        "the session process stopped on recovery"
+    );
+}

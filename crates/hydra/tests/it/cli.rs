@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 use crate::support::{ADMIN_TOKEN, ServerProcess, ServerSetup, call};
 
 /// What one CLI run printed and how it ended.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs `hydra ARGS` with `--server`/`--token` taken from the environment given, bounded to 30 s.
-async fn hydra(env: &[(&str, &str)], args: &[&str]) -> Run {
+pub(crate) async fn hydra(env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hydra"));
     command
         .args(args)

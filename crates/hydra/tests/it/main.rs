@@ -9,6 +9,7 @@ mod enrolment;
 mod fleet;
 mod lab;
 mod metrics;
+mod node_config;
 mod sdk_failover;
 mod server_api;
 mod serving;

@@ -278,3 +278,12 @@ pub fn ids(answer: &serde_json::Value) -> Vec<String> {
         .map(|body| body["id"].as_str().expect("body id").to_owned())
         .collect()
 }
+
+impl ServerProcess {
+    /// SIGKILL and reap, keeping the handle: [`ServerProcess::restart_after_kill_9`] starts it
+    /// again at the same address later (a control plane that is away for a while).
+    pub fn kill_9_in_place(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

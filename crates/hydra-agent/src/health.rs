@@ -1,0 +1,91 @@
+//! The health checker task: every `health.interval` it asks every replica's `check-master`,
+//! hands the answers to `hydra_core::health` and carries out what it says (point the SDK's
+//! cached master at a new master, log the field's WARN on entering degraded mode and the INFO on
+//! recovery, resync the config bundle when a master is back). Nothing it does stops a session
+//! or the proxy: degraded mode only means the agent runs on the config it has.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hydra_client::Client;
+use hydra_core::health::{HealthChecker, HealthState, Output, ReplicaAnswer, ReplicaCheck};
+use tokio_util::sync::CancellationToken;
+
+use crate::bundle::Bundles;
+
+/// One round of `check-master` over every replica, at once.
+async fn ask_replicas(client: &Client) -> Vec<ReplicaCheck> {
+    let urls = client.replica_urls().to_vec();
+    let answers = futures::future::join_all(urls.iter().map(|url| client.check_master(url))).await;
+    urls.into_iter()
+        .zip(answers)
+        .map(|(base_url, answer)| ReplicaCheck {
+            base_url,
+            answer: match answer {
+                Ok(check) => ReplicaAnswer::Answered {
+                    is_master: check.is_master,
+                    master_url: check
+                        .master_url
+                        .map(|url| url.trim_end_matches('/').to_owned()),
+                },
+                Err(_) => ReplicaAnswer::Silent,
+            },
+        })
+        .collect()
+}
+
+/// Logs one output at the level it deserves and carries out its action.
+fn carry_out(output: &Output, client: &Client) {
+    match output {
+        Output::FollowMaster { to, .. } => {
+            if let Err(error) = client.set_master_url(to) {
+                tracing::warn!(master = %to, %error, "[health] cannot follow the master");
+            } else {
+                tracing::info!(master = %to, "{output}");
+            }
+        }
+        Output::EnteredDegraded { config_version } => {
+            tracing::warn!(config_version, "{output}");
+        }
+        Output::Recovered { degraded_for_ms } => {
+            tracing::info!(degraded_for_ms, "{output}");
+        }
+        // No replica list route yet (issue "Control-plane replicas"): the configured list stays.
+        Output::RefreshReplicas { .. } | Output::Resync => tracing::debug!("{output}"),
+    }
+}
+
+/// Runs rounds every `interval` until `shutdown`.
+pub async fn run(
+    client: Client,
+    bundles: Arc<Bundles>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut checker = HealthChecker::new(client.master_url());
+    loop {
+        let checks = ask_replicas(&client).await;
+        let outputs = checker.round(&checks, hydra_api::now_ms(), bundles.version());
+        for output in &outputs {
+            carry_out(output, &client);
+        }
+        // Recovering until the bundle was polled once from the master that is back (the write
+        // journal will replay here too); a failed resync is tried again next round.
+        if matches!(checker.state(), HealthState::Recovering { .. }) {
+            match bundles.poll_once(&client).await {
+                Ok(_) => {
+                    for output in checker.caught_up(hydra_api::now_ms()) {
+                        carry_out(&output, &client);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "[health] resync failed; trying again next round")
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
