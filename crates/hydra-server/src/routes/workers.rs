@@ -110,11 +110,21 @@ pub async fn report(
         Some((true, addresses)) => addresses,
     };
     let settings = state.settings();
+    // The node's config bundle, when it names `sessions.max`, caps the report too.
+    let bundle_max = state
+        .store()
+        .get_node_config(&id)
+        .await?
+        .and_then(|record| serde_json::from_str::<hydra_api::ConfigBundle>(&record.bundle).ok())
+        .and_then(|bundle| bundle.sessions.max);
+    let cap = bundle_max.map_or(settings.max_sessions_per_worker, |max| {
+        max.min(settings.max_sessions_per_worker)
+    });
     let trusted = crate::report_checks::check_report(
         &id,
         &report,
         &enrolled,
-        settings.max_sessions_per_worker,
+        cap,
         &settings.agent_url_hosts,
     )?;
     let mut report = report;

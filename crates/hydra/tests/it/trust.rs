@@ -680,3 +680,31 @@ async fn the_sdk_cleans_the_error_texts_a_worker_reports() {
         "http://127.0.0.1:7071"
     );
 }
+
+#[tokio::test]
+async fn a_worker_report_is_capped_by_its_config_bundle_too() {
+    let (_dir, server) = start(&[]);
+    let token = enrol_worker(&server, "w-bundle", "127.0.0.1").await;
+    let (status, answer) = call(
+        Method::PUT,
+        &server.api("/nodes/w-bundle/config"),
+        Some(json!({"sessions": {"max": 2}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) =
+        send_report(&server, &token, "w-bundle", "http://127.0.0.1:7071", 10).await;
+    assert_eq!(status, 204, "{answer}");
+    assert_eq!(worker(&server, "w-bundle").await["max_sessions"], 2);
+    // A bundle above the server's cap does not raise it.
+    let (status, _) = call(
+        Method::PUT,
+        &server.api("/nodes/w-bundle/config"),
+        Some(json!({"sessions": {"max": 500}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send_report(&server, &token, "w-bundle", "http://127.0.0.1:7071", 100).await;
+    assert_eq!(status, 204);
+    assert_eq!(worker(&server, "w-bundle").await["max_sessions"], 64);
+}
