@@ -12,6 +12,7 @@ mod error;
 mod node_config;
 mod postgres;
 mod records;
+mod session_queries;
 mod sqlite;
 pub mod testing;
 

@@ -30,5 +30,6 @@ impl PgStore {
 }
 
 crate::engine::engine_queries!(PgStore);
+crate::session_queries::session_queries!(PgStore);
 crate::enrolment::enrolment_queries!(PgStore);
 crate::node_config::node_config_queries!(PgStore);
