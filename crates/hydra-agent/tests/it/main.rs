@@ -5,5 +5,6 @@ mod colocated;
 mod fleet;
 mod input;
 mod proxy;
+mod session_start;
 mod support;
 mod worker;
