@@ -5,6 +5,8 @@ mod colocated;
 mod fleet;
 mod input;
 mod proxy;
+mod rating_forward;
 mod session_start;
 mod support;
+mod wireguard_health;
 mod worker;

@@ -25,7 +25,7 @@ fn value_of<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-/// README "Sessions": the request's `sunshine_user`/`sunshine_pass` (else the agent's
+/// The request's `sunshine_user`/`sunshine_pass` (else the agent's
 /// `sunshine.username/password`), the agent's `ice_servers` as JSON, `experience` and `exe_path`
 /// reach the session process as `SUNSHINE_USERNAME`, `SUNSHINE_PASSWORD`, `HYDRA_ICE_SERVERS`,
 /// `HYDRA_EXPERIENCE` and `HYDRA_EXE_PATH`.
