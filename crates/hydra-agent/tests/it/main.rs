@@ -3,6 +3,7 @@
 
 mod colocated;
 mod fleet;
+mod heartbeat_backoff;
 mod input;
 mod proxy;
 mod rating_forward;
