@@ -74,6 +74,19 @@ pub async fn run(
     settings: HeartbeatSettings,
     shutdown: CancellationToken,
 ) {
+    run_with_units(state, client, settings, shutdown, rand::random::<f64>).await;
+}
+
+/// [`run`] with its randomness passed in: `unit` gives each wait's draw in `[0, 1]` (the jitter
+/// after a success, the full-jitter backoff after a failure), so a test on a paused clock can
+/// check the schedule exactly.
+pub async fn run_with_units(
+    state: AgentState,
+    client: Client,
+    settings: HeartbeatSettings,
+    shutdown: CancellationToken,
+    mut unit: impl FnMut() -> f64,
+) {
     let mut failures: u32 = 0;
     loop {
         let outcome = tokio::select! {
@@ -92,7 +105,7 @@ pub async fn run(
                     seen.last_error = None;
                     seen.master = client.master_url();
                 });
-                jittered(settings.interval, settings.jitter, rand::random::<f64>())
+                jittered(settings.interval, settings.jitter, unit())
             }
             Err(error) => {
                 if failures == 0 {
@@ -101,12 +114,8 @@ pub async fn run(
                     tracing::debug!(node_id = %settings.node_id, %error, failures, "[heartbeat] heartbeat failed again");
                 }
                 let interval_ms = u64::try_from(settings.interval.as_millis()).unwrap_or(u64::MAX);
-                let wait = full_jitter_delay_ms(
-                    failures,
-                    1_000.min(interval_ms),
-                    interval_ms,
-                    rand::random::<f64>(),
-                );
+                let wait =
+                    full_jitter_delay_ms(failures, 1_000.min(interval_ms), interval_ms, unit());
                 failures = failures.saturating_add(1);
                 state.update_heartbeat(|seen| seen.last_error = Some(error.to_string()));
                 Duration::from_millis(wait.max(50))

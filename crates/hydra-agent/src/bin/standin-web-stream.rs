@@ -2,9 +2,11 @@
 //! command template: an HTTP server on `--bind`/`--port` that serves an HTML page (with an exit
 //! button, as the real page has) at every path and a WebSocket echo at `ws`.
 //!
-//! Usage: `standin-web-stream --bind 127.0.0.1 --port 8080 --data-dir DIR`. It prints one line per
-//! request to standard output (the worker sends that to `web-server.log`) and exits 1 with the
-//! bind error (e.g. "Address already in use") when it cannot listen.
+//! Usage: `standin-web-stream --bind 127.0.0.1 --port 8080 --data-dir DIR [--record-env FILE]`.
+//! It prints one line per request to standard output (the worker sends that to `web-server.log`)
+//! and exits 1 with the bind error (e.g. "Address already in use") when it cannot listen. With
+//! `--record-env` it first writes its `HYDRA_*` and `SUNSHINE_*` variables to FILE (`KEY=VALUE`
+//! lines, sorted), so tests can see what the worker hands a session process.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -35,12 +37,15 @@ const PAGE: &str = r#"<!doctype html>
 struct Options {
     bind: IpAddr,
     port: u16,
+    /// Where to write the `HYDRA_*`/`SUNSHINE_*` environment, if anywhere.
+    record_env: Option<std::path::PathBuf>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         port: 0,
+        record_env: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -60,6 +65,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--data-dir" => {
                 value()?;
             }
+            "--record-env" => options.record_env = Some(value()?.into()),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -78,6 +84,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(path) = &options.record_env
+        && let Err(error) = record_env(path)
+    {
+        eprintln!("standin-web-stream: cannot record the environment in {path:?}: {error}");
+        return ExitCode::FAILURE;
+    }
     let address = SocketAddr::new(options.bind, options.port);
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
@@ -95,6 +107,20 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the variables the worker hands a session process (only `HYDRA_*` and `SUNSHINE_*`:
+/// the rest of the environment is the test runner's), written whole before the port opens, so a
+/// session that answers has its file complete.
+fn record_env(path: &std::path::Path) -> std::io::Result<()> {
+    let mut lines: Vec<String> = std::env::vars()
+        .filter(|(key, _)| key.starts_with("HYDRA_") || key.starts_with("SUNSHINE_"))
+        .map(|(key, value)| format!("{key}={value}\n"))
+        .collect();
+    lines.sort();
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, lines.concat())?;
+    std::fs::rename(&partial, path)
 }
 
 async fn page(uri: Uri) -> impl IntoResponse {

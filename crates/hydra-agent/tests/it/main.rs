@@ -3,7 +3,11 @@
 
 mod colocated;
 mod fleet;
+mod heartbeat_backoff;
 mod input;
 mod proxy;
+mod rating_forward;
+mod session_start;
 mod support;
+mod wireguard_health;
 mod worker;

@@ -226,6 +226,13 @@ async fn an_agent_enrols_with_a_one_time_token_and_heartbeats_with_its_own() {
     let identity = std::fs::read_to_string(state_dir.join("node-token.json")).unwrap();
     assert!(identity.contains("hyn_"), "the node keeps its own token");
     assert!(!identity.contains(&token));
+    // README: the node token file is readable by its owner only.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(state_dir.join("node-token.json"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "node-token.json mode {mode:o}");
     // Spent by the agent's enrolment.
     let (status, _) = call_as(
         &token,

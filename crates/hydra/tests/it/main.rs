@@ -15,6 +15,7 @@ mod server_api;
 mod serving;
 mod session_history;
 mod status;
+mod storage_full;
 mod storage_outage;
 mod support;
 mod trust;

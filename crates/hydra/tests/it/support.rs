@@ -287,3 +287,72 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+impl ServerProcess {
+    /// Starts the server (SQLite) with its data dir on a `size` tmpfs mounted in a private mount
+    /// namespace of its own (`unshare --mount`, as the lab does; needs root), so the test can
+    /// fill the disk under it without touching the host. The process is the server itself
+    /// (`unshare` and `sh` exec it); the tmpfs is reached from outside at
+    /// [`ServerProcess::namespace_path`]. Otherwise as [`ServerProcess::start`].
+    pub fn start_on_tmpfs(setup: &ServerSetup, size: &str) -> ServerProcess {
+        std::fs::create_dir_all(&setup.data_dir).expect("create the data dir");
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "sh", "-c"])
+            // The script's arguments: $0 the size, $1 the dir, then the server's argv.
+            .arg(r#"size="$0"; dir="$1"; shift; mount -t tmpfs -o "size=$size" tmpfs "$dir" && exec "$@""#)
+            .arg(size)
+            .arg(&setup.data_dir)
+            .arg(env!("CARGO_BIN_EXE_hydra"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&setup.data_dir)
+            .args(&setup.extra)
+            .env("RUST_LOG", "info")
+            .env_remove("HYDRA_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(token) = &setup.admin_token {
+            command.args(["--admin-token", token]);
+        }
+        let mut child = command.spawn().expect("spawn unshare for hydra server");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("hydra server listening")
+                    && let Some(address) = line
+                        .split("listen=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                {
+                    let _ = address_tx.send(address.to_owned());
+                }
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let Ok(address) = address_rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "hydra server on a tmpfs did not start within 30 s; its log:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        ServerProcess {
+            child,
+            url: format!("http://{address}"),
+            log,
+        }
+    }
+
+    /// `path` as the server sees it, through `/proc/PID/root` (its mount namespace): inside a
+    /// tmpfs that [`ServerProcess::start_on_tmpfs`] mounted.
+    pub fn namespace_path(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.child.id())).join(relative)
+    }
+}
