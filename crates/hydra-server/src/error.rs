@@ -46,18 +46,28 @@ impl ApiError {
     }
 }
 
+/// Marks a response that failed on the storage engine, so the server's health can see storage
+/// failures that its read-only probe cannot (a full disk still answers reads).
+#[derive(Debug, Clone, Copy)]
+pub struct StorageFailed;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let storage_failed = self.code == ErrorCode::StorageUnavailable;
+        let mut response = (
             status,
             Json(ErrorBody {
                 error: self.code,
                 message: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if storage_failed {
+            response.extensions_mut().insert(StorageFailed);
+        }
+        response
     }
 }
 

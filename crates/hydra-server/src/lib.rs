@@ -91,8 +91,28 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/metrics", axum::routing::get(metrics_text))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            note_storage_failure,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// A request that failed on the storage engine degrades health at once (the store probe only
+/// reads, and a full disk still answers reads); the probe's next clean round restores it.
+async fn note_storage_failure(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    response: axum::response::Response,
+) -> axum::response::Response {
+    if response
+        .extensions()
+        .get::<error::StorageFailed>()
+        .is_some()
+    {
+        state.note_storage_failure();
+    }
+    response
 }
 
 /// Adds the error answers every route can give to each operation that does not list them
@@ -215,10 +235,12 @@ async fn probe_store(state: AppState, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let healthy = tokio::time::timeout(Duration::from_secs(5), state.store().ping())
+        let answers = tokio::time::timeout(Duration::from_secs(5), state.store().ping())
             .await
             .is_ok_and(|outcome| outcome.is_ok());
-        state.set_store_healthy(healthy);
+        // Healthy only when the store answers and no request failed on it since the last round.
+        let failed_since = state.take_storage_failure();
+        state.set_store_healthy(answers && !failed_since);
     }
 }
 

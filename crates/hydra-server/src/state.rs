@@ -70,6 +70,8 @@ struct Inner {
     settings: Settings,
     admin_digest: String,
     store_healthy: AtomicBool,
+    /// A request failed on the storage engine since the probe's last round.
+    storage_failed: AtomicBool,
     heartbeats: HeartbeatWriter,
     session_writes: SessionWriter,
     report_writes: ReportWriter,
@@ -108,6 +110,7 @@ impl AppState {
                 settings,
                 admin_digest: hash_token(admin_token),
                 store_healthy: AtomicBool::new(true),
+                storage_failed: AtomicBool::new(false),
                 heartbeats,
                 session_writes,
                 report_writes,
@@ -178,9 +181,21 @@ impl AppState {
         i64::try_from(self.inner.settings.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Whether the last store probe succeeded.
+    /// Whether storage is healthy: the last probe answered and no request failed on it since.
     pub fn store_healthy(&self) -> bool {
         self.inner.store_healthy.load(Ordering::Relaxed)
+    }
+
+    /// A request failed on the storage engine: health is `degraded` until a probe round passes
+    /// without another failure.
+    pub fn note_storage_failure(&self) {
+        self.inner.storage_failed.store(true, Ordering::Relaxed);
+        self.set_store_healthy(false);
+    }
+
+    /// Whether a request failed on storage since the last call (and forgets it).
+    pub fn take_storage_failure(&self) -> bool {
+        self.inner.storage_failed.swap(false, Ordering::Relaxed)
     }
 
     /// Records the outcome of a store probe; logs only changes.

@@ -1,8 +1,8 @@
 //! The SQLite engine failing for real: the server's data dir is a small tmpfs in a private
 //! mount namespace, filled up under the running server. Writes answer 503 with the JSON error
-//! and change nothing the API shows; once space is back, writes succeed again. Not checked:
-//! `/health` stays `ok` meanwhile, because the server's store probe (`probe_store`, a
-//! `SELECT 1` on the reader) reads, and a full disk does not stop reads (a gap, reported).
+//! and change nothing the API shows; `/health` turns `degraded` with the failed write (the
+//! store probe alone only reads, and a full disk still answers reads); once space is back,
+//! writes succeed again and health returns to `ok`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -65,6 +65,8 @@ async fn a_full_sqlite_disk_fails_writes_with_503_and_they_recover_when_space_is
         "{}",
         server.log.lock().unwrap()
     );
+    let (_, health) = call(Method::GET, &server.api("/health"), None).await;
+    assert_eq!(health["status"], "degraded", "{health}");
 
     // Space back: the same write succeeds (bounded wait for the engine to take it).
     drop(file);
@@ -79,4 +81,10 @@ async fn a_full_sqlite_disk_fails_writes_with_503_and_they_recover_when_space_is
     assert!(recovered, "{}", server.log.lock().unwrap());
     let (status, _) = call(Method::GET, &server.api(&format!("/nodes/{id}")), None).await;
     assert_eq!(status, 200);
+    // The store probe's next clean round (every 5 s) restores health.
+    let healthy = eventually(Duration::from_secs(30), async || {
+        call(Method::GET, &server.api("/health"), None).await.1["status"] == "ok"
+    })
+    .await;
+    assert!(healthy, "health never came back to ok");
 }
