@@ -10,7 +10,7 @@ impl From<&SessionSnapshot> for SessionHealth {
         SessionHealth {
             id: session.id.clone(),
             body_ip: session.body_ip.clone(),
-            status: session.status.as_str().to_owned(),
+            status: session.status,
             process_alive: session.process_alive,
             data_directory_ok: session.data_directory_ok,
             active_connections: session.active_connections,

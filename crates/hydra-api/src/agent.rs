@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::sessions::SessionState;
+
 /// `GET /api/v1/health` of an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentHealth {
@@ -42,7 +44,7 @@ pub struct SessionHealth {
     /// The body's address.
     pub body_ip: String,
     /// `starting`, `running`, `stopped` or `error`.
-    pub status: String,
+    pub status: SessionState,
     /// Whether its process runs.
     pub process_alive: bool,
     /// Whether its data dir exists.

@@ -107,7 +107,7 @@ fn render(status: &AgentStatus) -> String {
             table.row(vec![
                 session.id.clone(),
                 session.body_ip.clone(),
-                session.status.clone(),
+                session.status.as_str().to_owned(),
                 session.port.to_string(),
                 yes_no(session.process_alive),
                 yes_no(session.data_directory_ok),
@@ -143,7 +143,7 @@ mod tests {
             sessions: Some(vec![SessionHealth {
                 id: "s-1".into(),
                 body_ip: "10.0.0.2".into(),
-                status: "running".into(),
+                status: hydra_api::SessionState::Running,
                 process_alive: true,
                 data_directory_ok: true,
                 active_connections: 2,

@@ -287,7 +287,10 @@ async fn quit_ends_the_session_and_rating_is_checked() {
         .unwrap();
     assert_eq!(after.status(), 404);
     let health = agent.health().await;
-    assert_eq!(health.extra.sessions.unwrap()[0].status, "stopped");
+    assert_eq!(
+        health.extra.sessions.unwrap()[0].status,
+        hydra_api::SessionState::Stopped
+    );
     assert_eq!(health.extra.active_sessions, 0);
     let unknown = client
         .post(agent.url("/session/nobody/quit"))
