@@ -228,6 +228,13 @@ mod tests {
         );
         assert!(ClientError::NoMaster { replicas: vec![] }.is_transient());
         assert!(!ClientError::NotFound("x".into()).is_transient());
+        let rejected = |status| ClientError::Rejected {
+            status,
+            code: "x".into(),
+            message: String::new(),
+        };
+        assert!(rejected(429).is_transient(), "429 asks to come back later");
+        assert!(!rejected(400).is_transient());
         assert!(!ClientError::Unauthorized("x".into()).is_transient());
         assert!(
             !ClientError::Indeterminate {
