@@ -30,9 +30,10 @@ impl SessionState {
         }
     }
 
-    /// Whether the session holds a worker slot (starting or running).
+    /// Whether the session holds a worker slot (starting or running): the core's rule
+    /// (`hydra_core::session::SessionState::is_live`).
     pub fn is_active(self) -> bool {
-        matches!(self, SessionState::Starting | SessionState::Running)
+        hydra_core::session::SessionState::from(self).is_live()
     }
 }
 
