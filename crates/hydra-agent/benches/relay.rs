@@ -62,7 +62,7 @@ async fn fleet() -> (AppState, Relay, tempfile::TempDir) {
         ..Settings::default()
     };
     let state = AppState::new(store, settings, "bench-admin").await.unwrap();
-    let relay = Relay::default();
+    let relay = Relay;
     for index in 0..WORKERS {
         state.workers().put(&format!("w-{index:04}"), {
             let mut info = WorkerInfo::new(

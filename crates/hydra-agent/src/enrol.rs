@@ -103,6 +103,14 @@ pub fn store_identity(state_dir: &Path, identity: &Identity) -> Result<(), Enrol
         .map_err(failed)
 }
 
+/// Whether an enrolment that failed with `error` is tried again: whenever a later try may
+/// succeed (`ClientError::is_transient`, the SDK's one rule: no answer, no master, a 5xx or 429),
+/// and when it may have landed unseen (`Indeterminate`): the retry then lands, or answers 409,
+/// which is final, so the retry is the check the SDK asks for.
+fn retry_enrolment(error: &ClientError) -> bool {
+    error.is_transient() || matches!(error, ClientError::Indeterminate { .. })
+}
+
 /// The stored identity, else a new enrolment with `controller.enrolment_token` (or, failing
 /// that, the admin token in `controller.token`). While no replica answers
 /// it retries with full-jitter backoff (1 s doubling to 60 s) until `shutdown`; a refusal is final.
@@ -153,12 +161,7 @@ pub async fn enrol_or_load(
                 tracing::info!(node_id = %identity.node_id, "[heartbeat] enrolled; node token stored in the state dir");
                 return Ok(identity);
             }
-            Err(
-                error @ (ClientError::Unreachable { .. }
-                | ClientError::NoMaster { .. }
-                | ClientError::Indeterminate { .. }
-                | ClientError::Server { .. }),
-            ) => {
+            Err(error) if retry_enrolment(&error) => {
                 let wait = Duration::from_millis(full_jitter_delay_ms(
                     failures,
                     1_000,
@@ -174,5 +177,70 @@ pub async fn enrol_or_load(
             }
             Err(error) => return Err(EnrolError::Refused(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The enrolment retries what the SDK calls transient, plus a write that may have landed;
+    /// every refusal is final.
+    #[test]
+    fn enrolment_retries_what_the_sdk_calls_transient_and_an_unseen_write() {
+        let rejected = |status: u16| ClientError::Rejected {
+            status,
+            code: "x".into(),
+            message: String::new(),
+        };
+        let cases = [
+            (
+                "unreachable",
+                ClientError::Unreachable {
+                    replicas: vec![],
+                    last_error: String::new(),
+                },
+            ),
+            ("no master", ClientError::NoMaster { replicas: vec![] }),
+            (
+                "indeterminate",
+                ClientError::Indeterminate {
+                    url: String::new(),
+                    detail: String::new(),
+                },
+            ),
+            (
+                "server 503",
+                ClientError::Server {
+                    url: String::new(),
+                    status: 503,
+                    code: "unavailable".into(),
+                    message: String::new(),
+                },
+            ),
+            ("rejected 429", rejected(429)),
+            ("rejected 400", rejected(400)),
+            ("rejected 409", rejected(409)),
+            ("unauthorized", ClientError::Unauthorized(String::new())),
+            ("forbidden", ClientError::Forbidden(String::new())),
+            ("config", ClientError::Config(String::new())),
+        ];
+        let table: String = cases
+            .iter()
+            .map(|(name, error)| format!("{name}: {}\n", retry_enrolment(error)))
+            .collect();
+        expect_test::expect![[r#"
+            unreachable: true
+            no master: true
+            indeterminate: true
+            server 503: true
+            rejected 429: true
+            rejected 400: false
+            rejected 409: false
+            unauthorized: false
+            forbidden: false
+            config: false
+        "#]]
+        .assert_eq(&table);
     }
 }

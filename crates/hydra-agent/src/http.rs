@@ -605,13 +605,12 @@ async fn add_slash(Path(id): Path<String>, uri: Uri) -> Response {
     if let Err(bad) = check_session_id(&id) {
         return api_error(ErrorCode::InvalidRequest, bad.message());
     }
-    let query = uri
-        .query()
-        .map(|query| format!("?{query}"))
-        .unwrap_or_default();
     Response::builder()
         .status(StatusCode::PERMANENT_REDIRECT)
-        .header(header::LOCATION, format!("/session/{id}/{query}"))
+        .header(
+            header::LOCATION,
+            hydra_proxy::session_path::slash_location(&id, &uri),
+        )
         .body(Body::empty())
         .unwrap_or_else(|_| api_error(ErrorCode::InvalidRequest, "invalid query"))
 }

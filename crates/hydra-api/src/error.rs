@@ -46,6 +46,11 @@ impl ErrorCode {
         }
     }
 
+    /// The code for its wire word; `None` for a word this build does not know.
+    pub fn from_wire(word: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(word.to_owned())).ok()
+    }
+
     /// The HTTP status the server answers this code with.
     pub fn http_status(self) -> u16 {
         match self {

@@ -4,6 +4,7 @@
 //! API boundary: these types are a compatibility promise. Requests reject unknown fields.
 //! No logic beyond conversions from `hydra-core` types.
 
+pub mod agent;
 pub mod eligible;
 pub mod error;
 pub mod node_config;

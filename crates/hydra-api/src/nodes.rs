@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use hydra_core::{CostTier, Node, Role};
+use hydra_core::{CostTier, Node, NodeStatus, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -54,6 +54,42 @@ pub enum CostTierWire {
     Leased,
     /// Bought per use.
     Marketplace,
+}
+
+/// Whether a node counts as alive (`hydra_core::NodeStatus` on the wire): `online` while its
+/// last heartbeat is younger than the timeout, else `offline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatusWire {
+    /// Heartbeat fresh.
+    Online,
+    /// No heartbeat yet, or too old.
+    Offline,
+}
+
+impl NodeStatusWire {
+    /// The wire word (`online`, `offline`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatusWire::Online => "online",
+            NodeStatusWire::Offline => "offline",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeStatusWire {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl From<NodeStatus> for NodeStatusWire {
+    fn from(status: NodeStatus) -> NodeStatusWire {
+        match status {
+            NodeStatus::Online => NodeStatusWire::Online,
+            NodeStatus::Offline => NodeStatusWire::Offline,
+        }
+    }
 }
 
 impl From<CostTierWire> for CostTier {
@@ -157,7 +193,7 @@ pub struct NodeView {
     /// Sessions from the last heartbeat.
     pub active_sessions: u32,
     /// `online` or `offline`.
-    pub status: String,
+    pub status: NodeStatusWire,
     /// Last heartbeat as RFC 3339 UTC, or null.
     pub last_heartbeat: Option<String>,
     /// Enrolment time as RFC 3339 UTC.
@@ -182,10 +218,7 @@ impl NodeView {
             drained: node.drained,
             idle: node.idle,
             active_sessions: node.active_sessions,
-            status: node
-                .status(now_ms, heartbeat_timeout_ms)
-                .as_str()
-                .to_owned(),
+            status: node.status(now_ms, heartbeat_timeout_ms).into(),
             last_heartbeat: node.last_heartbeat.map(crate::system::rfc3339),
             enrolled_at: crate::system::rfc3339(node.enrolled_at),
         }

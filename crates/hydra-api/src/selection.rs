@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use hydra_core::selection::{Candidate, Selection};
+use hydra_core::selection::{Candidate, Policy, Selection};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -60,11 +60,54 @@ impl From<&Candidate<'_>> for EligibleBody {
     }
 }
 
+/// Which rule produced an eligible list (`hydra_core::selection::Policy` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyWire {
+    /// Same district, venue and owner as the head.
+    Quickroute,
+    /// Quickroute was empty; same district, usable by the head's owner.
+    CrossVenue,
+    /// No `head_id`: the district and venue given in the query.
+    StrictVenue,
+    /// No candidate at all.
+    None,
+}
+
+impl PolicyWire {
+    /// The wire word (`quickroute`, `cross_venue`, `strict_venue`, `none`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyWire::Quickroute => "quickroute",
+            PolicyWire::CrossVenue => "cross_venue",
+            PolicyWire::StrictVenue => "strict_venue",
+            PolicyWire::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyWire {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl From<Policy> for PolicyWire {
+    fn from(policy: Policy) -> PolicyWire {
+        match policy {
+            Policy::Quickroute => PolicyWire::Quickroute,
+            Policy::CrossVenue => PolicyWire::CrossVenue,
+            Policy::StrictVenue => PolicyWire::StrictVenue,
+            Policy::None => PolicyWire::None,
+        }
+    }
+}
+
 /// `{"policy": ..., "bodies": [...]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EligibleResponse {
     /// `quickroute`, `cross_venue`, `strict_venue` or `none`.
-    pub policy: String,
+    pub policy: PolicyWire,
     /// Best first.
     pub bodies: Vec<EligibleBody>,
 }
@@ -72,22 +115,67 @@ pub struct EligibleResponse {
 impl From<&Selection<'_>> for EligibleResponse {
     fn from(selection: &Selection<'_>) -> EligibleResponse {
         EligibleResponse {
-            policy: selection.policy.as_str().to_owned(),
+            policy: selection.policy.into(),
             bodies: selection.bodies.iter().map(EligibleBody::from).collect(),
         }
     }
 }
 
-/// A connect time a head measured to a body, reported with its next request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LatencyReport {
-    /// The head that measured.
-    pub head_id: String,
-    /// The body measured.
-    pub body_id: String,
-    /// `lan` or `wireguard`.
-    pub transport: String,
-    /// TCP connect time in milliseconds.
-    pub rtt_ms: u32,
+#[cfg(test)]
+mod tests {
+    use hydra_core::NodeStatus;
+
+    use super::*;
+    use crate::ErrorCode;
+    use crate::nodes::NodeStatusWire;
+
+    /// Every core word on the wire, as JSON, and back: the enums keep the strings the API has
+    /// always sent (`policy`, a node's and a worker's `status`, the error codes).
+    #[test]
+    fn the_wire_enums_send_the_words_they_always_sent() {
+        let mut lines = Vec::new();
+        for policy in [
+            Policy::Quickroute,
+            Policy::CrossVenue,
+            Policy::StrictVenue,
+            Policy::None,
+        ] {
+            let json = serde_json::to_string(&PolicyWire::from(policy)).unwrap();
+            assert_eq!(json, format!("\"{}\"", policy.as_str()), "{policy:?}");
+            let back: PolicyWire = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, PolicyWire::from(policy));
+            lines.push(format!("policy {policy:?} -> {json}"));
+        }
+        for status in [NodeStatus::Online, NodeStatus::Offline] {
+            let json = serde_json::to_string(&NodeStatusWire::from(status)).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()), "{status:?}");
+            let back: NodeStatusWire = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, NodeStatusWire::from(status));
+            lines.push(format!("status {status:?} -> {json}"));
+        }
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::Unavailable,
+            ErrorCode::StorageUnavailable,
+            ErrorCode::Internal,
+            ErrorCode::BadGateway,
+        ] {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_wire("teapot"), None);
+        assert!(serde_json::from_str::<PolicyWire>("\"anywhere\"").is_err());
+        expect_test::expect![[r#"
+            policy Quickroute -> "quickroute"
+            policy CrossVenue -> "cross_venue"
+            policy StrictVenue -> "strict_venue"
+            policy None -> "none"
+            status Online -> "online"
+            status Offline -> "offline""#]]
+        .assert_eq(&lines.join("\n"));
+    }
 }

@@ -1,6 +1,7 @@
 //! Relay sessions and workers on the wire: the server's session API, the server-to-agent start
 //! call and the agent's worker report (`relay.md`).
 
+use crate::nodes::NodeStatusWire;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -29,9 +30,10 @@ impl SessionState {
         }
     }
 
-    /// Whether the session holds a worker slot (starting or running).
+    /// Whether the session holds a worker slot (starting or running): the core's rule
+    /// (`hydra_core::session::SessionState::is_live`).
     pub fn is_active(self) -> bool {
-        matches!(self, SessionState::Starting | SessionState::Running)
+        hydra_core::session::SessionState::from(self).is_live()
     }
 }
 
@@ -191,7 +193,7 @@ pub struct WorkerView {
     /// Site.
     pub venue: String,
     /// `online` or `offline` (heartbeat age).
-    pub status: String,
+    pub status: NodeStatusWire,
     /// Online, not drained and reported: new sessions may go there.
     pub healthy: bool,
     /// Whether the worker takes no new session.

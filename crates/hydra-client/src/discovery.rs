@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hydra_api::{EligibleBody, EligibleResponse};
+use hydra_api::{EligibleBody, EligibleResponse, PolicyWire};
 use hydra_core::Transport;
 use hydra_core::probe::{
     ProbeAction, ProbeBody, ProbeError, ProbeKey, ProbeRace, ProbeSettings, ProbeStatus,
@@ -132,7 +132,7 @@ pub struct Discovery {
     /// The chosen body as the server listed it.
     pub body: EligibleBody,
     /// The policy of the answer it came from (`quickroute`, `cross_venue`, ...).
-    pub policy: String,
+    pub policy: PolicyWire,
     /// Every body that had at least one probe, in the order tried.
     pub tried: Vec<BodyProbes>,
     /// Time from the first request to the decision.
@@ -151,7 +151,7 @@ pub enum DiscoveryError {
         /// The head.
         head_id: String,
         /// The policy of the (empty) answer.
-        policy: String,
+        policy: PolicyWire,
     },
     /// Bodies were listed but none answered on either address.
     #[error("no body is reachable for head {head_id}: tried {}", list(tried))]

@@ -1,6 +1,6 @@
 //! The one error type of the SDK: what a caller can match on, with the server's own message.
 
-use hydra_api::ErrorBody;
+use hydra_api::{ErrorBody, ErrorCode};
 
 /// Every way a call through [`crate::Client`] can fail.
 ///
@@ -98,6 +98,36 @@ impl ClientError {
                 message,
             },
         }
+    }
+
+    /// The HTTP status of an answer that was not a success; `None` when none came.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Unauthorized(_) => Some(401),
+            ClientError::Forbidden(_) => Some(403),
+            ClientError::NotFound(_) => Some(404),
+            ClientError::Rejected { status, .. } | ClientError::Server { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// The error body a refusing answer carried, when it carried one with a known code: what a
+    /// caller passes on as its own refusal (the server relays a worker's).
+    pub fn error_body(&self) -> Option<ErrorBody> {
+        let (code, message) = match self {
+            ClientError::Unauthorized(message) => (ErrorCode::Unauthorized, message),
+            ClientError::Forbidden(message) => (ErrorCode::Forbidden, message),
+            ClientError::NotFound(message) => (ErrorCode::NotFound, message),
+            ClientError::Rejected { code, message, .. }
+            | ClientError::Server { code, message, .. } => (ErrorCode::from_wire(code)?, message),
+            _ => return None,
+        };
+        Some(ErrorBody {
+            error: code,
+            message: message.clone(),
+        })
     }
 
     /// Whether trying again later might succeed (a transport failure, no master, a 5xx or 429).
@@ -198,6 +228,13 @@ mod tests {
         );
         assert!(ClientError::NoMaster { replicas: vec![] }.is_transient());
         assert!(!ClientError::NotFound("x".into()).is_transient());
+        let rejected = |status| ClientError::Rejected {
+            status,
+            code: "x".into(),
+            message: String::new(),
+        };
+        assert!(rejected(429).is_transient(), "429 asks to come back later");
+        assert!(!rejected(400).is_transient());
         assert!(!ClientError::Unauthorized("x".into()).is_transient());
         assert!(
             !ClientError::Indeterminate {

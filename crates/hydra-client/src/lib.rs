@@ -9,6 +9,7 @@
 //!
 //! API boundary: depends on `hydra-api` (wire types) and `hydra-core` only.
 
+mod agent;
 mod api;
 mod client;
 pub mod discovery;
@@ -17,6 +18,7 @@ mod relay;
 mod replicas;
 mod retry;
 
+pub use agent::AgentClient;
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
 /// The eligible-bodies question and the connect times a head reports, one wire type shared with

@@ -66,6 +66,16 @@ pub fn raw_rest(uri: &Uri) -> &str {
     }
 }
 
+/// Where `/session/{id}` (no slash) redirects, for the agent and the server's colocated route
+/// alike: `/session/{id}/` with the query kept as it came, since it may carry the viewer
+/// capability.
+pub fn slash_location(id: &str, uri: &Uri) -> String {
+    match uri.query() {
+        Some(query) => format!("/session/{id}/?{query}"),
+        None => format!("/session/{id}/"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +100,22 @@ mod tests {
         assert!(!is_server_session_id("s-0123456789ABCDEF"));
         assert!(!is_server_session_id("s-0123456789abcde"));
         assert!(!is_server_session_id("page"));
+    }
+
+    #[test]
+    fn the_slash_redirect_keeps_the_query_with_the_capability() {
+        let cases = [
+            ("/session/s-1", "/session/s-1/"),
+            (
+                "/session/s-1?hydra_viewer=v1.abc&x=%2F",
+                "/session/s-1/?hydra_viewer=v1.abc&x=%2F",
+            ),
+            ("/session/s-1?", "/session/s-1/?"),
+        ];
+        for (path, location) in cases {
+            let uri: Uri = path.parse().unwrap();
+            assert_eq!(slash_location("s-1", &uri), location, "{path}");
+        }
     }
 
     #[test]

@@ -64,16 +64,11 @@ async fn colocated_bare(
     if let Err(bad) = check_server_session_id(&id) {
         return bad.into_response();
     }
-    // The query may carry the viewer capability: keep it.
-    let query = uri
-        .query()
-        .map(|query| format!("?{query}"))
-        .unwrap_or_default();
     Response::builder()
         .status(StatusCode::PERMANENT_REDIRECT)
         .header(
             axum::http::header::LOCATION,
-            format!("/session/{id}/{query}"),
+            hydra_proxy::session_path::slash_location(&id, &uri),
         )
         .body(Body::empty())
         .unwrap_or_else(|_| ApiError::invalid("invalid query").into_response())

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use hydra_api::EligibleResponse;
+use hydra_api::{EligibleResponse, PolicyWire};
 use hydra_client::EligibleQuery;
 
 use crate::client_args::ClientArgs;
@@ -70,13 +70,14 @@ async fn eligible(args: EligibleArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// What the policy word means, for people.
-fn policy_meaning(policy: &str) -> &'static str {
+fn policy_meaning(policy: PolicyWire) -> &'static str {
     match policy {
-        "quickroute" => "bodies in the head's own venue, of its owner",
-        "cross_venue" => "no usable body in the head's venue; bodies elsewhere in its district",
-        "strict_venue" => "bodies in exactly the district and venue asked for",
-        "none" => "no eligible body",
-        _ => "unknown policy",
+        PolicyWire::Quickroute => "bodies in the head's own venue, of its owner",
+        PolicyWire::CrossVenue => {
+            "no usable body in the head's venue; bodies elsewhere in its district"
+        }
+        PolicyWire::StrictVenue => "bodies in exactly the district and venue asked for",
+        PolicyWire::None => "no eligible body",
     }
 }
 
@@ -87,7 +88,7 @@ fn eligible_text(answer: &EligibleResponse) -> String {
     let mut text = format!(
         "policy: {} ({}), {count} {plural}\n",
         answer.policy,
-        policy_meaning(&answer.policy)
+        policy_meaning(answer.policy)
     );
     if answer.bodies.is_empty() {
         return text;
@@ -147,14 +148,14 @@ mod tests {
     fn says_the_policy_and_lists_bodies_in_order() {
         let cases = [
             EligibleResponse {
-                policy: "cross_venue".into(),
+                policy: PolicyWire::CrossVenue,
                 bodies: vec![
                     body("body-7", "cloud-seven", false, Some(12)),
                     body("body-3", "antwerp", false, None),
                 ],
             },
             EligibleResponse {
-                policy: "none".into(),
+                policy: PolicyWire::None,
                 bodies: vec![],
             },
         ];

@@ -172,7 +172,7 @@ async fn discover(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
             ),
             ("transport", found.route.transport.to_string()),
             ("rtt_ms", found.route.rtt_ms.to_string()),
-            ("policy", found.policy.clone()),
+            ("policy", found.policy.to_string()),
             ("elapsed_ms", found.elapsed.as_millis().to_string()),
             ("tried", tried.join(", ")),
         ]));
@@ -235,7 +235,7 @@ impl<'a> DiscoveryJson<'a> {
             port: found.route.port,
             transport: found.route.transport.as_str(),
             rtt_ms: found.route.rtt_ms,
-            policy: &found.policy,
+            policy: found.policy.as_str(),
             elapsed_ms: found.elapsed.as_millis() as u64,
             tried: found.tried.iter().map(TriedJson::new).collect(),
         }

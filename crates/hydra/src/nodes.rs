@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use hydra_api::{
-    CostTierWire, EnrolRequest, EnrolmentTokenRequest, MoveRequest, NodeView, RoleWire,
+    CostTierWire, EnrolRequest, EnrolmentTokenRequest, MoveRequest, NodeStatusWire, NodeView,
+    RoleWire,
 };
 
 use crate::client_args::ClientArgs;
@@ -378,7 +379,7 @@ fn nodes_table(nodes: &[NodeView]) -> String {
             node.district.clone(),
             node.venue.clone(),
             node.owner.clone(),
-            node.status.clone(),
+            node.status.to_string(),
             yes_no(node.idle),
             yes_no(node.drained),
             or_dash(node.lan_ip),
@@ -387,7 +388,10 @@ fn nodes_table(nodes: &[NodeView]) -> String {
             tier_word(node.cost_tier).to_owned(),
         ]);
     }
-    let online = nodes.iter().filter(|node| node.status == "online").count();
+    let online = nodes
+        .iter()
+        .filter(|node| node.status == NodeStatusWire::Online)
+        .count();
     format!("{}{} nodes, {online} online\n", table.render(), nodes.len())
 }
 
@@ -410,7 +414,7 @@ fn node_details(node: &NodeView) -> String {
         ("wg_ip", or_dash(node.wg_ip)),
         ("vram_mb", or_dash(node.vram_mb)),
         ("cost_tier", tier_word(node.cost_tier).to_owned()),
-        ("status", node.status.clone()),
+        ("status", node.status.to_string()),
         ("idle", yes_no(node.idle)),
         ("drained", yes_no(node.drained)),
         ("active_sessions", node.active_sessions.to_string()),
@@ -423,7 +427,7 @@ fn node_details(node: &NodeView) -> String {
 mod tests {
     use super::*;
 
-    fn body(id: &str, venue: &str, status: &str) -> NodeView {
+    fn body(id: &str, venue: &str, status: NodeStatusWire) -> NodeView {
         NodeView {
             id: id.into(),
             name: id.into(),
@@ -439,7 +443,7 @@ mod tests {
             drained: false,
             idle: true,
             active_sessions: 0,
-            status: status.into(),
+            status,
             last_heartbeat: Some("2026-01-01T10:00:00.000Z".into()),
             enrolled_at: "2026-01-01T09:00:00.000Z".into(),
         }
@@ -448,8 +452,8 @@ mod tests {
     #[test]
     fn lists_nodes_as_an_aligned_table() {
         let nodes = [
-            body("body-1", "rupelmonde", "online"),
-            body("body-22", "cloud-seven", "offline"),
+            body("body-1", "rupelmonde", NodeStatusWire::Online),
+            body("body-22", "cloud-seven", NodeStatusWire::Offline),
         ];
         expect_test::expect![[r#"
             ID       NAME     ROLES        DISTRICT  VENUE        OWNER  STATUS   IDLE  DRAINED  LAN_IP    WG_IP  VRAM_MB  TIER
@@ -481,6 +485,10 @@ mod tests {
             last_heartbeat:   2026-01-01T10:00:00.000Z
             enrolled_at:      2026-01-01T09:00:00.000Z
         "#]]
-        .assert_eq(&node_details(&body("body-1", "rupelmonde", "online")));
+        .assert_eq(&node_details(&body(
+            "body-1",
+            "rupelmonde",
+            NodeStatusWire::Online,
+        )));
     }
 }

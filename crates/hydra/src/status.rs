@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use hydra_agent::config::AgentConfig;
-use hydra_agent::local_api::AgentStatus;
+use hydra_api::agent::AgentStatus;
+use hydra_client::{AgentClient, ClientError};
 
 use crate::output::{Table, key_values, or_dash, print, print_json, yes_no};
 
@@ -46,27 +46,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         (None, None) => "http://127.0.0.1:7071".to_owned(),
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let url = format!("{base}/api/v1/status");
-    let mut request = client.get(&url);
-    if let Some(token) = args.token.as_deref().filter(|token| !token.is_empty()) {
-        request = request.bearer_auth(token);
-    }
-    let answer = request.send().await.with_context(|| {
-        format!("no agent answers at {base} (--agent): is hydra agent running?")
-    })?;
-    anyhow::ensure!(
-        answer.status().is_success(),
-        "the agent at {base} answered {}",
-        answer.status()
-    );
-    let status: AgentStatus = answer
-        .json()
-        .await
-        .with_context(|| format!("the agent at {base} sent an unreadable status"))?;
+    let agent = AgentClient::new(&base, args.token.as_deref()).with_timeout(Duration::from_secs(5));
+    let status = match agent.status().await {
+        Ok(status) => status,
+        Err(error @ ClientError::Unreachable { .. }) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "no agent answers at {base} (--agent): is hydra agent running?"
+            )));
+        }
+        Err(error @ ClientError::Decode { .. }) => {
+            return Err(anyhow::Error::new(error)
+                .context(format!("the agent at {base} sent an unreadable status")));
+        }
+        Err(error) => match error.status() {
+            Some(code) => anyhow::bail!("the agent at {base} answered {code}: {error}"),
+            None => anyhow::bail!("cannot ask the agent at {base}: {error}"),
+        },
+    };
     if args.json {
         print_json(&status)?;
         return Ok(ExitCode::SUCCESS);
@@ -111,7 +107,7 @@ fn render(status: &AgentStatus) -> String {
             table.row(vec![
                 session.id.clone(),
                 session.body_ip.clone(),
-                session.status.clone(),
+                session.status.as_str().to_owned(),
                 session.port.to_string(),
                 yes_no(session.process_alive),
                 yes_no(session.data_directory_ok),
@@ -127,7 +123,7 @@ fn render(status: &AgentStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use hydra_agent::local_api::SessionHealth;
+    use hydra_api::agent::SessionHealth;
 
     use super::*;
 
@@ -147,7 +143,7 @@ mod tests {
             sessions: Some(vec![SessionHealth {
                 id: "s-1".into(),
                 body_ip: "10.0.0.2".into(),
-                status: "running".into(),
+                status: hydra_api::SessionState::Running,
                 process_alive: true,
                 data_directory_ok: true,
                 active_connections: 2,

@@ -397,9 +397,9 @@ async fn placement_follows_load_skips_full_and_silent_workers() {
         let admin = admin.clone();
         async move {
             admin.list_workers().await.is_ok_and(|list| {
-                list.workers
-                    .iter()
-                    .any(|worker| worker.id == "w-c" && worker.status == "offline")
+                list.workers.iter().any(|worker| {
+                    worker.id == "w-c" && worker.status == hydra_api::NodeStatusWire::Offline
+                })
             })
         }
     })
@@ -414,10 +414,11 @@ async fn placement_follows_load_skips_full_and_silent_workers() {
     wait_until("every worker offline", Duration::from_secs(10), || {
         let admin = admin.clone();
         async move {
-            admin
-                .list_workers()
-                .await
-                .is_ok_and(|list| list.workers.iter().all(|worker| worker.status == "offline"))
+            admin.list_workers().await.is_ok_and(|list| {
+                list.workers
+                    .iter()
+                    .all(|worker| worker.status == hydra_api::NodeStatusWire::Offline)
+            })
         }
     })
     .await;

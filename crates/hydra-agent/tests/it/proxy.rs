@@ -287,7 +287,10 @@ async fn quit_ends_the_session_and_rating_is_checked() {
         .unwrap();
     assert_eq!(after.status(), 404);
     let health = agent.health().await;
-    assert_eq!(health.extra.sessions.unwrap()[0].status, "stopped");
+    assert_eq!(
+        health.extra.sessions.unwrap()[0].status,
+        hydra_api::SessionState::Stopped
+    );
     assert_eq!(health.extra.active_sessions, 0);
     let unknown = client
         .post(agent.url("/session/nobody/quit"))
@@ -723,4 +726,108 @@ async fn ratings_are_one_per_session_and_their_forwards_are_bounded() {
         "a refused rating was forwarded"
     );
     accepting.abort();
+}
+
+/// Issue 8 §3: `hydra_client::AgentClient`, the one way the server and `hydra status` talk to an
+/// agent, against the real agent over loopback: health and status with and without a token, a
+/// session started, listed and ended, and refusals decoded into the agent's own code and message.
+#[tokio::test]
+async fn the_agent_client_starts_lists_and_ends_sessions_and_decodes_refusals() {
+    use hydra_api::{ErrorBody, ErrorCode, SessionState, StartSessionRequest};
+    use hydra_client::{AgentClient, ClientError};
+
+    let agent = Agent::start().await;
+    let base = agent.url("");
+    let operator = AgentClient::new(&base, Some(API_TOKEN));
+    let worker_key = AgentClient::new(&base, Some(agent.state.agent_key()));
+    let anonymous = AgentClient::new(&base, None);
+
+    let start = |id: &str, body_ip: &str| StartSessionRequest {
+        session_id: Some(id.to_owned()),
+        body_ip: body_ip.to_owned(),
+        sunshine_user: None,
+        sunshine_pass: None,
+        experience: None,
+        exe_path: None,
+    };
+    let started = worker_key
+        .start_session(&start("via-client", "127.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(started.session_id, "via-client");
+    assert!(started.stream_url.contains("via-client"), "{started:?}");
+    let listed = worker_key.list_sessions().await.unwrap();
+    assert_eq!(
+        listed
+            .sessions
+            .iter()
+            .map(|session| session.session_id.as_str())
+            .collect::<Vec<_>>(),
+        ["via-client"]
+    );
+
+    let health = operator.health().await.unwrap();
+    assert_eq!(health.extra.active_sessions, 1, "{health:?}");
+    let details = health.extra.sessions.expect("details with the token");
+    assert_eq!(details[0].id, "via-client");
+    let counts = anonymous.health().await.unwrap();
+    assert_eq!(counts.extra.active_sessions, 1, "{counts:?}");
+    assert_eq!(counts.extra.sessions, None, "no details without a token");
+    let status = anonymous.status().await.unwrap();
+    assert_eq!(
+        (status.active_sessions, status.sessions),
+        (1, None),
+        "counts only without a token"
+    );
+    assert_eq!(
+        operator.status().await.unwrap().sessions.map(|s| s.len()),
+        Some(1)
+    );
+
+    let bad_ip = worker_key
+        .start_session(&start("bad", "10.0.0.999"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&bad_ip, ClientError::Rejected { status: 400, code, message }
+            if code == "invalid_request" && message.contains("body_ip")),
+        "{bad_ip:?}"
+    );
+    assert_eq!(
+        bad_ip.error_body().map(|body| body.error),
+        Some(ErrorCode::InvalidRequest)
+    );
+    let refused = AgentClient::new(&base, Some("nope"))
+        .start_session(&start("nope", "127.0.0.1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused.error_body(),
+            Some(ErrorBody {
+                error: ErrorCode::Unauthorized,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(refused.status(), Some(401));
+
+    let ended = worker_key.end_session("via-client").await.unwrap();
+    assert_eq!(ended.status, SessionState::Stopped, "{ended:?}");
+    let unknown = worker_key.end_session("nobody").await.unwrap_err();
+    assert!(matches!(unknown, ClientError::NotFound(_)), "{unknown:?}");
+    assert_eq!(agent.worker.snapshot().len(), 1, "only the one start ran");
+
+    // Nothing listens there any more: a transport failure, not a refusal.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let gone = AgentClient::new(&format!("http://{closed}"), Some(API_TOKEN))
+        .health()
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, ClientError::Unreachable { .. }), "{gone:?}");
+    assert_eq!(gone.status(), None);
 }

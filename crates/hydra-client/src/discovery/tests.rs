@@ -96,7 +96,8 @@ fn body(id: &str, lan: u8, wg: u8) -> EligibleBody {
 
 fn answer(policy: &str, bodies: Vec<EligibleBody>) -> EligibleResponse {
     EligibleResponse {
-        policy: policy.to_owned(),
+        // The wire word, as the server sends it.
+        policy: serde_json::from_value(serde_json::Value::from(policy)).unwrap(),
         bodies,
     }
 }
@@ -204,7 +205,7 @@ async fn all_unreachable_asks_again_naming_them_and_reports_times_next() {
     expect_test::expect![[r#"b-other wireguard 127.0.0.11 [r1 b-venue (LAN 127.0.0.21: connection refused; WireGuard 127.0.0.22: connection refused) | r2 b-other (LAN 127.0.0.23: connection refused; WireGuard 127.0.0.11: reached in N ms)]"#]]
         .assert_eq(&render(&found));
     let found = found.unwrap();
-    assert_eq!(found.policy, "cross_venue");
+    assert_eq!(found.policy, hydra_api::PolicyWire::CrossVenue);
     // The measured time goes with the next request, then is forgotten.
     let _ = discoverer.discover("head-1").await;
     let queries = script.lock().unwrap().queries.clone();

@@ -174,7 +174,7 @@ pub fn node_view(id: &str, name: &str) -> NodeView {
         drained: false,
         idle: true,
         active_sessions: 0,
-        status: "online".to_owned(),
+        status: hydra_api::NodeStatusWire::Online,
         last_heartbeat: None,
         enrolled_at: "2026-01-01T00:00:00.000Z".to_owned(),
     }
@@ -280,7 +280,7 @@ async fn answer(
         ("GET", ["bodies", "eligible"]) => json(
             StatusCode::OK,
             &EligibleResponse {
-                policy: "none".to_owned(),
+                policy: hydra_api::PolicyWire::None,
                 bodies: Vec::new(),
             },
         ),

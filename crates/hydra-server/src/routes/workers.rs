@@ -51,7 +51,7 @@ pub async fn list(
                 name: node.name.clone(),
                 district: node.district.clone(),
                 venue: node.venue.clone(),
-                status: node.status(now, timeout).as_str().to_owned(),
+                status: node.status(now, timeout).into(),
                 healthy: report.is_some() && load.is_healthy(now, &settings),
                 drained: node.drained,
                 active_sessions: active,

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use hydra_api::{ErrorBody, SessionCursor, SessionList, SessionQuery, SessionState, SessionView};
+use hydra_client::ClientError;
 use hydra_core::placement::PlacementSettings;
 use hydra_store::{SessionFilter, SessionRecord, SessionStatus};
 use utoipa_axum::router::OpenApiRouter;
@@ -34,26 +35,11 @@ use crate::workers::SlotReservation;
 /// Longest wait for a worker to end one.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the relay routes share besides `AppState`.
-#[derive(Clone)]
-pub struct Relay {
-    http: reqwest::Client,
-}
-
-/// The HTTP client the server talks to agents with (no redirects, short connect timeout; each
-/// call sets its own overall timeout).
-pub fn agent_http() -> reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default()
-        })
-        .clone()
-}
+/// What the relay routes share besides `AppState`: placement. Agents are asked through
+/// `hydra_client::AgentClient` (`WorkerInfo::agent`). Benchmarks and tests of placement make
+/// their own (a `Relay`), which places on the workers of the `AppState` it is given.
+#[derive(Clone, Default)]
+pub struct Relay;
 
 impl Relay {
     /// Chooses the worker for `session_id` (in `district`, not in `excluded`) and takes one of
@@ -79,19 +65,11 @@ impl Relay {
     }
 }
 
-impl Default for Relay {
-    /// The relay the routes share; benchmarks and tests of placement make their own, which
-    /// places on the workers of the `AppState` it is given.
-    fn default() -> Relay {
-        Relay { http: agent_http() }
-    }
-}
-
 /// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy
 /// (`crate::colocated`).
 /// Merge into the API router: `.merge(crate::sessions::router())`.
 pub fn router() -> OpenApiRouter<AppState> {
-    let relay = Relay::default();
+    let relay = Relay;
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, end))
@@ -233,7 +211,6 @@ fn viewer_stream_url(state: &AppState, record: &SessionRecord) -> Option<String>
     responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
 pub async fn end(
     State(state): State<AppState>,
-    Extension(relay): Extension<Relay>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
@@ -259,18 +236,15 @@ pub async fn end(
         tracing::info!(session_id = %id, worker_id = %record.worker_id, "[controller] session ended");
     }
     if let Some(info) = state.workers().get(&record.worker_id) {
-        let answer = relay
-            .http
-            .delete(format!("{}/api/v1/sessions/{id}", info.agent_url))
-            .bearer_auth(&info.agent_key)
-            .timeout(STOP_TIMEOUT)
-            .send()
+        let answer = info
+            .agent()
+            .with_timeout(STOP_TIMEOUT)
+            .end_session(&id)
             .await;
         match answer {
-            Ok(answer)
-                if answer.status().is_success() || answer.status() == StatusCode::NOT_FOUND => {}
-            Ok(answer) => {
-                tracing::warn!(session_id = %id, status = answer.status().as_u16(), "[controller] worker refused to end the session")
+            Ok(_) | Err(ClientError::NotFound(_)) => {}
+            Err(error) if error.status().is_some() => {
+                tracing::warn!(session_id = %id, status = error.status(), %error, "[controller] worker refused to end the session")
             }
             Err(error) => {
                 tracing::warn!(session_id = %id, %error, "[controller] worker does not answer; session recorded stopped anyway")

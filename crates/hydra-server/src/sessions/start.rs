@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use hydra_api::{
     CreateSessionRequest, ErrorBody, ErrorCode, SessionView, StartSessionRequest, WorkerSession,
 };
+use hydra_client::ClientError;
 use hydra_core::Role;
 use hydra_core::selection::{Head, Observations, select_bodies};
 use hydra_core::session::{StartFailure, retry_on_next_worker, start_wait_ms};
@@ -120,44 +121,47 @@ impl WorkerFailure {
     }
 }
 
+/// Asks the worker to start the session, waiting as long as its start may take.
 async fn start_on(
-    relay: &Relay,
     info: &WorkerInfo,
     request: &StartSessionRequest,
 ) -> Result<WorkerSession, WorkerFailure> {
-    let answer = relay
-        .http
-        .post(format!("{}/api/v1/sessions", info.agent_url))
-        .bearer_auth(&info.agent_key)
-        .timeout(Duration::from_millis(
-            u64::try_from(start_wait_ms(info.start_timeout_ms)).unwrap_or(u64::MAX),
-        ))
-        .json(request)
-        .send()
+    let wait = Duration::from_millis(
+        u64::try_from(start_wait_ms(info.start_timeout_ms)).unwrap_or(u64::MAX),
+    );
+    info.agent()
+        .with_timeout(wait)
+        .start_session(request)
         .await
-        .map_err(|error| WorkerFailure::Unreachable(error.to_string()))?;
-    let status = answer.status();
-    let bytes = answer
-        .bytes()
-        .await
-        .map_err(|error| WorkerFailure::Unreachable(error.to_string()))?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|error| {
-            WorkerFailure::Refused(ApiError::new(
+        .map_err(WorkerFailure::from)
+}
+
+impl From<ClientError> for WorkerFailure {
+    /// A worker that answered refused (its own code and message, relayed); one that did not,
+    /// or whose start may or may not have happened, is unreachable.
+    fn from(error: ClientError) -> WorkerFailure {
+        match error {
+            ClientError::Unreachable { last_error, .. } => WorkerFailure::Unreachable(last_error),
+            ClientError::Indeterminate { detail, .. } => WorkerFailure::Unreachable(detail),
+            ClientError::Decode { detail, .. } => WorkerFailure::Refused(ApiError::new(
                 ErrorCode::BadGateway,
-                format!("the worker's answer is unreadable: {error}"),
-            ))
-        });
+                format!("the worker's answer is unreadable: {detail}"),
+            )),
+            other => WorkerFailure::Refused(match other.error_body() {
+                Some(body) => ApiError::new(body.error, body.message),
+                None => ApiError::new(
+                    ErrorCode::BadGateway,
+                    match other
+                        .status()
+                        .and_then(|status| StatusCode::from_u16(status).ok())
+                    {
+                        Some(status) => format!("the worker answered {status}"),
+                        None => format!("the worker could not be asked: {other}"),
+                    },
+                ),
+            }),
+        }
     }
-    let refusal = serde_json::from_slice::<ErrorBody>(&bytes)
-        .map(|body| ApiError::new(body.error, body.message))
-        .unwrap_or_else(|_| {
-            ApiError::new(
-                ErrorCode::BadGateway,
-                format!("the worker answered {status}"),
-            )
-        });
-    Err(WorkerFailure::Refused(refusal))
 }
 
 /// Places a relay session on the least-loaded healthy worker and starts it there.
@@ -296,7 +300,7 @@ async fn start_session(
             }
         };
         tracing::info!(%session_id, worker_id = %chosen, body_ip = %plan.body_ip, "[controller] session placed");
-        match start_on(&relay, &info, &plan.start).await {
+        match start_on(&info, &plan.start).await {
             Ok(started) => {
                 // The worker runs it: the slot stays taken until the session ends.
                 reservation.commit();
@@ -330,7 +334,7 @@ async fn start_session(
                 if matches!(failure, WorkerFailure::Unreachable(_)) {
                     // It may still start it after the wait: ask it to end it (its report would
                     // otherwise lead to the same).
-                    end_quietly(&relay, &info, session_id);
+                    end_quietly(&info, session_id);
                 }
                 let current = state.store().get_session(session_id).await?;
                 if current.is_some_and(|record| {
@@ -369,15 +373,11 @@ async fn start_session(
 }
 
 /// Asks the worker, in the background, to end `session_id`; failures are only logged.
-fn end_quietly(relay: &Relay, info: &WorkerInfo, session_id: &str) {
-    let request = relay
-        .http
-        .delete(format!("{}/api/v1/sessions/{session_id}", info.agent_url))
-        .bearer_auth(&info.agent_key)
-        .timeout(STOP_TIMEOUT);
+fn end_quietly(info: &WorkerInfo, session_id: &str) {
+    let agent = info.agent().with_timeout(STOP_TIMEOUT);
     let session_id = session_id.to_owned();
     tokio::spawn(async move {
-        if let Err(error) = request.send().await {
+        if let Err(error) = agent.end_session(&session_id).await {
             tracing::warn!(%session_id, %error, "[controller] cannot ask the worker to end a session it did not start in time");
         }
     });

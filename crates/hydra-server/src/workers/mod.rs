@@ -70,6 +70,11 @@ pub struct WorkerInfo {
 
 impl WorkerInfo {
     /// A worker as its report describes it, holding no placement yet.
+    /// The client that asks this worker's agent, with the key it reported.
+    pub fn agent(&self) -> hydra_client::AgentClient {
+        hydra_client::AgentClient::new(&self.agent_url, Some(&self.agent_key))
+    }
+
     pub fn new(agent_url: String, agent_key: String, max_sessions: u32, reported_at: i64) -> Self {
         WorkerInfo {
             agent_url,

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use hydra_api::WorkerReport;
 use hydra_core::Role;
 use hydra_core::session::{
@@ -200,20 +199,17 @@ async fn reconcile_worker(
 /// live; a failure is logged and the next report asks again.
 fn end_on_worker(info: WorkerInfo, worker_id: String, session_id: String) {
     tokio::spawn(async move {
-        let answer = crate::sessions::agent_http()
-            .delete(format!("{}/api/v1/sessions/{session_id}", info.agent_url))
-            .bearer_auth(&info.agent_key)
-            .timeout(Duration::from_secs(10))
-            .send()
+        let answer = info
+            .agent()
+            .with_timeout(Duration::from_secs(10))
+            .end_session(&session_id)
             .await;
         match answer {
-            Ok(answer)
-                if answer.status().is_success() || answer.status() == StatusCode::NOT_FOUND =>
-            {
+            Ok(_) | Err(hydra_client::ClientError::NotFound(_)) => {
                 tracing::info!(%session_id, %worker_id, "[controller] ended a session the worker ran but the control plane does not hold");
             }
-            Ok(answer) => {
-                tracing::warn!(%session_id, %worker_id, status = answer.status().as_u16(), "[controller] worker refused to end a session it should not run");
+            Err(error) if error.status().is_some() => {
+                tracing::warn!(%session_id, %worker_id, status = error.status(), %error, "[controller] worker refused to end a session it should not run");
             }
             Err(error) => {
                 tracing::warn!(%session_id, %worker_id, %error, "[controller] worker does not answer; cannot end a session it should not run");

@@ -97,7 +97,7 @@ async fn measure_eligible(
             let client = eligible_client.clone();
             async move {
                 let answer = client.eligible(&EligibleQuery::for_head(head_id)).await?;
-                Ok(Some(answer.policy))
+                Ok(Some(answer.policy.to_string()))
             }
         },
         move |_| {
