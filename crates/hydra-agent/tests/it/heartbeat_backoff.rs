@@ -59,7 +59,7 @@ async fn heartbeat(State(script): State<Script>, Path(id): Path<String>) -> Resp
         drained: false,
         idle: true,
         active_sessions: 0,
-        status: "online".into(),
+        status: hydra_api::NodeStatusWire::Online,
         last_heartbeat: None,
         enrolled_at: "2026-01-01T00:00:00.000Z".into(),
     })
