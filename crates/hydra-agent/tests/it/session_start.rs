@@ -168,7 +168,7 @@ async fn a_start_refused_by_one_worker_lands_on_the_other() {
 /// worker tried (the code returns the last failure; it does not name both), the session is
 /// recorded `error` on that worker with the same message, and no slot stays taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_refused_by_both_workers_answers_the_last_refusal() {
+async fn a_start_refused_by_both_workers_names_both() {
     let temp = tempfile::tempdir().unwrap();
     let body = Body::start().await;
     let (server, _agents) = two_workers(temp.path(), &body, [true, true]).await;
@@ -193,6 +193,10 @@ async fn a_start_refused_by_both_workers_answers_the_last_refusal() {
     assert!(
         text.contains(&recorded),
         "answer {text} vs recorded {recorded}"
+    );
+    assert!(
+        recorded.contains("worker w-b: ") && recorded.contains("worker w-a: "),
+        "both refusals are named: {recorded}"
     );
     assert_eq!(slots_taken(&server, "w-a"), 0);
     assert_eq!(slots_taken(&server, "w-b"), 0);

@@ -349,12 +349,26 @@ async fn start_session(
                     record = Some(stored);
                     excluded.push(chosen.clone());
                 } else {
+                    // When both workers refused, the answer and the record name both.
+                    let message = match &first_failure {
+                        Some((first_worker, first)) => format!(
+                            "worker {chosen}: {}; worker {first_worker}: {}",
+                            failure.message(),
+                            first.message()
+                        ),
+                        None => failure.message(),
+                    };
                     let mut failed = stored;
                     failed.status = SessionStatus::Error;
-                    failed.error = Some(failure.message());
+                    failed.error = Some(message.clone());
                     failed.updated_at = now_ms();
                     state.session_writes().update(failed).await?;
-                    return Err(failure.into_api_error(&chosen));
+                    let both = first_failure.is_some();
+                    let mut error = failure.into_api_error(&chosen);
+                    if both {
+                        error.message = message;
+                    }
+                    return Err(error);
                 }
                 first_failure = Some((chosen, failure));
             }
