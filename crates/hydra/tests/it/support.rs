@@ -220,6 +220,12 @@ impl ServerProcess {
         if let Some(url) = &setup.database_url {
             command.args(["--database-url", url]);
         }
+        ServerProcess::spawn_and_wait(command, &format!("on {listen}"))
+    }
+
+    /// Spawns `command` (a `hydra server` whose stderr is piped), keeps its log, and waits (at
+    /// most 30 s) for its "listening" line; `what` says which server in the panic.
+    fn spawn_and_wait(mut command: Command, what: &str) -> ServerProcess {
         let mut child = command.spawn().expect("spawn hydra server");
         let stderr = child.stderr.take().expect("stderr piped");
         let log = Arc::new(Mutex::new(String::new()));
@@ -244,7 +250,7 @@ impl ServerProcess {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "hydra server did not start on {listen} within 30 s; its log:\n{}",
+                "hydra server {what} did not start within 30 s; its log:\n{}",
                 log.lock().unwrap()
             );
         };
@@ -314,39 +320,7 @@ impl ServerProcess {
         if let Some(token) = &setup.admin_token {
             command.args(["--admin-token", token]);
         }
-        let mut child = command.spawn().expect("spawn unshare for hydra server");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("hydra server listening")
-                    && let Some(address) = line
-                        .split("listen=")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                {
-                    let _ = address_tx.send(address.to_owned());
-                }
-                let mut log = sink.lock().expect("log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let Ok(address) = address_rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "hydra server on a tmpfs did not start within 30 s; its log:\n{}",
-                log.lock().unwrap()
-            );
-        };
-        ServerProcess {
-            child,
-            url: format!("http://{address}"),
-            log,
-        }
+        ServerProcess::spawn_and_wait(command, "on a tmpfs")
     }
 
     /// `path` as the server sees it, through `/proc/PID/root` (its mount namespace): inside a
