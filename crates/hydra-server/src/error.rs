@@ -179,3 +179,21 @@ impl<T: std::error::Error> BodyTextCause for T {
         cause.to_string()
     }
 }
+
+/// Runs `work` to completion in a task of its own and answers its outcome: dropping the returned
+/// future (a client that hung up) does not stop it, so changes that must happen together (a
+/// store write and the memory that follows it) are never left half-done. `what` names the work
+/// in the log and the answer if the task itself fails.
+pub async fn run_to_completion<T, F>(what: &'static str, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    tokio::spawn(work).await.map_err(|error| {
+        tracing::error!(%error, what, "[controller] a task ended abnormally");
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("{what} ended abnormally; see the server log"),
+        )
+    })?
+}

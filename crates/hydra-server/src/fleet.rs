@@ -59,14 +59,7 @@ impl Fleet {
         T: Send + 'static,
         F: Future<Output = Result<T, ApiError>> + Send + 'static,
     {
-        let task = tokio::spawn(change(self.clone()));
-        task.await.map_err(|error| {
-            tracing::error!(%error, "[controller] node change task failed");
-            ApiError::new(
-                hydra_api::ErrorCode::Internal,
-                "the node change failed; see the server log",
-            )
-        })?
+        crate::error::run_to_completion("the node change", change(self.clone())).await
     }
 
     /// Under `id`'s lock: `store_write` (answering whether the node exists), then, once the

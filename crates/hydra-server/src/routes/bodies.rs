@@ -88,26 +88,34 @@ pub async fn eligible(
             samples,
         )
     };
-    // Durably, in one transaction, before the view (a restart must not lose what was answered).
+    // Durably, in one transaction, then the view, in a task that runs to its end even if the
+    // client hangs up (a restart must not lose what was answered; the view must not lag).
     if !samples.is_empty() {
-        state.store().record_latencies(&samples).await?;
+        let owner = state.clone();
+        let head_of_samples = head_id.clone();
+        crate::error::run_to_completion("recording measured latencies", async move {
+            owner.store().record_latencies(&samples).await?;
+            let mut registry = owner.registry().write().expect("registry lock poisoned");
+            for sample in &samples {
+                registry.set_latency(
+                    &head_of_samples,
+                    &sample.body_id,
+                    LatencySample {
+                        rtt_ms: sample.rtt_ms,
+                        measured_at: sample.measured_at,
+                    },
+                );
+            }
+            Ok(())
+        })
+        .await?;
     }
     let head = Head {
         district: &district,
         venue: &venue,
         owner: &owner,
     };
-    let mut registry = state.registry().write().expect("registry lock poisoned");
-    for sample in &samples {
-        registry.set_latency(
-            &head_id,
-            &sample.body_id,
-            LatencySample {
-                rtt_ms: sample.rtt_ms,
-                measured_at: sample.measured_at,
-            },
-        );
-    }
+    let registry = state.registry().read().expect("registry lock poisoned");
     let observations = Observations {
         latency: registry.latency_of(&head_id),
         unreachable: (!unreachable.is_empty()).then_some(&unreachable),

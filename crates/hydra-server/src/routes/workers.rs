@@ -130,6 +130,11 @@ pub async fn report(
     let mut report = report;
     report.agent_url = trusted.agent_url;
     report.max_sessions = trusted.max_sessions;
-    apply_report(&state, &id, report, trusted.clamped_from).await?;
+    // Store, reconciliation and directory change together, whatever the caller does.
+    let clamped_from = trusted.clamped_from;
+    crate::error::run_to_completion("the worker report", async move {
+        apply_report(&state, &id, report, clamped_from).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -215,13 +215,9 @@ pub async fn create(
     };
     // The start runs in a task of its own: a client that hangs up drops this handler, not the
     // start, so the slot, the record and the worker's process always reach an outcome.
-    let started = tokio::spawn(start_session(state, relay, plan));
-    let answer = started.await.map_err(|error| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("the session start ended abnormally: {error}"),
-        )
-    })??;
+    let answer =
+        crate::error::run_to_completion("the session start", start_session(state, relay, plan))
+            .await?;
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
