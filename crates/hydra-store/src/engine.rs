@@ -192,14 +192,25 @@ macro_rules! engine_queries {
                 Ok(())
             }
 
+            /// Begins a write's transaction: every write of the store goes through here, so this
+            /// is the one place where a write can be fenced (a replica that is no longer master
+            /// writes nothing) and given a revision (the change feed replicas follow).
+            pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
+                Ok(self.writer.begin().await?)
+            }
+
             pub(crate) async fn close(&self) {
                 self.writer.close().await;
                 self.reader.close().await;
             }
 
             pub(crate) async fn insert_node(&self, node: &Node, token_hash: &str) -> Result<(), StoreError> {
-                let mut connection = self.writer.acquire().await?;
-                crate::engine::insert_node_on!(&mut *connection, node, token_hash)
+                let mut transaction = self.begin_write().await?;
+                let inserted: Result<(), StoreError> =
+                    crate::engine::insert_node_on!(&mut *transaction, node, token_hash);
+                inserted?;
+                transaction.commit().await?;
+                Ok(())
             }
 
             pub(crate) async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
@@ -229,7 +240,7 @@ macro_rules! engine_queries {
             }
 
             pub(crate) async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
-                let mut transaction = self.writer.begin().await?;
+                let mut transaction = self.begin_write().await?;
                 sqlx::query("DELETE FROM latency WHERE head_id = $1 OR body_id = $1")
                     .bind(id)
                     .execute(&mut *transaction)
@@ -247,7 +258,7 @@ macro_rules! engine_queries {
                 &self,
                 batch: &[(String, Heartbeat)],
             ) -> Result<Vec<bool>, StoreError> {
-                let mut transaction = self.writer.begin().await?;
+                let mut transaction = self.begin_write().await?;
                 let mut found = Vec::with_capacity(batch.len());
                 for (id, heartbeat) in batch {
                     let updated = sqlx::query(
@@ -268,21 +279,25 @@ macro_rules! engine_queries {
             }
 
             pub(crate) async fn move_node(&self, id: &str, district: &str, venue: &str) -> Result<bool, StoreError> {
+                let mut transaction = self.begin_write().await?;
                 let updated = sqlx::query("UPDATE nodes SET district = $2, venue = $3 WHERE id = $1")
                     .bind(id)
                     .bind(district)
                     .bind(venue)
-                    .execute(&self.writer)
+                    .execute(&mut *transaction)
                     .await?;
+                transaction.commit().await?;
                 Ok(updated.rows_affected() > 0)
             }
 
             pub(crate) async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, StoreError> {
+                let mut transaction = self.begin_write().await?;
                 let updated = sqlx::query("UPDATE nodes SET drained = $2 WHERE id = $1")
                     .bind(id)
                     .bind(drained)
-                    .execute(&self.writer)
+                    .execute(&mut *transaction)
                     .await?;
+                transaction.commit().await?;
                 Ok(updated.rows_affected() > 0)
             }
 
@@ -291,7 +306,7 @@ macro_rules! engine_queries {
             }
 
             pub(crate) async fn record_latencies(&self, samples: &[LatencyRecord]) -> Result<(), StoreError> {
-                let mut transaction = self.writer.begin().await?;
+                let mut transaction = self.begin_write().await?;
                 for sample in samples {
                     sqlx::query(
                         "INSERT INTO latency (head_id, body_id, transport, rtt_ms, measured_at) \
@@ -328,7 +343,7 @@ macro_rules! engine_queries {
             }
 
             pub(crate) async fn put_worker_reports(&self, batch: &[WorkerReportRecord]) -> Result<(), StoreError> {
-                let mut transaction = self.writer.begin().await?;
+                let mut transaction = self.begin_write().await?;
                 for report in batch {
                     sqlx::query(
                         "INSERT INTO worker_reports (worker_id, agent_url, agent_key_sealed, max_sessions, reported_at) \

@@ -12,15 +12,17 @@ macro_rules! enrolment_queries {
                 created_at: i64,
                 expires_at: i64,
             ) -> Result<(), StoreError> {
+                let mut transaction = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO enrolment_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)",
                 )
                 .bind(token_hash)
                 .bind(created_at)
                 .bind(expires_at)
-                .execute(&self.writer)
+                .execute(&mut *transaction)
                 .await
                 .map_err(|error| crate::engine::conflict_or(error, || "enrolment token".to_owned()))?;
+                transaction.commit().await?;
                 Ok(())
             }
 
@@ -31,7 +33,7 @@ macro_rules! enrolment_queries {
                 enrolment_token_hash: &str,
                 now: i64,
             ) -> Result<bool, StoreError> {
-                let mut transaction = self.writer.begin().await?;
+                let mut transaction = self.begin_write().await?;
                 let consumed = sqlx::query(
                     "UPDATE enrolment_tokens SET used_at = $2, used_by = $3 \
                      WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",

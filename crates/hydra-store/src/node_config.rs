@@ -69,6 +69,7 @@ macro_rules! node_config_queries {
                 // One statement: the version is bumped under the row's lock, so two replicas
                 // replacing at once get two versions; selecting from `nodes` makes an unknown
                 // node insert nothing (`WHERE` also keeps SQLite's upsert parser unambiguous).
+                let mut transaction = self.begin_write().await?;
                 let row: Option<crate::node_config::NodeConfigRow> = sqlx::query_as(
                     "INSERT INTO node_configs (node_id, version, bundle, updated_at) \
                      SELECT id, 1, $2, $3 FROM nodes WHERE id = $1 \
@@ -79,8 +80,9 @@ macro_rules! node_config_queries {
                 .bind(node_id)
                 .bind(bundle)
                 .bind(now_ms)
-                .fetch_optional(&self.writer)
+                .fetch_optional(&mut *transaction)
                 .await?;
+                transaction.commit().await?;
                 row.map(crate::NodeConfigRecord::try_from).transpose()
             }
         }

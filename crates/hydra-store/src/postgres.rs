@@ -6,6 +6,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::StoreError;
 
+/// The engine the shared query macros are expanded for.
+type Db = sqlx::Postgres;
+
 /// PostgreSQL-backed store.
 #[derive(Debug, Clone)]
 pub struct PgStore {

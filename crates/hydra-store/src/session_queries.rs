@@ -7,7 +7,7 @@ macro_rules! session_queries {
     ($store:ident) => {
         impl $store {
             pub(crate) async fn write_sessions(&self, batch: &[crate::SessionWrite]) -> Result<Vec<bool>, StoreError> {
-                let mut transaction = self.writer.begin().await?;
+                let mut transaction = self.begin_write().await?;
                 let mut applied = Vec::with_capacity(batch.len());
                 for write in batch {
                     // A taken id is answered `false` instead of failing the statement: a unique
@@ -122,14 +122,16 @@ macro_rules! session_queries {
             }
 
             pub(crate) async fn prune_ended_sessions(&self, ended_before: i64, batch: u32) -> Result<u64, StoreError> {
+                let mut transaction = self.begin_write().await?;
                 let deleted = sqlx::query(
                     "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
                      WHERE status IN ('stopped', 'error') AND updated_at < $1 LIMIT $2)",
                 )
                 .bind(ended_before)
                 .bind(i64::from(batch))
-                .execute(&self.writer)
+                .execute(&mut *transaction)
                 .await?;
+                transaction.commit().await?;
                 Ok(deleted.rows_affected())
             }
 
@@ -170,7 +172,9 @@ macro_rules! session_queries {
             }
 
             pub(crate) async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-                let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.writer).await?;
+                let mut transaction = self.begin_write().await?;
+                let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *transaction).await?;
+                transaction.commit().await?;
                 Ok(deleted.rows_affected() > 0)
             }
 

@@ -11,6 +11,9 @@ use sqlx::sqlite::{
 
 use crate::StoreError;
 
+/// The engine the shared query macros are expanded for.
+type Db = sqlx::Sqlite;
+
 /// SQLite-backed store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
