@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod failover;
 pub mod health;
 pub mod node;
+pub mod peer;
 pub mod placement;
 pub mod probe;
 pub mod rate_limit;

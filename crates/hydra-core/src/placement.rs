@@ -97,13 +97,22 @@ impl std::error::Error for PlacementError {}
 /// Compares the load ratios `active / max` of two workers exactly (no floating point);
 /// a worker with `max == 0` counts as infinitely loaded.
 pub fn compare_load(a: &WorkerLoad<'_>, b: &WorkerLoad<'_>) -> Ordering {
-    match (a.max_sessions, b.max_sessions) {
+    compare_ratio(
+        (a.active_sessions, a.max_sessions),
+        (b.active_sessions, b.max_sessions),
+    )
+}
+
+/// Compares two load ratios given as `(load, max)` exactly (no floating point); `max == 0`
+/// counts as infinitely loaded. Shared by placement and the mesh's best-peer rule.
+pub fn compare_ratio((load_a, max_a): (u32, u32), (load_b, max_b): (u32, u32)) -> Ordering {
+    match (max_a, max_b) {
         (0, 0) => Ordering::Equal,
         (0, _) => Ordering::Greater,
         (_, 0) => Ordering::Less,
         (max_a, max_b) => {
-            let left = u64::from(a.active_sessions) * u64::from(max_b);
-            let right = u64::from(b.active_sessions) * u64::from(max_a);
+            let left = u64::from(load_a) * u64::from(max_b);
+            let right = u64::from(load_b) * u64::from(max_a);
             left.cmp(&right)
         }
     }
