@@ -6,6 +6,7 @@
 //! process runs in its own process group and is ended with it.
 
 pub mod bundle;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod enrol;
