@@ -3,4 +3,9 @@
 //!
 //! `seal` is the transport's crypto; the rest is added slice by slice.
 
+pub mod member;
+pub mod mesh;
 pub mod seal;
+
+#[cfg(test)]
+mod sim;
