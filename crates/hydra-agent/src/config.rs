@@ -26,6 +26,7 @@ const SECTIONS: &[&str] = &[
     "state_dir",
     "wireguard_optional",
     "api_token",
+    "cluster",
 ];
 
 /// Everything `hydra agent` runs with.
@@ -56,6 +57,49 @@ pub struct AgentConfig {
     pub wireguard_optional: bool,
     /// An operator's bearer token for the agent's session API.
     pub api_token: Option<String>,
+    /// The peer mesh (issue 11).
+    pub cluster: ClusterSection,
+}
+
+/// `cluster:` (the peer mesh: SWIM gossip over sealed UDP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Whether this agent joins the mesh.
+    pub enabled: bool,
+    /// The member's name in the mesh; the node id (`node.id`), else the host name, when empty.
+    pub node_id: Option<String>,
+    /// UDP port of the mesh (7946; 0 picks a free one, for tests).
+    pub bind_port: u16,
+    /// Address the others reach this node at; detected when empty (the address the route to
+    /// the first peer leaves from, else `node.lan_ip`, else 127.0.0.1). The socket binds to it.
+    pub advertise_addr: Option<IpAddr>,
+    /// How peers are found: `list` (`join_peers`) or `dns` (`dns_service_name`).
+    pub discovery_mode: String,
+    /// Peers to join, `host:port` or `ip` (port `bind_port`), for `list`.
+    pub join_peers: Vec<String>,
+    /// A name whose every A/AAAA record is a peer, for `dns`.
+    pub dns_service_name: Option<String>,
+    /// The cluster key file (0600): one key per line, 64 hex digits, the sealing key first.
+    pub key_file: Option<PathBuf>,
+    /// An optional tag published with this node's state.
+    pub tag: Option<String>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            enabled: false,
+            node_id: None,
+            bind_port: 7946,
+            advertise_addr: None,
+            discovery_mode: "list".into(),
+            join_peers: Vec::new(),
+            dns_service_name: None,
+            key_file: None,
+            tag: None,
+        }
+    }
 }
 
 /// `node:`.
@@ -213,6 +257,7 @@ impl Default for AgentConfig {
             state_dir: PathBuf::from("./hydra-agent"),
             wireguard_optional: false,
             api_token: None,
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -305,6 +350,31 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// The mesh's keys; the message names the key.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if !cluster.enabled {
+            return Ok(());
+        }
+        let fail = |message: &str| Err(ConfigError(message.to_owned()));
+        match cluster.discovery_mode.as_str() {
+            "list" => {}
+            "dns"
+                if cluster
+                    .dns_service_name
+                    .as_deref()
+                    .is_some_and(|name| !name.is_empty()) => {}
+            "dns" => return fail("cluster.dns_service_name is required with discovery_mode dns"),
+            _ => return fail("cluster.discovery_mode must be list or dns"),
+        }
+        if cluster.key_file.is_none() {
+            return fail(
+                "cluster.key_file is required when cluster.enabled (datagrams are sealed)",
+            );
+        }
+        Ok(())
+    }
+
     /// Checks what types alone do not; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
@@ -352,6 +422,7 @@ impl AgentConfig {
         if !(self.bundle.poll_interval >= 1.0 && self.bundle.poll_interval <= 3_600.0) {
             return fail("bundle.poll_interval must be between 1 and 3600 seconds".into());
         }
+        self.validate_cluster()?;
         let health_ms = (self.health.interval * 1_000.0).round();
         if !(health_ms.is_finite() && health_ms <= 3_600_000.0) {
             return fail("health.interval must be at most 3600 seconds".into());
@@ -482,6 +553,39 @@ mod tests {
         assert_eq!(config.sessions.max, 5);
         assert_eq!(config.sessions.port_range_start, 9000);
         assert_eq!(config.controller.url, ["http://10.0.0.1:7070"]);
+    }
+
+    #[test]
+    fn the_cluster_keys_default_and_are_checked() {
+        let config = AgentConfig::load(None, serde_json::json!({})).unwrap();
+        assert!(!config.cluster.enabled);
+        assert_eq!(config.cluster.bind_port, 7946);
+        assert_eq!(config.cluster.discovery_mode, "list");
+        let set = load_yaml(
+            "cluster:\n  enabled: true\n  key_file: /etc/hydra/cluster.key\n  join_peers: [10.0.0.2, '10.0.0.3:7950']\n  advertise_addr: 10.0.0.1\n",
+        )
+        .unwrap();
+        assert_eq!(set.cluster.join_peers, ["10.0.0.2", "10.0.0.3:7950"]);
+        assert_eq!(
+            set.cluster.advertise_addr,
+            Some("10.0.0.1".parse().unwrap())
+        );
+        let errors: Vec<String> = [
+            "cluster:\n  enabled: true\n",
+            "cluster:\n  enabled: true\n  key_file: k\n  discovery_mode: server\n",
+            "cluster:\n  enabled: true\n  key_file: k\n  discovery_mode: dns\n",
+        ]
+        .iter()
+        .map(|yaml| load_yaml(yaml).unwrap_err().0)
+        .collect();
+        expect_test::expect![[r#"
+            [
+                "cluster.key_file is required when cluster.enabled (datagrams are sealed)",
+                "cluster.discovery_mode must be list or dns",
+                "cluster.dns_service_name is required with discovery_mode dns",
+            ]
+        "#]]
+        .assert_debug_eq(&errors);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum DaemonError {
     /// The HTTP server failed.
     #[error("agent HTTP server: {0}")]
     Serve(std::io::Error),
+    /// The mesh cannot start (key file, UDP port); the message names the key or address.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Runs the agent until `shutdown`: binds `server.listen` first (exiting with
@@ -78,6 +81,7 @@ pub async fn serve(
         ..ClientConfig::new(config.controller.url.clone())
     };
     let client = Client::new(client_config).map_err(DaemonError::Client)?;
+    let mesh = crate::cluster::start::prepare(&config).await?;
     let proxy = Proxy::new(shutdown.clone());
     let state = AgentState::new(
         HttpSettings {
@@ -140,9 +144,17 @@ pub async fn serve(
                 client.with_token(identity.token.clone()),
                 stop.clone(),
             );
+            let mesh = crate::cluster::start::run(
+                mesh,
+                &config,
+                identity.node_id.clone(),
+                state.clone(),
+                stop.clone(),
+            );
             tokio::join!(
                 crate::heartbeat::run(state, client.with_token(identity.token), settings, stop),
-                ride_out
+                ride_out,
+                mesh
             );
             Ok(())
         });

@@ -92,6 +92,7 @@ struct Inner {
     http: reqwest::Client,
     rating_forwards: Arc<Semaphore>,
     rating_bucket: Mutex<TokenBucket>,
+    cluster: crate::cluster::driver::ClusterHandle,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -136,8 +137,14 @@ impl AgentState {
                     RATING_INTERVAL_MS,
                     now_ms(),
                 )),
+                cluster: crate::cluster::driver::ClusterHandle::default(),
             }),
         }
+    }
+
+    /// The mesh's snapshot, which the mesh driver fills (disabled until it runs).
+    pub fn cluster(&self) -> &crate::cluster::driver::ClusterHandle {
+        &self.inner.cluster
     }
 
     /// The worker role, if the agent runs it.
@@ -341,6 +348,7 @@ pub fn router(state: AgentState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/sessions", post(start_session).get(list_sessions))
         .route("/api/v1/sessions/{id}", axum::routing::delete(stop_session))
         .route("/session/{id}/quit", post(quit))
@@ -404,6 +412,14 @@ async fn status(State(state): State<AgentState>, headers: HeaderMap) -> Response
         sessions: detailed.then_some(sessions),
     })
     .into_response()
+}
+
+/// `GET /api/v1/cluster`: the mesh as this node sees it; each member with a token only.
+async fn cluster(State(state): State<AgentState>, headers: HeaderMap) -> Response {
+    match details_allowed(&state, &headers) {
+        Ok(detailed) => axum::Json(state.cluster().status(detailed)).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 async fn start_session(

@@ -1,0 +1,327 @@
+//! The mesh on a real UDP socket: opens each datagram under the cluster keyring (dropping and
+//! counting what fails), feeds the sans-IO [`Mesh`], seals what it sends, fires its timers,
+//! publishes this node's load, and leaves gracefully (bounded) on shutdown. The HTTP route reads
+//! a snapshot through [`ClusterHandle`], never the mesh itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hydra_api::cluster::{ClusterMember, ClusterStatus};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use super::member::{MemberId, MemberState};
+use super::mesh::{Mesh, MeshEvent, MeshSettings};
+use super::seal::{Keyring, Sealer};
+
+/// How long a graceful leave may take at shutdown.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node alone in its mesh asks its peers again (start order does not matter).
+const REJOIN_EVERY: Duration = Duration::from_secs(5);
+/// A DNS or host lookup of a peer gives up after this.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How peers are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// `cluster.join_peers`: `host:port` or a bare host (the mesh's port).
+    List(Vec<String>),
+    /// `cluster.dns_service_name`: every A/AAAA record is a peer.
+    Dns(String),
+}
+
+/// What the driver runs with.
+#[derive(Debug)]
+pub struct ClusterSettings {
+    /// This member's identity (its address is the advertised one).
+    pub id: MemberId,
+    /// The state it publishes (load is refreshed from the worker).
+    pub state: MemberState,
+    /// Where peers come from.
+    pub discovery: Discovery,
+    /// The mesh's port, for peers named without one.
+    pub port: u16,
+    /// The cluster keys.
+    pub keyring: Keyring,
+    /// Failure detector timing.
+    pub mesh: MeshSettings,
+}
+
+/// What the HTTP route shows: a snapshot the driver refreshes, behind the narrowest lock.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle(Arc<Mutex<ClusterSnapshot>>);
+
+#[derive(Debug, Clone)]
+struct ClusterSnapshot {
+    status: ClusterStatus,
+    members: Vec<ClusterMember>,
+    live: Vec<MemberState>,
+}
+
+impl Default for ClusterHandle {
+    fn default() -> Self {
+        ClusterHandle(Arc::new(Mutex::new(ClusterSnapshot {
+            status: ClusterStatus {
+                enabled: false,
+                node_id: None,
+                addr: None,
+                generation: None,
+                key_ids: Vec::new(),
+                members_by_state: BTreeMap::new(),
+                dropped: BTreeMap::new(),
+                datagrams_sent: 0,
+                datagrams_received: 0,
+                members: None,
+            },
+            members: Vec::new(),
+            live: Vec::new(),
+        })))
+    }
+}
+
+impl ClusterHandle {
+    /// The mesh as this node sees it; `detailed` adds each member.
+    pub fn status(&self, detailed: bool) -> ClusterStatus {
+        let snapshot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut status = snapshot.status.clone();
+        status.members = detailed.then(|| snapshot.members.clone());
+        status
+    }
+
+    /// The published state of every live member (for the best-peer rule).
+    pub fn live_members(&self) -> Vec<MemberState> {
+        let snapshot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        snapshot.live.clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ClusterSnapshot)) {
+        let mut snapshot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut snapshot);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// The peers' addresses now (a lookup that fails or times out gives none, logged).
+pub async fn discover(discovery: &Discovery, port: u16) -> Vec<SocketAddr> {
+    let names: Vec<String> = match discovery {
+        Discovery::List(peers) => peers
+            .iter()
+            .map(|peer| {
+                if peer.parse::<SocketAddr>().is_ok()
+                    || peer.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.contains(':') && port.parse::<u16>().is_ok()
+                    })
+                {
+                    peer.clone()
+                } else {
+                    format!(
+                        "{}:{port}",
+                        peer.trim_start_matches('[').trim_end_matches(']')
+                    )
+                }
+            })
+            .collect(),
+        Discovery::Dns(name) => vec![format!("{name}:{port}")],
+    };
+    let mut found = Vec::new();
+    for name in names {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name.as_str())).await {
+            Ok(Ok(addrs)) => found.extend(addrs),
+            Ok(Err(error)) => tracing::warn!(peer = %name, %error, "[mesh] peer lookup failed"),
+            Err(_) => tracing::warn!(peer = %name, "[mesh] peer lookup timed out"),
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Counters the driver keeps beside the mesh's.
+#[derive(Debug, Default)]
+struct Traffic {
+    dropped: BTreeMap<String, u64>,
+    sent: u64,
+    received: u64,
+}
+
+/// Runs the mesh on `socket` until `shutdown`, then leaves (bounded by [`LEAVE_TIMEOUT`]).
+/// `load` gives this node's pending sessions and capacity.
+pub async fn run(
+    socket: UdpSocket,
+    settings: ClusterSettings,
+    handle: ClusterHandle,
+    load: impl Fn() -> (u32, u32) + Send,
+    shutdown: CancellationToken,
+) {
+    let ClusterSettings {
+        id,
+        mut state,
+        discovery,
+        port,
+        keyring,
+        mesh: mesh_settings,
+    } = settings;
+    (state.pending, state.capacity) = load();
+    let rng: rand_foca::rngs::StdRng = rand_foca::make_rng();
+    let mut mesh = Mesh::new(id.clone(), state, mesh_settings, rng, now_ms());
+    let mut sealer = Sealer::new(keyring);
+    let mut traffic = Traffic::default();
+    tracing::info!(node_id = %id.node_id, addr = %id.addr, generation = id.generation, key_ids = %sealer.keyring().key_ids().iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "[mesh] joining the mesh");
+    for peer in discover(&discovery, port).await {
+        mesh.join(peer, now_ms());
+    }
+    let mut buffer = vec![0u8; 65_536];
+    let mut rejoin = tokio::time::interval(REJOIN_EVERY);
+    rejoin.tick().await;
+    let mut last_snapshot = i64::MIN;
+    loop {
+        flush(&mut mesh, &mut sealer, &socket, &mut traffic).await;
+        let changed = log_events(&mut mesh);
+        let now = now_ms();
+        if changed || now.saturating_sub(last_snapshot) >= 1_000 {
+            publish_snapshot(&handle, &mesh, &sealer, &traffic);
+            last_snapshot = now;
+        }
+        let wait = Duration::from_millis(
+            u64::try_from(mesh.poll_timeout().saturating_sub(now).clamp(0, 1_000)).unwrap_or(0),
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = socket.recv_from(&mut buffer) => {
+                let Ok((length, _from)) = received else { continue };
+                traffic.received += 1;
+                match sealer.open(&buffer[..length], now_ms()) {
+                    Ok(payload) => mesh.handle_datagram(&payload, now_ms()),
+                    Err(error) => *traffic.dropped.entry(error.reason().to_owned()).or_default() += 1,
+                }
+            }
+            () = tokio::time::sleep(wait) => {
+                let (pending, capacity) = load();
+                mesh.set_load(pending, capacity, now_ms());
+                mesh.handle_timeout(now_ms());
+            }
+            _ = rejoin.tick() => {
+                if mesh.num_members() == 0 {
+                    for peer in discover(&discovery, port).await {
+                        mesh.join(peer, now_ms());
+                    }
+                }
+            }
+        }
+    }
+    mesh.leave(now_ms());
+    let left = tokio::time::timeout(
+        LEAVE_TIMEOUT,
+        flush(&mut mesh, &mut sealer, &socket, &mut traffic),
+    )
+    .await;
+    tracing::info!(
+        members = mesh.num_members(),
+        bounded_out = left.is_err(),
+        "[mesh] left the mesh"
+    );
+    handle.update(|snapshot| snapshot.live.clear());
+}
+
+async fn flush(mesh: &mut Mesh, sealer: &mut Sealer, socket: &UdpSocket, traffic: &mut Traffic) {
+    while let Some((to, payload)) = mesh.poll_transmit() {
+        let datagram = sealer.seal(&payload, now_ms());
+        // A send that fails is a lost datagram: SWIM is built for those.
+        if socket.send_to(&datagram, to).await.is_ok() {
+            traffic.sent += 1;
+        }
+    }
+}
+
+/// Logs membership changes; answers whether there was any.
+fn log_events(mesh: &mut Mesh) -> bool {
+    let mut any = false;
+    while let Some(event) = mesh.poll_event() {
+        any = true;
+        match event {
+            MeshEvent::Up(id) => {
+                tracing::info!(node_id = %id.node_id, addr = %id.addr, generation = id.generation, "[mesh] member up")
+            }
+            MeshEvent::Down(id) => {
+                tracing::warn!(node_id = %id.node_id, addr = %id.addr, generation = id.generation, "[mesh] member down")
+            }
+            MeshEvent::DeclaredDown => {
+                tracing::warn!("[mesh] the mesh declared this node down; rejoining")
+            }
+            MeshEvent::Rejoined(id) => tracing::info!(
+                generation = id.generation,
+                "[mesh] rejoined under a renewed identity"
+            ),
+        }
+    }
+    any
+}
+
+fn publish_snapshot(handle: &ClusterHandle, mesh: &Mesh, sealer: &Sealer, traffic: &Traffic) {
+    let views = mesh.members();
+    let mut by_state: BTreeMap<String, u64> = ["alive", "suspect", "down"]
+        .into_iter()
+        .map(|state| (state.to_owned(), 0))
+        .collect();
+    let mut live = Vec::new();
+    let members = views
+        .into_iter()
+        .map(|view| {
+            *by_state.entry(view.state.to_owned()).or_default() += 1;
+            let published = view.published;
+            if view.state == "alive" {
+                live.extend(published.clone());
+            }
+            ClusterMember {
+                node_id: view.id.node_id,
+                addr: view.id.addr.to_string(),
+                generation: view.id.generation,
+                state: view.state.to_owned(),
+                incarnation: view.incarnation,
+                last_change: view.last_change_ms.map(hydra_api::rfc3339),
+                roles: published
+                    .as_ref()
+                    .map(|state| state.roles.clone())
+                    .unwrap_or_default(),
+                api_url: published.as_ref().map(|state| state.api_url.clone()),
+                pending: published.as_ref().map(|state| state.pending),
+                capacity: published.as_ref().map(|state| state.capacity),
+                district: published.as_ref().map(|state| state.district.clone()),
+                venue: published.as_ref().map(|state| state.venue.clone()),
+                tag: published.and_then(|state| state.tag),
+            }
+        })
+        .collect();
+    let identity = mesh.identity();
+    let status = ClusterStatus {
+        enabled: true,
+        node_id: Some(identity.node_id.clone()),
+        addr: Some(identity.addr.to_string()),
+        generation: Some(identity.generation),
+        key_ids: sealer
+            .keyring()
+            .key_ids()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        members_by_state: by_state,
+        dropped: traffic.dropped.clone(),
+        datagrams_sent: traffic.sent,
+        datagrams_received: traffic.received,
+        members: None,
+    };
+    handle.update(|snapshot| {
+        snapshot.status = status;
+        snapshot.members = members;
+        snapshot.live = live;
+    });
+}

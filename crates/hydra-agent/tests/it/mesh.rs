@@ -1,0 +1,191 @@
+//! The mesh on real UDP sockets on 127.0.0.1: members find each other from a peer list and
+//! publish their load; a member whose task is killed (no leave) is declared down by the others
+//! within seconds; one that shuts down leaves at once; a node with another cluster key is never
+//! let in and its datagrams are counted as dropped.
+
+use std::time::{Duration, Instant};
+
+use hydra_agent::cluster::driver::{self, ClusterHandle, ClusterSettings, Discovery};
+use hydra_agent::cluster::member::{MemberId, MemberState};
+use hydra_agent::cluster::mesh::MeshSettings;
+use hydra_agent::cluster::seal::Keyring;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+const KEY: [u8; 32] = [7; 32];
+const OTHER_KEY: [u8; 32] = [8; 32];
+
+struct Member {
+    handle: ClusterHandle,
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn member(name: &str, key: [u8; 32], peers: Vec<String>, pending: u32) -> Member {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let id = MemberId {
+        addr,
+        node_id: name.to_owned(),
+        generation: 1,
+    };
+    let state = MemberState {
+        node_id: name.to_owned(),
+        generation: 1,
+        version: 0,
+        roles: vec!["worker".into()],
+        api_url: format!("http://127.0.0.1/{name}"),
+        pending: 0,
+        capacity: 0,
+        district: "d1".into(),
+        venue: "v1".into(),
+        tag: None,
+    };
+    let settings = ClusterSettings {
+        id,
+        state,
+        discovery: Discovery::List(peers),
+        port: 0,
+        keyring: Keyring::new(&[key]).expect("keyring"),
+        mesh: MeshSettings::default(),
+    };
+    let handle = ClusterHandle::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(driver::run(
+        socket,
+        settings,
+        handle.clone(),
+        move || (pending, 10),
+        stop.clone(),
+    ));
+    Member {
+        handle,
+        addr,
+        stop,
+        task,
+    }
+}
+
+fn state_of(member: &Member, node_id: &str) -> Option<String> {
+    member
+        .handle
+        .status(true)
+        .members
+        .unwrap_or_default()
+        .into_iter()
+        .find(|seen| seen.node_id == node_id)
+        .map(|seen| seen.state)
+}
+
+async fn wait_for(what: &str, deadline: Duration, check: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn members_join_publish_and_see_a_killed_member_down_within_seconds() {
+    let first = member("m1", KEY, vec![], 1).await;
+    let seed = vec![first.addr.to_string()];
+    let second = member("m2", KEY, seed.clone(), 2).await;
+    let third = member("m3", KEY, seed.clone(), 3).await;
+    let stranger = member("intruder", OTHER_KEY, seed.clone(), 0).await;
+    let everyone = [&first, &second, &third];
+    wait_for(
+        "every member sees the two others alive with their load",
+        Duration::from_secs(20),
+        || {
+            everyone.iter().all(|member| {
+                let alive: Vec<_> = member
+                    .handle
+                    .status(true)
+                    .members
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|seen| seen.state == "alive" && seen.capacity == Some(10))
+                    .collect();
+                alive.len() == 2
+            })
+        },
+    )
+    .await;
+    let seen_by_first = first.handle.status(true);
+    let m3 = seen_by_first
+        .members
+        .as_ref()
+        .and_then(|members| members.iter().find(|seen| seen.node_id == "m3"))
+        .expect("m3 seen");
+    assert_eq!(
+        (m3.pending, m3.api_url.as_deref()),
+        (Some(3), Some("http://127.0.0.1/m3"))
+    );
+    assert_eq!(seen_by_first.key_ids.len(), 1);
+    // Without a token: counts, no members.
+    assert_eq!(first.handle.status(false).members, None);
+    assert_eq!(
+        first.handle.status(false).members_by_state.get("alive"),
+        Some(&2)
+    );
+
+    // The intruder's datagrams never open: counted, and it is no member.
+    wait_for(
+        "the intruder's datagrams are counted as dropped",
+        Duration::from_secs(20),
+        || {
+            first
+                .handle
+                .status(false)
+                .dropped
+                .get("unknown_key")
+                .copied()
+                .unwrap_or(0)
+                > 0
+        },
+    )
+    .await;
+    assert!(
+        everyone
+            .iter()
+            .all(|member| state_of(member, "intruder").is_none())
+    );
+    assert_eq!(
+        stranger.handle.status(false).members_by_state.get("alive"),
+        Some(&0)
+    );
+
+    // Killed: the task is aborted, so no leave is sent; the failure detector finds it.
+    third.task.abort();
+    let detected = wait_for(
+        "both survivors see m3 down",
+        Duration::from_secs(15),
+        || {
+            [&first, &second]
+                .iter()
+                .all(|member| state_of(member, "m3").as_deref() == Some("down"))
+        },
+    )
+    .await;
+    eprintln!("[mesh-udp] killed member seen down by every survivor after {detected:?}");
+
+    // A graceful leave is seen at once (well under the failure detector's time).
+    second.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(6), second.task)
+        .await
+        .expect("the leave is bounded")
+        .expect("the driver ends");
+    wait_for("m1 sees m2 leave", Duration::from_secs(2), || {
+        state_of(&first, "m2").as_deref() == Some("down")
+    })
+    .await;
+    first.stop.cancel();
+    stranger.stop.cancel();
+    let _ = first.task.await;
+    let _ = stranger.task.await;
+}
