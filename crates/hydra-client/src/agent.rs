@@ -77,6 +77,11 @@ impl AgentClient {
         self.call(Method::GET, "status", None).await
     }
 
+    /// `GET /api/v1/cluster`: the peer mesh as the agent sees it (members with a token).
+    pub async fn cluster(&self) -> Result<hydra_api::cluster::ClusterStatus, ClientError> {
+        self.call(Method::GET, "cluster", None).await
+    }
+
     /// `POST /api/v1/sessions`: starts a session on a worker; its refusal (body unreachable,
     /// full) comes back as the agent's error code and message.
     pub async fn start_session(

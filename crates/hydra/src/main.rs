@@ -6,6 +6,7 @@ mod agent;
 mod bench;
 mod bodies;
 mod client_args;
+mod cluster;
 mod config;
 mod head;
 mod logging;
@@ -52,6 +53,9 @@ enum Command {
     Agent(agent::Args),
     /// Show what the local agent knows: node, roles, server, last heartbeat, sessions.
     Status(status::Args),
+    /// The peer mesh as the local agent sees it.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
     /// Measure the server (load generators; never part of the tests).
     #[command(subcommand)]
     Bench(bench::Command),
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
             Command::Head(command) => head::run(command).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Cluster(command) => cluster::run(command).await,
             Command::Bench(command) => bench::run(command).await,
         }
     });
