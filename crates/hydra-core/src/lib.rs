@@ -13,6 +13,7 @@ pub mod probe;
 pub mod rate_limit;
 pub mod selection;
 pub mod session;
+pub mod session_id;
 pub mod text;
 pub mod trust;
 
