@@ -1,6 +1,7 @@
 //! The mesh on real UDP sockets on 127.0.0.1: members find each other from a peer list and
 //! publish their load; a member whose task is killed (no leave) is declared down by the others
-//! within seconds; one that shuts down leaves at once; a node with another cluster key is never
+//! within seconds and, restarted on its address with a newer generation, is alive again at once;
+//! one that shuts down leaves at once; a node with another cluster key is never
 //! let in and its datagrams are counted as dropped.
 
 use std::time::{Duration, Instant};
@@ -23,12 +24,23 @@ struct Member {
 }
 
 async fn member(name: &str, key: [u8; 32], peers: Vec<String>, pending: u32) -> Member {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    member_at("127.0.0.1:0", 1, name, key, peers, pending).await
+}
+
+async fn member_at(
+    bind: &str,
+    generation: u64,
+    name: &str,
+    key: [u8; 32],
+    peers: Vec<String>,
+    pending: u32,
+) -> Member {
+    let socket = UdpSocket::bind(bind).await.expect("bind");
     let addr = socket.local_addr().expect("addr");
     let id = MemberId {
         addr,
         node_id: name.to_owned(),
-        generation: 1,
+        generation,
     };
     let state = MemberState {
         node_id: name.to_owned(),
@@ -91,7 +103,7 @@ async fn wait_for(what: &str, deadline: Duration, check: impl Fn() -> bool) -> D
 }
 
 #[tokio::test]
-async fn members_join_publish_and_see_a_killed_member_down_within_seconds() {
+async fn a_killed_member_is_down_within_seconds_and_its_restart_rejoins() {
     let first = member("m1", KEY, vec![], 1).await;
     let seed = vec![first.addr.to_string()];
     let second = member("m2", KEY, seed.clone(), 2).await;
@@ -173,6 +185,31 @@ async fn members_join_publish_and_see_a_killed_member_down_within_seconds() {
     )
     .await;
     eprintln!("[mesh-udp] killed member seen down by every survivor after {detected:?}");
+
+    // Restarted on the same address with a newer generation: it rejoins at once, the old life
+    // replaced rather than waited out.
+    let _ = third.task.await;
+    let restarted = member_at(&third.addr.to_string(), 2, "m3", KEY, seed.clone(), 0).await;
+    wait_for(
+        "both survivors see m3's new life alive",
+        Duration::from_secs(10),
+        || {
+            [&first, &second].iter().all(|member| {
+                member
+                    .handle
+                    .status(true)
+                    .members
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|seen| {
+                        seen.node_id == "m3" && seen.state == "alive" && seen.generation == 2
+                    })
+            })
+        },
+    )
+    .await;
+    restarted.stop.cancel();
+    let _ = restarted.task.await;
 
     // A graceful leave is seen at once (well under the failure detector's time).
     second.stop.cancel();
