@@ -49,9 +49,18 @@ pub struct ClusterSettings {
     pub mesh: MeshSettings,
 }
 
-/// What the HTTP route shows: a snapshot the driver refreshes, behind the narrowest lock.
+/// What the HTTP route shows: a snapshot the driver refreshes, behind the narrowest lock; and
+/// the membership changes as they happen, for whoever acts on them (the seam the server's
+/// "dead nodes out of selection" and the captures' live members will use).
 #[derive(Debug, Clone)]
-pub struct ClusterHandle(Arc<Mutex<ClusterSnapshot>>);
+pub struct ClusterHandle(
+    Arc<Mutex<ClusterSnapshot>>,
+    tokio::sync::broadcast::Sender<MeshEvent>,
+);
+
+/// Membership changes kept for a slow subscriber before it starts missing some (it then sees
+/// `Lagged` and should re-read [`ClusterHandle::status`]).
+const EVENTS_KEPT: usize = 1_024;
 
 #[derive(Debug, Clone)]
 struct ClusterSnapshot {
@@ -62,22 +71,25 @@ struct ClusterSnapshot {
 
 impl Default for ClusterHandle {
     fn default() -> Self {
-        ClusterHandle(Arc::new(Mutex::new(ClusterSnapshot {
-            status: ClusterStatus {
-                enabled: false,
-                node_id: None,
-                addr: None,
-                generation: None,
-                key_ids: Vec::new(),
-                members_by_state: BTreeMap::new(),
-                dropped: BTreeMap::new(),
-                datagrams_sent: 0,
-                datagrams_received: 0,
-                members: None,
-            },
-            members: Vec::new(),
-            live: Vec::new(),
-        })))
+        ClusterHandle(
+            Arc::new(Mutex::new(ClusterSnapshot {
+                status: ClusterStatus {
+                    enabled: false,
+                    node_id: None,
+                    addr: None,
+                    generation: None,
+                    key_ids: Vec::new(),
+                    members_by_state: BTreeMap::new(),
+                    dropped: BTreeMap::new(),
+                    datagrams_sent: 0,
+                    datagrams_received: 0,
+                    members: None,
+                },
+                members: Vec::new(),
+                live: Vec::new(),
+            })),
+            tokio::sync::broadcast::channel(EVENTS_KEPT).0,
+        )
     }
 }
 
@@ -94,6 +106,11 @@ impl ClusterHandle {
     pub fn live_members(&self) -> Vec<MemberState> {
         let snapshot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         snapshot.live.clone()
+    }
+
+    /// Membership changes from now on (up, down, this node declared down or rejoined).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MeshEvent> {
+        self.1.subscribe()
     }
 
     fn update(&self, change: impl FnOnce(&mut ClusterSnapshot)) {
@@ -185,7 +202,7 @@ pub async fn run(
     let mut last_snapshot = i64::MIN;
     loop {
         flush(&mut mesh, &mut sealer, &socket, &mut traffic).await;
-        let changed = log_events(&mut mesh);
+        let changed = log_events(&mut mesh, &handle);
         let now = now_ms();
         if changed || now.saturating_sub(last_snapshot) >= 1_000 {
             publish_snapshot(&handle, &mesh, &sealer, &traffic);
@@ -242,11 +259,13 @@ async fn flush(mesh: &mut Mesh, sealer: &mut Sealer, socket: &UdpSocket, traffic
     }
 }
 
-/// Logs membership changes; answers whether there was any.
-fn log_events(mesh: &mut Mesh) -> bool {
+/// Logs membership changes and hands them to subscribers; answers whether there was any.
+fn log_events(mesh: &mut Mesh, handle: &ClusterHandle) -> bool {
     let mut any = false;
     while let Some(event) = mesh.poll_event() {
         any = true;
+        // No subscriber is not an error: nobody acts on membership on this node.
+        let _no_subscriber = handle.1.send(event.clone());
         match event {
             MeshEvent::Up(id) => {
                 tracing::info!(node_id = %id.node_id, addr = %id.addr, generation = id.generation, "[mesh] member up")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hydra_agent::cluster::driver::{self, ClusterHandle, ClusterSettings, Discovery};
 use hydra_agent::cluster::member::{MemberId, MemberState};
-use hydra_agent::cluster::mesh::MeshSettings;
+use hydra_agent::cluster::mesh::{MeshEvent, MeshSettings};
 use hydra_agent::cluster::seal::Keyring;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -173,6 +173,7 @@ async fn a_killed_member_is_down_within_seconds_and_its_restart_rejoins() {
     );
 
     // Killed: the task is aborted, so no leave is sent; the failure detector finds it.
+    let mut changes = first.handle.subscribe();
     third.task.abort();
     let detected = wait_for(
         "both survivors see m3 down",
@@ -185,6 +186,21 @@ async fn a_killed_member_is_down_within_seconds_and_its_restart_rejoins() {
     )
     .await;
     eprintln!("[mesh-udp] killed member seen down by every survivor after {detected:?}");
+    // The same change reached a subscriber (the seam the server will act on).
+    let handed_on = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(event) = changes.recv().await {
+            if matches!(&event, MeshEvent::Down(id) if id.node_id == "m3") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        handed_on,
+        Ok(true),
+        "m3's down was handed to the subscriber"
+    );
 
     // Restarted on the same address with a newer generation: it rejoins at once, the old life
     // replaced rather than waited out.
