@@ -2,11 +2,9 @@
 //! incarnation, load, last change, key ids) and prints it. Members need the agent's token
 //! (`--token` or `HYDRA_TOKEN`); without one the agent answers counts only.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hydra_agent::config::AgentConfig;
 use hydra_api::cluster::ClusterStatus;
 use hydra_client::AgentClient;
 
@@ -16,44 +14,13 @@ use crate::output::{Table, key_values, or_dash, print, print_json};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// List the mesh's members as the local agent sees them.
-    Members(Args),
-}
-
-/// Options of `hydra cluster members`.
-#[derive(Debug, Default, clap::Args)]
-pub struct Args {
-    /// Base URL of the local agent [default: from --config, else http://127.0.0.1:7071].
-    #[arg(long, value_name = "URL")]
-    agent: Option<String>,
-    /// The agent's config file, to find its address.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Print the agent's answer as JSON.
-    #[arg(long)]
-    json: bool,
-    /// The agent's `api_token`, for the member list; read from the environment rather than
-    /// argv where others can see it.
-    #[arg(
-        long,
-        env = "HYDRA_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
+    Members(crate::status::Args),
 }
 
 /// Runs a `hydra cluster` command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let Command::Members(args) = command;
-    let base = match (&args.agent, &args.config) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(path)) => {
-            let config = AgentConfig::load(Some(path), serde_json::json!({}))
-                .map_err(|error| anyhow::anyhow!("{error}"))?;
-            format!("http://{}", config.server.listen)
-        }
-        (None, None) => "http://127.0.0.1:7071".to_owned(),
-    };
+    let base = crate::status::agent_base(&args)?;
     let agent = AgentClient::new(&base, args.token.as_deref()).with_timeout(Duration::from_secs(5));
     let status = agent
         .cluster()

@@ -17,13 +17,13 @@ use crate::output::{Table, key_values, or_dash, print, print_json, yes_no};
 pub struct Args {
     /// Base URL of the local agent [default: from --config, else http://127.0.0.1:7071].
     #[arg(long, value_name = "URL")]
-    agent: Option<String>,
+    pub(crate) agent: Option<String>,
     /// The agent's config file, to find its address.
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Print the agent's answer as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// The agent's `api_token`, for session details (ids, bodies); read from the environment
     /// rather than argv where others can see it.
     #[arg(
@@ -32,12 +32,13 @@ pub struct Args {
         value_name = "TOKEN",
         hide_env_values = true
     )]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
-/// Prints the local agent's status.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let base = match (&args.agent, &args.config) {
+/// The local agent's base URL: `--agent`, else the `server.listen` of `--config`, else the
+/// default; shared with `hydra cluster`.
+pub(crate) fn agent_base(args: &Args) -> anyhow::Result<String> {
+    Ok(match (&args.agent, &args.config) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
         (None, Some(path)) => {
             let config = AgentConfig::load(Some(path), serde_json::json!({}))
@@ -45,7 +46,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             format!("http://{}", config.server.listen)
         }
         (None, None) => "http://127.0.0.1:7071".to_owned(),
-    };
+    })
+}
+
+/// Prints the local agent's status.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let base = agent_base(&args)?;
     let agent = AgentClient::new(&base, args.token.as_deref()).with_timeout(Duration::from_secs(5));
     let status = match agent.status().await {
         Ok(status) => status,
