@@ -22,7 +22,7 @@ use crate::support::{
 };
 
 /// The worker's node id.
-const WORKER_ID: &str = "w-proc";
+pub(crate) const WORKER_ID: &str = "w-proc";
 /// The start-up guard's words (crates/hydra-agent/src/worker/orphans.rs), written out here so
 /// that a changed message fails this test.
 const ALREADY_RUNNING: &str = "cannot bind — is another hydra agent already running?";
@@ -30,8 +30,8 @@ const ALREADY_RUNNING: &str = "cannot bind — is another hydra agent already ru
 const MARKER_FILE: &str = "hydra-session.json";
 
 /// A temp dir, a server, a stand-in body and one agent config file shared by every agent started.
-struct Fleet {
-    server: ServerProcess,
+pub(crate) struct Fleet {
+    pub(crate) server: ServerProcess,
     /// The server's storage, to start it again on.
     setup: ServerSetup,
     /// The stand-in Sunshine port: the kernel completes connections on its backlog.
@@ -66,8 +66,17 @@ impl Fleet {
         Fleet::start_configured(database_url, "")
     }
 
+    /// As [`Fleet::start_with`], with room for `max_sessions` sessions on the worker.
+    pub(crate) fn start_with_room(database_url: Option<String>, max_sessions: u32) -> Fleet {
+        Fleet::start_sized(database_url, "", max_sessions)
+    }
+
     /// `prefix` goes before the stand-in in the session command template (YAML list items).
     fn start_configured(database_url: Option<String>, prefix: &str) -> Fleet {
+        Fleet::start_sized(database_url, prefix, 2)
+    }
+
+    fn start_sized(database_url: Option<String>, prefix: &str, max_sessions: u32) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut setup = ServerSetup::sqlite(&dir.path().join("server"));
         setup.database_url = database_url;
@@ -89,7 +98,7 @@ wireguard_optional: true
 api_token: "{ADMIN_TOKEN}"
 heartbeat: {{interval: 0.5}}
 sessions:
-  max: 2
+  max: {max_sessions}
   port_range_start: {session_port}
   root: "{root}"
   body_port: {body_port}
@@ -121,7 +130,7 @@ sessions:
 
     /// Waits (at most 30 s) until the server lists the worker as healthy (enrolled, heartbeating,
     /// reported), so a session can be placed on it; fails at once if the agent exits.
-    async fn wait_worker(&self, agent: &mut Agent) {
+    pub(crate) async fn wait_worker(&self, agent: &mut Agent) {
         let healthy = eventually(Duration::from_secs(30), async || {
             agent.assert_running();
             let (_, list) = call(Method::GET, &self.server.api("/workers"), None).await;
@@ -169,7 +178,7 @@ sessions:
     }
 
     /// SIGKILLs the server and starts a new one on the same storage and address.
-    fn restart_server_after_sigkill(&mut self) {
+    pub(crate) fn restart_server_after_sigkill(&mut self) {
         self.server.restart_after_kill_9(&self.setup);
     }
 
@@ -196,13 +205,13 @@ sessions:
 
 /// A `hydra agent --config FILE` process, its stderr in a file; stopped on drop (SIGTERM so it
 /// ends its sessions, SIGKILL after 15 s).
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     log: PathBuf,
 }
 
 impl Agent {
-    fn start(fleet: &Fleet, name: &str) -> Agent {
+    pub(crate) fn start(fleet: &Fleet, name: &str) -> Agent {
         let log = fleet.dir.path().join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("agent log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
@@ -222,7 +231,7 @@ impl Agent {
         Agent { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
