@@ -89,6 +89,7 @@ pub async fn serve(
             api_token: config.api_token.clone(),
             wireguard_optional: config.wireguard_optional,
             viewer_ttl: Duration::from_secs_f64(config.sessions.viewer_ttl),
+            ice: config.ice(),
         },
         worker.clone(),
         proxy.clone(),

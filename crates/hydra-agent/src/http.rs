@@ -72,6 +72,8 @@ pub struct HttpSettings {
     /// How long a viewer capability minted with a stream URL stays valid
     /// (`sessions.viewer_ttl`).
     pub viewer_ttl: Duration,
+    /// ICE servers and TURN credentials for the session pages' script.
+    pub ice: crate::turn::IceConfig,
 }
 
 /// Shared state of the agent's HTTP surface; cheap to clone.
@@ -660,6 +662,12 @@ async fn proxy(state: AgentState, id: String, mut request: Request) -> Response 
         experience: session.experience.clone(),
         return_url: state.inner.settings.return_url.clone(),
         report_url: state.inner.settings.report_url.clone(),
+        ice_servers: state
+            .inner
+            .settings
+            .ice
+            .for_page(&id, hydra_api::now_ms().max(0) as u64 / 1_000),
+        force_relay: state.inner.settings.ice.force_relay,
     };
     let forward = Forward {
         target: target.address,

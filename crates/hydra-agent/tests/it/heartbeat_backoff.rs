@@ -98,6 +98,7 @@ async fn waits(answers: Vec<bool>, units: Vec<f64>) -> Vec<Duration> {
             api_token: None,
             wireguard_optional: true,
             viewer_ttl: Duration::from_secs(600),
+            ice: Default::default(),
         },
         None,
         Proxy::new(stop.clone()),

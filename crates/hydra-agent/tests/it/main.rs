@@ -9,5 +9,6 @@ mod proxy;
 mod rating_forward;
 mod session_start;
 mod support;
+mod turn;
 mod wireguard_health;
 mod worker;
