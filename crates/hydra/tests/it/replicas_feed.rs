@@ -218,9 +218,44 @@ async fn replicas_converge_after_their_database_went_away_under_load() {
     let writer = &servers[0];
     let mut acknowledged: Vec<String> = Vec::new();
     let mut refused = 0;
+    let (status, answer) = call(Method::POST, &writer.api("/nodes"), Some(json!({"id": "h-1", "roles": ["head"], "district": "bxl1", "venue": "v1", "owner": "acme"}))).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = call(
+        Method::POST,
+        &writer.api("/nodes/b-000/heartbeat"),
+        Some(json!({"idle": true})),
+    )
+    .await;
+    assert_eq!(status, 404, "{answer}");
     for index in 0..60 {
+        if index == 1 {
+            let (status, answer) = call(
+                Method::POST,
+                &writer.api("/nodes/b-000/heartbeat"),
+                Some(json!({"idle": true})),
+            )
+            .await;
+            assert_eq!(status, 200, "{answer}");
+        }
         if index == 20 {
             hydra_store::testing::set_database_accepting(&url, false).await;
+            // Selection never reads the database: every replica still answers from its view.
+            for server in &servers {
+                assert!(
+                    eventually(Duration::from_secs(10), async || {
+                        let (status, answer) = call(
+                            Method::GET,
+                            &server.api("/bodies/eligible?head_id=h-1"),
+                            None,
+                        )
+                        .await;
+                        status == 200 && crate::support::ids(&answer) == ["b-000"]
+                    })
+                    .await,
+                    "{} did not offer b-000 from its view during the outage",
+                    server.url
+                );
+            }
         }
         if index == 40 {
             hydra_store::testing::set_database_accepting(&url, true).await;
@@ -314,4 +349,51 @@ async fn the_sdk_reads_its_own_writes_on_every_replica() {
         .await
         .expect("the SDK reads its own write");
     assert_eq!(node.id, "b-sdk");
+}
+
+/// Measures how long a write through one replica takes to show on another without
+/// `min_revision` (printed for the README; the assertion is only that every write shows).
+#[tokio::test]
+async fn propagation_to_another_replica_is_measured() {
+    let (_url, servers, _dirs) = replicas("feed_lag", 2).await;
+    let (writer, reader) = (&servers[0], &servers[1]);
+    let mut waits: Vec<Duration> = Vec::new();
+    for index in 0..200 {
+        let id = format!("b-{index:03}");
+        let (status, answer) = call(Method::POST, &writer.api("/nodes"), Some(body(&id))).await;
+        assert_eq!(status, 201, "{answer}");
+        let acknowledged = std::time::Instant::now();
+        let seen = eventually_fast(Duration::from_secs(10), async || {
+            call(Method::GET, &reader.api(&format!("/nodes/{id}")), None)
+                .await
+                .0
+                == 200
+        })
+        .await;
+        assert!(seen, "{id} never showed on the other replica");
+        waits.push(acknowledged.elapsed());
+    }
+    waits.sort();
+    let at = |quantile: f64| waits[((waits.len() - 1) as f64 * quantile) as usize];
+    eprintln!(
+        "[measure] write-to-other-replica visibility over {} writes: p50 {:?}, p99 {:?}, max {:?}",
+        waits.len(),
+        at(0.5),
+        at(0.99),
+        waits[waits.len() - 1]
+    );
+}
+
+/// [`eventually`] polling every millisecond, for measuring.
+async fn eventually_fast(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
