@@ -12,7 +12,30 @@ pub struct Health {
     pub version: String,
     /// `sqlite` or `postgres`.
     pub storage: String,
+    /// The change-feed revision this replica's views reached (reads with `min_revision` up to
+    /// it answer at once).
+    #[serde(default)]
+    pub revision: i64,
+    /// How long the views are known to be behind the store, in ms (0: caught up).
+    #[serde(default)]
+    pub lag_ms: u64,
 }
+
+/// The answer header carrying the change-feed revision a client can pass back as
+/// [`MIN_REVISION_PARAM`]: after a write, at least that write's revision.
+pub const REVISION_HEADER: &str = "x-hydra-revision";
+
+/// The query parameter of any request that makes the replica wait (up to 2 s) until its views
+/// reached that revision, else answer 503 naming its lag.
+pub const MIN_REVISION_PARAM: &str = "min_revision";
+
+/// The answer header naming the change feed (one per database) its [`REVISION_HEADER`] counts
+/// in: revisions of independent servers are not comparable.
+pub const FEED_HEADER: &str = "x-hydra-feed";
+
+/// The query parameter that says which feed a [`MIN_REVISION_PARAM`] counts in: a replica of
+/// another feed (another database) ignores the `min_revision`.
+pub const MIN_REVISION_FEED_PARAM: &str = "min_revision_feed";
 
 /// `GET /api/v1/check-master`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

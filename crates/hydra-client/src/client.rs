@@ -96,6 +96,12 @@ pub struct Client {
     token: Option<Arc<str>>,
     request_timeout: Duration,
     retry: RetryPolicy,
+    /// The highest change-feed revision a write through this client (or a clone) was answered
+    /// with; reads pass it as `min_revision`, so they see the client's own writes on any
+    /// replica (0: nothing written yet).
+    written_revision: Arc<std::sync::atomic::AtomicI64>,
+    /// The feed (database) `written_revision` counts in, from the answer that raised it.
+    written_feed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for Client {
@@ -265,6 +271,8 @@ impl Client {
             token: config.token.map(Arc::from),
             request_timeout: config.request_timeout,
             retry: config.retry,
+            written_revision: Arc::default(),
+            written_feed: Arc::default(),
         })
     }
 
@@ -289,6 +297,13 @@ impl Client {
     /// The retry policy calls through this handle use.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry
+    }
+
+    /// The highest revision this client's writes were answered with (0: none yet): its reads
+    /// ask replicas to have reached it (`min_revision`).
+    pub fn written_revision(&self) -> i64 {
+        self.written_revision
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The configured replica base URLs, normalised, in configured order.
@@ -546,10 +561,29 @@ impl Client {
         call: &Call,
         timeout: Duration,
     ) -> Result<Answer, TransportError> {
-        let url = call.url(base).map_err(|detail| TransportError {
+        let mut url = call.url(base).map_err(|detail| TransportError {
             detail,
             maybe_sent: false,
         })?;
+        let written = self.written_revision();
+        let discovery = matches!(
+            call.segments.first().map(String::as_str),
+            Some("check-master" | "health")
+        );
+        if call.kind == Kind::Read && written > 0 && !discovery {
+            // Read-your-writes: a replica whose view is behind waits or answers 503, and the
+            // read moves on to the next replica; a replica on another database ignores it.
+            let feed = self
+                .written_feed
+                .lock()
+                .expect("feed lock poisoned")
+                .clone();
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair(hydra_api::MIN_REVISION_PARAM, &written.to_string());
+            if let Some(feed) = feed {
+                pairs.append_pair(hydra_api::MIN_REVISION_FEED_PARAM, &feed);
+            }
+        }
         let mut request = self
             .http
             .request(call.method.clone(), url.clone())
@@ -570,6 +604,29 @@ impl Client {
             maybe_sent: !error.is_connect(),
         })?;
         let status = response.status().as_u16();
+        if call.kind != Kind::Read
+            && let Some(revision) = response
+                .headers()
+                .get(hydra_api::REVISION_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| text.parse::<i64>().ok())
+        {
+            let feed = response
+                .headers()
+                .get(hydra_api::FEED_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let mut written_feed = self.written_feed.lock().expect("feed lock poisoned");
+            if *written_feed != feed {
+                // Another database (an independent server): its revisions start their own count.
+                *written_feed = feed;
+                self.written_revision
+                    .store(revision, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                self.written_revision
+                    .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         let location = response
             .headers()
             .get(LOCATION)

@@ -128,6 +128,26 @@ impl Fleet {
         node
     }
 
+    /// Re-reads a node (and its token digest) that a write, maybe another replica's, changed,
+    /// under the node's lock, so it cannot interleave with this replica's own store write and
+    /// view patch of that node; a node gone from the store leaves the view.
+    pub async fn refresh(&self, id: &str) -> Result<(), hydra_store::StoreError> {
+        let _guard = self.inner.locks.lock(id).await;
+        let node = self.inner.store.get_node(id).await?;
+        let token = self.inner.store.node_token_hash(id).await?;
+        let mut view = self.inner.view.write().expect("registry lock poisoned");
+        match (node, token) {
+            (Some(node), Some(token)) => {
+                view.put(node);
+                view.set_token(id, token);
+            }
+            _ => {
+                view.remove(id);
+            }
+        }
+        Ok(())
+    }
+
     /// Moves a node to another district and venue.
     pub async fn move_node(&self, id: &str, district: &str, venue: &str) -> Result<Node, ApiError> {
         let (id, district, venue) = (id.to_owned(), district.to_owned(), venue.to_owned());

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod colocated;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod fleet;
 pub mod group_commit;
 pub mod registry;
@@ -94,6 +95,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             note_storage_failure,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            feed::read_your_writes,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -201,7 +206,8 @@ pub async fn serve(
 }
 
 /// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
-/// (store probe, metrics upkeep, session retention, the sweep of gone workers' sessions) and
+/// (store probe, metrics upkeep, session retention, the sweep of gone workers' sessions, the
+/// change-feed follower and its pruning) and
 /// `limits` (header and idle timeouts, connection cap,
 /// shutdown deadline). Returns once in-flight requests have finished or the deadline passed.
 pub async fn serve_with(
@@ -219,6 +225,8 @@ pub async fn serve_with(
         shutdown.clone(),
     ));
     duties.spawn(workers::sweep(state.clone(), shutdown.clone()));
+    duties.spawn(feed::follow(state.clone(), shutdown.clone()));
+    duties.spawn(feed::prune_changes(state.clone(), shutdown.clone()));
     let outcome =
         hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
             .await;

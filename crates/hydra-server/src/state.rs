@@ -78,6 +78,7 @@ struct Inner {
     _writer_tasks: [tokio::task::JoinHandle<()>; 3],
     workers: WorkerDirectory,
     sealer: Sealer,
+    feed: crate::feed::ViewFeed,
 }
 
 impl AppState {
@@ -88,6 +89,8 @@ impl AppState {
         settings: Settings,
         admin_token: &str,
     ) -> Result<AppState, hydra_store::StoreError> {
+        // Read before the views load: what is written meanwhile is applied again, harmlessly.
+        let feed = crate::feed::start_feed(&store).await?;
         let registry = Registry::load(&store).await?;
         let sealer = Sealer::from_admin_token(admin_token);
         let workers = WorkerDirectory::load(&store, &sealer).await?;
@@ -117,6 +120,7 @@ impl AppState {
                 _writer_tasks: [heartbeat_task, session_task, report_task],
                 workers,
                 sealer,
+                feed,
             }),
         })
     }
@@ -156,6 +160,11 @@ impl AppState {
     /// The relay workers' reports (placement reads them from memory).
     pub fn workers(&self) -> &WorkerDirectory {
         &self.inner.workers
+    }
+
+    /// Where the views are in the change feed (see `crate::feed`).
+    pub fn feed(&self) -> &crate::feed::ViewFeed {
+        &self.inner.feed
     }
 
     /// Seals and opens the agent keys kept in the store.

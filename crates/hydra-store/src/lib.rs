@@ -9,6 +9,7 @@
 mod engine;
 mod enrolment;
 mod error;
+mod feed;
 mod node_config;
 mod postgres;
 mod records;
@@ -22,6 +23,7 @@ use std::path::Path;
 use hydra_core::{LatencySample, Node, Transport};
 
 pub use error::StoreError;
+pub use feed::{CHANGES_CHANNEL, Change, ChangeKind, ChangesSince, latency_key};
 pub use node_config::NodeConfigRecord;
 pub use records::{SessionRecord, SessionStatus, SessionWrite, WorkerReportRecord};
 
@@ -324,9 +326,92 @@ impl Store {
         dispatch!(self, put_worker_reports(batch))
     }
 
+    /// One worker's stored report, or `None`.
+    pub async fn get_worker_report(
+        &self,
+        worker_id: &str,
+    ) -> Result<Option<WorkerReportRecord>, StoreError> {
+        dispatch!(self, get_worker_report(worker_id))
+    }
+
+    /// The latest sample `head_id` measured to `body_id`, or `None`.
+    pub async fn get_latency(
+        &self,
+        head_id: &str,
+        body_id: &str,
+    ) -> Result<Option<LatencySample>, StoreError> {
+        dispatch!(self, get_latency(head_id, body_id))
+    }
+
+    // ---- change feed ----
+
+    /// The highest revision this process's writes committed (0 before the first): a write's
+    /// answer carries it, so a client can ask any replica to have reached it. Never below the
+    /// write's own revision, and always committed.
+    pub fn written_revision(&self) -> i64 {
+        match self {
+            Store::Sqlite(engine) => engine.written_revision(),
+            Store::Postgres(engine) => engine.written_revision(),
+        }
+    }
+
+    /// The identity of this database's change feed (random, made once): revisions of two
+    /// feeds are not comparable.
+    pub async fn feed_id(&self) -> Result<String, StoreError> {
+        dispatch!(self, feed_id())
+    }
+
+    /// The newest committed revision.
+    pub async fn current_revision(&self) -> Result<i64, StoreError> {
+        dispatch!(self, current_revision())
+    }
+
+    /// The changes of the revisions after `after`, at most `revisions` revisions of them, in
+    /// revision order; or [`ChangesSince::Pruned`] when some of them were pruned.
+    pub async fn changes_since(
+        &self,
+        after: i64,
+        revisions: u32,
+    ) -> Result<ChangesSince, StoreError> {
+        dispatch!(self, changes_since(after, revisions))
+    }
+
+    /// Deletes the change rows up to revision `through` (followers behind it reload whole
+    /// views); answers how many went.
+    pub async fn prune_changes(&self, through: i64) -> Result<u64, StoreError> {
+        dispatch!(self, prune_changes(through))
+    }
+
+    /// A listener woken at each commit of any replica's write (PostgreSQL), on a connection of
+    /// its own; `None` on SQLite, whose only writer is this process.
+    pub async fn listen_changes(&self) -> Result<Option<ChangeListener>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(engine) => engine.listen_changes().await.map(Some),
+        }
+    }
+
     /// Every stored worker report, ordered by worker id.
     pub async fn list_worker_reports(&self) -> Result<Vec<WorkerReportRecord>, StoreError> {
         dispatch!(self, list_worker_reports())
+    }
+}
+
+/// Wake-ups of the change feed (PostgreSQL `LISTEN`), on a dedicated connection.
+#[derive(Debug)]
+pub struct ChangeListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl ChangeListener {
+    /// Waits for the next committed revision any replica announced. An error means the
+    /// connection was lost (notifications may be lost with it): the caller catches up from the
+    /// table and listens again.
+    pub async fn recv(&mut self) -> Result<i64, StoreError> {
+        match self.listener.try_recv().await? {
+            Some(notification) => Ok(notification.payload().parse().unwrap_or(0)),
+            None => Err(StoreError::Engine(sqlx::Error::PoolClosed)),
+        }
     }
 }
 

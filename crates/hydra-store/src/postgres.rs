@@ -12,8 +12,12 @@ type Db = sqlx::Postgres;
 /// PostgreSQL-backed store.
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    /// The highest revision this process committed (see [`crate::Store::written_revision`]).
+    written: std::sync::Arc<std::sync::atomic::AtomicI64>,
     reader: PgPool,
     writer: PgPool,
+    /// Where the store connects: the change listener opens its own connection there.
+    url: String,
 }
 
 impl PgStore {
@@ -26,12 +30,25 @@ impl PgStore {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PgStore {
+            written: Default::default(),
             reader: pool.clone(),
             writer: pool,
+            url: url.to_owned(),
         })
+    }
+
+    /// A dedicated connection (not from the pool) listening on the change feed's channel.
+    pub(crate) async fn listen_changes(&self) -> Result<crate::ChangeListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(crate::feed::CHANGES_CHANNEL).await?;
+        Ok(crate::ChangeListener { listener })
     }
 }
 
+/// The statement that wakes followers at commit, when the engine has one.
+const NOTIFY_REVISION: Option<&str> = Some("SELECT pg_notify($1, $2)");
+
+crate::feed::feed_queries!(PgStore);
 crate::engine::engine_queries!(PgStore);
 crate::session_queries::session_queries!(PgStore);
 crate::enrolment::enrolment_queries!(PgStore);

@@ -17,6 +17,8 @@ type Db = sqlx::Sqlite;
 /// SQLite-backed store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The highest revision this process committed (see [`crate::Store::written_revision`]).
+    written: std::sync::Arc<std::sync::atomic::AtomicI64>,
     reader: SqlitePool,
     writer: SqlitePool,
 }
@@ -53,10 +55,18 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(path_error)?;
-        Ok(SqliteStore { reader, writer })
+        Ok(SqliteStore {
+            written: Default::default(),
+            reader,
+            writer,
+        })
     }
 }
 
+/// The statement that wakes followers at commit, when the engine has one.
+const NOTIFY_REVISION: Option<&str> = None;
+
+crate::feed::feed_queries!(SqliteStore);
 crate::engine::engine_queries!(SqliteStore);
 crate::session_queries::session_queries!(SqliteStore);
 crate::enrolment::enrolment_queries!(SqliteStore);

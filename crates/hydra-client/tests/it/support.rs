@@ -290,6 +290,8 @@ async fn answer(
                 status: "ok".to_owned(),
                 version: "test".to_owned(),
                 storage: name.to_owned(),
+                revision: 0,
+                lag_ms: 0,
             },
         ),
         _ => error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route"),

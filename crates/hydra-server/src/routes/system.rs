@@ -20,6 +20,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         .to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         storage: state.store().engine().as_str().to_owned(),
+        revision: crate::feed::view_revision(&state),
+        lag_ms: state.feed().lag_ms(crate::state::now_ms()),
     })
 }
 

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use hydra_core::{CostTier, Node, Role, Roles, Transport};
 use hydra_store::{
-    Heartbeat, LatencyRecord, SessionFilter, SessionRecord, SessionStatus, SessionWrite, Store,
-    StoreError, WorkerReportRecord,
+    Change, ChangeKind, ChangesSince, Heartbeat, LatencyRecord, SessionFilter, SessionRecord,
+    SessionStatus, SessionWrite, Store, StoreError, WorkerReportRecord,
 };
 
 /// A store on a fresh file or database, kept alive with its temp dir.
@@ -65,6 +65,9 @@ on_both_engines!(
     pruning_removes_only_ended_sessions_older_than_the_cutoff_in_batches,
     enrolment_tokens_enrol_once_and_expire,
     an_enrolment_refused_for_a_taken_id_leaves_the_token_unused,
+    every_write_takes_the_next_revision_and_lists_what_it_changed,
+    concurrent_writes_take_dense_revisions,
+    changes_are_read_by_revision_windows_and_a_pruned_horizon_is_reported,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -795,3 +798,230 @@ async fn an_enrolment_refused_for_a_taken_id_leaves_the_token_unused(store: Stor
     );
 }
 mod node_config;
+
+/// Every change after `after`, as `(revision, kind, key)` words, read in one window.
+async fn changes_after(store: &Store, after: i64) -> Vec<(i64, &'static str, String)> {
+    match store.changes_since(after, 10_000).await.unwrap() {
+        ChangesSince::Changes {
+            changes,
+            through,
+            latest,
+        } => {
+            assert_eq!(through, latest, "one window covers everything");
+            changes
+                .into_iter()
+                .map(
+                    |Change {
+                         revision,
+                         kind,
+                         key,
+                     }| (revision, kind.as_str(), key),
+                )
+                .collect()
+        }
+        pruned => panic!("nothing was pruned, got {pruned:?}"),
+    }
+}
+
+async fn every_write_takes_the_next_revision_and_lists_what_it_changed(store: Store) {
+    assert_eq!(store.current_revision().await.unwrap(), 0);
+    assert_eq!(store.written_revision(), 0);
+    let feed_id = store.feed_id().await.unwrap();
+    assert_eq!(feed_id.len(), 32, "{feed_id}");
+    store
+        .insert_node(&sample_node("n-1"), "hash-1")
+        .await
+        .unwrap();
+    let beat = Heartbeat {
+        at: 5,
+        idle: true,
+        active_sessions: 0,
+        vram_mb: None,
+    };
+    store
+        .record_heartbeats(&[("n-1".into(), beat), ("ghost".into(), beat)])
+        .await
+        .unwrap();
+    store.move_node("n-1", "ams1", "dam").await.unwrap();
+    // A write that changes nothing takes a revision and lists nothing.
+    assert!(!store.set_drained("ghost", true).await.unwrap());
+    store
+        .record_latency(&LatencyRecord {
+            head_id: "n-1".into(),
+            body_id: "n-2".into(),
+            transport: Transport::Lan,
+            rtt_ms: 7,
+            measured_at: 9,
+        })
+        .await
+        .unwrap();
+    store
+        .put_worker_report(&worker_report("n-1", 4, 10))
+        .await
+        .unwrap();
+    let mut session = history_session(1, SessionStatus::Starting, 10, 10);
+    store.insert_session(&session).await.unwrap();
+    session.status = SessionStatus::Running;
+    assert!(store.update_session(&session).await.unwrap());
+    store.put_node_config("n-1", "{}", 11).await.unwrap();
+    assert!(store.delete_node("n-1").await.unwrap());
+    assert_eq!(store.current_revision().await.unwrap(), 10);
+    assert_eq!(
+        store.written_revision(),
+        10,
+        "the answer of the last write carries its revision"
+    );
+    assert_eq!(
+        changes_after(&store, 0).await,
+        vec![
+            (1, "node", "n-1".to_owned()),
+            (2, "node", "n-1".to_owned()),
+            (3, "node", "n-1".to_owned()),
+            (5, "latency", "n-1\tn-2".to_owned()),
+            (6, "worker_report", "n-1".to_owned()),
+            (7, "session", "s-0001".to_owned()),
+            (8, "session", "s-0001".to_owned()),
+            (9, "node_config", "n-1".to_owned()),
+            (10, "node", "n-1".to_owned()),
+            (10, "worker_report", "n-1".to_owned()),
+        ]
+    );
+    assert_eq!(
+        changes_after(&store, 8).await.len(),
+        3,
+        "a follower reads only what it lacks"
+    );
+    assert_eq!(changes_after(&store, 10).await, vec![]);
+}
+
+async fn concurrent_writes_take_dense_revisions(store: Store) {
+    let writers: Vec<_> = (0..16)
+        .map(|index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_node(
+                        &sample_node(&format!("n-{index:02}")),
+                        &format!("hash-{index}"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let changes = changes_after(&store, 0).await;
+    let revisions: Vec<i64> = changes.iter().map(|(revision, _, _)| *revision).collect();
+    assert_eq!(
+        revisions,
+        (1..=16).collect::<Vec<i64>>(),
+        "one revision per write, none skipped"
+    );
+    let mut keys: Vec<String> = changes.into_iter().map(|(_, _, key)| key).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        (0..16)
+            .map(|index| format!("n-{index:02}"))
+            .collect::<Vec<_>>()
+    );
+}
+
+async fn changes_are_read_by_revision_windows_and_a_pruned_horizon_is_reported(store: Store) {
+    for index in 0..5 {
+        store
+            .insert_node(
+                &sample_node(&format!("n-{index}")),
+                &format!("hash-{index}"),
+            )
+            .await
+            .unwrap();
+    }
+    match store.changes_since(1, 2).await.unwrap() {
+        ChangesSince::Changes {
+            through,
+            latest,
+            changes,
+        } => {
+            assert_eq!((through, latest), (3, 5));
+            assert_eq!(
+                changes
+                    .iter()
+                    .map(|change| change.revision)
+                    .collect::<Vec<_>>(),
+                [2, 3]
+            );
+            assert!(changes.iter().all(|change| change.kind == ChangeKind::Node));
+        }
+        pruned => panic!("nothing was pruned, got {pruned:?}"),
+    }
+    // Pruning is a write too: revision 6.
+    assert_eq!(store.prune_changes(3).await.unwrap(), 3);
+    assert_eq!(
+        store.changes_since(2, 100).await.unwrap(),
+        ChangesSince::Pruned {
+            pruned_through: 3,
+            latest: 6
+        },
+        "a follower behind the horizon must reload"
+    );
+    assert_eq!(
+        changes_after(&store, 3)
+            .await
+            .iter()
+            .map(|(revision, _, _)| *revision)
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
+}
+
+/// PostgreSQL wakes followers at each commit with its revision; a rolled back write wakes
+/// nobody.
+#[tokio::test]
+async fn postgres_listeners_hear_each_committed_revision() {
+    let store = postgres("listeners_hear").await.store;
+    let mut listener = store
+        .listen_changes()
+        .await
+        .unwrap()
+        .expect("postgres listens");
+    store
+        .insert_node(&sample_node("n-1"), "hash-1")
+        .await
+        .unwrap();
+    // Refused (the id is taken): rolled back, no notification.
+    assert!(
+        store
+            .insert_node(&sample_node("n-1"), "hash-1")
+            .await
+            .is_err()
+    );
+    store.set_drained("n-1", true).await.unwrap();
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        [
+            listener.recv().await.unwrap(),
+            listener.recv().await.unwrap(),
+        ]
+    })
+    .await
+    .expect("notifications within 10 s");
+    assert_eq!(
+        heard,
+        [1, 2],
+        "the rolled back write gave its revision back"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_has_no_listener() {
+    assert!(
+        sqlite()
+            .await
+            .store
+            .listen_changes()
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
