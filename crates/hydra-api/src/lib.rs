@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod eligible;
 pub mod error;
+pub mod explain;
 pub mod node_config;
 pub mod nodes;
 pub mod selection;
@@ -16,6 +17,7 @@ pub mod text;
 
 pub use eligible::*;
 pub use error::{ErrorBody, ErrorCode};
+pub use explain::*;
 pub use node_config::*;
 pub use nodes::*;
 pub use selection::*;

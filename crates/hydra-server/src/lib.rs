@@ -75,6 +75,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             routes::node_config::replace
         ))
         .routes(routes!(routes::bodies::eligible))
+        .routes(routes!(routes::bodies::what_if))
         .merge(sessions::router())
 }
 
