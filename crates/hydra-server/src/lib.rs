@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod colocated;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod fleet;
 pub mod group_commit;
@@ -76,6 +77,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(routes::bodies::eligible))
         .routes(routes!(routes::bodies::what_if))
+        .routes(routes!(events::events))
         .merge(sessions::router())
 }
 

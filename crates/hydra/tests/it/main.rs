@@ -6,6 +6,7 @@ mod config_sources;
 mod durability;
 mod durability_in_flight;
 mod enrolment;
+mod events;
 mod explain;
 mod fleet;
 mod lab;
