@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod colocated;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -93,6 +94,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::get(move || async move { axum::Json(openapi_json.clone()) }),
         )
         .route("/metrics", axum::routing::get(metrics_text))
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::map_response_with_state(
             state.clone(),

@@ -1,8 +1,10 @@
 //! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
 
 mod agent;
+mod browser;
 mod cli;
 mod config_sources;
+mod dashboard;
 mod durability;
 mod durability_in_flight;
 mod enrolment;
