@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod config_sources;
 mod dashboard;
+mod demo;
 mod durability;
 mod durability_in_flight;
 mod enrolment;
