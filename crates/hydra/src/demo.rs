@@ -1,21 +1,24 @@
 //! `hydra demo`: a control plane on SQLite in a temp dir and a simulated fleet in this process
 //! (two districts, several venues, stand-in bodies listening on loopback addresses, heads that
-//! run the real discovery every few seconds), with chaos every cycle: a body in use dies and
-//! its head fails over, a venue is parked in a spare district and comes back. Ctrl-C stops
-//! everything it started and removes the temp dir.
+//! run the real discovery every few seconds) plus two real `hydra agent` workers whose sessions
+//! are the stand-in session process, with chaos every cycle: a body in use dies and its head
+//! fails over, a venue is parked in a spare district and comes back, a session is placed and
+//! ended. Ctrl-C stops everything it started and removes the temp dir.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use hydra_api::{EnrolRequest, HeartbeatRequest, MoveRequest, RoleWire};
+use hydra_api::{CreateSessionRequest, EnrolRequest, HeartbeatRequest, MoveRequest, RoleWire};
 use hydra_client::discovery::{Discoverer, DiscoveryOptions};
 use hydra_client::{Client, ClientConfig};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::net::TcpListener;
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +97,8 @@ async fn run_in(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<ExitCo
     let settings = hydra_server::Settings {
         heartbeat_timeout: HEARTBEAT_TIMEOUT,
         public_url: url.clone(),
+        // The demo's workers are agents on this machine's loopback.
+        agent_url_hosts: vec!["127.0.0.1".to_owned()],
         ..hydra_server::Settings::default()
     };
     let state = hydra_server::AppState::new(store.clone(), settings, &admin_token)
@@ -158,6 +163,42 @@ async fn simulate(
         heads.len()
     ));
 
+    let mut workers = match standin_session_binary() {
+        Some(standin) => start_workers(url, admin_token, dir, port, &standin).await?,
+        None => {
+            print(
+                "[demo] no standin-web-stream next to hydra: no workers, no sessions (build it \
+                 with `cargo build --release -p hydra-agent --bin standin-web-stream`)\n",
+            );
+            Vec::new()
+        }
+    };
+    let outcome = run_fleet(
+        args,
+        seed,
+        client,
+        shutdown,
+        &mut bodies,
+        &heads,
+        port,
+        !workers.is_empty(),
+    )
+    .await;
+    stop_workers(&mut workers).await;
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_fleet(
+    args: &DemoArgs,
+    seed: u64,
+    client: &Client,
+    shutdown: &CancellationToken,
+    bodies: &mut [Body],
+    heads: &[String],
+    port: u16,
+    with_workers: bool,
+) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let discoverer = Discoverer::new(
         client.clone(),
@@ -172,6 +213,7 @@ async fn simulate(
     let mut chaos_tick = tokio::time::interval(Duration::from_secs(args.cycle.max(2)));
     chaos_tick.tick().await;
     let mut parked: Option<(String, String)> = None;
+    let mut session: Option<String> = None;
     let mut cycle = 0u64;
     tokio::spawn(crate::signals::stop_on_signal(
         shutdown.clone(),
@@ -180,15 +222,21 @@ async fn simulate(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = heartbeat_tick.tick() => heartbeat_all(client, &bodies, &heads).await,
-            _ = discovery_tick.tick() => discover_all(&discoverer, &heads, &mut routes).await,
+            _ = heartbeat_tick.tick() => heartbeat_all(client, bodies, heads).await,
+            _ = discovery_tick.tick() => discover_all(&discoverer, heads, &mut routes).await,
             _ = chaos_tick.tick(), if !args.no_chaos => {
                 cycle += 1;
-                chaos(client, cycle, &mut rng, &mut bodies, &routes, &mut parked).await;
+                if cycle.is_multiple_of(3) {
+                    if with_workers {
+                        session_chaos(client, heads, &mut session).await;
+                    }
+                } else {
+                    chaos(client, cycle, &mut rng, bodies, &routes, &mut parked).await;
+                }
             }
         }
     }
-    for body in &mut bodies {
+    for body in bodies.iter_mut() {
         if let Some(listener) = body.listener.take() {
             listener.abort();
         }
@@ -284,8 +332,9 @@ async fn discover_all(
     }
 }
 
-/// One chaos event; odd cycles kill a body some head streams from (and revive the dead), even
-/// cycles park a venue in its district's spare `-test` district (and bring back the last one).
+/// One chaos event: cycles 1, 4, 7, ... kill a body some head streams from (and revive the
+/// dead); cycles 2, 5, 8, ... park a venue in its district's spare `-test` district (or bring
+/// back the parked one).
 async fn chaos(
     client: &Client,
     cycle: u64,
@@ -294,7 +343,7 @@ async fn chaos(
     routes: &HashMap<String, String>,
     parked: &mut Option<(String, String)>,
 ) {
-    if cycle % 2 == 1 {
+    if cycle % 3 == 1 {
         for body in bodies.iter_mut().filter(|body| body.listener.is_none()) {
             match listen_as_body(body.address.ip(), body.address.port()).await {
                 Ok((listener, _)) => {
@@ -362,6 +411,150 @@ async fn move_venue(client: &Client, bodies: &[Body], home: &str, venue: &str, t
         };
         if let Err(error) = client.move_node(&body.id, &request).await {
             tracing::warn!(body = %body.id, %error, "[demo] move failed");
+        }
+    }
+}
+
+/// The stand-in session process, next to this binary (cargo builds it with `-p hydra-agent`).
+fn standin_session_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let standin = exe.parent()?.join("standin-web-stream");
+    standin.is_file().then_some(standin)
+}
+
+/// A free port on loopback, as the system hands it out now.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Two `hydra agent` workers, one per district, each in its own process group with its config,
+/// state and log under `dir`; their sessions run `standin` against bodies on `body_port`.
+async fn start_workers(
+    url: &str,
+    admin_token: &str,
+    dir: &Path,
+    body_port: u16,
+    standin: &Path,
+) -> anyhow::Result<Vec<Child>> {
+    let mut children = Vec::new();
+    for (id, district, venue) in [("w-bxl1", "bxl1", "rupelmonde"), ("w-ams1", "ams1", "zuid")] {
+        let home = dir.join(id);
+        std::fs::create_dir_all(&home)?;
+        let api_token = hydra_server::auth::generate_token("hyk_");
+        let yaml = format!(
+            r#"node: {{id: {id}, roles: [worker], district: {district}, venue: {venue}, owner: acme, lan_ip: 127.0.0.1}}
+server: {{listen: "127.0.0.1:{agent_port}"}}
+controller: {{url: ["{url}"], token: "{admin_token}"}}
+state_dir: "{state}"
+wireguard_optional: true
+api_token: "{api_token}"
+heartbeat: {{interval: 1}}
+sessions:
+  max: 2
+  port_range_start: {session_port}
+  root: "{root}"
+  body_port: {body_port}
+  ready_timeout: 20
+  check_interval: 1
+  command: ["{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
+"#,
+            agent_port = free_port()?,
+            session_port = free_port()?,
+            state = home.join("state").display(),
+            root = home.join("sessions").display(),
+            standin = standin.display(),
+        );
+        // The config holds the admin token: readable by this user only, and never in argv.
+        let config = home.join("agent.yaml");
+        write_private(&config, &yaml)?;
+        let log = std::fs::File::create(home.join("agent.log"))?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env_remove("HYDRA_TOKEN")
+            .env_remove("HYDRA_SERVER")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start a demo worker (hydra agent)")?;
+        print(&format!(
+            "[demo] worker {id} ({district}/{venue}) started, pid {}\n",
+            child.id().unwrap_or_default()
+        ));
+        children.push(child);
+    }
+    Ok(children)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// SIGTERM to each worker (it ends its sessions), then SIGKILL to the group of any still there
+/// after 10 s; reaps them all.
+async fn stop_workers(workers: &mut [Child]) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    for child in workers.iter() {
+        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    for child in workers.iter_mut() {
+        let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            if let Some(pid) = pid {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// Places a session for the first head that gets one, or ends the one placed before.
+async fn session_chaos(client: &Client, heads: &[String], session: &mut Option<String>) {
+    if let Some(id) = session.take() {
+        match client.end_session(&id).await {
+            Ok(_) => print(&format!("[demo] chaos: session {id} ended\n")),
+            Err(error) => print(&format!("[demo] chaos: cannot end session {id}: {error}\n")),
+        }
+        return;
+    }
+    for head in heads {
+        let request = CreateSessionRequest {
+            head_id: Some(head.clone()),
+            ..CreateSessionRequest::default()
+        };
+        match client.create_session(&request).await {
+            Ok(view) => {
+                print(&format!(
+                    "[demo] chaos: session {} placed on worker {} for head {head} (body {})\n",
+                    view.session_id,
+                    view.worker_id,
+                    view.body_id.as_deref().unwrap_or(&view.body_ip)
+                ));
+                *session = Some(view.session_id);
+                return;
+            }
+            Err(error) => tracing::warn!(%head, %error, "[demo] no session for this head"),
         }
     }
 }

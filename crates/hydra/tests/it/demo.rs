@@ -1,6 +1,7 @@
 //! `hydra demo` as a newcomer runs it: the real binary, its dashboard and API reachable, the
-//! simulated fleet there, a head failing over within the first chaos cycle, and after SIGINT
-//! nothing left: no process, no temp dir, no listening port.
+//! simulated fleet there, a head failing over within the first chaos cycle, a session placed on
+//! one of its two real worker agents, and after SIGINT nothing left: no process (the demo, its
+//! agents, their sessions), no temp dir, no listening port.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use reqwest::Method;
 
-use crate::support::{call_as, http};
+use crate::support::{call_as, http, standin_web_stream};
 
 /// Waits (at most 60 s) until the demo's output has a line for which `find` answers something.
 fn wait_line<T>(output: &Mutex<Vec<String>>, find: impl Fn(&[String]) -> Option<T>) -> T {
@@ -39,6 +40,8 @@ fn value_after(lines: &[String], prefix: &str) -> Option<String> {
 
 #[tokio::test]
 async fn the_demo_runs_a_fleet_fails_over_and_leaves_nothing_after_sigint() {
+    // The demo finds the stand-in session process next to `hydra`, as after a workspace build.
+    standin_web_stream();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hydra"))
         .args([
             "demo",
@@ -114,6 +117,27 @@ async fn the_demo_runs_a_fleet_fails_over_and_leaves_nothing_after_sigint() {
         );
     }
 
+    // The third cycle places a session on a worker agent, which runs the stand-in for it.
+    let placed = wait_line(&output, |lines| {
+        lines
+            .iter()
+            .find(|line| line.contains("chaos: session") && line.contains("placed on worker"))
+            .cloned()
+    });
+    let worker_pids: Vec<u32> = output
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|line| {
+            line.strip_prefix("[demo] worker ")?
+                .rsplit_once("pid ")?
+                .1
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(worker_pids.len(), 2, "two workers: {placed}");
+
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
     kill(pid, Signal::SIGINT).expect("SIGINT the demo");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -150,9 +174,27 @@ async fn the_demo_runs_a_fleet_fails_over_and_leaves_nothing_after_sigint() {
         std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_err(),
         "nothing answers on {address}"
     );
-    // And no process of it is left: it had no children, and it is reaped.
+    // And no process of it is left: the demo is reaped, its agents are gone, and no process
+    // (a session's stand-in included) runs from or with its dir.
     assert!(
         !std::path::Path::new(&format!("/proc/{}", child.id())).exists(),
         "the demo process is gone"
+    );
+    for worker in worker_pids {
+        let alive = std::fs::read_to_string(format!("/proc/{worker}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "));
+        assert!(!alive, "worker agent {worker} is gone");
+    }
+    let dir_text = dir.display().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&dir_text))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "processes of the demo left: {leftovers:?}"
     );
 }
