@@ -5,6 +5,11 @@
 
 const TOKEN_KEY = "hydra-admin-token";
 const nodes = new Map();
+// The fleet table's row of each node, so a change replaces one row without a document search.
+const rows = new Map();
+// Above this many nodes the venues start folded, so the first view stays quick.
+const COLLAPSE_ABOVE = 500;
+const openVenues = new Set();
 let heartbeatTimeoutMs = 60000;
 let connection = 0;
 
@@ -56,6 +61,7 @@ function ago(rfc3339) {
 
 function renderFleet() {
   const root = document.getElementById("districts");
+  rows.clear();
   const byDistrict = new Map();
   for (const node of [...nodes.values()].sort((a, b) => a.id.localeCompare(b.id))) {
     if (!byDistrict.has(node.district)) byDistrict.set(node.district, new Map());
@@ -79,9 +85,32 @@ function renderFleet() {
         el("th", { scope: "col", class: "wide" }, "Sessions"), el("th", { scope: "col", class: "wide" }, "VRAM"),
         el("th", { scope: "col" }, "Last heartbeat"), el("th", { scope: "col" }, "Actions"))));
       const body = el("tbody");
-      for (const node of venues.get(venue)) body.append(nodeRow(node));
+      const members = venues.get(venue);
+      const fill = () => {
+        for (const node of members) {
+          const row = nodeRow(node);
+          rows.set(node.id, row);
+          body.append(row);
+        }
+      };
       table.append(body);
-      section.append(heading, el("div", { class: "scroll" }, table));
+      if (nodes.size <= COLLAPSE_ABOVE) {
+        fill();
+        section.append(heading, el("div", { class: "scroll" }, table));
+      } else {
+        // A big fleet shows each venue folded, with its counts; rows are built when opened.
+        const key = district + "/" + venue;
+        const count = (status) => members.filter((node) => shownStatus(node) === status).length;
+        const details = el("details", { "data-venue-details": key },
+          el("summary", {}, venue + ": " + members.length + " nodes, " + count("online") + " online, " +
+            count("offline") + " offline, " + count("drained") + " drained"),
+          el("div", { class: "scroll" }, table));
+        details.addEventListener("toggle", () => {
+          if (details.open) { openVenues.add(key); if (!body.firstChild) fill(); } else openVenues.delete(key);
+        });
+        if (openVenues.has(key)) { details.open = true; fill(); }
+        section.append(heading, details);
+      }
     }
     fragment.append(section);
   }
@@ -213,11 +242,35 @@ function queueSessions() {
   setTimeout(() => { sessionsQueued = false; refreshSessions(); }, 300);
 }
 
+// Changes are drawn once per frame: a structural change (snapshot, enrol, remove, move) redraws
+// the fleet; anything else replaces only the rows that changed, so 10,000 nodes under 100
+// changes a second stay responsive.
 let renderQueued = false;
-function queueRender() {
+let fullRender = false;
+const changedRows = new Set();
+function queueRender(id) {
+  if (id === undefined) fullRender = true; else changedRows.add(id);
   if (renderQueued) return;
   renderQueued = true;
-  requestAnimationFrame(() => { renderQueued = false; renderFleet(); });
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    if (fullRender) {
+      fullRender = false;
+      changedRows.clear();
+      renderFleet();
+      return;
+    }
+    for (const id of changedRows) {
+      const node = nodes.get(id);
+      const row = rows.get(id);
+      if (node && row) {
+        const fresh = nodeRow(node);
+        row.replaceWith(fresh);
+        rows.set(id, fresh);
+      }
+    }
+    changedRows.clear();
+  });
 }
 
 function apply(name, data) {
@@ -229,17 +282,23 @@ function apply(name, data) {
       queueRender();
       break;
     case "node_enrolled":
-    case "node_changed":
       nodes.set(data.id, data);
       queueRender();
       break;
+    case "node_changed": {
+      const before = nodes.get(data.id);
+      nodes.set(data.id, data);
+      const moved = !before || before.district !== data.district || before.venue !== data.venue;
+      queueRender(moved ? undefined : data.id);
+      break;
+    }
     case "node_removed":
       nodes.delete(data.id);
       queueRender();
       break;
     case "node_status": {
       const node = nodes.get(data.id);
-      if (node) { node.status = data.status; queueRender(); }
+      if (node) { node.status = data.status; queueRender(data.id); }
       break;
     }
     case "session":
