@@ -4,6 +4,7 @@
 //! unix milliseconds and random numbers come in as arguments, so every decision is a table test.
 
 pub mod backoff;
+pub mod explain;
 pub mod failover;
 pub mod health;
 pub mod node;
@@ -14,6 +15,7 @@ pub mod selection;
 pub mod session;
 pub mod text;
 pub mod trust;
+pub mod what_if;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};
 pub use selection::{

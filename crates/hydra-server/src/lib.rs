@@ -6,7 +6,9 @@
 
 pub mod auth;
 pub mod colocated;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod feed;
 pub mod fleet;
@@ -76,6 +78,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             routes::node_config::replace
         ))
         .routes(routes!(routes::bodies::eligible))
+        .routes(routes!(routes::bodies::what_if))
+        .routes(routes!(events::events))
         .merge(sessions::router())
 }
 
@@ -91,6 +95,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::get(move || async move { axum::Json(openapi_json.clone()) }),
         )
         .route("/metrics", axum::routing::get(metrics_text))
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::map_response_with_state(
             state.clone(),

@@ -101,10 +101,12 @@ impl AppState {
             &settings.agent_url_hosts,
         );
         let (heartbeats, heartbeat_task) = HeartbeatWriter::heartbeats(store.clone());
-        let (session_writes, session_task) = SessionWriter::sessions(store.clone());
+        let events = crate::events::EventBus::default();
+        let (session_writes, session_task) =
+            SessionWriter::sessions_with_events(store.clone(), events.clone());
         let (report_writes, report_task) = ReportWriter::reports(store.clone());
         let registry: SharedRegistry = Arc::new(RwLock::new(registry));
-        let fleet = Fleet::new(store.clone(), registry.clone(), heartbeats.clone());
+        let fleet = Fleet::with_events(store.clone(), registry.clone(), heartbeats.clone(), events);
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,

@@ -7,6 +7,7 @@ mod bench;
 mod bodies;
 mod client_args;
 mod config;
+mod demo;
 mod head;
 mod logging;
 mod node_config;
@@ -55,6 +56,9 @@ enum Command {
     /// Measure the server (load generators; never part of the tests).
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Try Hydra: a server on SQLite in a temp dir, a simulated fleet and chaos; prints the
+    /// dashboard URL and the admin token; Ctrl-C stops it all and removes the temp dir.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match outcome {

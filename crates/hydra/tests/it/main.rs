@@ -1,11 +1,16 @@
 //! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
 
 mod agent;
+mod browser;
 mod cli;
 mod config_sources;
+mod dashboard;
+mod demo;
 mod durability;
 mod durability_in_flight;
 mod enrolment;
+mod events;
+mod explain;
 mod fleet;
 mod lab;
 mod metrics;
