@@ -196,7 +196,9 @@ macro_rules! engine_queries {
             /// is the one place where a write can be fenced (a replica that is no longer master
             /// writes nothing) and given a revision (the change feed replicas follow).
             pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
-                Ok(self.writer.begin().await?)
+                let mut transaction = self.writer.begin().await?;
+                self.check_fence(&mut transaction).await?;
+                Ok(transaction)
             }
 
             pub(crate) async fn close(&self) {

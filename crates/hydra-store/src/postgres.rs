@@ -1,5 +1,6 @@
 //! The PostgreSQL engine: the same schema, shared by every replica.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -14,6 +15,7 @@ type Db = sqlx::Postgres;
 pub struct PgStore {
     reader: PgPool,
     writer: PgPool,
+    fence: Arc<crate::lease::Fence>,
 }
 
 impl PgStore {
@@ -28,7 +30,13 @@ impl PgStore {
         Ok(PgStore {
             reader: pool.clone(),
             writer: pool,
+            fence: Arc::default(),
         })
+    }
+
+    /// A liveness beacon on a connection of its own, to the same database as the pool.
+    pub(crate) fn beacon(&self) -> crate::lease::MasterBeacon {
+        crate::lease::MasterBeacon::new((*self.writer.connect_options()).clone())
     }
 }
 
@@ -36,3 +44,8 @@ crate::engine::engine_queries!(PgStore);
 crate::session_queries::session_queries!(PgStore);
 crate::enrolment::enrolment_queries!(PgStore);
 crate::node_config::node_config_queries!(PgStore);
+crate::lease::lease_queries!(
+    PgStore,
+    now = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+    lock = " FOR SHARE"
+);

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -19,6 +20,7 @@ type Db = sqlx::Sqlite;
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
+    fence: Arc<crate::lease::Fence>,
 }
 
 impl SqliteStore {
@@ -53,7 +55,11 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(path_error)?;
-        Ok(SqliteStore { reader, writer })
+        Ok(SqliteStore {
+            reader,
+            writer,
+            fence: Arc::default(),
+        })
     }
 }
 
@@ -61,3 +67,8 @@ crate::engine::engine_queries!(SqliteStore);
 crate::session_queries::session_queries!(SqliteStore);
 crate::enrolment::enrolment_queries!(SqliteStore);
 crate::node_config::node_config_queries!(SqliteStore);
+crate::lease::lease_queries!(
+    SqliteStore,
+    now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    lock = ""
+);

@@ -795,3 +795,4 @@ async fn an_enrolment_refused_for_a_taken_id_leaves_the_token_unused(store: Stor
     );
 }
 mod node_config;
+mod replicas;
