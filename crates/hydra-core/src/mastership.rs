@@ -76,6 +76,8 @@ pub enum Observation {
     },
     /// A lease call failed or timed out (the database did not answer).
     LeaseFailed,
+    /// The lease row as just read (`None`: no replica ever took it).
+    LeaseSeen(Option<LeaseView>),
     /// The beacon's state after a call: whether this replica holds the advisory lock.
     Beacon {
         /// Whether the lock is held.
@@ -83,6 +85,17 @@ pub enum Observation {
     },
     /// Time passed.
     Tick,
+}
+
+/// The lease row as a follower sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Its term.
+    pub term: i64,
+    /// Whether it names this replica's id (a previous run of this replica held it).
+    pub held_by_me: bool,
+    /// Whether it expired, by the database clock.
+    pub expired: bool,
 }
 
 /// What the replica must do after an observation.
@@ -130,8 +143,13 @@ impl StepDownReason {
 /// The next lease call the replica should make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseCall {
-    /// Try to take the lease: only once expired, or at once when `force` (this replica holds
-    /// the beacon, so the previous holder's database session ended).
+    /// Nothing: another replica holds a lease that has not expired. A follower holding the
+    /// beacon then gives it back, so the master (which may have taken the lease by expiry,
+    /// without the lock) can take it.
+    Wait,
+    /// Try to take the lease: it expired or was never taken, or `force`: this replica got the
+    /// beacon that was busy under the current term (or the lease names this replica), so the
+    /// holder's database session ended.
     Acquire {
         /// Take it even though it has not expired.
         force: bool,
@@ -153,6 +171,11 @@ pub struct Mastership {
     /// When the last successful acquisition or renewal was sent.
     renewed_sent_at: u64,
     beacon_held: bool,
+    /// The lease as last seen.
+    lease: Option<LeaseView>,
+    /// The term of the lease seen while another session held the beacon: getting the beacon
+    /// later under the same term means that term's holder is gone.
+    busy_term: Option<i64>,
 }
 
 impl Mastership {
@@ -163,6 +186,8 @@ impl Mastership {
             role: Role::Follower,
             renewed_sent_at: 0,
             beacon_held: false,
+            lease: None,
+            busy_term: None,
         }
     }
 
@@ -179,8 +204,16 @@ impl Mastership {
     /// The lease call to make next.
     pub fn next_call(&self) -> LeaseCall {
         match self.role {
-            Role::Follower => LeaseCall::Acquire {
-                force: self.beacon_held,
+            Role::Follower => match self.lease {
+                None => LeaseCall::Acquire { force: false },
+                Some(lease) if lease.expired => LeaseCall::Acquire { force: false },
+                Some(lease)
+                    if self.beacon_held
+                        && (lease.held_by_me || self.busy_term == Some(lease.term)) =>
+                {
+                    LeaseCall::Acquire { force: true }
+                }
+                Some(_) => LeaseCall::Wait,
             },
             Role::Master { term } => LeaseCall::Renew {
                 term,
@@ -222,6 +255,13 @@ impl Mastership {
             }
             (_, Observation::Beacon { held }) => {
                 self.beacon_held = held;
+                if !held {
+                    self.busy_term = self.lease.map(|lease| lease.term);
+                }
+                Decision::Stay
+            }
+            (_, Observation::LeaseSeen(lease)) => {
+                self.lease = lease;
                 Decision::Stay
             }
             _ => Decision::Stay,

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// Runs `script` (lines `AT EVENT`: `acquired TERM|none SENT`, `renewed ok|lost SENT`,
-/// `failed`, `beacon held|free`, `tick`) on a 6 s / 2 s machine; prints each decision that is
+/// `failed`, `beacon held|free`, `lease none|TERM live|mine|expired`, `tick`) on a 6 s / 2 s machine; prints each decision that is
 /// not `Stay`, then the role and next call.
 fn check(script: &[&str], expected: Expect) {
     let mut machine = Mastership::new(LeaseTiming::DEFAULT);
@@ -30,6 +30,12 @@ fn check(script: &[&str], expected: Expect) {
                 held: *state == "held",
             },
             ["tick"] => Observation::Tick,
+            ["lease", "none"] => Observation::LeaseSeen(None),
+            ["lease", term, state] => Observation::LeaseSeen(Some(LeaseView {
+                term: term.parse().unwrap(),
+                held_by_me: *state == "mine",
+                expired: *state == "expired",
+            })),
             other => panic!("bad script line {other:?}"),
         };
         let decision = machine.observe(now, observation);
@@ -46,18 +52,59 @@ fn check(script: &[&str], expected: Expect) {
 }
 
 #[test]
-fn a_follower_tries_without_force_until_it_holds_the_beacon() {
+fn a_follower_forces_only_when_the_beacon_it_saw_busy_under_this_term_comes_free() {
+    // Never taken, or expired: try without force.
     check(
-        &["0 acquired none 0", "1000 beacon free"],
+        &["0 lease none"],
         expect![[r#"
-            role Follower, next Acquire { force: false }
-        "#]],
+        role Follower, next Acquire { force: false }
+    "#]],
     );
     check(
-        &["0 beacon held"],
+        &["0 lease 4 expired", "0 beacon free"],
+        expect![[r#"
+        role Follower, next Acquire { force: false }
+    "#]],
+    );
+    // A live lease and a busy beacon: wait.
+    check(
+        &["0 lease 4 live", "0 beacon free"],
+        expect![[r#"
+        role Follower, next Wait
+    "#]],
+    );
+    // The beacon was busy under term 4 and is now ours with term 4 still there: its holder's
+    // session ended, take it at once.
+    check(
+        &[
+            "0 lease 4 live",
+            "0 beacon free",
+            "900 lease 4 live",
+            "900 beacon held",
+        ],
         expect![[r#"
             role Follower, next Acquire { force: true }
         "#]],
+    );
+    // Ours, but never seen busy under this term (the master took the lease by expiry, without
+    // the lock, and we are a deposed master that woke up): no force, give the lock back.
+    check(
+        &[
+            "0 lease 4 live",
+            "0 beacon free",
+            "900 lease 5 live",
+            "900 beacon held",
+        ],
+        expect![[r#"
+            role Follower, next Wait
+        "#]],
+    );
+    // The lease names this replica (its previous run, killed) and the lock is free: take it.
+    check(
+        &["0 lease 4 mine", "0 beacon held"],
+        expect![[r#"
+        role Follower, next Acquire { force: true }
+    "#]],
     );
 }
 
@@ -180,7 +227,12 @@ proptest! {
                 1 => Observation::Renewed { sent_at, renewed: flag },
                 2 => Observation::LeaseFailed,
                 3 => Observation::Beacon { held: flag },
-                _ => Observation::Tick,
+                4 => Observation::Tick,
+                _ => Observation::LeaseSeen(term.map(|term| LeaseView {
+                    term,
+                    held_by_me: flag,
+                    expired: !flag,
+                })),
             };
             let was_master = matches!(machine.role(), Role::Master { .. });
             let decision = machine.observe(now, observation);
