@@ -83,6 +83,9 @@ pub enum Observation {
         /// Whether the lock is held.
         held: bool,
     },
+    /// This replica gave the beacon back by itself (a follower that may not use it): unlike a
+    /// busy beacon, this says nothing about the holder of the lease.
+    BeaconGivenBack,
     /// Time passed.
     Tick,
 }
@@ -258,6 +261,10 @@ impl Mastership {
                 if !held {
                     self.busy_term = self.lease.map(|lease| lease.term);
                 }
+                Decision::Stay
+            }
+            (_, Observation::BeaconGivenBack) => {
+                self.beacon_held = false;
                 Decision::Stay
             }
             (_, Observation::LeaseSeen(lease)) => {

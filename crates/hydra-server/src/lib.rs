@@ -11,6 +11,7 @@ pub mod extract;
 pub mod fleet;
 pub mod group_commit;
 pub mod registry;
+pub mod replica;
 pub mod report_checks;
 pub mod retention;
 pub mod routes;
@@ -64,6 +65,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::system::health))
         .routes(routes!(routes::system::check_master))
+        .routes(routes!(routes::system::replicas))
         .routes(routes!(routes::nodes::enrol, routes::nodes::list))
         .routes(routes!(routes::nodes::show, routes::nodes::remove))
         .routes(routes!(routes::nodes::heartbeat))
@@ -94,6 +96,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             note_storage_failure,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            replica::forward_writes,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -212,6 +218,13 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let _ = metrics_handle();
     let mut duties = tokio::task::JoinSet::new();
+    // On PostgreSQL: follow the lease. The first round runs before serving, so a replica that
+    // can take the lease (the first one, or one whose previous run was killed) answers its
+    // first request as master.
+    if let Some(mut mastership) = replica::start_mastership(&state) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), mastership.round()).await;
+        duties.spawn(replica::run_mastership(mastership, shutdown.clone()));
+    }
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
     duties.spawn(retention::prune_ended_sessions(
@@ -295,6 +308,29 @@ pub fn resolve_admin_token(
     let token = auth::generate_token("hya_");
     write_private_file(&path, &format!("{token}\n"))?;
     Ok((token, AdminTokenSource::Generated(path)))
+}
+
+/// This replica's id: the given one, else the one in `<data_dir>/replica-id`, else a new one
+/// (`r-` and 8 hex digits) written there, so a restarted replica keeps its id.
+pub fn resolve_replica_id(data_dir: &Path, given: Option<String>) -> std::io::Result<String> {
+    if let Some(id) = given.filter(|id| !id.trim().is_empty()) {
+        return Ok(id.trim().to_owned());
+    }
+    let path = data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(std::io::Error::new(
+                error.kind(),
+                format!("cannot read {}: {error}", path.display()),
+            ));
+        }
+    }
+    let id = format!("r-{:08x}", rand::random::<u32>());
+    write_private_file(&path, &format!("{id}\n"))?;
+    Ok(id)
 }
 
 /// Writes `contents` to a new file readable only by its owner, durably.

@@ -30,6 +30,7 @@ fn check(script: &[&str], expected: Expect) {
                 held: *state == "held",
             },
             ["tick"] => Observation::Tick,
+            ["beacon", "given", "back"] => Observation::BeaconGivenBack,
             ["lease", "none"] => Observation::LeaseSeen(None),
             ["lease", term, state] => Observation::LeaseSeen(Some(LeaseView {
                 term: term.parse().unwrap(),
@@ -93,6 +94,19 @@ fn a_follower_forces_only_when_the_beacon_it_saw_busy_under_this_term_comes_free
             "0 lease 4 live",
             "0 beacon free",
             "900 lease 5 live",
+            "900 beacon held",
+        ],
+        expect![[r#"
+            role Follower, next Wait
+        "#]],
+    );
+    // Given back by ourselves and taken again under the same term: still no force.
+    check(
+        &[
+            "0 lease 4 live",
+            "0 beacon held",
+            "0 beacon given back",
+            "900 lease 4 live",
             "900 beacon held",
         ],
         expect![[r#"

@@ -10,6 +10,7 @@ mod fleet;
 mod lab;
 mod metrics;
 mod node_config;
+mod replicas;
 mod sdk_failover;
 mod server_api;
 mod serving;
