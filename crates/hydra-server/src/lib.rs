@@ -224,6 +224,8 @@ pub async fn serve_with(
     if let Some(mut mastership) = replica::start_mastership(&state) {
         let _ = tokio::time::timeout(Duration::from_secs(5), mastership.round()).await;
         duties.spawn(replica::run_mastership(mastership, shutdown.clone()));
+    } else {
+        metrics::gauge!("hydra_replica_is_master").set(1.0);
     }
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
