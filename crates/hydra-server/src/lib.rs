@@ -294,22 +294,10 @@ pub fn resolve_admin_token(
         return Ok((token.trim().to_owned(), AdminTokenSource::Given));
     }
     let path = data_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => {
-            return Ok((text.trim().to_owned(), AdminTokenSource::File(path)));
-        }
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => {
-            return Err(std::io::Error::new(
-                error.kind(),
-                format!("cannot read {}: {error}", path.display()),
-            ));
-        }
+    match read_or_create_private(&path, || auth::generate_token("hya_"))? {
+        (token, false) => Ok((token, AdminTokenSource::File(path))),
+        (token, true) => Ok((token, AdminTokenSource::Generated(path))),
     }
-    let token = auth::generate_token("hya_");
-    write_private_file(&path, &format!("{token}\n"))?;
-    Ok((token, AdminTokenSource::Generated(path)))
 }
 
 /// This replica's id: the given one, else the one in `<data_dir>/replica-id`, else a new one
@@ -319,8 +307,19 @@ pub fn resolve_replica_id(data_dir: &Path, given: Option<String>) -> std::io::Re
         return Ok(id.trim().to_owned());
     }
     let path = data_dir.join("replica-id");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+    let (id, _created) =
+        read_or_create_private(&path, || format!("r-{:08x}", rand::random::<u32>()))?;
+    Ok(id)
+}
+
+/// The trimmed contents of `path`, or, when it is missing or blank, `make()` written there
+/// (mode 0600, durably); the flag says whether it was made now.
+fn read_or_create_private(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), false)),
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
@@ -330,9 +329,9 @@ pub fn resolve_replica_id(data_dir: &Path, given: Option<String>) -> std::io::Re
             ));
         }
     }
-    let id = format!("r-{:08x}", rand::random::<u32>());
-    write_private_file(&path, &format!("{id}\n"))?;
-    Ok(id)
+    let value = make();
+    write_private_file(path, &format!("{value}\n"))?;
+    Ok((value, true))
 }
 
 /// Writes `contents` to a new file readable only by its owner, durably.

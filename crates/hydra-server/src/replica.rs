@@ -44,6 +44,20 @@ pub struct MasterView {
     pub master_url: Option<String>,
 }
 
+impl MasterView {
+    /// A follower of a lease that knows no live master (at start, or right after stepping
+    /// down): writes get 503 until the next read of the lease names one.
+    fn follower_without_master() -> MasterView {
+        MasterView {
+            is_master: false,
+            replicated: true,
+            term: None,
+            master_id: None,
+            master_url: None,
+        }
+    }
+}
+
 /// This replica's identity and its view of the master; shared through [`AppState`].
 #[derive(Debug)]
 pub struct ReplicaState {
@@ -128,13 +142,7 @@ pub fn start_mastership(state: &AppState) -> Option<MastershipTask> {
     let replica = state.replica();
     state.store().arm_fence(replica.id());
     state.store().set_fence_term(None);
-    replica.set(MasterView {
-        is_master: false,
-        replicated: true,
-        term: None,
-        master_id: None,
-        master_url: None,
-    });
+    replica.set(MasterView::follower_without_master());
     Some(MastershipTask {
         machine: Mastership::new(replica.timing()),
         state: state.clone(),
@@ -307,13 +315,7 @@ impl MastershipTask {
             Decision::StepDown { term, reason } => {
                 // First: no write of this term may commit any more.
                 self.state.store().set_fence_term(None);
-                replica.set(MasterView {
-                    is_master: false,
-                    replicated: true,
-                    term: None,
-                    master_id: None,
-                    master_url: None,
-                });
+                replica.set(MasterView::follower_without_master());
                 metrics::counter!("hydra_replica_step_downs_total", "reason" => reason.as_str())
                     .increment(1);
                 tracing::warn!(replica_id = %replica.id(), term, reason = reason.as_str(), "[controller] this replica stepped down: no longer the master");

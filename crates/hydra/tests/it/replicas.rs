@@ -335,6 +335,46 @@ async fn a_stopped_master_steps_down_by_itself_and_writes_nothing_of_its_old_ter
 }
 
 #[tokio::test]
+async fn hydra_replicas_prints_the_replicas_and_which_is_master() {
+    let url = hydra_store::testing::fresh_postgres_database("replicas_cli").await;
+    let (servers, _dirs) = start_replicas(&url, 2);
+    let refs: Vec<&ServerProcess> = servers.iter().collect();
+    let (master, _) = one_master(&refs, Duration::from_secs(20)).await;
+    let all = format!("{},{}", servers[0].url, servers[1].url);
+    let run = crate::cli::hydra(&[("HYDRA_SERVER", all.as_str())], &["replicas"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["ID", "BASE_URL", "MASTER", "HEALTHY"],
+        "{}",
+        run.stdout
+    );
+    for (index, server) in servers.iter().enumerate() {
+        let master_word = if index == master { "yes" } else { "no" };
+        let expected = [
+            format!("r{}", index + 1),
+            server.url.clone(),
+            master_word.into(),
+            "yes".into(),
+        ];
+        assert_eq!(
+            rows[index + 1],
+            expected.iter().map(String::as_str).collect::<Vec<_>>(),
+            "{}",
+            run.stdout
+        );
+    }
+    let run = crate::cli::hydra(&[("HYDRA_SERVER", all.as_str())], &["replicas", "--json"]).await;
+    let listed: Vec<hydra_api::ReplicaInfo> = serde_json::from_str(&run.stdout).expect("JSON list");
+    assert_eq!(listed.len(), 2);
+}
+
+#[tokio::test]
 async fn a_second_server_on_the_same_sqlite_file_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let first = ServerProcess::start(&ServerSetup::sqlite(dir.path()));
