@@ -44,6 +44,32 @@ pub struct CheckMaster {
     pub is_master: bool,
     /// Base URL of the master, when known.
     pub master_url: Option<String>,
+    /// Replica id of the master, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_id: Option<String>,
+    /// The master lease's term (grows on every takeover); `None` for a single replica on
+    /// SQLite, which holds no lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
+}
+
+/// One replica in `GET /api/v1/replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaInfo {
+    /// The replica id (`--replica-id`).
+    pub id: String,
+    /// Its advertised base URL (`--advertise-url`).
+    pub base_url: String,
+    /// Whether it holds the master lease.
+    pub is_master: bool,
+    /// Whether its heartbeat row is younger than twice its interval.
+    pub is_healthy: bool,
+    /// The revision its view reached (the change feed); given for the replica that answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// How far its view lags the newest revision, in ms; given for the replica that answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
 /// Now as unix milliseconds: the one clock reading every crate stamps wire times with

@@ -349,6 +349,13 @@ impl Client {
         self.discover_master_within(self.request_timeout).await
     }
 
+    /// `GET /api/v1/replicas`: every replica of the control plane as the server sees it (id,
+    /// advertised URL, master, healthy), from whichever replica answers.
+    pub async fn list_replicas(&self) -> Result<Vec<hydra_api::ReplicaInfo>, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["replicas"]);
+        self.execute(&call).await?.json()
+    }
+
     /// `GET /api/v1/check-master` on one replica (no retry, no failover).
     pub async fn check_master(&self, base_url: &str) -> Result<CheckMaster, ClientError> {
         let base = normalise_base_url(base_url)?;

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod explain;
 pub mod failover;
 pub mod health;
+pub mod mastership;
 pub mod node;
 pub mod placement;
 pub mod probe;

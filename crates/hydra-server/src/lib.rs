@@ -14,6 +14,7 @@ pub mod feed;
 pub mod fleet;
 pub mod group_commit;
 pub mod registry;
+pub mod replica;
 pub mod report_checks;
 pub mod retention;
 pub mod routes;
@@ -67,6 +68,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::system::health))
         .routes(routes!(routes::system::check_master))
+        .routes(routes!(routes::system::replicas))
         .routes(routes!(routes::nodes::enrol, routes::nodes::list))
         .routes(routes!(routes::nodes::show, routes::nodes::remove))
         .routes(routes!(routes::nodes::heartbeat))
@@ -104,6 +106,12 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             feed::read_your_writes,
+        ))
+        // Outside the read-your-writes layer: a write a follower forwards is answered, with its
+        // revision, by the master's own layers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            replica::forward_writes,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -223,6 +231,15 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let _ = metrics_handle();
     let mut duties = tokio::task::JoinSet::new();
+    // On PostgreSQL: follow the lease. The first round runs before serving, so a replica that
+    // can take the lease (the first one, or one whose previous run was killed) answers its
+    // first request as master.
+    if let Some(mut mastership) = replica::start_mastership(&state) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), mastership.round()).await;
+        duties.spawn(replica::run_mastership(mastership, shutdown.clone()));
+    } else {
+        metrics::gauge!("hydra_replica_is_master").set(1.0);
+    }
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
     duties.spawn(retention::prune_ended_sessions(
@@ -292,10 +309,32 @@ pub fn resolve_admin_token(
         return Ok((token.trim().to_owned(), AdminTokenSource::Given));
     }
     let path = data_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => {
-            return Ok((text.trim().to_owned(), AdminTokenSource::File(path)));
-        }
+    match read_or_create_private(&path, || auth::generate_token("hya_"))? {
+        (token, false) => Ok((token, AdminTokenSource::File(path))),
+        (token, true) => Ok((token, AdminTokenSource::Generated(path))),
+    }
+}
+
+/// This replica's id: the given one, else the one in `<data_dir>/replica-id`, else a new one
+/// (`r-` and 8 hex digits) written there, so a restarted replica keeps its id.
+pub fn resolve_replica_id(data_dir: &Path, given: Option<String>) -> std::io::Result<String> {
+    if let Some(id) = given.filter(|id| !id.trim().is_empty()) {
+        return Ok(id.trim().to_owned());
+    }
+    let path = data_dir.join("replica-id");
+    let (id, _created) =
+        read_or_create_private(&path, || format!("r-{:08x}", rand::random::<u32>()))?;
+    Ok(id)
+}
+
+/// The trimmed contents of `path`, or, when it is missing or blank, `make()` written there
+/// (mode 0600, durably); the flag says whether it was made now.
+fn read_or_create_private(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), false)),
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
@@ -305,9 +344,9 @@ pub fn resolve_admin_token(
             ));
         }
     }
-    let token = auth::generate_token("hya_");
-    write_private_file(&path, &format!("{token}\n"))?;
-    Ok((token, AdminTokenSource::Generated(path)))
+    let value = make();
+    write_private_file(path, &format!("{value}\n"))?;
+    Ok((value, true))
 }
 
 /// Writes `contents` to a new file readable only by its owner, durably.

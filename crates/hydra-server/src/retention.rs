@@ -24,6 +24,10 @@ pub async fn prune_ended_sessions(state: AppState, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        // A singleton duty: only the master prunes (it moves with the lease).
+        if !state.replica().is_master() {
+            continue;
+        }
         let retention_ms =
             i64::try_from(state.settings().session_retention.as_millis()).unwrap_or(i64::MAX);
         let ended_before = now_ms().saturating_sub(retention_ms);

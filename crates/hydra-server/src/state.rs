@@ -32,6 +32,10 @@ pub struct Settings {
     pub agent_url_hosts: Vec<String>,
     /// Ended sessions (`stopped`, `error`) older than this are pruned.
     pub session_retention: Duration,
+    /// This replica's id (`--replica-id`), unique among the replicas of one database.
+    pub replica_id: String,
+    /// The master lease's TTL and renewal period (replicas on PostgreSQL).
+    pub lease: hydra_core::mastership::LeaseTiming,
 }
 
 impl Settings {
@@ -52,6 +56,8 @@ impl Default for Settings {
             max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
             agent_url_hosts: Vec::new(),
             session_retention: Settings::DEFAULT_SESSION_RETENTION,
+            replica_id: "local".to_owned(),
+            lease: hydra_core::mastership::LeaseTiming::DEFAULT,
         }
     }
 }
@@ -79,6 +85,7 @@ struct Inner {
     workers: WorkerDirectory,
     sealer: Sealer,
     feed: crate::feed::ViewFeed,
+    replica: crate::replica::ReplicaState,
 }
 
 impl AppState {
@@ -107,6 +114,11 @@ impl AppState {
         let (report_writes, report_task) = ReportWriter::reports(store.clone());
         let registry: SharedRegistry = Arc::new(RwLock::new(registry));
         let fleet = Fleet::with_events(store.clone(), registry.clone(), heartbeats.clone(), events);
+        let replica = crate::replica::ReplicaState::new(
+            settings.replica_id.clone(),
+            settings.public_url.clone(),
+            settings.lease,
+        );
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -123,6 +135,7 @@ impl AppState {
                 workers,
                 sealer,
                 feed,
+                replica,
             }),
         })
     }
@@ -172,6 +185,11 @@ impl AppState {
     /// Seals and opens the agent keys kept in the store.
     pub fn sealer(&self) -> &Sealer {
         &self.inner.sealer
+    }
+
+    /// This replica's identity and who is master.
+    pub fn replica(&self) -> &crate::replica::ReplicaState {
+        &self.inner.replica
     }
 
     /// Server settings.

@@ -197,6 +197,8 @@ macro_rules! engine_queries {
             /// writes nothing) and given a revision (the change feed replicas follow).
             pub(crate) async fn begin_write(&self) -> Result<crate::feed::Write<Db>, StoreError> {
                 let mut transaction = self.writer.begin().await?;
+                // A replica that no longer holds the lease's term writes nothing.
+                self.check_fence(&mut transaction).await?;
                 // The counter row stays locked until this transaction ends: revisions commit in
                 // order (see `crate::feed`).
                 let revision: i64 =

@@ -10,6 +10,7 @@ mod engine;
 mod enrolment;
 mod error;
 mod feed;
+mod lease;
 mod node_config;
 mod postgres;
 mod records;
@@ -24,6 +25,7 @@ use hydra_core::{LatencySample, Node, Transport};
 
 pub use error::StoreError;
 pub use feed::{CHANGES_CHANNEL, Change, ChangeKind, ChangesSince, latency_key};
+pub use lease::{LeaseRecord, MasterBeacon, ReplicaRecord};
 pub use node_config::NodeConfigRecord;
 pub use records::{SessionRecord, SessionStatus, SessionWrite, WorkerReportRecord};
 
@@ -65,6 +67,16 @@ macro_rules! dispatch {
     };
 }
 
+/// Calls the same non-async method on whichever engine backs the store.
+macro_rules! dispatch_sync {
+    ($store:expr, $method:ident($($arg:expr),*)) => {
+        match $store {
+            Store::Sqlite(engine) => engine.$method($($arg),*),
+            Store::Postgres(engine) => engine.$method($($arg),*),
+        }
+    };
+}
+
 impl Store {
     /// Opens (creating when missing) the SQLite file at `path` and applies its migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
@@ -92,6 +104,84 @@ impl Store {
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         dispatch!(self, close())
+    }
+
+    // ---- replicas: the master lease, the fence, the beacon ----
+
+    /// Arms the write fence for `replica_id`: from now on every write of this handle (and its
+    /// clones) needs a term ([`Store::set_fence_term`]) and commits only while the lease row
+    /// holds this id and term, checked in the write's own transaction. For replicas on
+    /// PostgreSQL; a single replica never arms it.
+    pub fn arm_fence(&self, replica_id: &str) {
+        dispatch_sync!(self, fence()).arm(replica_id);
+    }
+
+    /// Another handle on the same pools with a write fence of its own, unarmed: how a test
+    /// stands in a second replica on the same database without a second pool.
+    pub fn unfenced(&self) -> Store {
+        match self {
+            Store::Sqlite(engine) => Store::Sqlite(engine.unfenced()),
+            Store::Postgres(engine) => Store::Postgres(engine.unfenced()),
+        }
+    }
+
+    /// The term this replica's writes are fenced with; `None` (not master) refuses every write
+    /// at once with [`StoreError::NotMaster`].
+    pub fn set_fence_term(&self, term: Option<i64>) {
+        dispatch_sync!(self, fence()).set_term(term);
+    }
+
+    /// The lease row, or `None` before any replica took it.
+    pub async fn lease(&self) -> Result<Option<LeaseRecord>, StoreError> {
+        dispatch!(self, lease())
+    }
+
+    /// Takes the lease for `holder` for `ttl_ms` (by the database clock) with a new term, when
+    /// it has expired or `force` (the caller holds the beacon, so the holder's session ended).
+    /// Answers the new term, or `None` when another replica holds it. Never fenced.
+    pub async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl_ms: i64,
+        force: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, acquire_lease(holder, ttl_ms, force))
+    }
+
+    /// Extends the lease by `ttl_ms` from the database's now, only while it still holds
+    /// `holder` and `term`; `false`: another replica took it (this one is deposed).
+    pub async fn renew_lease(
+        &self,
+        holder: &str,
+        term: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, renew_lease(holder, term, ttl_ms))
+    }
+
+    /// Expires the lease now when it holds `holder` and `term` (a clean step-down, so another
+    /// replica takes it at once); `false` when it did not.
+    pub async fn release_lease(&self, holder: &str, term: i64) -> Result<bool, StoreError> {
+        dispatch!(self, release_lease(holder, term))
+    }
+
+    /// Records that replica `id` is alive and reached at `base_url` (by the database clock).
+    pub async fn heartbeat_replica(&self, id: &str, base_url: &str) -> Result<(), StoreError> {
+        dispatch!(self, heartbeat_replica(id, base_url))
+    }
+
+    /// Every replica that ever ran on this database, ordered by id.
+    pub async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        dispatch!(self, list_replicas())
+    }
+
+    /// The master's liveness beacon on a dedicated connection (PostgreSQL); `None` on SQLite,
+    /// which runs a single replica.
+    pub fn beacon(&self) -> Option<MasterBeacon> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(engine) => Some(engine.beacon()),
+        }
     }
 
     // ---- nodes ----

@@ -1,5 +1,6 @@
 //! The PostgreSQL engine: the same schema, shared by every replica.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -18,6 +19,8 @@ pub struct PgStore {
     writer: PgPool,
     /// Where the store connects: the change listener opens its own connection there.
     url: String,
+    /// The lease term this replica writes under, once armed (see `crate::lease`).
+    fence: Arc<crate::lease::Fence>,
 }
 
 impl PgStore {
@@ -34,7 +37,13 @@ impl PgStore {
             reader: pool.clone(),
             writer: pool,
             url: url.to_owned(),
+            fence: Arc::default(),
         })
+    }
+
+    /// A liveness beacon on a connection of its own, to the same database as the pool.
+    pub(crate) fn beacon(&self) -> crate::lease::MasterBeacon {
+        crate::lease::MasterBeacon::new((*self.writer.connect_options()).clone())
     }
 
     /// A dedicated connection (not from the pool) listening on the change feed's channel.
@@ -53,3 +62,8 @@ crate::engine::engine_queries!(PgStore);
 crate::session_queries::session_queries!(PgStore);
 crate::enrolment::enrolment_queries!(PgStore);
 crate::node_config::node_config_queries!(PgStore);
+crate::lease::lease_queries!(
+    PgStore,
+    now = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+    lock = " FOR SHARE"
+);

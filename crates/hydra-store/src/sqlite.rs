@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -21,6 +22,7 @@ pub struct SqliteStore {
     written: std::sync::Arc<std::sync::atomic::AtomicI64>,
     reader: SqlitePool,
     writer: SqlitePool,
+    fence: Arc<crate::lease::Fence>,
 }
 
 impl SqliteStore {
@@ -59,6 +61,7 @@ impl SqliteStore {
             written: Default::default(),
             reader,
             writer,
+            fence: Arc::default(),
         })
     }
 }
@@ -71,3 +74,8 @@ crate::engine::engine_queries!(SqliteStore);
 crate::session_queries::session_queries!(SqliteStore);
 crate::enrolment::enrolment_queries!(SqliteStore);
 crate::node_config::node_config_queries!(SqliteStore);
+crate::lease::lease_queries!(
+    SqliteStore,
+    now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    lock = ""
+);

@@ -13,6 +13,7 @@ mod logging;
 mod node_config;
 mod nodes;
 mod output;
+mod replicas;
 mod server;
 mod sessions;
 mod signals;
@@ -43,6 +44,8 @@ enum Command {
     /// Ask which bodies a head may use.
     #[command(subcommand)]
     Bodies(bodies::Command),
+    /// List the control plane's replicas: id, URL, which one is master, which are healthy.
+    Replicas(replicas::Args),
     /// List (filtered, paged), show and end relay sessions.
     #[command(subcommand)]
     Sessions(sessions::Command),
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Nodes(command) => nodes::run(command).await,
             Command::Bodies(command) => bodies::run(command).await,
+            Command::Replicas(args) => replicas::run(args).await,
             Command::Sessions(command) => sessions::run(command).await,
             Command::Head(command) => head::run(command).await,
             Command::Agent(args) => agent::run(args).await,

@@ -31,6 +31,8 @@ async fn check_master() -> axum::Json<CheckMaster> {
     axum::Json(CheckMaster {
         is_master: true,
         master_url: None,
+        master_id: None,
+        term: None,
     })
 }
 

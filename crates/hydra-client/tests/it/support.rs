@@ -218,6 +218,8 @@ async fn answer(
             &CheckMaster {
                 is_master: behaviour.is_master,
                 master_url: behaviour.master_url,
+                master_id: None,
+                term: None,
             },
         );
     }

@@ -1025,3 +1025,5 @@ async fn sqlite_has_no_listener() {
             .is_none()
     );
 }
+
+mod replicas;

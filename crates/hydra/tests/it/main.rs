@@ -15,6 +15,7 @@ mod fleet;
 mod lab;
 mod metrics;
 mod node_config;
+mod replicas;
 mod replicas_feed;
 mod sdk_failover;
 mod server_api;

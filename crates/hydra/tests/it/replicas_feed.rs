@@ -238,6 +238,25 @@ async fn replicas_converge_after_their_database_went_away_under_load() {
             assert_eq!(status, 200, "{answer}");
         }
         if index == 20 {
+            // Every view caught up with the newest write first (the master's own revision is the
+            // highest health reports), so what follows tests serving from the view alone.
+            let mut newest = 0;
+            for server in &servers {
+                let (_, health) = call(Method::GET, &server.api("/health"), None).await;
+                newest = newest.max(health["revision"].as_i64().unwrap_or(0));
+            }
+            for server in &servers {
+                assert!(
+                    eventually(Duration::from_secs(10), async || {
+                        let (_, health) = call(Method::GET, &server.api("/health"), None).await;
+                        health["revision"].as_i64().unwrap_or(0) >= newest
+                    })
+                    .await,
+                    "{} never followed the feed to revision {newest}; its log:\n{}",
+                    server.url,
+                    server.log.lock().unwrap()
+                );
+            }
             hydra_store::testing::set_database_accepting(&url, false).await;
             // Selection never reads the database: every replica still answers from its view.
             for server in &servers {
@@ -252,8 +271,9 @@ async fn replicas_converge_after_their_database_went_away_under_load() {
                         status == 200 && crate::support::ids(&answer) == ["b-000"]
                     })
                     .await,
-                    "{} did not offer b-000 from its view during the outage",
-                    server.url
+                    "{} did not offer b-000 from its view during the outage; its log:\n{}",
+                    server.url,
+                    server.log.lock().unwrap()
                 );
             }
         }
@@ -269,7 +289,9 @@ async fn replicas_converge_after_their_database_went_away_under_load() {
         }
     }
     assert!(refused > 0, "the outage refused nothing");
-    assert!(acknowledged.len() >= 40, "{acknowledged:?}");
+    // Those before the outage at least; right after it the lease may still be vacant (the
+    // master stepped down when it could not renew), so later ones may be refused too.
+    assert!(acknowledged.len() >= 20, "{acknowledged:?}");
     // After the outage, writes land again (the pool reconnects by itself).
     assert!(
         eventually(Duration::from_secs(30), async || {
