@@ -15,4 +15,5 @@ pub mod heartbeat;
 pub mod http;
 pub mod layering;
 pub mod local_api;
+pub mod monitor;
 pub mod worker;

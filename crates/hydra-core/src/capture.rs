@@ -378,5 +378,45 @@ impl Orchestrator {
     }
 }
 
+/// The levels of a monitor feed, most severe first.
+pub const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// A level's severity rank: 0 for `error` up to 4 for `trace`; `None` for an unknown word.
+pub fn level_rank(word: &str) -> Option<usize> {
+    LEVELS
+        .iter()
+        .position(|level| level.eq_ignore_ascii_case(word))
+}
+
+/// What a monitor feed keeps (a reader's `level`, `session` and `contains`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedFilter {
+    /// Least severe level kept, as a [`level_rank`]; lines without a level pass.
+    pub level: Option<usize>,
+    /// Only lines about this session.
+    pub session: Option<String>,
+    /// Only lines whose message contains this text.
+    pub contains: Option<String>,
+}
+
+impl FeedFilter {
+    /// Whether a line of `level`, about `session`, saying `message` passes the filter.
+    pub fn keeps(&self, level: Option<&str>, session: Option<&str>, message: &str) -> bool {
+        let level_ok = match (self.level, level.and_then(level_rank)) {
+            (Some(least), Some(rank)) => rank <= least,
+            _ => true,
+        };
+        let session_ok = self
+            .session
+            .as_deref()
+            .is_none_or(|wanted| session == Some(wanted));
+        let text_ok = self
+            .contains
+            .as_deref()
+            .is_none_or(|text| message.contains(text));
+        level_ok && session_ok && text_ok
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ mod colocated;
 mod fleet;
 mod heartbeat_backoff;
 mod input;
+mod monitor;
 mod proxy;
 mod rating_forward;
 mod session_start;

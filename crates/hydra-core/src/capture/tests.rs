@@ -324,3 +324,44 @@ proptest! {
         prop_assert_eq!(orchestrator.poll_timeout(), None);
     }
 }
+
+#[test]
+fn the_feed_filter_keeps_by_level_session_and_text() {
+    let filter = FeedFilter {
+        level: level_rank("warn"),
+        session: Some("s1".to_owned()),
+        contains: Some("relay".to_owned()),
+    };
+    let cases = [
+        (Some("error"), Some("s1"), "relay died"),
+        (Some("warn"), Some("s1"), "relay slow"),
+        (Some("info"), Some("s1"), "relay ok"),
+        (None, Some("s1"), "relay output"),
+        (Some("error"), Some("s2"), "relay died"),
+        (Some("error"), None, "relay died"),
+        (Some("error"), Some("s1"), "proxy died"),
+        (Some("nonsense"), Some("s1"), "relay ?"),
+    ];
+    let table: Vec<String> = cases
+        .iter()
+        .map(|(level, session, message)| {
+            format!(
+                "{level:?} {session:?} {message:?} -> {}",
+                filter.keeps(*level, *session, message)
+            )
+        })
+        .collect();
+    expect![[r#"
+        Some("error") Some("s1") "relay died" -> true
+        Some("warn") Some("s1") "relay slow" -> true
+        Some("info") Some("s1") "relay ok" -> false
+        None Some("s1") "relay output" -> true
+        Some("error") Some("s2") "relay died" -> false
+        Some("error") None "relay died" -> false
+        Some("error") Some("s1") "proxy died" -> false
+        Some("nonsense") Some("s1") "relay ?" -> true"#]]
+    .assert_eq(&table.join("\n"));
+    assert!(FeedFilter::default().keeps(Some("trace"), None, ""));
+    assert_eq!(level_rank("WARN"), Some(1));
+    assert_eq!(level_rank("loud"), None);
+}
