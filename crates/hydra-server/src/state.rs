@@ -32,6 +32,8 @@ pub struct Settings {
     pub agent_url_hosts: Vec<String>,
     /// Ended sessions (`stopped`, `error`) older than this are pruned.
     pub session_retention: Duration,
+    /// Ended captures finalised longer ago than this are pruned (issue 12).
+    pub capture_retention: Duration,
 }
 
 impl Settings {
@@ -39,6 +41,8 @@ impl Settings {
     pub const DEFAULT_MAX_SESSIONS_PER_WORKER: u32 = 64;
     /// Default of `session_retention`: 7 days.
     pub const DEFAULT_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Default of `capture_retention`: 7 days.
+    pub const DEFAULT_CAPTURE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 impl Default for Settings {
@@ -52,6 +56,7 @@ impl Default for Settings {
             max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
             agent_url_hosts: Vec::new(),
             session_retention: Settings::DEFAULT_SESSION_RETENTION,
+            capture_retention: Settings::DEFAULT_CAPTURE_RETENTION,
         }
     }
 }
@@ -78,6 +83,7 @@ struct Inner {
     _writer_tasks: [tokio::task::JoinHandle<()>; 3],
     workers: WorkerDirectory,
     sealer: Sealer,
+    captures: crate::captures::Captures,
 }
 
 impl AppState {
@@ -117,6 +123,7 @@ impl AppState {
                 _writer_tasks: [heartbeat_task, session_task, report_task],
                 workers,
                 sealer,
+                captures: crate::captures::Captures::default(),
             }),
         })
     }
@@ -161,6 +168,11 @@ impl AppState {
     /// Seals and opens the agent keys kept in the store.
     pub fn sealer(&self) -> &Sealer {
         &self.inner.sealer
+    }
+
+    /// The captures this server runs now.
+    pub fn captures(&self) -> &crate::captures::Captures {
+        &self.inner.captures
     }
 
     /// Server settings.

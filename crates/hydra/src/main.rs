@@ -5,6 +5,7 @@
 mod agent;
 mod bench;
 mod bodies;
+mod captures;
 mod client_args;
 mod config;
 mod head;
@@ -45,6 +46,10 @@ enum Command {
     /// List (filtered, paged), show and end relay sessions.
     #[command(subcommand)]
     Sessions(sessions::Command),
+    /// Capture nodes' monitor feeds: start (one node or fan-out), list, show, tail, download,
+    /// stop.
+    #[command(subcommand)]
+    Captures(captures::Command),
     /// Run a head: discover a reachable body and stream from it.
     #[command(subcommand)]
     Head(head::Command),
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
             Command::Nodes(command) => nodes::run(command).await,
             Command::Bodies(command) => bodies::run(command).await,
             Command::Sessions(command) => sessions::run(command).await,
+            Command::Captures(command) => captures::run(command).await,
             Command::Head(command) => head::run(command).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Status(args) => status::run(args).await,
