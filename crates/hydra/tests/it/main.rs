@@ -1,6 +1,7 @@
 //! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
 
 mod agent;
+mod captures;
 mod cli;
 mod config_sources;
 mod durability;
