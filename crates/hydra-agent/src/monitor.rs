@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -89,6 +90,10 @@ impl MonitorFeed {
     }
 }
 
+/// Whether any feed was ever attached: a process that runs no agent (the server, the CLI) skips
+/// the layer's lock on every event.
+static ANY_ATTACHED: AtomicBool = AtomicBool::new(false);
+
 /// The feeds the tracing layer writes to (every agent of the process; one in production).
 fn log_feeds() -> &'static Mutex<Vec<Weak<MonitorFeed>>> {
     static FEEDS: OnceLock<Mutex<Vec<Weak<MonitorFeed>>>> = OnceLock::new();
@@ -98,6 +103,7 @@ fn log_feeds() -> &'static Mutex<Vec<Weak<MonitorFeed>>> {
 /// From now on, the process's log events (through [`MonitorLayer`]) also go to `feed`, until it
 /// is dropped.
 pub fn attach_logs(feed: &Arc<MonitorFeed>) {
+    ANY_ATTACHED.store(true, Ordering::Relaxed);
     let mut feeds = log_feeds().lock().expect("monitor feeds poisoned");
     feeds.retain(|kept| kept.strong_count() > 0);
     feeds.push(Arc::downgrade(feed));
@@ -115,6 +121,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MonitorLayer {
         event: &tracing::Event<'_>,
         _context: tracing_subscriber::layer::Context<'_, S>,
     ) {
+        if !ANY_ATTACHED.load(Ordering::Relaxed) {
+            return;
+        }
         let feeds: Vec<Arc<MonitorFeed>> = {
             let feeds = log_feeds().lock().expect("monitor feeds poisoned");
             feeds

@@ -131,6 +131,7 @@ impl Writer {
             };
             buffer.extend_from_slice(&bytes);
             let mut cut = false;
+            let mut store_failed = false;
             let mut consumed = 0;
             while let Some(offset) = buffer[consumed..].iter().position(|byte| *byte == b'\n') {
                 let raw = &buffer[consumed..consumed + offset];
@@ -183,10 +184,14 @@ impl Writer {
                 if pending.data.len() >= CHUNK_BYTES
                     && !self.flush(&mut pending, &mut chunk_sequence).await
                 {
+                    store_failed = true;
                     break;
                 }
             }
             buffer.drain(..consumed.min(buffer.len()));
+            if store_failed {
+                break (TerminationReason::SourceError, false);
+            }
             if cut {
                 break (TerminationReason::LimitReached, true);
             }
