@@ -106,6 +106,24 @@ pub async fn serve(
                 .map_err(DaemonError::Serve)
         });
     }
+    {
+        let state = state.clone();
+        let stop = shutdown.clone();
+        crate::monitor::attach_logs(state.monitor());
+        let watched = crate::monitor::Watched {
+            worker: worker.clone(),
+            sessions_root: config.sessions_root(),
+            health: {
+                let state = state.clone();
+                Box::new(move || state.health_word())
+            },
+        };
+        tasks.spawn(async move {
+            crate::monitor::watch(state.monitor().clone(), watched, stop).await;
+            state.monitor_closed().cancel();
+            Ok(())
+        });
+    }
     if let Some(worker) = worker.clone() {
         let stop = shutdown.clone();
         tasks.spawn(async move {

@@ -94,6 +94,8 @@ struct Inner {
     http: reqwest::Client,
     rating_forwards: Arc<Semaphore>,
     rating_bucket: Mutex<TokenBucket>,
+    monitor: Arc<crate::monitor::MonitorFeed>,
+    monitor_closed: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -138,6 +140,8 @@ impl AgentState {
                     RATING_INTERVAL_MS,
                     now_ms(),
                 )),
+                monitor: crate::monitor::MonitorFeed::new(),
+                monitor_closed: tokio_util::sync::CancellationToken::new(),
             }),
         }
     }
@@ -150,6 +154,17 @@ impl AgentState {
     /// The key the server must present on the session API; goes only into the worker report.
     pub fn agent_key(&self) -> &str {
         &self.inner.agent_key
+    }
+
+    /// The node's monitor feed (`GET /api/v1/monitor`).
+    pub fn monitor(&self) -> &Arc<crate::monitor::MonitorFeed> {
+        &self.inner.monitor
+    }
+
+    /// Cancelled when the agent stops: ends every monitor stream, so shutdown does not wait on
+    /// readers.
+    pub fn monitor_closed(&self) -> &tokio_util::sync::CancellationToken {
+        &self.inner.monitor_closed
     }
 
     /// Updates what the heartbeat loop saw.
@@ -343,6 +358,7 @@ pub fn router(state: AgentState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/monitor", get(monitor))
         .route("/api/v1/sessions", post(start_session).get(list_sessions))
         .route("/api/v1/sessions/{id}", axum::routing::delete(stop_session))
         .route("/session/{id}/quit", post(quit))
@@ -406,6 +422,53 @@ async fn status(State(state): State<AgentState>, headers: HeaderMap) -> Response
         sessions: detailed.then_some(sessions),
     })
     .into_response()
+}
+
+/// `GET /api/v1/monitor?level=&session=&contains=` (agent key or API token): the node's monitor
+/// feed as NDJSON (`crate::monitor`).
+async fn monitor(
+    State(state): State<AgentState>,
+    headers: HeaderMap,
+    query: Result<
+        axum::extract::Query<hydra_api::captures::MonitorFilters>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    if let Err(refusal) = state.check_token(&headers) {
+        return refusal.into_response();
+    }
+    let filters = match query {
+        Ok(axum::extract::Query(filters)) => filters,
+        Err(rejection) => {
+            return api_error(
+                ErrorCode::InvalidRequest,
+                &format!("invalid query: {}", rejection.body_text()),
+            );
+        }
+    };
+    for (name, value) in [
+        ("level", &filters.level),
+        ("session", &filters.session),
+        ("contains", &filters.contains),
+    ] {
+        if let Some(Err(error)) = value
+            .as_deref()
+            .map(|value| hydra_api::text::check_parameter(name, value))
+        {
+            return api_error(
+                ErrorCode::InvalidRequest,
+                &format!("invalid query: {error}"),
+            );
+        }
+    }
+    match crate::monitor::feed_filter(&filters) {
+        Ok(filter) => crate::monitor::stream_response(
+            &state.inner.monitor,
+            filter,
+            state.inner.monitor_closed.clone(),
+        ),
+        Err(message) => api_error(ErrorCode::InvalidRequest, &message),
+    }
 }
 
 async fn start_session(

@@ -15,5 +15,6 @@ pub mod heartbeat;
 pub mod http;
 pub mod layering;
 pub mod local_api;
+pub mod monitor;
 pub mod turn;
 pub mod worker;

@@ -5,6 +5,7 @@
 //! No logic beyond conversions from `hydra-core` types.
 
 pub mod agent;
+pub mod captures;
 pub mod eligible;
 pub mod error;
 pub mod events;

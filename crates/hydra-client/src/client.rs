@@ -178,6 +178,13 @@ impl Call {
         })
     }
 
+    /// The full URL of this call on `base`, for a streamed answer.
+    pub(crate) fn stream_url(&self, base: &str) -> Result<String, ClientError> {
+        self.url(base)
+            .map(String::from)
+            .map_err(ClientError::Config)
+    }
+
     fn url(&self, base: &str) -> Result<Url, String> {
         let mut url = Url::parse(base).map_err(|error| format!("bad base URL {base}: {error}"))?;
         {
@@ -341,6 +348,21 @@ impl Client {
             self.replicas.forget_master();
         }
         self.replicas.statuses()
+    }
+
+    /// The HTTP client, for streamed answers (which set no overall timeout).
+    pub(crate) fn stream_http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// The bearer token calls carry, if any.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The timeout of one request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Finds the master now, ignoring the cache: a replica that says `is_master` wins; else the

@@ -4,6 +4,7 @@
 //! unix milliseconds and random numbers come in as arguments, so every decision is a table test.
 
 pub mod backoff;
+pub mod capture;
 pub mod explain;
 pub mod failover;
 pub mod health;

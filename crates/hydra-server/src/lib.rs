@@ -5,6 +5,7 @@
 //! first and reaches the view only once the store acknowledged it.
 
 pub mod auth;
+pub mod captures;
 pub mod colocated;
 pub mod dashboard;
 pub mod error;
@@ -83,6 +84,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::bodies::what_if))
         .routes(routes!(events::events))
         .merge(sessions::router())
+        .merge(captures::router())
 }
 
 /// The whole application: API, OpenAPI document, metrics, JSON 404s, body limit.
@@ -249,6 +251,10 @@ pub async fn serve_with(
     duties.spawn(workers::sweep(state.clone(), shutdown.clone()));
     duties.spawn(feed::follow(state.clone(), shutdown.clone()));
     duties.spawn(feed::prune_changes(state.clone(), shutdown.clone()));
+    duties.spawn(captures::retention::prune_ended_captures(
+        state.clone(),
+        shutdown.clone(),
+    ));
     let outcome =
         hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
             .await;

@@ -36,6 +36,8 @@ pub struct Settings {
     pub replica_id: String,
     /// The master lease's TTL and renewal period (replicas on PostgreSQL).
     pub lease: hydra_core::mastership::LeaseTiming,
+    /// Ended captures finalised longer ago than this are pruned (issue 12).
+    pub capture_retention: Duration,
 }
 
 impl Settings {
@@ -43,6 +45,8 @@ impl Settings {
     pub const DEFAULT_MAX_SESSIONS_PER_WORKER: u32 = 64;
     /// Default of `session_retention`: 7 days.
     pub const DEFAULT_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Default of `capture_retention`: 7 days.
+    pub const DEFAULT_CAPTURE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 impl Default for Settings {
@@ -58,6 +62,7 @@ impl Default for Settings {
             session_retention: Settings::DEFAULT_SESSION_RETENTION,
             replica_id: "local".to_owned(),
             lease: hydra_core::mastership::LeaseTiming::DEFAULT,
+            capture_retention: Settings::DEFAULT_CAPTURE_RETENTION,
         }
     }
 }
@@ -86,6 +91,7 @@ struct Inner {
     sealer: Sealer,
     feed: crate::feed::ViewFeed,
     replica: crate::replica::ReplicaState,
+    captures: crate::captures::Captures,
 }
 
 impl AppState {
@@ -136,6 +142,7 @@ impl AppState {
                 sealer,
                 feed,
                 replica,
+                captures: crate::captures::Captures::default(),
             }),
         })
     }
@@ -190,6 +197,11 @@ impl AppState {
     /// This replica's identity and who is master.
     pub fn replica(&self) -> &crate::replica::ReplicaState {
         &self.inner.replica
+    }
+
+    /// The captures this server runs now.
+    pub fn captures(&self) -> &crate::captures::Captures {
+        &self.inner.captures
     }
 
     /// Server settings.

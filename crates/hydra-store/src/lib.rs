@@ -6,6 +6,7 @@
 //! Migrations of each engine live in `migrations/<engine>/` and run at [`Store::connect`].
 //! One conformance suite (`tests/it/conformance.rs`) runs against both engines.
 
+mod captures;
 mod engine;
 mod enrolment;
 mod error;
@@ -23,6 +24,7 @@ use std::path::Path;
 
 use hydra_core::{LatencySample, Node, Transport};
 
+pub use captures::{CaptureRecord, ChunkRecord, SegmentRecord};
 pub use error::StoreError;
 pub use feed::{CHANGES_CHANNEL, Change, ChangeKind, ChangesSince, latency_key};
 pub use lease::{LeaseRecord, MasterBeacon, ReplicaRecord};

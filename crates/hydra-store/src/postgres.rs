@@ -67,3 +67,4 @@ crate::lease::lease_queries!(
     now = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
     lock = " FOR SHARE"
 );
+crate::captures::capture_queries!(PgStore);

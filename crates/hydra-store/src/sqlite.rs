@@ -79,3 +79,4 @@ crate::lease::lease_queries!(
     now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
     lock = ""
 );
+crate::captures::capture_queries!(SqliteStore);

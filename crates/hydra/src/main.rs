@@ -5,6 +5,7 @@
 mod agent;
 mod bench;
 mod bodies;
+mod captures;
 mod client_args;
 mod config;
 mod demo;
@@ -49,6 +50,10 @@ enum Command {
     /// List (filtered, paged), show and end relay sessions.
     #[command(subcommand)]
     Sessions(sessions::Command),
+    /// Capture nodes' monitor feeds: start (one node or fan-out), list, show, tail, download,
+    /// stop.
+    #[command(subcommand)]
+    Captures(captures::Command),
     /// Run a head: discover a reachable body and stream from it.
     #[command(subcommand)]
     Head(head::Command),
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
             Command::Bodies(command) => bodies::run(command).await,
             Command::Replicas(args) => replicas::run(args).await,
             Command::Sessions(command) => sessions::run(command).await,
+            Command::Captures(command) => captures::run(command).await,
             Command::Head(command) => head::run(command).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Status(args) => status::run(args).await,

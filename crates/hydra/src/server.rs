@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Args {
     /// YAML config file with any of: listen, data_dir, admin_token, database_url,
     /// heartbeat_timeout, public_url, body_limit_bytes, max_sessions_per_worker,
-    /// agent_url_hosts, session_retention, header_read_timeout, idle_timeout, max_connections,
-    /// shutdown_timeout, replica_id, lease_ttl, lease_renew.
+    /// agent_url_hosts, session_retention, capture_retention, header_read_timeout, idle_timeout,
+    /// max_connections, shutdown_timeout, replica_id, lease_ttl, lease_renew.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -77,6 +77,10 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_renew: Option<String>,
+    /// How long ended captures are kept before they are pruned, e.g. 7d, 12h [default: 7d].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture_retention: Option<String>,
 }
 
 /// The resolved server configuration.
@@ -94,6 +98,7 @@ struct ServerConfig {
     max_sessions_per_worker: u32,
     agent_url_hosts: String,
     session_retention: String,
+    capture_retention: String,
     /// Seconds a request head may take to arrive.
     header_read_timeout: u64,
     /// Seconds a keep-alive connection may wait between requests.
@@ -120,6 +125,7 @@ impl Default for ServerConfig {
             max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
             agent_url_hosts: String::new(),
             session_retention: "7d".to_owned(),
+            capture_retention: "7d".to_owned(),
             header_read_timeout: 10,
             idle_timeout: 60,
             max_connections: 1024,
@@ -142,6 +148,7 @@ const ENV_KEYS: &[&str] = &[
     "max_sessions_per_worker",
     "agent_url_hosts",
     "session_retention",
+    "capture_retention",
     "header_read_timeout",
     "idle_timeout",
     "max_connections",
@@ -173,6 +180,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         session_retention >= Duration::from_secs(60),
         "--session-retention must be at least 1m"
+    );
+    let capture_retention =
+        humantime::parse_duration(&config.capture_retention).with_context(|| {
+            format!(
+                "--capture-retention {:?} is not a duration (e.g. 7d, 12h)",
+                config.capture_retention
+            )
+        })?;
+    anyhow::ensure!(
+        capture_retention >= Duration::from_secs(60),
+        "--capture-retention must be at least 1m"
     );
     anyhow::ensure!(
         config.header_read_timeout > 0 && config.idle_timeout > 0,
@@ -278,6 +296,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         session_retention,
         replica_id: replica_id.clone(),
         lease,
+        capture_retention,
     };
     let state = AppState::new(store.clone(), settings, &admin_token)
         .await

@@ -2,10 +2,12 @@
 
 use std::net::IpAddr;
 
+use hydra_core::capture::{CaptureStatus, TerminationReason};
 use hydra_core::{CostTier, Node, Role, Roles, Transport};
 use hydra_store::{
-    Change, ChangeKind, ChangesSince, Heartbeat, LatencyRecord, SessionFilter, SessionRecord,
-    SessionStatus, SessionWrite, Store, StoreError, WorkerReportRecord,
+    CaptureRecord, Change, ChangeKind, ChangesSince, ChunkRecord, Heartbeat, LatencyRecord,
+    SegmentRecord, SessionFilter, SessionRecord, SessionStatus, SessionWrite, Store, StoreError,
+    WorkerReportRecord,
 };
 
 /// A store on a fresh file or database, kept alive with its temp dir.
@@ -68,6 +70,10 @@ on_both_engines!(
     every_write_takes_the_next_revision_and_lists_what_it_changed,
     concurrent_writes_take_dense_revisions,
     changes_are_read_by_revision_windows_and_a_pruned_horizon_is_reported,
+    captures_keep_chunks_per_node_without_collisions,
+    a_chunk_stored_twice_is_kept_and_counted_once,
+    segments_end_once_and_a_capture_is_finalised_once,
+    pruning_removes_only_ended_captures_older_than_the_cutoff,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -1027,3 +1033,290 @@ async fn sqlite_has_no_listener() {
 }
 
 mod replicas;
+// ---- captures (issue 12) ----
+
+fn sample_capture(id: &str, created_at: i64) -> CaptureRecord {
+    CaptureRecord {
+        id: id.to_owned(),
+        status: CaptureStatus::Running,
+        termination_reason: None,
+        fan_out: true,
+        filters: r#"{"contains":"relay"}"#.to_owned(),
+        duration_ms: Some(600_000),
+        max_lines: Some(1_000),
+        max_bytes: None,
+        created_at,
+        ended_at: None,
+    }
+}
+
+fn sample_segment(capture_id: &str, node_id: &str) -> SegmentRecord {
+    SegmentRecord {
+        capture_id: capture_id.to_owned(),
+        node_id: node_id.to_owned(),
+        address: format!("http://{node_id}:7071"),
+        status: CaptureStatus::Running,
+        termination_reason: None,
+        byte_count: 0,
+        line_count: 0,
+        last_sequence: None,
+        lines_missing: 0,
+        ended_at: None,
+    }
+}
+
+fn chunk(capture_id: &str, node_id: &str, sequence: i64, lines: &[i64]) -> ChunkRecord {
+    let data: String = lines
+        .iter()
+        .map(|line| format!("{{\"seq\":{line},\"node\":\"{node_id}\"}}\n"))
+        .collect();
+    ChunkRecord {
+        capture_id: capture_id.to_owned(),
+        node_id: node_id.to_owned(),
+        sequence,
+        first_sequence: lines[0],
+        last_sequence: lines[lines.len() - 1],
+        line_count: i64::try_from(lines.len()).unwrap(),
+        data,
+        created_at: 1_000 + sequence,
+    }
+}
+
+async fn captures_keep_chunks_per_node_without_collisions(store: Store) {
+    let capture = sample_capture("cap-1", 100);
+    store
+        .insert_capture(
+            &capture,
+            &[sample_segment("cap-1", "n1"), sample_segment("cap-1", "n2")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_capture("cap-1").await.unwrap(),
+        Some(capture.clone())
+    );
+    // Both nodes number their chunks from 0: the node is in the key, so nothing collides.
+    for (node, sequence, lines) in [
+        ("n1", 0, vec![1, 2]),
+        ("n2", 0, vec![7]),
+        ("n1", 1, vec![3]),
+    ] {
+        let stored = chunk("cap-1", node, sequence, &lines);
+        let bytes = i64::try_from(stored.data.len()).unwrap();
+        assert!(store.append_capture_chunk(&stored, bytes, 0).await.unwrap());
+    }
+    let segments = store.capture_segments("cap-1").await.unwrap();
+    let counts: Vec<(String, i64, Option<i64>)> = segments
+        .iter()
+        .map(|segment| {
+            (
+                segment.node_id.clone(),
+                segment.line_count,
+                segment.last_sequence,
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        vec![("n1".to_owned(), 3, Some(3)), ("n2".to_owned(), 1, Some(7))]
+    );
+    let n1_bytes = segments[0].byte_count;
+    assert_eq!(
+        n1_bytes,
+        i64::try_from(
+            chunk("cap-1", "n1", 0, &[1, 2]).data.len() + chunk("cap-1", "n1", 1, &[3]).data.len()
+        )
+        .unwrap()
+    );
+    let all = store.capture_chunks("cap-1", None, None, 10).await.unwrap();
+    let keys: Vec<(String, i64)> = all
+        .iter()
+        .map(|c| (c.node_id.clone(), c.sequence))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![("n1".into(), 0), ("n1".into(), 1), ("n2".into(), 0)]
+    );
+    assert!(
+        all.iter()
+            .all(|c| c.data.contains(&format!("\"node\":\"{}\"", c.node_id)))
+    );
+    let page = store
+        .capture_chunks("cap-1", None, Some(("n1", 0)), 1)
+        .await
+        .unwrap();
+    assert_eq!((page[0].node_id.as_str(), page[0].sequence), ("n1", 1));
+    let only_n2 = store
+        .capture_chunks("cap-1", Some("n2"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(only_n2.len(), 1);
+    assert_eq!(only_n2[0].first_sequence, 7);
+    assert_eq!(store.list_captures(10).await.unwrap(), vec![capture]);
+    assert!(matches!(
+        store.insert_capture(&sample_capture("cap-1", 5), &[]).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store
+            .get_capture("cap-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at,
+        100
+    );
+}
+
+async fn a_chunk_stored_twice_is_kept_and_counted_once(store: Store) {
+    store
+        .insert_capture(
+            &sample_capture("cap-2", 100),
+            &[sample_segment("cap-2", "n1")],
+        )
+        .await
+        .unwrap();
+    let stored = chunk("cap-2", "n1", 0, &[10, 11]);
+    assert!(store.append_capture_chunk(&stored, 40, 0).await.unwrap());
+    assert!(!store.append_capture_chunk(&stored, 40, 0).await.unwrap());
+    let segment = &store.capture_segments("cap-2").await.unwrap()[0];
+    assert_eq!((segment.line_count, segment.byte_count), (2, 40));
+    assert_eq!(
+        store
+            .capture_chunks("cap-2", None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn segments_end_once_and_a_capture_is_finalised_once(store: Store) {
+    store
+        .insert_capture(
+            &sample_capture("cap-3", 100),
+            &[sample_segment("cap-3", "n1"), sample_segment("cap-3", "n2")],
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .end_capture_segment(
+                "cap-3",
+                "n1",
+                CaptureStatus::Failed,
+                TerminationReason::SourceError,
+                0,
+                500
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .end_capture_segment(
+                "cap-3",
+                "n1",
+                CaptureStatus::Completed,
+                TerminationReason::Stopped,
+                0,
+                600
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .end_capture_segment(
+                "cap-3",
+                "n2",
+                CaptureStatus::Truncated,
+                TerminationReason::LinesDropped,
+                4,
+                610
+            )
+            .await
+            .unwrap()
+    );
+    let segments = store.capture_segments("cap-3").await.unwrap();
+    assert_eq!(segments[0].status, CaptureStatus::Failed);
+    assert_eq!(
+        segments[0].termination_reason,
+        Some(TerminationReason::SourceError)
+    );
+    assert_eq!(segments[0].ended_at, Some(500));
+    assert_eq!(
+        (segments[1].status, segments[1].lines_missing),
+        (CaptureStatus::Truncated, 4)
+    );
+    assert!(
+        store
+            .finalise_capture(
+                "cap-3",
+                CaptureStatus::Failed,
+                Some(TerminationReason::SourceError),
+                700
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finalise_capture("cap-3", CaptureStatus::Completed, None, 800)
+            .await
+            .unwrap()
+    );
+    let capture = store.get_capture("cap-3").await.unwrap().unwrap();
+    assert_eq!(
+        (capture.status, capture.termination_reason, capture.ended_at),
+        (
+            CaptureStatus::Failed,
+            Some(TerminationReason::SourceError),
+            Some(700)
+        )
+    );
+}
+
+async fn pruning_removes_only_ended_captures_older_than_the_cutoff(store: Store) {
+    for (id, ended) in [("old", Some(1_000)), ("new", Some(9_000)), ("open", None)] {
+        store
+            .insert_capture(&sample_capture(id, 10), &[sample_segment(id, "n1")])
+            .await
+            .unwrap();
+        store
+            .append_capture_chunk(&chunk(id, "n1", 0, &[1]), 10, 0)
+            .await
+            .unwrap();
+        if let Some(at) = ended {
+            store
+                .finalise_capture(
+                    id,
+                    CaptureStatus::Completed,
+                    Some(TerminationReason::Stopped),
+                    at,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(store.prune_ended_captures(5_000, 10).await.unwrap(), 1);
+    assert_eq!(store.get_capture("old").await.unwrap(), None);
+    assert!(
+        store
+            .capture_chunks("old", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.capture_segments("old").await.unwrap().is_empty());
+    assert!(store.get_capture("new").await.unwrap().is_some());
+    assert!(store.get_capture("open").await.unwrap().is_some());
+    assert_eq!(
+        store
+            .capture_chunks("open", None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -2,6 +2,7 @@
 
 mod agent;
 mod browser;
+mod captures;
 mod cli;
 mod config_sources;
 mod dashboard;
