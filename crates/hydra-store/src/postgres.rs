@@ -36,3 +36,4 @@ crate::engine::engine_queries!(PgStore);
 crate::session_queries::session_queries!(PgStore);
 crate::enrolment::enrolment_queries!(PgStore);
 crate::node_config::node_config_queries!(PgStore);
+crate::write_ids::write_id_queries!(PgStore);

@@ -61,3 +61,4 @@ crate::engine::engine_queries!(SqliteStore);
 crate::session_queries::session_queries!(SqliteStore);
 crate::enrolment::enrolment_queries!(SqliteStore);
 crate::node_config::node_config_queries!(SqliteStore);
+crate::write_ids::write_id_queries!(SqliteStore);

@@ -259,6 +259,7 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    write_key: Option<axum::Extension<crate::write_ids::WriteKey>>,
     Json(request): Json<HeartbeatRequest>,
 ) -> Result<Json<NodeView>, ApiError> {
     match state.caller(&headers)? {
@@ -275,6 +276,7 @@ pub async fn heartbeat(
         idle: request.idle,
         active_sessions: request.active_sessions,
         vram_mb: check_vram(request.vram_mb)?,
+        write_id: crate::write_ids::WriteKey::answered(write_key, StatusCode::OK),
     };
     let node = state.fleet().heartbeat(&id, heartbeat).await?;
     metrics::counter!("hydra_heartbeats_total").increment(1);

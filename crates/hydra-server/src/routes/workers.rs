@@ -77,8 +77,10 @@ pub async fn report(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    write_key: Option<axum::Extension<crate::write_ids::WriteKey>>,
     Json(report): Json<WorkerReport>,
 ) -> Result<StatusCode, ApiError> {
+    let write_id = crate::write_ids::WriteKey::answered(write_key, StatusCode::NO_CONTENT);
     match state.caller(&headers)? {
         Caller::Admin => {}
         Caller::Node(caller) if caller == id => {}
@@ -133,7 +135,7 @@ pub async fn report(
     // Store, reconciliation and directory change together, whatever the caller does.
     let clamped_from = trusted.clamped_from;
     crate::error::run_to_completion("the worker report", async move {
-        apply_report(&state, &id, report, clamped_from).await
+        apply_report(&state, &id, report, clamped_from, write_id).await
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -19,3 +19,4 @@ mod storage_full;
 mod storage_outage;
 mod support;
 mod trust;
+mod write_ids;
