@@ -92,6 +92,7 @@ struct Inner {
     http: reqwest::Client,
     rating_forwards: Arc<Semaphore>,
     rating_bucket: Mutex<TokenBucket>,
+    ride_out: crate::ride_out::RideOut,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -136,8 +137,14 @@ impl AgentState {
                     RATING_INTERVAL_MS,
                     now_ms(),
                 )),
+                ride_out: crate::ride_out::RideOut::default(),
             }),
         }
+    }
+
+    /// What the agent knows while it rides out the loss of the control plane.
+    pub fn ride_out(&self) -> &crate::ride_out::RideOut {
+        &self.inner.ride_out
     }
 
     /// The worker role, if the agent runs it.
@@ -402,8 +409,43 @@ async fn status(State(state): State<AgentState>, headers: HeaderMap) -> Response
         active_sessions,
         max_sessions,
         sessions: detailed.then_some(sessions),
+        control_plane: Some(state.control_plane_status()),
     })
     .into_response()
+}
+
+impl AgentState {
+    /// What `hydra status` shows of the control plane (no secret in it, so counts-only callers
+    /// see it too).
+    pub fn control_plane_status(&self) -> hydra_api::agent::ControlPlaneStatus {
+        use hydra_core::health::HealthState;
+        let view = self.ride_out().view();
+        let (word, since) = match view.health {
+            HealthState::Healthy => ("healthy", None),
+            HealthState::Degraded { since_ms } => ("degraded", Some(since_ms)),
+            HealthState::Recovering { since_ms } => ("recovering", Some(since_ms)),
+        };
+        let journal = self.ride_out().journal();
+        hydra_api::agent::ControlPlaneStatus {
+            state: word.to_owned(),
+            degraded_since: since.map(hydra_api::rfc3339),
+            replicas: view
+                .replicas
+                .iter()
+                .map(|replica| hydra_api::agent::ReplicaHealth {
+                    url: replica.url.clone(),
+                    healthy: replica.healthy,
+                    is_master: replica.is_master,
+                    term: None,
+                })
+                .collect(),
+            last_poll: view.last_poll_ms.map(hydra_api::rfc3339),
+            config_version: view.config_version,
+            config_source: view.config_source.as_str().to_owned(),
+            journal_length: journal.map_or(0, |journal| journal.len() as u64),
+            journal_dropped: journal.map_or(0, |journal| journal.dropped()),
+        }
+    }
 }
 
 async fn start_session(

@@ -13,6 +13,8 @@ pub mod head;
 pub mod health;
 pub mod heartbeat;
 pub mod http;
+pub mod journal;
 pub mod layering;
 pub mod local_api;
+pub mod ride_out;
 pub mod worker;

@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod failover;
 pub mod health;
+pub mod journal;
 pub mod node;
 pub mod placement;
 pub mod probe;
