@@ -1,10 +1,12 @@
 //! What a head keeps in its state dir between processes: the pairing record (which address its
-//! streaming client was given, and how that stream is doing) and the connect times it measured
-//! but has not reported yet.
+//! streaming client was given, and how that stream is doing), the connect times it measured
+//! but has not reported yet, and the last eligible list with the route it used (walked when no
+//! replica answers).
 
 use std::io::Write;
 use std::path::Path;
 
+use hydra_api::EligibleResponse;
 use hydra_client::Measurement;
 use hydra_client::discovery::Route;
 use serde::Serialize;
@@ -69,6 +71,51 @@ pub fn write_pairing(
     file.write_all(&bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, state_dir.join(PAIRING_FILE))
+}
+
+/// The kept eligible list's file in the state dir.
+pub const KEPT_ELIGIBLE_FILE: &str = "eligible.json";
+
+/// Keeps the eligible answer a route came from, with the route, atomically (temporary file,
+/// fsync, rename, fsync of the dir), so a head whose control plane goes away still knows its
+/// bodies, even after a restart.
+pub fn keep_eligible(
+    state_dir: &Path,
+    head_id: &str,
+    answer: &EligibleResponse,
+    route: &Route,
+    now_ms: i64,
+) -> std::io::Result<()> {
+    let record = serde_json::json!({
+        "head_id": head_id,
+        "kept_at": hydra_api::rfc3339(now_ms),
+        "route": {"body_id": route.body_id, "ip": route.ip.to_string(), "transport": route.transport.as_str()},
+        "answer": answer,
+    });
+    let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+    std::fs::create_dir_all(state_dir)?;
+    let temporary = state_dir.join(format!("{KEPT_ELIGIBLE_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, state_dir.join(KEPT_ELIGIBLE_FILE))?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+/// The kept eligible answer, if there is a usable one. A file that does not read back is renamed
+/// `eligible.json.corrupt-<now_ms>` (never used, never deleted) and named in an ERROR.
+pub fn load_kept_eligible(state_dir: &Path, now_ms: i64) -> Option<EligibleResponse> {
+    let path = state_dir.join(KEPT_ELIGIBLE_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    let answer = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|mut record| serde_json::from_value(record["answer"].take()).ok());
+    if answer.is_none() {
+        let set_aside = state_dir.join(format!("{KEPT_ELIGIBLE_FILE}.corrupt-{now_ms}"));
+        let renamed = std::fs::rename(&path, &set_aside);
+        tracing::error!(path = %path.display(), set_aside = %set_aside.display(), renamed = renamed.is_ok(), "[head] the kept eligible list is corrupt; set aside, not used");
+    }
+    answer
 }
 
 /// Connect times an earlier process measured but could not report yet; unreadable lines are

@@ -7,6 +7,7 @@ mod durability;
 mod durability_in_flight;
 mod enrolment;
 mod fleet;
+mod head_ride_out;
 mod lab;
 mod metrics;
 mod node_config;
