@@ -253,7 +253,8 @@ pub async fn remove(
 /// Records a heartbeat: the node's own token or the admin token.
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", tag = "nodes", request_body = HeartbeatRequest,
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Node id")),
+    params(("id" = String, Path, description = "Node id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A write id (UUID): a repeat of an applied write is answered with its first status and Idempotency-Replayed: true, and not applied again")),
     responses((status = 200, body = NodeView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,

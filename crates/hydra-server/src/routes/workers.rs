@@ -70,7 +70,8 @@ pub async fn list(
 /// reports stopped or failed take that status.
 #[utoipa::path(post, path = "/api/v1/workers/{id}/report", tag = "sessions", request_body = WorkerReport,
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Worker node id")),
+    params(("id" = String, Path, description = "Worker node id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A write id (UUID): a repeat of an applied write is answered with its first status and Idempotency-Replayed: true, and not applied again")),
     responses((status = 204, description = "Recorded"), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn report(
