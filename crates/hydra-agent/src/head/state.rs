@@ -64,13 +64,24 @@ pub fn write_pairing(
         detail,
         updated_at: hydra_api::rfc3339(now_ms),
     };
-    let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+    write_json_atomically(state_dir, PAIRING_FILE, &record)
+}
+
+/// Writes `value` as `<state_dir>/<name>`: a temporary file beside it, fsync, rename, fsync of
+/// the dir, so a reader (or a head started after a crash) sees the old file or the new one.
+fn write_json_atomically(
+    state_dir: &Path,
+    name: &str,
+    value: &impl Serialize,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     std::fs::create_dir_all(state_dir)?;
-    let temporary = state_dir.join(format!("{PAIRING_FILE}.tmp"));
+    let temporary = state_dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, state_dir.join(PAIRING_FILE))
+    std::fs::rename(&temporary, state_dir.join(name))?;
+    std::fs::File::open(state_dir)?.sync_all()
 }
 
 /// The kept eligible list's file in the state dir.
@@ -92,14 +103,7 @@ pub fn keep_eligible(
         "route": {"body_id": route.body_id, "ip": route.ip.to_string(), "transport": route.transport.as_str()},
         "answer": answer,
     });
-    let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(state_dir)?;
-    let temporary = state_dir.join(format!("{KEPT_ELIGIBLE_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, state_dir.join(KEPT_ELIGIBLE_FILE))?;
-    std::fs::File::open(state_dir)?.sync_all()
+    write_json_atomically(state_dir, KEPT_ELIGIBLE_FILE, &record)
 }
 
 /// The kept eligible answer, if there is a usable one. A file that does not read back is renamed
@@ -182,6 +186,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(load_measurements(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn the_kept_eligible_list_reads_back_and_a_corrupt_one_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_kept_eligible(dir.path(), 1), None);
+        let answer = EligibleResponse {
+            policy: hydra_api::PolicyWire::CrossVenue,
+            bodies: Vec::new(),
+        };
+        keep_eligible(dir.path(), "head-1", &answer, &route(), 0).unwrap();
+        assert_eq!(load_kept_eligible(dir.path(), 1), Some(answer));
+        assert!(!dir.path().join("eligible.json.tmp").exists());
+        std::fs::write(dir.path().join(KEPT_ELIGIBLE_FILE), b"{\"answer\": 7}").unwrap();
+        assert_eq!(load_kept_eligible(dir.path(), 42), None, "never used");
+        assert!(!dir.path().join(KEPT_ELIGIBLE_FILE).exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("eligible.json.corrupt-42")).unwrap(),
+            b"{\"answer\": 7}",
+            "set aside as it was, not deleted"
+        );
     }
 
     #[test]
