@@ -20,6 +20,7 @@ const SECTIONS: &[&str] = &[
     "heartbeat",
     "bundle",
     "health",
+    "journal",
     "sessions",
     "sunshine",
     "ice_servers",
@@ -45,6 +46,8 @@ pub struct AgentConfig {
     pub bundle: BundleSection,
     /// The control plane health checker.
     pub health: HealthSection,
+    /// The write journal (writes deferred while no master answers).
+    pub journal: JournalSection,
     /// The worker role.
     pub sessions: SessionsSection,
     /// Default Sunshine credentials.
@@ -157,6 +160,22 @@ impl Default for HealthSection {
     }
 }
 
+/// `journal:` (the write journal in the state dir).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// Most writes kept; beyond it the oldest heartbeats and superseded reports are dropped.
+    pub max_entries: usize,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            max_entries: crate::journal::DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
 /// `sessions:` (the worker role).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -257,6 +276,7 @@ impl Default for AgentConfig {
             heartbeat: HeartbeatSection::default(),
             bundle: BundleSection::default(),
             health: HealthSection::default(),
+            journal: JournalSection::default(),
             sessions: SessionsSection::default(),
             sunshine: SunshineSection::default(),
             ice_servers: Vec::new(),

@@ -94,6 +94,26 @@ pub async fn serve(
         worker.clone(),
         proxy.clone(),
     );
+    // The write journal: what the agent owes the control plane from before a restart is
+    // replayed once a master answers; a corrupt file is set aside and named.
+    match crate::journal::Journal::open(
+        &config.state_dir,
+        config.journal.max_entries,
+        hydra_api::now_ms(),
+    ) {
+        Ok((journal, corrupt)) => {
+            if let Some(error) = corrupt {
+                tracing::error!(%error, "[journal] the write journal is not used");
+            }
+            if !journal.is_empty() {
+                tracing::info!(writes = journal.len(), path = %journal.path().display(), "[journal] writes from before this start wait for a master");
+            }
+            state.ride_out().set_journal(std::sync::Arc::new(journal));
+        }
+        Err(error) => {
+            tracing::error!(%error, "[journal] no write journal: writes made while no master answers are lost");
+        }
+    }
     tracing::info!(listen = %bound, roles = %config.node.roles.join(","), servers = %config.controller.url.join(","), "[worker] hydra agent listening");
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -157,6 +177,7 @@ pub async fn serve(
                 identity.node_id.clone(),
                 worker,
                 client.with_token(identity.token.clone()),
+                state.clone(),
                 stop.clone(),
             );
             tokio::join!(

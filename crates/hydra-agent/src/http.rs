@@ -96,6 +96,7 @@ struct Inner {
     rating_bucket: Mutex<TokenBucket>,
     monitor: Arc<crate::monitor::MonitorFeed>,
     monitor_closed: tokio_util::sync::CancellationToken,
+    ride_out: crate::ride_out::RideOut,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -142,8 +143,14 @@ impl AgentState {
                 )),
                 monitor: crate::monitor::MonitorFeed::new(),
                 monitor_closed: tokio_util::sync::CancellationToken::new(),
+                ride_out: crate::ride_out::RideOut::default(),
             }),
         }
+    }
+
+    /// What the agent knows while it rides out the loss of the control plane.
+    pub fn ride_out(&self) -> &crate::ride_out::RideOut {
+        &self.inner.ride_out
     }
 
     /// The worker role, if the agent runs it.
@@ -420,6 +427,7 @@ async fn status(State(state): State<AgentState>, headers: HeaderMap) -> Response
         active_sessions,
         max_sessions,
         sessions: detailed.then_some(sessions),
+        control_plane: Some(state.control_plane_status()),
     })
     .into_response()
 }
@@ -468,6 +476,40 @@ async fn monitor(
             state.inner.monitor_closed.clone(),
         ),
         Err(message) => api_error(ErrorCode::InvalidRequest, &message),
+    }
+}
+
+impl AgentState {
+    /// What `hydra status` shows of the control plane (no secret in it, so counts-only callers
+    /// see it too).
+    pub fn control_plane_status(&self) -> hydra_api::agent::ControlPlaneStatus {
+        use hydra_core::health::HealthState;
+        let view = self.ride_out().view();
+        let (word, since) = match view.health {
+            HealthState::Healthy => ("healthy", None),
+            HealthState::Degraded { since_ms } => ("degraded", Some(since_ms)),
+            HealthState::Recovering { since_ms } => ("recovering", Some(since_ms)),
+        };
+        let journal = self.ride_out().journal();
+        hydra_api::agent::ControlPlaneStatus {
+            state: word.to_owned(),
+            degraded_since: since.map(hydra_api::rfc3339),
+            replicas: view
+                .replicas
+                .iter()
+                .map(|replica| hydra_api::agent::ReplicaHealth {
+                    url: replica.url.clone(),
+                    healthy: replica.healthy,
+                    is_master: replica.is_master,
+                    term: None,
+                })
+                .collect(),
+            last_poll: view.last_poll_ms.map(hydra_api::rfc3339),
+            config_version: view.config_version,
+            config_source: view.config_source.as_str().to_owned(),
+            journal_length: journal.map_or(0, |journal| journal.len() as u64),
+            journal_dropped: journal.map_or(0, |journal| journal.dropped()),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod selection;
 pub mod sessions;
 pub mod system;
 pub mod text;
+pub mod write_id;
 
 pub use eligible::*;
 pub use error::{ErrorBody, ErrorCode};

@@ -69,6 +69,25 @@ impl Client {
         self.execute(&call).await?.json()
     }
 
+    /// [`Client::heartbeat`] with a write id (`Idempotency-Key`): the server applies a heartbeat
+    /// with that id at most once, so a journal may send it again after a lost answer. The answer's
+    /// body is not read (a repeat is answered without the node).
+    pub async fn heartbeat_with_write_id(
+        &self,
+        id: &str,
+        request: &HeartbeatRequest,
+        write_id: u128,
+    ) -> Result<(), ClientError> {
+        let call = Call::new(
+            Method::POST,
+            Kind::IdempotentWrite,
+            &["nodes", id, "heartbeat"],
+        )
+        .with_json(request)?
+        .with_write_id(Some(write_id));
+        self.execute(&call).await.map(drop)
+    }
+
     /// `POST /api/v1/nodes/{id}/district`: moves a node to another district and venue.
     pub async fn move_node(
         &self,

@@ -137,6 +137,8 @@ pub(crate) struct Call {
     kind: Kind,
     /// `If-None-Match`: a `304` answer then counts as a success.
     if_none_match: Option<String>,
+    /// `Idempotency-Key`: the write's id, so the server applies a repeat of it at most once.
+    write_id: Option<u128>,
 }
 
 impl Call {
@@ -152,7 +154,13 @@ impl Call {
             body: None,
             kind,
             if_none_match: None,
+            write_id: None,
         }
+    }
+
+    /// Adds `Idempotency-Key: <write id>` (a UUID) when `write_id` is given.
+    pub(crate) fn with_write_id(self, write_id: Option<u128>) -> Call {
+        Call { write_id, ..self }
     }
 
     /// Adds `If-None-Match: etag`; the answer may then be `304` ([`Answer::not_modified`]).
@@ -622,6 +630,12 @@ impl Client {
         }
         if let Some(etag) = &call.if_none_match {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag.as_str());
+        }
+        if let Some(write_id) = call.write_id {
+            request = request.header(
+                hydra_api::write_id::IDEMPOTENCY_KEY,
+                hydra_api::write_id::format_write_id(write_id),
+            );
         }
         if let Some(body) = &call.body {
             request = request

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod explain;
 pub mod failover;
 pub mod health;
+pub mod journal;
 pub mod mastership;
 pub mod node;
 pub mod placement;

@@ -23,6 +23,7 @@ pub mod sealing;
 pub mod sessions;
 pub mod state;
 pub mod workers;
+pub mod write_ids;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -101,6 +102,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(metrics_text))
         .merge(dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            write_ids::dedup,
+        ))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             note_storage_failure,

@@ -142,6 +142,7 @@ impl TryFrom<WorkerReportRow> for WorkerReportRecord {
             agent_url: row.agent_url,
             agent_key_sealed: row.agent_key_sealed,
             reported_at: row.reported_at,
+            write_id: None,
         })
     }
 }
@@ -284,6 +285,13 @@ macro_rules! engine_queries {
                 let mut transaction = self.begin_write().await?;
                 let mut found = Vec::with_capacity(batch.len());
                 for (id, heartbeat) in batch {
+                    // A repeat of an applied write (same write id) changes nothing.
+                    let apply: bool =
+                        crate::write_ids::claim_write_on!(&mut *transaction, heartbeat.write_id, heartbeat.at)?;
+                    if !apply {
+                        found.push(true);
+                        continue;
+                    }
                     let updated = sqlx::query(
                         "UPDATE nodes SET last_heartbeat = $2, idle = $3, active_sessions = $4, \
                          vram_mb = COALESCE($5, vram_mb) WHERE id = $1",
@@ -295,6 +303,11 @@ macro_rules! engine_queries {
                     .bind(crate::engine::vram_column(heartbeat.vram_mb)?)
                     .execute(&mut *transaction)
                     .await?;
+                    if updated.rows_affected() == 0 {
+                        let released: Result<(), StoreError> =
+                            crate::write_ids::release_write_on!(&mut *transaction, heartbeat.write_id);
+                        released?;
+                    }
                     found.push(updated.rows_affected() > 0);
                     if updated.rows_affected() > 0 {
                         Self::record_change(&mut transaction, crate::ChangeKind::Node, id).await?;
@@ -379,6 +392,11 @@ macro_rules! engine_queries {
             pub(crate) async fn put_worker_reports(&self, batch: &[WorkerReportRecord]) -> Result<(), StoreError> {
                 let mut transaction = self.begin_write().await?;
                 for report in batch {
+                    let apply: bool =
+                        crate::write_ids::claim_write_on!(&mut *transaction, report.write_id, report.reported_at)?;
+                    if !apply {
+                        continue;
+                    }
                     sqlx::query(
                         "INSERT INTO worker_reports (worker_id, agent_url, agent_key_sealed, max_sessions, reported_at) \
                          VALUES ($1, $2, $3, $4, $5) \

@@ -18,6 +18,7 @@ mod records;
 mod session_queries;
 mod sqlite;
 pub mod testing;
+mod write_ids;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use feed::{CHANGES_CHANNEL, Change, ChangeKind, ChangesSince, latency_key};
 pub use lease::{LeaseRecord, MasterBeacon, ReplicaRecord};
 pub use node_config::NodeConfigRecord;
 pub use records::{SessionRecord, SessionStatus, SessionWrite, WorkerReportRecord};
+pub use write_ids::WriteId;
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,6 +485,19 @@ impl Store {
         }
     }
 
+    // ---- write ids ----
+
+    /// The status the write with id `id` answered when it was applied, or `None` when no write
+    /// with that id was applied (or its id was pruned).
+    pub async fn applied_write(&self, id: u128) -> Result<Option<u16>, StoreError> {
+        dispatch!(self, applied_write(id))
+    }
+
+    /// Forgets the write ids applied before `applied_before` (unix ms); answers how many went.
+    pub async fn prune_write_ids(&self, applied_before: i64) -> Result<u64, StoreError> {
+        dispatch!(self, prune_write_ids(applied_before))
+    }
+
     /// Every stored worker report, ordered by worker id.
     pub async fn list_worker_reports(&self) -> Result<Vec<WorkerReportRecord>, StoreError> {
         dispatch!(self, list_worker_reports())
@@ -518,6 +533,9 @@ pub struct Heartbeat {
     pub active_sessions: u32,
     /// GPU memory, when reported.
     pub vram_mb: Option<u64>,
+    /// The sender's write id, claimed in the heartbeat's transaction: a repeat of an applied
+    /// heartbeat changes nothing.
+    pub write_id: Option<WriteId>,
 }
 
 /// Which sessions a listing shows; `None` matches any.

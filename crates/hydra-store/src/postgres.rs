@@ -68,3 +68,4 @@ crate::lease::lease_queries!(
     lock = " FOR SHARE"
 );
 crate::captures::capture_queries!(PgStore);
+crate::write_ids::write_id_queries!(PgStore);

@@ -80,3 +80,4 @@ crate::lease::lease_queries!(
     lock = ""
 );
 crate::captures::capture_queries!(SqliteStore);
+crate::write_ids::write_id_queries!(SqliteStore);

@@ -7,7 +7,7 @@ use hydra_core::{CostTier, Node, Role, Roles, Transport};
 use hydra_store::{
     CaptureRecord, Change, ChangeKind, ChangesSince, ChunkRecord, Heartbeat, LatencyRecord,
     SegmentRecord, SessionFilter, SessionRecord, SessionStatus, SessionWrite, Store, StoreError,
-    WorkerReportRecord,
+    WorkerReportRecord, WriteId,
 };
 
 /// A store on a fresh file or database, kept alive with its temp dir.
@@ -74,6 +74,7 @@ on_both_engines!(
     a_chunk_stored_twice_is_kept_and_counted_once,
     segments_end_once_and_a_capture_is_finalised_once,
     pruning_removes_only_ended_captures_older_than_the_cutoff,
+    a_write_repeated_with_its_write_id_is_applied_once,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -130,6 +131,7 @@ async fn missing_nodes_report_false(store: Store) {
         idle: true,
         active_sessions: 0,
         vram_mb: None,
+        write_id: None,
     };
     assert!(!store.record_heartbeat("ghost", &heartbeat).await.unwrap());
     assert!(!store.move_node("ghost", "d", "v").await.unwrap());
@@ -146,6 +148,7 @@ async fn heartbeat_updates_liveness_and_keeps_vram_when_absent(store: Store) {
         idle: true,
         active_sessions: 3,
         vram_mb: Some(8_192),
+        write_id: None,
     };
     assert!(store.record_heartbeat("b", &first).await.unwrap());
     let second = Heartbeat {
@@ -153,6 +156,7 @@ async fn heartbeat_updates_liveness_and_keeps_vram_when_absent(store: Store) {
         idle: false,
         active_sessions: 1,
         vram_mb: None,
+        write_id: None,
     };
     assert!(store.record_heartbeat("b", &second).await.unwrap());
     let node = store.get_node("b").await.unwrap().unwrap();
@@ -301,6 +305,7 @@ async fn heartbeat_batches_apply_in_order_and_report_missing_nodes(store: Store)
         idle: true,
         active_sessions: 0,
         vram_mb: None,
+        write_id: None,
     };
     let batch = vec![
         ("b1".to_owned(), beat(10)),
@@ -334,6 +339,7 @@ fn worker_report(worker_id: &str, max_sessions: u32, reported_at: i64) -> Worker
         agent_key_sealed: format!("v1.sealed-{worker_id}-{reported_at}"),
         max_sessions,
         reported_at,
+        write_id: None,
     }
 }
 
@@ -843,6 +849,7 @@ async fn every_write_takes_the_next_revision_and_lists_what_it_changed(store: St
         idle: true,
         active_sessions: 0,
         vram_mb: None,
+        write_id: None,
     };
     store
         .record_heartbeats(&[("n-1".into(), beat), ("ghost".into(), beat)])
@@ -1319,4 +1326,84 @@ async fn pruning_removes_only_ended_captures_older_than_the_cutoff(store: Store)
             .len(),
         1
     );
+}
+
+/// A journal replays its writes with the ids they were first sent with (issue 10): the id is
+/// claimed in the write's transaction, a repeat changes nothing, and a write that found no node
+/// is not remembered.
+async fn a_write_repeated_with_its_write_id_is_applied_once(store: Store) {
+    store.insert_node(&sample_node("b"), "h").await.unwrap();
+    let beat = |at, active_sessions, id: u128| Heartbeat {
+        at,
+        idle: false,
+        active_sessions,
+        vram_mb: None,
+        write_id: Some(WriteId { id, status: 200 }),
+    };
+    assert!(
+        store
+            .record_heartbeat("b", &beat(1_000, 3, 0xa))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.applied_write(0xa).await.unwrap(), Some(200));
+    assert!(
+        store
+            .record_heartbeat("b", &beat(2_000, 5, 0xa))
+            .await
+            .unwrap(),
+        "a repeat answers as the first did"
+    );
+    let node = store.get_node("b").await.unwrap().unwrap();
+    assert_eq!(
+        (node.last_heartbeat, node.active_sessions),
+        (Some(1_000), 3),
+        "the repeat is not applied"
+    );
+    // In one batch: the repeat is skipped, a new id applies.
+    let batch = vec![
+        ("b".to_owned(), beat(3_000, 7, 0xb)),
+        ("b".to_owned(), beat(4_000, 9, 0xa)),
+    ];
+    assert_eq!(
+        store.record_heartbeats(&batch).await.unwrap(),
+        vec![true, true]
+    );
+    let node = store.get_node("b").await.unwrap().unwrap();
+    assert_eq!(
+        (node.last_heartbeat, node.active_sessions),
+        (Some(3_000), 7)
+    );
+    // A heartbeat of an unknown node applies nothing, so its id is not kept.
+    assert!(
+        !store
+            .record_heartbeat("ghost", &beat(5_000, 1, 0xc))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.applied_write(0xc).await.unwrap(), None);
+
+    let mut worker = Node::new("w-1", Roles::NONE.with(Role::Worker));
+    worker.enrolled_at = 1;
+    store.insert_node(&worker, "h").await.unwrap();
+    let report = |max_sessions, reported_at| WorkerReportRecord {
+        write_id: Some(WriteId {
+            id: 0xd,
+            status: 204,
+        }),
+        ..worker_report("w-1", max_sessions, reported_at)
+    };
+    store.put_worker_report(&report(4, 6_000)).await.unwrap();
+    store.put_worker_report(&report(9, 7_000)).await.unwrap();
+    assert_eq!(
+        store.list_worker_reports().await.unwrap(),
+        vec![worker_report("w-1", 4, 6_000)],
+        "the repeated report is not applied"
+    );
+    assert_eq!(store.applied_write(0xd).await.unwrap(), Some(204));
+
+    // Pruned by age: ids applied before the cutoff go, later ones stay.
+    assert_eq!(store.prune_write_ids(3_500).await.unwrap(), 2);
+    assert_eq!(store.applied_write(0xa).await.unwrap(), None);
+    assert_eq!(store.applied_write(0xd).await.unwrap(), Some(204));
 }

@@ -966,3 +966,171 @@ async fn a_server_killed_degrades_the_agent_once_its_session_keeps_running_and_i
         "the session process stopped on recovery"
     );
 }
+
+/// `hydra status --json` against the fleet's agent: the exit code and the JSON (Null when the
+/// agent does not answer).
+fn hydra_status(fleet: &Fleet) -> (i32, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_hydra"))
+        .args(["status", "--json", "--agent"])
+        .arg(format!("http://127.0.0.1:{}", fleet.agent_port))
+        .env("HYDRA_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hydra status");
+    let json = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    (output.status.code().expect("an exit code"), json)
+}
+
+/// The write ids in the agent's journal file (none when there is no file).
+fn journaled_ids(fleet: &Fleet) -> Vec<String> {
+    let path = fleet.dir.path().join("agent-state").join("journal.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).expect("a journal line");
+            entry["write_id"].as_str().expect("write_id").to_owned()
+        })
+        .collect()
+}
+
+/// Issue 10: `hydra status` from the running agent, exit code 0 healthy, 1 degraded, 2 when the
+/// agent does not answer; the replicas, the state, the config's source and the journal in JSON.
+#[tokio::test]
+async fn hydra_status_exits_0_healthy_1_degraded_and_2_without_an_agent() {
+    let mut fleet = Fleet::start();
+    fleet.fast_ride_out();
+    let mut agent = Agent::start(&fleet, "agent");
+    fleet.wait_worker(&mut agent).await;
+    let healthy = eventually(Duration::from_secs(10), async || {
+        let (code, status) = hydra_status(&fleet);
+        code == 0 && status["control_plane"]["replicas"][0]["is_master"] == true
+    })
+    .await;
+    let (code, status) = hydra_status(&fleet);
+    assert!(healthy, "exit {code}: {status}; log:\n{}", agent.log());
+    assert_eq!(status["control_plane"]["state"], "healthy", "{status}");
+    assert_eq!(
+        status["control_plane"]["replicas"][0]["url"],
+        fleet.server.url.as_str()
+    );
+
+    fleet.server.kill_9_in_place();
+    let degraded = eventually(Duration::from_secs(10), async || {
+        hydra_status(&fleet).0 == 1
+    })
+    .await;
+    let (code, status) = hydra_status(&fleet);
+    assert!(degraded, "exit {code}: {status}");
+    let control_plane = &status["control_plane"];
+    assert_eq!(control_plane["state"], "degraded", "{status}");
+    assert!(control_plane["degraded_since"].is_string(), "{status}");
+    assert_eq!(control_plane["replicas"][0]["healthy"], false, "{status}");
+    assert_eq!(control_plane["config_source"], "local_yaml", "{status}");
+    assert!(agent.log().contains(DEGRADED_WARN), "{}", agent.log());
+
+    agent.sigkill();
+    let (code, status) = hydra_status(&fleet);
+    assert_eq!((code, status), (2, Value::Null), "no agent answers");
+}
+
+/// Issue 10, "all replicas down" with real processes: the server killed, the agent degraded
+/// (WARN once) journals its heartbeats and reports while its session keeps running; killed with
+/// SIGKILL mid-journal and started again while the server is still away, it starts from the kept
+/// bundle and keeps its journal; the server back: INFO once, the journal replays, and every
+/// journaled write is on the server (its write id applied, once).
+#[tokio::test]
+async fn all_replicas_down_the_agent_journals_survives_a_kill_9_and_every_write_lands_once() {
+    let mut fleet = Fleet::start();
+    fleet.fast_ride_out();
+    let mut agent = Agent::start(&fleet, "agent");
+    fleet.wait_worker(&mut agent).await;
+    let (status, answer) = call(
+        Method::PUT,
+        &fleet.server.api(&format!("/nodes/{WORKER_ID}/config")),
+        Some(json!({"sessions": {"max": 2}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let kept = fleet.dir.path().join("agent-state").join("bundle.json");
+    assert!(
+        eventually(Duration::from_secs(10), async || kept.exists()).await,
+        "no kept bundle; log:\n{}",
+        agent.log()
+    );
+    let id = fleet.create_session().await;
+    let group = SessionGroup::of(&fleet, &id);
+
+    fleet.server.kill_9_in_place();
+    let journaled = eventually(Duration::from_secs(15), async || {
+        agent.log().contains(DEGRADED_WARN) && journaled_ids(&fleet).len() >= 6
+    })
+    .await;
+    assert!(journaled, "nothing journaled; log:\n{}", agent.log());
+    assert!(group.leader_alive(), "the session stopped in degraded mode");
+    let health = fleet.agent_health().await;
+    assert_eq!(
+        health["extra"]["sessions"][0]["process_alive"], true,
+        "{health}"
+    );
+
+    // SIGKILL mid-journal: what was fsynced is there for the next start.
+    agent.sigkill();
+    let before_restart = journaled_ids(&fleet);
+    assert!(before_restart.len() >= 6, "{before_restart:?}");
+    let mut agent = Agent::start(&fleet, "agent-restarted");
+    let restarted = eventually(Duration::from_secs(20), async || {
+        agent.assert_running();
+        let log = agent.log();
+        log.contains("[bundle] starting from the kept config bundle")
+            && log.contains("[journal] writes from before this start wait for a master")
+            && log.contains(DEGRADED_WARN)
+            && journaled_ids(&fleet).len() > before_restart.len()
+    })
+    .await;
+    assert!(restarted, "log:\n{}", agent.log());
+    let (code, status) = hydra_status(&fleet);
+    assert_eq!(code, 1, "{status}");
+    assert_eq!(
+        status["control_plane"]["config_source"], "kept_copy",
+        "{status}"
+    );
+    let journal = journaled_ids(&fleet);
+    assert!(
+        journal.starts_with(&before_restart),
+        "the restarted agent keeps the journal in order"
+    );
+
+    fleet.restart_server_after_sigkill();
+    let replayed = eventually(Duration::from_secs(20), async || {
+        agent.log().contains(RECOVERED_INFO) && journaled_ids(&fleet).is_empty()
+    })
+    .await;
+    assert!(replayed, "log:\n{}", agent.log());
+    let log = agent.log();
+    assert_eq!(log.matches(DEGRADED_WARN).count(), 1, "{log}");
+    assert_eq!(log.matches(RECOVERED_INFO).count(), 1, "{log}");
+    assert!(
+        log.contains("[journal] replayed journaled writes to the master"),
+        "{log}"
+    );
+    let (code, status) = hydra_status(&fleet);
+    assert_eq!(
+        (code, &status["control_plane"]["journal_length"]),
+        (0, &json!(0)),
+        "{status}"
+    );
+
+    // Every write journaled (before the kill, after the restart) was applied by the server.
+    let store = hydra_store::Store::open_sqlite(&fleet.dir.path().join("server").join("hydra.db"))
+        .await
+        .expect("the server's database");
+    for write_id in &journal {
+        let id = hydra_api::write_id::parse_write_id(write_id).expect("a UUID");
+        let applied = store.applied_write(id).await.expect("read write_ids");
+        assert!(
+            matches!(applied, Some(200 | 204)),
+            "journaled write {write_id} is not on the server ({applied:?}); log:\n{log}"
+        );
+    }
+}

@@ -141,6 +141,7 @@ async fn an_armed_fence_refuses_writes_unless_the_lease_holds_its_term(store: St
                 idle: true,
                 active_sessions: 0,
                 vram_mb: None,
+                write_id: None,
             },
         )
         .await
