@@ -194,6 +194,7 @@ async fn first_byte() {
             api_token: None,
             wireguard_optional: true,
             viewer_ttl: Duration::from_secs(60),
+            ice: Default::default(),
         },
         Some(worker.clone()),
         Proxy::new(shutdown.clone()),

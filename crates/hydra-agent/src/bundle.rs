@@ -17,6 +17,8 @@ use hydra_client::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, ConfigError};
+use crate::http::AgentState;
+use crate::ride_out::ConfigSource;
 use crate::worker::Worker;
 
 /// The kept bundle's file in the state dir.
@@ -181,12 +183,27 @@ pub struct Bundles {
     node_id: String,
     worker: Option<Arc<Worker>>,
     current: Mutex<Option<NodeConfig>>,
+    state: AgentState,
 }
 
 impl Bundles {
     /// Bundles of `node_id`, starting from what the agent started on.
-    pub fn new(start: Start, node_id: String, worker: Option<Arc<Worker>>) -> Arc<Bundles> {
+    pub fn new(
+        start: Start,
+        node_id: String,
+        worker: Option<Arc<Worker>>,
+        state: AgentState,
+    ) -> Arc<Bundles> {
+        state.ride_out().update(|view| {
+            view.config_version = start.kept.as_ref().map_or(0, |kept| kept.version);
+            view.config_source = if start.kept.is_some() {
+                ConfigSource::KeptCopy
+            } else {
+                ConfigSource::LocalYaml
+            };
+        });
         Arc::new(Bundles {
+            state,
             local: start.local,
             node_id,
             worker,
@@ -215,7 +232,12 @@ impl Bundles {
     /// changed.
     pub async fn poll_once(&self, client: &Client) -> Result<bool, ClientError> {
         let etag = self.etag();
-        let Some(config) = client.node_config(&self.node_id, etag.as_deref()).await? else {
+        let answer = client.node_config(&self.node_id, etag.as_deref()).await?;
+        let now = hydra_api::now_ms();
+        self.state
+            .ride_out()
+            .update(|view| view.last_poll_ms = Some(now));
+        let Some(config) = answer else {
             return Ok(false);
         };
         if etag.as_deref() == Some(config.etag.as_str()) {
@@ -246,7 +268,17 @@ impl Bundles {
             "[bundle] applied config version {}; sessions.max applies to new starts now, other keys from the next start",
             config.version
         );
+        let version = config.version;
         *self.current.lock().expect("bundle lock poisoned") = Some(config);
+        self.state.ride_out().update(|view| {
+            view.config_version = version;
+            // Version 0: the server holds no bundle for this node, so the local YAML rules.
+            view.config_source = if version == 0 {
+                ConfigSource::LocalYaml
+            } else {
+                ConfigSource::Server
+            };
+        });
     }
 }
 
@@ -275,11 +307,12 @@ pub async fn ride_out(
     node_id: String,
     worker: Option<Arc<Worker>>,
     client: Client,
+    state: AgentState,
     shutdown: CancellationToken,
 ) {
     let poll_interval = Duration::from_secs_f64(start.local.bundle.poll_interval);
     let health_interval = Duration::from_secs_f64(start.local.health.interval);
-    let bundles = Bundles::new(start, node_id, worker);
+    let bundles = Bundles::new(start, node_id, worker, state.clone());
     tokio::join!(
         poll(
             Arc::clone(&bundles),
@@ -287,7 +320,7 @@ pub async fn ride_out(
             poll_interval,
             shutdown.clone()
         ),
-        crate::health::run(client, bundles, health_interval, shutdown),
+        crate::health::run(client, bundles, state, health_interval, shutdown),
     );
 }
 

@@ -20,9 +20,11 @@ const SECTIONS: &[&str] = &[
     "heartbeat",
     "bundle",
     "health",
+    "journal",
     "sessions",
     "sunshine",
     "ice_servers",
+    "turn",
     "state_dir",
     "wireguard_optional",
     "api_token",
@@ -45,12 +47,16 @@ pub struct AgentConfig {
     pub bundle: BundleSection,
     /// The control plane health checker.
     pub health: HealthSection,
+    /// The write journal (writes deferred while no master answers).
+    pub journal: JournalSection,
     /// The worker role.
     pub sessions: SessionsSection,
     /// Default Sunshine credentials.
     pub sunshine: SunshineSection,
     /// ICE servers handed to session processes (`HYDRA_ICE_SERVERS`, JSON).
     pub ice_servers: Vec<serde_json::Value>,
+    /// TURN credentials minted per session for the `turn:` entries of `ice_servers`.
+    pub turn: TurnSection,
     /// Where the node token is kept.
     pub state_dir: PathBuf,
     /// Report `ok` without a WireGuard interface.
@@ -198,6 +204,22 @@ impl Default for HealthSection {
     }
 }
 
+/// `journal:` (the write journal in the state dir).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// Most writes kept; beyond it the oldest heartbeats and superseded reports are dropped.
+    pub max_entries: usize,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            max_entries: crate::journal::DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
 /// `sessions:` (the worker role).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -232,6 +254,53 @@ pub struct SessionsSection {
     pub viewer_ttl: f64,
 }
 
+/// `turn:` (coturn beside the worker, in its `use-auth-secret` mode).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnSection {
+    /// coturn's `static-auth-secret`: with it, every `turn:`/`turns:` entry of `ice_servers`
+    /// without its own credentials gets per-session ones.
+    pub secret: Option<String>,
+    /// coturn's realm (`hydra agent turn-config`).
+    pub realm: String,
+    /// Seconds minted credentials stay valid (12 h, as the viewer capability).
+    pub credential_ttl: f64,
+    /// Pages use TURN only (`iceTransportPolicy: 'relay'`).
+    pub force_relay: bool,
+    /// coturn's listening port (`hydra agent turn-config`).
+    pub listening_port: u16,
+    /// coturn's relay port range (`hydra agent turn-config`).
+    pub relay_port_min: u16,
+    /// See `relay_port_min`.
+    pub relay_port_max: u16,
+}
+
+impl Default for TurnSection {
+    fn default() -> Self {
+        TurnSection {
+            secret: None,
+            realm: "hydra".into(),
+            credential_ttl: 43_200.0,
+            force_relay: false,
+            listening_port: 3478,
+            relay_port_min: 49152,
+            relay_port_max: 65535,
+        }
+    }
+}
+
+impl std::fmt::Debug for TurnSection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TurnSection")
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .field("realm", &self.realm)
+            .field("credential_ttl", &self.credential_ttl)
+            .field("force_relay", &self.force_relay)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `sunshine:`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -251,9 +320,11 @@ impl Default for AgentConfig {
             heartbeat: HeartbeatSection::default(),
             bundle: BundleSection::default(),
             health: HealthSection::default(),
+            journal: JournalSection::default(),
             sessions: SessionsSection::default(),
             sunshine: SunshineSection::default(),
             ice_servers: Vec::new(),
+            turn: TurnSection::default(),
             state_dir: PathBuf::from("./hydra-agent"),
             wireguard_optional: false,
             api_token: None,
@@ -375,8 +446,69 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The ICE servers and TURN credential settings, for the worker and the session pages.
+    pub fn ice(&self) -> crate::turn::IceConfig {
+        crate::turn::IceConfig {
+            servers: self.ice_servers.clone(),
+            turn_secret: self.turn.secret.clone(),
+            credential_ttl: Duration::from_secs_f64(self.turn.credential_ttl),
+            force_relay: self.turn.force_relay,
+        }
+    }
+
+    /// The `turn:` section's own rules, and how it fits `ice_servers`.
+    fn validate_turn(&self) -> Result<(), ConfigError> {
+        let fail = |message: &str| Err(ConfigError(message.to_owned()));
+        let turn = &self.turn;
+        let names_turn = self.ice_servers.iter().any(|server| {
+            let turn_url = |url: &serde_json::Value| {
+                url.as_str()
+                    .is_some_and(|url| url.starts_with("turn:") || url.starts_with("turns:"))
+            };
+            match &server["urls"] {
+                serde_json::Value::Array(urls) => urls.iter().any(turn_url),
+                url => turn_url(url),
+            }
+        });
+        if let Some(secret) = &turn.secret {
+            if secret.chars().count() < 16 || secret.chars().any(char::is_control) {
+                return fail(
+                    "turn.secret must be at least 16 characters, without control characters",
+                );
+            }
+            if !names_turn {
+                return fail(
+                    "turn.secret is set but ice_servers names no turn: or turns: URL to use it with",
+                );
+            }
+        }
+        if turn.force_relay && !names_turn {
+            return fail("turn.force_relay needs a turn: or turns: URL in ice_servers");
+        }
+        if !(turn.credential_ttl >= 60.0 && turn.credential_ttl <= 604_800.0) {
+            return fail("turn.credential_ttl must be between 60 and 604800 seconds");
+        }
+        if turn.realm.is_empty()
+            || turn
+                .realm
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return fail(
+                "turn.realm must be a non-empty word without spaces or control characters",
+            );
+        }
+        if turn.relay_port_min < 1024 || turn.relay_port_min > turn.relay_port_max {
+            return fail(
+                "turn.relay_port_min must be at least 1024 and at most turn.relay_port_max",
+            );
+        }
+        Ok(())
+    }
+
     /// Checks what types alone do not; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_turn()?;
         let fail = |message: String| Err(ConfigError(message));
         if self.controller.url.is_empty() {
             return fail("controller.url must name at least one server".into());
@@ -505,8 +637,7 @@ impl AgentConfig {
             .unwrap_or_else(|| self.public_url());
         settings.sunshine_username = self.sunshine.username.clone();
         settings.sunshine_password = self.sunshine.password.clone();
-        settings.ice_servers_json =
-            serde_json::to_string(&self.ice_servers).unwrap_or_else(|_| "[]".into());
+        settings.ice = self.ice();
         settings
     }
 }
@@ -520,6 +651,48 @@ mod tests {
         let path = dir.path().join("agent.yaml");
         std::fs::write(&path, yaml).unwrap();
         AgentConfig::load(Some(&path), serde_json::json!({}))
+    }
+
+    #[test]
+    fn the_turn_section_is_checked_against_ice_servers() {
+        let base = "controller: {url: [\"http://127.0.0.1:1\"]}\n";
+        let turn_url = "ice_servers: [{urls: [\"turn:turn.example:3478\"]}]\n";
+        let stun_url = "ice_servers: [{urls: \"stun:stun.example:3478\"}]\n";
+        let cases = [
+            (
+                format!("{base}{turn_url}turn: {{secret: 0123456789abcdef}}\n"),
+                None,
+            ),
+            (
+                format!("{base}{stun_url}turn: {{secret: 0123456789abcdef}}\n"),
+                Some("turn.secret is set but ice_servers names no turn: or turns: URL"),
+            ),
+            (
+                format!("{base}{turn_url}turn: {{secret: short}}\n"),
+                Some("turn.secret must be at least 16 characters"),
+            ),
+            (
+                format!("{base}{stun_url}turn: {{force_relay: true}}\n"),
+                Some("turn.force_relay needs a turn: or turns: URL"),
+            ),
+            (
+                format!("{base}{turn_url}turn: {{credential_ttl: 5}}\n"),
+                Some("turn.credential_ttl must be between 60 and 604800 seconds"),
+            ),
+            (
+                format!("{base}{turn_url}turn: {{relay_port_min: 60000, relay_port_max: 50000}}\n"),
+                Some("turn.relay_port_min must be at least 1024"),
+            ),
+        ];
+        for (yaml, expected) in cases {
+            match (load_yaml(&yaml), expected) {
+                (Ok(_), None) => {}
+                (Err(error), Some(message)) => {
+                    assert!(error.0.contains(message), "{yaml}: {}", error.0)
+                }
+                (outcome, expected) => panic!("{yaml}: {outcome:?}, expected {expected:?}"),
+            }
+        }
     }
 
     #[test]

@@ -93,10 +93,31 @@ pub async fn serve(
             api_token: config.api_token.clone(),
             wireguard_optional: config.wireguard_optional,
             viewer_ttl: Duration::from_secs_f64(config.sessions.viewer_ttl),
+            ice: config.ice(),
         },
         worker.clone(),
         proxy.clone(),
     );
+    // The write journal: what the agent owes the control plane from before a restart is
+    // replayed once a master answers; a corrupt file is set aside and named.
+    match crate::journal::Journal::open(
+        &config.state_dir,
+        config.journal.max_entries,
+        hydra_api::now_ms(),
+    ) {
+        Ok((journal, corrupt)) => {
+            if let Some(error) = corrupt {
+                tracing::error!(%error, "[journal] the write journal is not used");
+            }
+            if !journal.is_empty() {
+                tracing::info!(writes = journal.len(), path = %journal.path().display(), "[journal] writes from before this start wait for a master");
+            }
+            state.ride_out().set_journal(std::sync::Arc::new(journal));
+        }
+        Err(error) => {
+            tracing::error!(%error, "[journal] no write journal: writes made while no master answers are lost");
+        }
+    }
     tracing::info!(listen = %bound, roles = %config.node.roles.join(","), servers = %config.controller.url.join(","), "[worker] hydra agent listening");
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -107,6 +128,24 @@ pub async fn serve(
             hydra_proxy::serve::serve(listener, app, limits, stop, "worker")
                 .await
                 .map_err(DaemonError::Serve)
+        });
+    }
+    {
+        let state = state.clone();
+        let stop = shutdown.clone();
+        crate::monitor::attach_logs(state.monitor());
+        let watched = crate::monitor::Watched {
+            worker: worker.clone(),
+            sessions_root: config.sessions_root(),
+            health: {
+                let state = state.clone();
+                Box::new(move || state.health_word())
+            },
+        };
+        tasks.spawn(async move {
+            crate::monitor::watch(state.monitor().clone(), watched, stop).await;
+            state.monitor_closed().cancel();
+            Ok(())
         });
     }
     if let Some(worker) = worker.clone() {
@@ -142,6 +181,7 @@ pub async fn serve(
                 identity.node_id.clone(),
                 worker,
                 client.with_token(identity.token.clone()),
+                state.clone(),
                 stop.clone(),
             );
             let mesh = crate::cluster::start::run(

@@ -12,6 +12,8 @@ use hydra_core::health::{HealthChecker, HealthState, Output, ReplicaAnswer, Repl
 use tokio_util::sync::CancellationToken;
 
 use crate::bundle::Bundles;
+use crate::http::AgentState;
+use crate::ride_out::ReplicaSeen;
 
 /// One round of `check-master` over every replica, at once.
 async fn ask_replicas(client: &Client) -> Vec<ReplicaCheck> {
@@ -59,6 +61,7 @@ fn carry_out(output: &Output, client: &Client) {
 pub async fn run(
     client: Client,
     bundles: Arc<Bundles>,
+    state: AgentState,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -69,14 +72,42 @@ pub async fn run(
         for output in &outputs {
             carry_out(output, &client);
         }
-        // Recovering until the bundle was polled once from the master that is back (the write
-        // journal will replay here too); a failed resync is tried again next round.
+        let health = checker.state();
+        state.ride_out().update(|view| {
+            view.health = health;
+            view.replicas = checks
+                .iter()
+                .map(|check| ReplicaSeen {
+                    url: check.base_url.clone(),
+                    healthy: check.answer != ReplicaAnswer::Silent,
+                    is_master: matches!(
+                        check.answer,
+                        ReplicaAnswer::Answered {
+                            is_master: true,
+                            ..
+                        }
+                    ),
+                })
+                .collect();
+        });
+        // Recovering until the journal was replayed to the master that is back, in order, and
+        // the bundle polled once from it; a failed resync is tried again next round.
         if matches!(checker.state(), HealthState::Recovering { .. }) {
-            match bundles.poll_once(&client).await {
-                Ok(_) => {
+            let replayed = match state.ride_out().journal() {
+                Some(journal) => journal.replay(&client).await.map(drop),
+                None => Ok(()),
+            };
+            let resynced = match replayed {
+                Ok(()) => bundles.poll_once(&client).await.map(drop),
+                Err(error) => Err(error),
+            };
+            match resynced {
+                Ok(()) => {
                     for output in checker.caught_up(hydra_api::now_ms()) {
                         carry_out(&output, &client);
                     }
+                    let health = checker.state();
+                    state.ride_out().update(|view| view.health = health);
                 }
                 Err(error) => {
                     tracing::debug!(%error, "[health] resync failed; trying again next round")

@@ -12,6 +12,7 @@ use hydra_core::backoff::full_jitter_delay_ms;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::AgentState;
+use crate::journal::Write;
 
 /// What one beat needs to know.
 #[derive(Debug, Clone)]
@@ -26,12 +27,25 @@ pub struct HeartbeatSettings {
     pub agent_url: String,
 }
 
-/// Sends one heartbeat, and the worker report when the agent runs the worker role.
+/// What became of one beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The control plane took it.
+    Sent,
+    /// No master could take it: the heartbeat (and report) went to the write journal, to be
+    /// replayed when a master is back.
+    Journaled,
+}
+
+/// Sends one heartbeat, and the worker report when the agent runs the worker role. With a write
+/// journal (the daemon opens one), they go to the journal instead while the agent is degraded,
+/// while older writes still wait there (so the server sees them in order), or when sending fails
+/// because no master answers.
 pub async fn beat(
     state: &AgentState,
     client: &Client,
     settings: &HeartbeatSettings,
-) -> Result<(), ClientError> {
+) -> Result<Beat, ClientError> {
     let (active, report) = match state.worker() {
         Some(worker) => {
             // Numbered before the snapshot: a report with a higher number never shows less.
@@ -51,20 +65,66 @@ pub async fn beat(
         }
         None => (0, None),
     };
-    client
-        .heartbeat(
-            &settings.node_id,
-            &HeartbeatRequest {
-                idle: active == 0,
-                active_sessions: active,
-                vram_mb: None,
-            },
-        )
-        .await?;
-    if let Some(report) = report {
-        client.report_worker(&settings.node_id, &report).await?;
+    let request = HeartbeatRequest {
+        idle: active == 0,
+        active_sessions: active,
+        vram_mb: None,
+    };
+    let Some(journal) = state.ride_out().journal().cloned() else {
+        client.heartbeat(&settings.node_id, &request).await?;
+        if let Some(report) = report {
+            client.report_worker(&settings.node_id, &report).await?;
+        }
+        return Ok(Beat::Sent);
+    };
+    let defer = |error: Option<ClientError>| -> Result<Beat, ClientError> {
+        let now = hydra_now_ms();
+        let mut writes = vec![Write::Heartbeat(request.clone())];
+        writes.extend(report.clone().map(Write::WorkerReport));
+        for write in writes {
+            if let Err(journal_error) =
+                journal.append(&settings.node_id, write, now, rand::random::<u128>())
+            {
+                tracing::error!(error = %journal_error, "[journal] cannot journal a write; it is lost");
+                return Err(error.unwrap_or(ClientError::NoMaster {
+                    replicas: client.replica_urls().to_vec(),
+                }));
+            }
+        }
+        Ok(Beat::Journaled)
+    };
+    if state.ride_out().degraded() {
+        return defer(None);
     }
-    Ok(())
+    if !journal.is_empty()
+        && let Err(error) = journal.replay(client).await
+    {
+        return if is_unreachable(&error) {
+            defer(Some(error))
+        } else {
+            Err(error)
+        };
+    }
+    let sent = async {
+        client.heartbeat(&settings.node_id, &request).await?;
+        if let Some(report) = &report {
+            client.report_worker(&settings.node_id, report).await?;
+        }
+        Ok::<(), ClientError>(())
+    };
+    match sent.await {
+        Ok(()) => Ok(Beat::Sent),
+        // The heartbeat may have landed before the report failed: journaling both is harmless
+        // (a heartbeat says nothing new; the report's sequence keeps order on the server).
+        Err(error) if is_unreachable(&error) => defer(Some(error)),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether a failed write failed because no master could take it (so it is worth journaling),
+/// rather than being refused.
+fn is_unreachable(error: &ClientError) -> bool {
+    error.is_transient() || matches!(error, ClientError::Indeterminate { .. })
 }
 
 /// Beats until `shutdown`; a change to the session set (`report_now`) triggers a beat at once.
@@ -94,7 +154,18 @@ pub async fn run_with_units(
             outcome = beat(&state, &client, &settings) => outcome,
         };
         let wait = match outcome {
-            Ok(()) => {
+            Ok(Beat::Journaled) => {
+                if failures == 0 {
+                    tracing::warn!(node_id = %settings.node_id, "[heartbeat] no master takes writes; heartbeats and reports go to the write journal until one does");
+                }
+                failures = failures.saturating_add(1);
+                state.update_heartbeat(|seen| {
+                    seen.last_error = Some("no master; written to the journal".to_owned());
+                });
+                // The write is kept: no need to come back sooner than the interval.
+                jittered(settings.interval, settings.jitter, unit())
+            }
+            Ok(Beat::Sent) => {
                 if failures > 0 {
                     tracing::info!(node_id = %settings.node_id, "[heartbeat] the control plane answers again");
                 }

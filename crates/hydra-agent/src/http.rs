@@ -72,6 +72,8 @@ pub struct HttpSettings {
     /// How long a viewer capability minted with a stream URL stays valid
     /// (`sessions.viewer_ttl`).
     pub viewer_ttl: Duration,
+    /// ICE servers and TURN credentials for the session pages' script.
+    pub ice: crate::turn::IceConfig,
 }
 
 /// Shared state of the agent's HTTP surface; cheap to clone.
@@ -93,6 +95,9 @@ struct Inner {
     rating_forwards: Arc<Semaphore>,
     rating_bucket: Mutex<TokenBucket>,
     cluster: crate::cluster::driver::ClusterHandle,
+    monitor: Arc<crate::monitor::MonitorFeed>,
+    monitor_closed: tokio_util::sync::CancellationToken,
+    ride_out: crate::ride_out::RideOut,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -138,6 +143,9 @@ impl AgentState {
                     now_ms(),
                 )),
                 cluster: crate::cluster::driver::ClusterHandle::default(),
+                monitor: crate::monitor::MonitorFeed::new(),
+                monitor_closed: tokio_util::sync::CancellationToken::new(),
+                ride_out: crate::ride_out::RideOut::default(),
             }),
         }
     }
@@ -145,6 +153,11 @@ impl AgentState {
     /// The mesh's snapshot, which the mesh driver fills (disabled until it runs).
     pub fn cluster(&self) -> &crate::cluster::driver::ClusterHandle {
         &self.inner.cluster
+    }
+
+    /// What the agent knows while it rides out the loss of the control plane.
+    pub fn ride_out(&self) -> &crate::ride_out::RideOut {
+        &self.inner.ride_out
     }
 
     /// The worker role, if the agent runs it.
@@ -155,6 +168,17 @@ impl AgentState {
     /// The key the server must present on the session API; goes only into the worker report.
     pub fn agent_key(&self) -> &str {
         &self.inner.agent_key
+    }
+
+    /// The node's monitor feed (`GET /api/v1/monitor`).
+    pub fn monitor(&self) -> &Arc<crate::monitor::MonitorFeed> {
+        &self.inner.monitor
+    }
+
+    /// Cancelled when the agent stops: ends every monitor stream, so shutdown does not wait on
+    /// readers.
+    pub fn monitor_closed(&self) -> &tokio_util::sync::CancellationToken {
+        &self.inner.monitor_closed
     }
 
     /// Updates what the heartbeat loop saw.
@@ -349,6 +373,7 @@ pub fn router(state: AgentState) -> Router {
         .route("/api/v1/health", get(health))
         .route("/api/v1/status", get(status))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/monitor", get(monitor))
         .route("/api/v1/sessions", post(start_session).get(list_sessions))
         .route("/api/v1/sessions/{id}", axum::routing::delete(stop_session))
         .route("/session/{id}/quit", post(quit))
@@ -410,6 +435,7 @@ async fn status(State(state): State<AgentState>, headers: HeaderMap) -> Response
         active_sessions,
         max_sessions,
         sessions: detailed.then_some(sessions),
+        control_plane: Some(state.control_plane_status()),
     })
     .into_response()
 }
@@ -419,6 +445,87 @@ async fn cluster(State(state): State<AgentState>, headers: HeaderMap) -> Respons
     match details_allowed(&state, &headers) {
         Ok(detailed) => axum::Json(state.cluster().status(detailed)).into_response(),
         Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `GET /api/v1/monitor?level=&session=&contains=` (agent key or API token): the node's monitor
+/// feed as NDJSON (`crate::monitor`).
+async fn monitor(
+    State(state): State<AgentState>,
+    headers: HeaderMap,
+    query: Result<
+        axum::extract::Query<hydra_api::captures::MonitorFilters>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    if let Err(refusal) = state.check_token(&headers) {
+        return refusal.into_response();
+    }
+    let filters = match query {
+        Ok(axum::extract::Query(filters)) => filters,
+        Err(rejection) => {
+            return api_error(
+                ErrorCode::InvalidRequest,
+                &format!("invalid query: {}", rejection.body_text()),
+            );
+        }
+    };
+    for (name, value) in [
+        ("level", &filters.level),
+        ("session", &filters.session),
+        ("contains", &filters.contains),
+    ] {
+        if let Some(Err(error)) = value
+            .as_deref()
+            .map(|value| hydra_api::text::check_parameter(name, value))
+        {
+            return api_error(
+                ErrorCode::InvalidRequest,
+                &format!("invalid query: {error}"),
+            );
+        }
+    }
+    match crate::monitor::feed_filter(&filters) {
+        Ok(filter) => crate::monitor::stream_response(
+            &state.inner.monitor,
+            filter,
+            state.inner.monitor_closed.clone(),
+        ),
+        Err(message) => api_error(ErrorCode::InvalidRequest, &message),
+    }
+}
+
+impl AgentState {
+    /// What `hydra status` shows of the control plane (no secret in it, so counts-only callers
+    /// see it too).
+    pub fn control_plane_status(&self) -> hydra_api::agent::ControlPlaneStatus {
+        use hydra_core::health::HealthState;
+        let view = self.ride_out().view();
+        let (word, since) = match view.health {
+            HealthState::Healthy => ("healthy", None),
+            HealthState::Degraded { since_ms } => ("degraded", Some(since_ms)),
+            HealthState::Recovering { since_ms } => ("recovering", Some(since_ms)),
+        };
+        let journal = self.ride_out().journal();
+        hydra_api::agent::ControlPlaneStatus {
+            state: word.to_owned(),
+            degraded_since: since.map(hydra_api::rfc3339),
+            replicas: view
+                .replicas
+                .iter()
+                .map(|replica| hydra_api::agent::ReplicaHealth {
+                    url: replica.url.clone(),
+                    healthy: replica.healthy,
+                    is_master: replica.is_master,
+                    term: None,
+                })
+                .collect(),
+            last_poll: view.last_poll_ms.map(hydra_api::rfc3339),
+            config_version: view.config_version,
+            config_source: view.config_source.as_str().to_owned(),
+            journal_length: journal.map_or(0, |journal| journal.len() as u64),
+            journal_dropped: journal.map_or(0, |journal| journal.dropped()),
+        }
     }
 }
 
@@ -676,6 +783,12 @@ async fn proxy(state: AgentState, id: String, mut request: Request) -> Response 
         experience: session.experience.clone(),
         return_url: state.inner.settings.return_url.clone(),
         report_url: state.inner.settings.report_url.clone(),
+        ice_servers: state
+            .inner
+            .settings
+            .ice
+            .for_page(&id, hydra_api::now_ms().max(0) as u64 / 1_000),
+        force_relay: state.inner.settings.ice.force_relay,
     };
     let forward = Forward {
         target: target.address,

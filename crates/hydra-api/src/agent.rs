@@ -87,4 +87,44 @@ pub struct AgentStatus {
     /// Every session the worker knows; only with a token (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<Vec<SessionHealth>>,
+    /// What the agent knows of the control plane while it rides out its loss (absent from
+    /// agents that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneStatus>,
+}
+
+/// The agent's view of the control plane: its health state, each replica, the config it runs
+/// on and the writes it owes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneStatus {
+    /// `healthy`, `degraded` (no master answers) or `recovering` (a master is back; the
+    /// journal is being replayed and the bundle polled).
+    pub state: String,
+    /// When the agent lost its master (RFC 3339 UTC), while degraded or recovering.
+    pub degraded_since: Option<String>,
+    /// Each replica as the last health round saw it.
+    pub replicas: Vec<ReplicaHealth>,
+    /// When the config bundle poller last had an answer (RFC 3339 UTC).
+    pub last_poll: Option<String>,
+    /// The config bundle version in use (0: none).
+    pub config_version: u64,
+    /// Where the config in use came from: `server`, `kept_copy` or `local_yaml`.
+    pub config_source: String,
+    /// Writes waiting in the journal for a master.
+    pub journal_length: u64,
+    /// Writes the journal dropped to stay within its bound since the agent started.
+    pub journal_dropped: u64,
+}
+
+/// One replica as the agent's health checker saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaHealth {
+    /// Its base URL.
+    pub url: String,
+    /// Whether it answered `check-master` in the last round.
+    pub healthy: bool,
+    /// Whether it said it is the master.
+    pub is_master: bool,
+    /// The master's term, when the replica says it (`check-master` of replicated servers).
+    pub term: Option<u64>,
 }

@@ -103,6 +103,9 @@ pub struct EligibleParams {
     /// Comma-separated `body_id:transport:rtt_ms` connect times the head measured
     /// (transport `lan` or `wireguard`); they rank cross-venue bodies from now on.
     pub measured: Option<String>,
+    /// With `head_id`: add the trace of the selection (`explain`: every node of the head's
+    /// district, kept with its rank keys or left out with the reason).
+    pub explain: Option<bool>,
 }
 
 /// A query that does not make sense; `field` names the parameter at fault.
@@ -184,6 +187,9 @@ impl EligibleQuery {
             }
             if params.measured.is_some() {
                 return Err(QueryError::new("measured", "measured needs head_id"));
+            }
+            if params.explain.is_some() {
+                return Err(QueryError::new("explain", "explain needs head_id"));
             }
             let (Some(district), Some(venue)) = (params.district, params.venue) else {
                 return Err(QueryError::new(

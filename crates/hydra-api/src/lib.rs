@@ -5,18 +5,24 @@
 //! No logic beyond conversions from `hydra-core` types.
 
 pub mod agent;
+pub mod captures;
 pub mod cluster;
 pub mod eligible;
 pub mod error;
+pub mod events;
+pub mod explain;
 pub mod node_config;
 pub mod nodes;
 pub mod selection;
 pub mod sessions;
 pub mod system;
 pub mod text;
+pub mod write_id;
 
 pub use eligible::*;
 pub use error::{ErrorBody, ErrorCode};
+pub use events::{FleetSnapshot, Lagged, NodeRemoved, NodeStatusChanged};
+pub use explain::*;
 pub use node_config::*;
 pub use nodes::*;
 pub use selection::*;

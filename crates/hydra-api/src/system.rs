@@ -12,7 +12,30 @@ pub struct Health {
     pub version: String,
     /// `sqlite` or `postgres`.
     pub storage: String,
+    /// The change-feed revision this replica's views reached (reads with `min_revision` up to
+    /// it answer at once).
+    #[serde(default)]
+    pub revision: i64,
+    /// How long the views are known to be behind the store, in ms (0: caught up).
+    #[serde(default)]
+    pub lag_ms: u64,
 }
+
+/// The answer header carrying the change-feed revision a client can pass back as
+/// [`MIN_REVISION_PARAM`]: after a write, at least that write's revision.
+pub const REVISION_HEADER: &str = "x-hydra-revision";
+
+/// The query parameter of any request that makes the replica wait (up to 2 s) until its views
+/// reached that revision, else answer 503 naming its lag.
+pub const MIN_REVISION_PARAM: &str = "min_revision";
+
+/// The answer header naming the change feed (one per database) its [`REVISION_HEADER`] counts
+/// in: revisions of independent servers are not comparable.
+pub const FEED_HEADER: &str = "x-hydra-feed";
+
+/// The query parameter that says which feed a [`MIN_REVISION_PARAM`] counts in: a replica of
+/// another feed (another database) ignores the `min_revision`.
+pub const MIN_REVISION_FEED_PARAM: &str = "min_revision_feed";
 
 /// `GET /api/v1/check-master`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -21,6 +44,32 @@ pub struct CheckMaster {
     pub is_master: bool,
     /// Base URL of the master, when known.
     pub master_url: Option<String>,
+    /// Replica id of the master, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_id: Option<String>,
+    /// The master lease's term (grows on every takeover); `None` for a single replica on
+    /// SQLite, which holds no lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
+}
+
+/// One replica in `GET /api/v1/replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaInfo {
+    /// The replica id (`--replica-id`).
+    pub id: String,
+    /// Its advertised base URL (`--advertise-url`).
+    pub base_url: String,
+    /// Whether it holds the master lease.
+    pub is_master: bool,
+    /// Whether its heartbeat row is younger than twice its interval.
+    pub is_healthy: bool,
+    /// The revision its view reached (the change feed); given for the replica that answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// How far its view lags the newest revision, in ms; given for the replica that answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
 /// Now as unix milliseconds: the one clock reading every crate stamps wire times with

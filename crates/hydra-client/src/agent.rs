@@ -62,6 +62,21 @@ impl AgentClient {
         self
     }
 
+    /// The HTTP client, for streamed answers (which set no overall timeout).
+    pub(crate) fn stream_http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// The bearer token calls carry, if any.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The timeout of one call (a stream's answer head must come within it).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The base URL calls go to.
     pub fn base_url(&self) -> &str {
         &self.base

@@ -6,8 +6,8 @@
 
 use hydra_api::{
     ConfigBundle, DrainRequest, EligibleResponse, EnrolRequest, EnrolResponse,
-    EnrolmentTokenRequest, EnrolmentTokenResponse, Health, HeartbeatRequest, MoveRequest,
-    NodeConfig, NodeList, NodeView,
+    EnrolmentTokenRequest, EnrolmentTokenResponse, ExplainedEligible, Health, HeartbeatRequest,
+    MoveRequest, NodeConfig, NodeList, NodeView, WhatIfResponse,
 };
 use reqwest::Method;
 
@@ -69,6 +69,25 @@ impl Client {
         self.execute(&call).await?.json()
     }
 
+    /// [`Client::heartbeat`] with a write id (`Idempotency-Key`): the server applies a heartbeat
+    /// with that id at most once, so a journal may send it again after a lost answer. The answer's
+    /// body is not read (a repeat is answered without the node).
+    pub async fn heartbeat_with_write_id(
+        &self,
+        id: &str,
+        request: &HeartbeatRequest,
+        write_id: u128,
+    ) -> Result<(), ClientError> {
+        let call = Call::new(
+            Method::POST,
+            Kind::IdempotentWrite,
+            &["nodes", id, "heartbeat"],
+        )
+        .with_json(request)?
+        .with_write_id(Some(write_id));
+        self.execute(&call).await.map(drop)
+    }
+
     /// `POST /api/v1/nodes/{id}/district`: moves a node to another district and venue.
     pub async fn move_node(
         &self,
@@ -96,6 +115,26 @@ impl Client {
     pub async fn eligible(&self, query: &EligibleQuery) -> Result<EligibleResponse, ClientError> {
         let call = Call::new(Method::GET, Kind::Read, &["bodies", "eligible"])
             .with_query(query.query_pairs());
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/bodies/eligible?...&explain=true` (a head's question only): the answer
+    /// and, for every node of the head's district, why it was kept or left out.
+    pub async fn eligible_explained(
+        &self,
+        query: &EligibleQuery,
+    ) -> Result<ExplainedEligible, ClientError> {
+        let mut pairs = query.query_pairs();
+        pairs.push(("explain", "true".to_owned()));
+        let call = Call::new(Method::GET, Kind::Read, &["bodies", "eligible"]).with_query(pairs);
+        self.execute(&call).await?.json()
+    }
+
+    /// `GET /api/v1/bodies/what-if?without=...` (admin): every affected head's first body now
+    /// and without `without` (`venue:V`, `district:D` or `node:N`).
+    pub async fn what_if(&self, without: &str) -> Result<WhatIfResponse, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["bodies", "what-if"])
+            .with_query(vec![("without", without.to_owned())]);
         self.execute(&call).await?.json()
     }
 

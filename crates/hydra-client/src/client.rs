@@ -96,6 +96,12 @@ pub struct Client {
     token: Option<Arc<str>>,
     request_timeout: Duration,
     retry: RetryPolicy,
+    /// The highest change-feed revision a write through this client (or a clone) was answered
+    /// with; reads pass it as `min_revision`, so they see the client's own writes on any
+    /// replica (0: nothing written yet).
+    written_revision: Arc<std::sync::atomic::AtomicI64>,
+    /// The feed (database) `written_revision` counts in, from the answer that raised it.
+    written_feed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for Client {
@@ -131,6 +137,8 @@ pub(crate) struct Call {
     kind: Kind,
     /// `If-None-Match`: a `304` answer then counts as a success.
     if_none_match: Option<String>,
+    /// `Idempotency-Key`: the write's id, so the server applies a repeat of it at most once.
+    write_id: Option<u128>,
 }
 
 impl Call {
@@ -146,7 +154,13 @@ impl Call {
             body: None,
             kind,
             if_none_match: None,
+            write_id: None,
         }
+    }
+
+    /// Adds `Idempotency-Key: <write id>` (a UUID) when `write_id` is given.
+    pub(crate) fn with_write_id(self, write_id: Option<u128>) -> Call {
+        Call { write_id, ..self }
     }
 
     /// Adds `If-None-Match: etag`; the answer may then be `304` ([`Answer::not_modified`]).
@@ -170,6 +184,13 @@ impl Call {
             body: Some(encoded),
             ..self
         })
+    }
+
+    /// The full URL of this call on `base`, for a streamed answer.
+    pub(crate) fn stream_url(&self, base: &str) -> Result<String, ClientError> {
+        self.url(base)
+            .map(String::from)
+            .map_err(ClientError::Config)
     }
 
     fn url(&self, base: &str) -> Result<Url, String> {
@@ -265,6 +286,8 @@ impl Client {
             token: config.token.map(Arc::from),
             request_timeout: config.request_timeout,
             retry: config.retry,
+            written_revision: Arc::default(),
+            written_feed: Arc::default(),
         })
     }
 
@@ -289,6 +312,13 @@ impl Client {
     /// The retry policy calls through this handle use.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry
+    }
+
+    /// The highest revision this client's writes were answered with (0: none yet): its reads
+    /// ask replicas to have reached it (`min_revision`).
+    pub fn written_revision(&self) -> i64 {
+        self.written_revision
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The configured replica base URLs, normalised, in configured order.
@@ -328,10 +358,32 @@ impl Client {
         self.replicas.statuses()
     }
 
+    /// The HTTP client, for streamed answers (which set no overall timeout).
+    pub(crate) fn stream_http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// The bearer token calls carry, if any.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The timeout of one request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Finds the master now, ignoring the cache: a replica that says `is_master` wins; else the
     /// `master_url` a non-master gives (unless that replica just failed to answer).
     pub async fn discover_master(&self) -> Result<String, ClientError> {
         self.discover_master_within(self.request_timeout).await
+    }
+
+    /// `GET /api/v1/replicas`: every replica of the control plane as the server sees it (id,
+    /// advertised URL, master, healthy), from whichever replica answers.
+    pub async fn list_replicas(&self) -> Result<Vec<hydra_api::ReplicaInfo>, ClientError> {
+        let call = Call::new(Method::GET, Kind::Read, &["replicas"]);
+        self.execute(&call).await?.json()
     }
 
     /// `GET /api/v1/check-master` on one replica (no retry, no failover).
@@ -546,10 +598,29 @@ impl Client {
         call: &Call,
         timeout: Duration,
     ) -> Result<Answer, TransportError> {
-        let url = call.url(base).map_err(|detail| TransportError {
+        let mut url = call.url(base).map_err(|detail| TransportError {
             detail,
             maybe_sent: false,
         })?;
+        let written = self.written_revision();
+        let discovery = matches!(
+            call.segments.first().map(String::as_str),
+            Some("check-master" | "health")
+        );
+        if call.kind == Kind::Read && written > 0 && !discovery {
+            // Read-your-writes: a replica whose view is behind waits or answers 503, and the
+            // read moves on to the next replica; a replica on another database ignores it.
+            let feed = self
+                .written_feed
+                .lock()
+                .expect("feed lock poisoned")
+                .clone();
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair(hydra_api::MIN_REVISION_PARAM, &written.to_string());
+            if let Some(feed) = feed {
+                pairs.append_pair(hydra_api::MIN_REVISION_FEED_PARAM, &feed);
+            }
+        }
         let mut request = self
             .http
             .request(call.method.clone(), url.clone())
@@ -559,6 +630,12 @@ impl Client {
         }
         if let Some(etag) = &call.if_none_match {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag.as_str());
+        }
+        if let Some(write_id) = call.write_id {
+            request = request.header(
+                hydra_api::write_id::IDEMPOTENCY_KEY,
+                hydra_api::write_id::format_write_id(write_id),
+            );
         }
         if let Some(body) = &call.body {
             request = request
@@ -570,6 +647,29 @@ impl Client {
             maybe_sent: !error.is_connect(),
         })?;
         let status = response.status().as_u16();
+        if call.kind != Kind::Read
+            && let Some(revision) = response
+                .headers()
+                .get(hydra_api::REVISION_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| text.parse::<i64>().ok())
+        {
+            let feed = response
+                .headers()
+                .get(hydra_api::FEED_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let mut written_feed = self.written_feed.lock().expect("feed lock poisoned");
+            if *written_feed != feed {
+                // Another database (an independent server): its revisions start their own count.
+                *written_feed = feed;
+                self.written_revision
+                    .store(revision, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                self.written_revision
+                    .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         let location = response
             .headers()
             .get(LOCATION)

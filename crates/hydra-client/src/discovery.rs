@@ -137,6 +137,8 @@ pub struct Discovery {
     pub tried: Vec<BodyProbes>,
     /// Time from the first request to the decision.
     pub elapsed: Duration,
+    /// The eligible answer the route came from (a head keeps it for when no replica answers).
+    pub answer: EligibleResponse,
 }
 
 /// Why discovery found no route.
@@ -243,29 +245,9 @@ impl Discoverer {
                 tracing::warn!(%head_id, "[discovery] the second answer lists no other body");
                 break;
             }
-            let race = self.race(&answer).await;
-            self.report_later(measurements_of(&answer, &race));
-            tried.extend(log_round(&answer, &race, round));
-            match race.outcome() {
-                Some(RaceOutcome::Reached { probe, rtt_ms }) => {
-                    let body = answer.bodies[probe.body].clone();
-                    let (ip, _) = race.probe(probe);
-                    let ip = ip.expect("a reached probe has an address");
-                    return Ok(Discovery {
-                        route: Route {
-                            body_id: body.id.clone(),
-                            ip,
-                            port: self.options.port,
-                            transport: probe.transport,
-                            rtt_ms,
-                        },
-                        body,
-                        policy: answer.policy,
-                        tried,
-                        elapsed: started.elapsed(),
-                    });
-                }
-                Some(RaceOutcome::AllFailed) | None => {
+            match self.probe_answer(&answer, round, &mut tried, started).await {
+                Some(found) => return Ok(found),
+                None => {
                     unreachable = answer.bodies.iter().map(|body| body.id.clone()).collect();
                     if round == 1 {
                         tracing::warn!(
@@ -280,6 +262,65 @@ impl Discoverer {
         Err(DiscoveryError::NoBodyReachable {
             head_id: head_id.to_owned(),
             tried,
+        })
+    }
+
+    /// Walks `kept` (an eligible answer kept from the control plane) with the same probes as
+    /// [`Discoverer::discover`], without asking any replica: what a head does while no replica
+    /// answers. Connect times are kept for the next request.
+    pub async fn discover_kept(
+        &self,
+        head_id: &str,
+        kept: &EligibleResponse,
+    ) -> Result<Discovery, DiscoveryError> {
+        let started = Instant::now();
+        let mut tried = Vec::new();
+        if kept.bodies.is_empty() {
+            return Err(DiscoveryError::NoEligibleBody {
+                head_id: head_id.to_owned(),
+                policy: kept.policy,
+            });
+        }
+        match self.probe_answer(kept, 1, &mut tried, started).await {
+            Some(found) => Ok(found),
+            None => Err(DiscoveryError::NoBodyReachable {
+                head_id: head_id.to_owned(),
+                tried,
+            }),
+        }
+    }
+
+    /// Probes one answer's bodies, logs the round, keeps the connect times; the route to the
+    /// earliest body that answered, if any.
+    async fn probe_answer(
+        &self,
+        answer: &EligibleResponse,
+        round: u32,
+        tried: &mut Vec<BodyProbes>,
+        started: Instant,
+    ) -> Option<Discovery> {
+        let race = self.race(answer).await;
+        self.report_later(measurements_of(answer, &race));
+        tried.extend(log_round(answer, &race, round));
+        let Some(RaceOutcome::Reached { probe, rtt_ms }) = race.outcome() else {
+            return None;
+        };
+        let body = answer.bodies[probe.body].clone();
+        let (ip, _) = race.probe(probe);
+        let ip = ip.expect("a reached probe has an address");
+        Some(Discovery {
+            route: Route {
+                body_id: body.id.clone(),
+                ip,
+                port: self.options.port,
+                transport: probe.transport,
+                rtt_ms,
+            },
+            body,
+            policy: answer.policy,
+            tried: tried.clone(),
+            elapsed: started.elapsed(),
+            answer: answer.clone(),
         })
     }
 

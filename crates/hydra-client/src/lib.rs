@@ -11,6 +11,7 @@
 
 mod agent;
 mod api;
+mod captures;
 mod client;
 pub mod discovery;
 mod error;
@@ -19,6 +20,7 @@ mod replicas;
 mod retry;
 
 pub use agent::AgentClient;
+pub use captures::LineStream;
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
 /// The eligible-bodies question and the connect times a head reports, one wire type shared with

@@ -58,6 +58,26 @@ impl Client {
     /// a process log tail) is cleaned of the control characters the server refuses
     /// (`hydra_core::text::clean_free_text`), so one bad log line cannot get the report refused.
     pub async fn report_worker(&self, id: &str, report: &WorkerReport) -> Result<(), ClientError> {
+        self.send_worker_report(id, report, None).await
+    }
+
+    /// [`Client::report_worker`] with a write id (`Idempotency-Key`): the server applies a
+    /// report with that id at most once, so a journal may send it again after a lost answer.
+    pub async fn report_worker_with_write_id(
+        &self,
+        id: &str,
+        report: &WorkerReport,
+        write_id: u128,
+    ) -> Result<(), ClientError> {
+        self.send_worker_report(id, report, Some(write_id)).await
+    }
+
+    async fn send_worker_report(
+        &self,
+        id: &str,
+        report: &WorkerReport,
+        write_id: Option<u128>,
+    ) -> Result<(), ClientError> {
         let mut cleaned = None::<WorkerReport>;
         for (index, session) in report.sessions.iter().enumerate() {
             let Some(error) = &session.error else {
@@ -72,7 +92,8 @@ impl Client {
             Kind::IdempotentWrite,
             &["workers", id, "report"],
         )
-        .with_json(cleaned.as_ref().unwrap_or(report))?;
+        .with_json(cleaned.as_ref().unwrap_or(report))?
+        .with_write_id(write_id);
         self.execute(&call).await.map(drop)
     }
 }

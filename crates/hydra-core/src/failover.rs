@@ -46,6 +46,10 @@ pub enum Step {
         /// The attempt that follows the wait.
         attempt: u32,
     },
+    /// No replica answered the last discovery: probe the eligible list kept from the last answer
+    /// (the same probes, LAN then WireGuard), then launch on the route found or report
+    /// [`FailoverLoop::discovery_failed`]. The next discovery asks the control plane again.
+    WalkKept,
     /// The wanted number of streams ran: stop, successfully.
     Done,
     /// Too many failures in a row: stop with an error.
@@ -65,6 +69,8 @@ pub struct FailoverLoop {
     streams_run: u32,
     last_failure: String,
     backed_off: bool,
+    /// The control plane did not answer and a kept list exists: walk it next.
+    walk_kept: bool,
 }
 
 impl FailoverLoop {
@@ -76,6 +82,7 @@ impl FailoverLoop {
             streams_run: 0,
             last_failure: String::new(),
             backed_off: false,
+            walk_kept: false,
         }
     }
 
@@ -93,6 +100,10 @@ impl FailoverLoop {
                 failures: self.failures,
                 last_failure: self.last_failure.clone(),
             };
+        }
+        if self.walk_kept {
+            self.walk_kept = false;
+            return Step::WalkKept;
         }
         if self.failures > 0 && !self.backed_off {
             self.backed_off = true;
@@ -113,6 +124,17 @@ impl FailoverLoop {
     /// Discovery found no reachable body (or the server did not answer).
     pub fn discovery_failed(&mut self, reason: impl Into<String>) {
         self.fail(reason.into());
+    }
+
+    /// No replica answered the discovery. With a kept eligible list the head walks it at once
+    /// (not a failure: the control plane being away is not the bodies' fault); without one it
+    /// counts as a failed discovery.
+    pub fn control_plane_unreachable(&mut self, reason: impl Into<String>, has_kept_list: bool) {
+        if has_kept_list {
+            self.walk_kept = true;
+        } else {
+            self.fail(reason.into());
+        }
     }
 
     /// The client failed to launch on the route: the route is forgotten; the next attempt

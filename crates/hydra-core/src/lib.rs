@@ -4,8 +4,12 @@
 //! unix milliseconds and random numbers come in as arguments, so every decision is a table test.
 
 pub mod backoff;
+pub mod capture;
+pub mod explain;
 pub mod failover;
 pub mod health;
+pub mod journal;
+pub mod mastership;
 pub mod node;
 pub mod peer;
 pub mod placement;
@@ -16,6 +20,7 @@ pub mod session;
 pub mod session_id;
 pub mod text;
 pub mod trust;
+pub mod what_if;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};
 pub use selection::{

@@ -152,9 +152,7 @@ pub fn select_bodies<'a>(
         }
     }
     let rtt_of = |node: &Node| -> Option<u32> {
-        let sample = observations.latency?.get(&node.id)?;
-        (now.saturating_sub(sample.measured_at) <= settings.latency_max_age_ms)
-            .then_some(sample.rtt_ms)
+        fresh_sample(node, now, settings, observations).map(|sample| sample.rtt_ms)
     };
     if !quickroute.is_empty() {
         quickroute.sort_unstable_by(|a, b| quickroute_key(a).cmp(&quickroute_key(b)));
@@ -182,15 +180,7 @@ pub fn select_bodies<'a>(
         .map(|node| {
             let rtt_ms = rtt_of(node);
             let same_venue = node.venue == head.venue;
-            let key = CrossVenueKey {
-                unmeasured: rtt_ms.is_none(),
-                rtt_ms: rtt_ms.unwrap_or(u32::MAX),
-                foreign: node.owner != head.owner,
-                cost_tier: node.cost_tier,
-                busy: !node.idle,
-                vram: Reverse(node.vram_mb.unwrap_or(0)),
-                id: &node.id,
-            };
+            let key = cross_venue_key(head, node, rtt_ms);
             (
                 key,
                 Candidate {
@@ -208,15 +198,44 @@ pub fn select_bodies<'a>(
     }
 }
 
+/// The head's latest measurement of `node`, when it is younger than `latency_max_age_ms`.
+pub(crate) fn fresh_sample(
+    node: &Node,
+    now: UnixMillis,
+    settings: &SelectionSettings,
+    observations: &Observations<'_>,
+) -> Option<LatencySample> {
+    let sample = observations.latency?.get(&node.id)?;
+    (now.saturating_sub(sample.measured_at) <= settings.latency_max_age_ms).then_some(*sample)
+}
+
 /// Idle first, then VRAM descending, then id so that ties have one answer.
-fn quickroute_key(node: &Node) -> (bool, Reverse<u64>, &str) {
+pub(crate) fn quickroute_key(node: &Node) -> (bool, Reverse<u64>, &str) {
     (!node.idle, Reverse(node.vram_mb.unwrap_or(0)), &node.id)
+}
+
+/// The cross-venue rank of `node` for `head`, given its fresh latency (one definition, for
+/// `select_bodies` and the explain trace).
+pub(crate) fn cross_venue_key<'a>(
+    head: &Head<'_>,
+    node: &'a Node,
+    rtt_ms: Option<u32>,
+) -> CrossVenueKey<'a> {
+    CrossVenueKey {
+        unmeasured: rtt_ms.is_none(),
+        rtt_ms: rtt_ms.unwrap_or(u32::MAX),
+        foreign: node.owner != head.owner,
+        cost_tier: node.cost_tier,
+        busy: !node.idle,
+        vram: Reverse(node.vram_mb.unwrap_or(0)),
+        id: &node.id,
+    }
 }
 
 /// Cross-venue order: measured latency first (known before unknown), then the head's own bodies
 /// before bodies shared with it, cost tier, idle first, VRAM descending, id.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct CrossVenueKey<'a> {
+pub(crate) struct CrossVenueKey<'a> {
     unmeasured: bool,
     rtt_ms: u32,
     foreign: bool,
@@ -263,4 +282,4 @@ pub fn strict_venue<'a>(
 #[cfg(test)]
 mod naive;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -42,6 +42,11 @@ pub struct PageContext {
     /// Where "Report a problem" goes; the context is added as query parameters (or as a mail
     /// body for `mailto:`).
     pub report_url: String,
+    /// ICE servers the page's WebRTC connections get first (TURN entries with this viewer's
+    /// credentials, see [`crate::turn`]); empty leaves the page's own.
+    pub ice_servers: Vec<serde_json::Value>,
+    /// Force `iceTransportPolicy: 'relay'` (`turn.force_relay`): media only through TURN.
+    pub force_relay: bool,
 }
 
 impl PageContext {
@@ -88,6 +93,8 @@ impl PageContext {
             rating_url: String,
             return_url: &'a str,
             report_link: String,
+            ice_servers: &'a [serde_json::Value],
+            force_relay: bool,
         }
         let embedded = Embedded {
             session_id: &self.session_id,
@@ -95,6 +102,8 @@ impl PageContext {
             rating_url: format!("/session/{}/rating", self.session_id),
             return_url: &self.return_url,
             report_link: self.report_link(),
+            ice_servers: &self.ice_servers,
+            force_relay: self.force_relay,
         };
         // `<` escaped so that no value can close the script element.
         let json = serde_json::to_string(&embedded)
@@ -158,6 +167,11 @@ const SCRIPT: &str = r#"
   var Native = window.RTCPeerConnection;
   if (Native) {
     var Watched = function (config, constraints) {
+      config = Object.assign({}, config || {});
+      if (ctx.ice_servers.length) {
+        config.iceServers = ctx.ice_servers.concat(config.iceServers || []);
+      }
+      if (ctx.force_relay) { config.iceTransportPolicy = "relay"; }
       var pc = new Native(config, constraints);
       pc.addEventListener("connectionstatechange", function () {
         if (["disconnected", "failed", "closed"].indexOf(pc.connectionState) >= 0) { showEnded(); }
@@ -283,7 +297,32 @@ mod tests {
             experience: Some("demo</script>".into()),
             return_url: "https://kiosk.example/home".into(),
             report_url: "https://support.example/report".into(),
+            ice_servers: Vec::new(),
+            force_relay: false,
         }
+    }
+
+    #[test]
+    fn the_script_carries_the_viewer_s_ice_servers_and_the_relay_policy() {
+        let plain = context().script();
+        assert!(
+            plain.contains(r#""ice_servers":[],"force_relay":false"#),
+            "{plain}"
+        );
+        let relayed = PageContext {
+            ice_servers: vec![serde_json::json!({
+                "urls": ["turn:turn.example:3478"], "username": "1700000000:s-1", "credential": "x"
+            })],
+            force_relay: true,
+            ..context()
+        }
+        .script();
+        assert!(relayed.contains(r#""force_relay":true"#), "{relayed}");
+        assert!(
+            relayed.contains(r#""username":"1700000000:s-1""#),
+            "{relayed}"
+        );
+        assert!(relayed.contains(r#"config.iceTransportPolicy = "relay""#));
     }
 
     async fn rewrite(chunks: &[&str]) -> String {

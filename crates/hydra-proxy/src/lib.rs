@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod serve;
 pub mod session_path;
 pub mod token;
+pub mod turn;

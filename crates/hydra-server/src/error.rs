@@ -100,6 +100,16 @@ impl ApiError {
             StoreError::Conflict { what } => {
                 ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
             }
+            StoreError::NotMaster { term } => {
+                tracing::warn!(
+                    ?term,
+                    "[controller] a write was refused: this replica is not the master (fenced)"
+                );
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "this replica lost the master lease while writing; nothing was written; retry (writes go to the master)",
+                )
+            }
             StoreError::Corrupt { .. } => {
                 tracing::error!(%error, "[store] corrupt value");
                 ApiError::new(

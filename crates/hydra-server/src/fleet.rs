@@ -11,6 +11,7 @@ use hydra_core::Node;
 use hydra_store::{Heartbeat, Store};
 
 use crate::error::ApiError;
+use crate::events::{Change, EventBus};
 use crate::group_commit::HeartbeatWriter;
 use crate::registry::{NodeLocks, Registry, SharedRegistry};
 
@@ -26,6 +27,8 @@ struct Inner {
     view: SharedRegistry,
     locks: NodeLocks,
     heartbeats: HeartbeatWriter,
+    /// Where acknowledged node changes are announced (`GET /api/v1/events`).
+    events: EventBus,
 }
 
 /// The answer to a node change that names no node.
@@ -37,14 +40,30 @@ impl Fleet {
     /// The service over `view` (loaded from `store`); heartbeats are written through the
     /// group-commit `heartbeats` writer.
     pub fn new(store: Store, view: SharedRegistry, heartbeats: HeartbeatWriter) -> Fleet {
+        Fleet::with_events(store, view, heartbeats, EventBus::default())
+    }
+
+    /// [`Fleet::new`] announcing every acknowledged change on `events`.
+    pub fn with_events(
+        store: Store,
+        view: SharedRegistry,
+        heartbeats: HeartbeatWriter,
+        events: EventBus,
+    ) -> Fleet {
         Fleet {
             inner: Arc::new(Inner {
                 store,
                 view,
                 locks: NodeLocks::new(64),
                 heartbeats,
+                events,
             }),
         }
+    }
+
+    /// The bus node changes are announced on, once the store acknowledged them.
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
     }
 
     /// Read access to the view (never hold it across an await).
@@ -77,12 +96,18 @@ impl Fleet {
         if !store_write.await? {
             return Err(unknown_node(&id));
         }
-        let mut view = self.inner.view.write().expect("registry lock poisoned");
-        view.patch(&id, |node| {
-            patch(node);
-            node.clone()
-        })
-        .ok_or_else(|| unknown_node(&id))
+        let changed = {
+            let mut view = self.inner.view.write().expect("registry lock poisoned");
+            view.patch(&id, |node| {
+                patch(node);
+                node.clone()
+            })
+            .ok_or_else(|| unknown_node(&id))?
+        };
+        self.inner
+            .events
+            .publish(Change::NodeChanged(changed.clone()));
+        Ok(changed)
     }
 
     /// Enrols `node` whose token has `token_digest`; `409` when the id is taken.
@@ -125,7 +150,31 @@ impl Fleet {
         let mut view = self.inner.view.write().expect("registry lock poisoned");
         view.put(node.clone());
         view.set_token(&node.id, token_digest);
+        drop(view);
+        self.inner
+            .events
+            .publish(Change::NodeEnrolled(node.clone()));
         node
+    }
+
+    /// Re-reads a node (and its token digest) that a write, maybe another replica's, changed,
+    /// under the node's lock, so it cannot interleave with this replica's own store write and
+    /// view patch of that node; a node gone from the store leaves the view.
+    pub async fn refresh(&self, id: &str) -> Result<(), hydra_store::StoreError> {
+        let _guard = self.inner.locks.lock(id).await;
+        let node = self.inner.store.get_node(id).await?;
+        let token = self.inner.store.node_token_hash(id).await?;
+        let mut view = self.inner.view.write().expect("registry lock poisoned");
+        match (node, token) {
+            (Some(node), Some(token)) => {
+                view.put(node);
+                view.set_token(id, token);
+            }
+            _ => {
+                view.remove(id);
+            }
+        }
+        Ok(())
     }
 
     /// Moves a node to another district and venue.
@@ -195,6 +244,7 @@ impl Fleet {
                 .expect("registry lock poisoned")
                 .remove(&id);
             also(&id);
+            fleet.inner.events.publish(Change::NodeRemoved(id.clone()));
             Ok(())
         })
         .await

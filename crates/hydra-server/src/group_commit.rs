@@ -199,6 +199,28 @@ impl SessionWriter {
         })
     }
 
+    /// [`SessionWriter::sessions`] announcing every applied write on `events` once its
+    /// transaction committed (before its caller is answered).
+    pub fn sessions_with_events(
+        store: Store,
+        events: crate::events::EventBus,
+    ) -> (SessionWriter, JoinHandle<()>) {
+        GroupCommit::spawn(
+            "sessions",
+            (store, events),
+            |(store, events), batch| async move {
+                let applied = store.write_sessions(&batch).await?;
+                for (write, applied) in batch.iter().zip(&applied) {
+                    if *applied {
+                        let (SessionWrite::Insert(record) | SessionWrite::Update(record)) = write;
+                        events.publish(crate::events::Change::Session(record.clone()));
+                    }
+                }
+                Ok(applied)
+            },
+        )
+    }
+
     /// Inserts a session record durably; `Conflict` when the id exists.
     pub async fn insert(&self, session: SessionRecord) -> Result<(), CommitError> {
         let what = format!("session {:?}", session.id);

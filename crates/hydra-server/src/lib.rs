@@ -5,12 +5,17 @@
 //! first and reaches the view only once the store acknowledged it.
 
 pub mod auth;
+pub mod captures;
 pub mod colocated;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod extract;
+pub mod feed;
 pub mod fleet;
 pub mod group_commit;
 pub mod registry;
+pub mod replica;
 pub mod report_checks;
 pub mod retention;
 pub mod routes;
@@ -18,6 +23,7 @@ pub mod sealing;
 pub mod sessions;
 pub mod state;
 pub mod workers;
+pub mod write_ids;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -64,6 +70,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::system::health))
         .routes(routes!(routes::system::check_master))
+        .routes(routes!(routes::system::replicas))
         .routes(routes!(routes::nodes::enrol, routes::nodes::list))
         .routes(routes!(routes::nodes::show, routes::nodes::remove))
         .routes(routes!(routes::nodes::heartbeat))
@@ -75,7 +82,10 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             routes::node_config::replace
         ))
         .routes(routes!(routes::bodies::eligible))
+        .routes(routes!(routes::bodies::what_if))
+        .routes(routes!(events::events))
         .merge(sessions::router())
+        .merge(captures::router())
 }
 
 /// The whole application: API, OpenAPI document, metrics, JSON 404s, body limit.
@@ -90,10 +100,25 @@ pub fn app(state: AppState) -> Router {
             axum::routing::get(move || async move { axum::Json(openapi_json.clone()) }),
         )
         .route("/metrics", axum::routing::get(metrics_text))
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            write_ids::dedup,
+        ))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             note_storage_failure,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            feed::read_your_writes,
+        ))
+        // Outside the read-your-writes layer: a write a follower forwards is answered, with its
+        // revision, by the master's own layers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            replica::forward_writes,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -201,7 +226,8 @@ pub async fn serve(
 }
 
 /// Serves `state` on `listener` until `shutdown` is cancelled, with the background duties
-/// (store probe, metrics upkeep, session retention, the sweep of gone workers' sessions) and
+/// (store probe, metrics upkeep, session retention, the sweep of gone workers' sessions, the
+/// change-feed follower and its pruning) and
 /// `limits` (header and idle timeouts, connection cap,
 /// shutdown deadline). Returns once in-flight requests have finished or the deadline passed.
 pub async fn serve_with(
@@ -212,6 +238,15 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let _ = metrics_handle();
     let mut duties = tokio::task::JoinSet::new();
+    // On PostgreSQL: follow the lease. The first round runs before serving, so a replica that
+    // can take the lease (the first one, or one whose previous run was killed) answers its
+    // first request as master.
+    if let Some(mut mastership) = replica::start_mastership(&state) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), mastership.round()).await;
+        duties.spawn(replica::run_mastership(mastership, shutdown.clone()));
+    } else {
+        metrics::gauge!("hydra_replica_is_master").set(1.0);
+    }
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
     duties.spawn(retention::prune_ended_sessions(
@@ -219,6 +254,12 @@ pub async fn serve_with(
         shutdown.clone(),
     ));
     duties.spawn(workers::sweep(state.clone(), shutdown.clone()));
+    duties.spawn(feed::follow(state.clone(), shutdown.clone()));
+    duties.spawn(feed::prune_changes(state.clone(), shutdown.clone()));
+    duties.spawn(captures::retention::prune_ended_captures(
+        state.clone(),
+        shutdown.clone(),
+    ));
     let outcome =
         hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
             .await;
@@ -279,10 +320,32 @@ pub fn resolve_admin_token(
         return Ok((token.trim().to_owned(), AdminTokenSource::Given));
     }
     let path = data_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => {
-            return Ok((text.trim().to_owned(), AdminTokenSource::File(path)));
-        }
+    match read_or_create_private(&path, || auth::generate_token("hya_"))? {
+        (token, false) => Ok((token, AdminTokenSource::File(path))),
+        (token, true) => Ok((token, AdminTokenSource::Generated(path))),
+    }
+}
+
+/// This replica's id: the given one, else the one in `<data_dir>/replica-id`, else a new one
+/// (`r-` and 8 hex digits) written there, so a restarted replica keeps its id.
+pub fn resolve_replica_id(data_dir: &Path, given: Option<String>) -> std::io::Result<String> {
+    if let Some(id) = given.filter(|id| !id.trim().is_empty()) {
+        return Ok(id.trim().to_owned());
+    }
+    let path = data_dir.join("replica-id");
+    let (id, _created) =
+        read_or_create_private(&path, || format!("r-{:08x}", rand::random::<u32>()))?;
+    Ok(id)
+}
+
+/// The trimmed contents of `path`, or, when it is missing or blank, `make()` written there
+/// (mode 0600, durably); the flag says whether it was made now.
+fn read_or_create_private(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), false)),
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
@@ -292,9 +355,9 @@ pub fn resolve_admin_token(
             ));
         }
     }
-    let token = auth::generate_token("hya_");
-    write_private_file(&path, &format!("{token}\n"))?;
-    Ok((token, AdminTokenSource::Generated(path)))
+    let value = make();
+    write_private_file(path, &format!("{value}\n"))?;
+    Ok((value, true))
 }
 
 /// Writes `contents` to a new file readable only by its owner, durably.

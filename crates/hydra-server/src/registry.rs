@@ -139,6 +139,13 @@ impl Registry {
         self.latency.get(head_id)
     }
 
+    /// Forgets the sample `head_id` measured to `body_id` (another replica removed it).
+    pub fn remove_latency(&mut self, head_id: &str, body_id: &str) {
+        if let Some(samples) = self.latency.get_mut(head_id) {
+            samples.remove(body_id);
+        }
+    }
+
     /// Records a latency sample.
     pub fn set_latency(&mut self, head_id: &str, body_id: &str, sample: LatencySample) {
         self.latency

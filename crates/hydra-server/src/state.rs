@@ -32,6 +32,12 @@ pub struct Settings {
     pub agent_url_hosts: Vec<String>,
     /// Ended sessions (`stopped`, `error`) older than this are pruned.
     pub session_retention: Duration,
+    /// This replica's id (`--replica-id`), unique among the replicas of one database.
+    pub replica_id: String,
+    /// The master lease's TTL and renewal period (replicas on PostgreSQL).
+    pub lease: hydra_core::mastership::LeaseTiming,
+    /// Ended captures finalised longer ago than this are pruned (issue 12).
+    pub capture_retention: Duration,
 }
 
 impl Settings {
@@ -39,6 +45,8 @@ impl Settings {
     pub const DEFAULT_MAX_SESSIONS_PER_WORKER: u32 = 64;
     /// Default of `session_retention`: 7 days.
     pub const DEFAULT_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Default of `capture_retention`: 7 days.
+    pub const DEFAULT_CAPTURE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 impl Default for Settings {
@@ -52,6 +60,9 @@ impl Default for Settings {
             max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
             agent_url_hosts: Vec::new(),
             session_retention: Settings::DEFAULT_SESSION_RETENTION,
+            replica_id: "local".to_owned(),
+            lease: hydra_core::mastership::LeaseTiming::DEFAULT,
+            capture_retention: Settings::DEFAULT_CAPTURE_RETENTION,
         }
     }
 }
@@ -78,6 +89,9 @@ struct Inner {
     _writer_tasks: [tokio::task::JoinHandle<()>; 3],
     workers: WorkerDirectory,
     sealer: Sealer,
+    feed: crate::feed::ViewFeed,
+    replica: crate::replica::ReplicaState,
+    captures: crate::captures::Captures,
 }
 
 impl AppState {
@@ -88,6 +102,8 @@ impl AppState {
         settings: Settings,
         admin_token: &str,
     ) -> Result<AppState, hydra_store::StoreError> {
+        // Read before the views load: what is written meanwhile is applied again, harmlessly.
+        let feed = crate::feed::start_feed(&store).await?;
         let registry = Registry::load(&store).await?;
         let sealer = Sealer::from_admin_token(admin_token);
         let workers = WorkerDirectory::load(&store, &sealer).await?;
@@ -98,10 +114,17 @@ impl AppState {
             &settings.agent_url_hosts,
         );
         let (heartbeats, heartbeat_task) = HeartbeatWriter::heartbeats(store.clone());
-        let (session_writes, session_task) = SessionWriter::sessions(store.clone());
+        let events = crate::events::EventBus::default();
+        let (session_writes, session_task) =
+            SessionWriter::sessions_with_events(store.clone(), events.clone());
         let (report_writes, report_task) = ReportWriter::reports(store.clone());
         let registry: SharedRegistry = Arc::new(RwLock::new(registry));
-        let fleet = Fleet::new(store.clone(), registry.clone(), heartbeats.clone());
+        let fleet = Fleet::with_events(store.clone(), registry.clone(), heartbeats.clone(), events);
+        let replica = crate::replica::ReplicaState::new(
+            settings.replica_id.clone(),
+            settings.public_url.clone(),
+            settings.lease,
+        );
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -117,6 +140,9 @@ impl AppState {
                 _writer_tasks: [heartbeat_task, session_task, report_task],
                 workers,
                 sealer,
+                feed,
+                replica,
+                captures: crate::captures::Captures::default(),
             }),
         })
     }
@@ -158,9 +184,24 @@ impl AppState {
         &self.inner.workers
     }
 
+    /// Where the views are in the change feed (see `crate::feed`).
+    pub fn feed(&self) -> &crate::feed::ViewFeed {
+        &self.inner.feed
+    }
+
     /// Seals and opens the agent keys kept in the store.
     pub fn sealer(&self) -> &Sealer {
         &self.inner.sealer
+    }
+
+    /// This replica's identity and who is master.
+    pub fn replica(&self) -> &crate::replica::ReplicaState {
+        &self.inner.replica
+    }
+
+    /// The captures this server runs now.
+    pub fn captures(&self) -> &crate::captures::Captures {
+        &self.inner.captures
     }
 
     /// Server settings.

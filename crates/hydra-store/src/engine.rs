@@ -142,6 +142,7 @@ impl TryFrom<WorkerReportRow> for WorkerReportRecord {
             agent_url: row.agent_url,
             agent_key_sealed: row.agent_key_sealed,
             reported_at: row.reported_at,
+            write_id: None,
         })
     }
 }
@@ -195,8 +196,28 @@ macro_rules! engine_queries {
             /// Begins a write's transaction: every write of the store goes through here, so this
             /// is the one place where a write can be fenced (a replica that is no longer master
             /// writes nothing) and given a revision (the change feed replicas follow).
-            pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
-                Ok(self.writer.begin().await?)
+            pub(crate) async fn begin_write(&self) -> Result<crate::feed::Write<Db>, StoreError> {
+                let mut transaction = self.writer.begin().await?;
+                // A replica that no longer holds the lease's term writes nothing.
+                self.check_fence(&mut transaction).await?;
+                // The counter row stays locked until this transaction ends: revisions commit in
+                // order (see `crate::feed`).
+                let revision: i64 =
+                    sqlx::query_scalar("UPDATE revisions SET value = value + 1 WHERE id = 1 RETURNING value")
+                        .fetch_one(&mut *transaction)
+                        .await?;
+                if let Some(notify) = NOTIFY_REVISION {
+                    sqlx::query(notify)
+                        .bind(crate::feed::CHANGES_CHANNEL)
+                        .bind(revision.to_string())
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+                Ok(crate::feed::Write { transaction, revision, written: self.written.clone() })
+            }
+
+            pub(crate) fn written_revision(&self) -> i64 {
+                self.written.load(std::sync::atomic::Ordering::SeqCst)
             }
 
             pub(crate) async fn close(&self) {
@@ -209,6 +230,7 @@ macro_rules! engine_queries {
                 let inserted: Result<(), StoreError> =
                     crate::engine::insert_node_on!(&mut *transaction, node, token_hash);
                 inserted?;
+                Self::record_change(&mut transaction, crate::ChangeKind::Node, &node.id).await?;
                 transaction.commit().await?;
                 Ok(())
             }
@@ -250,6 +272,8 @@ macro_rules! engine_queries {
                     .execute(&mut *transaction)
                     .await?;
                 let deleted = sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&mut *transaction).await?;
+                Self::record_change(&mut transaction, crate::ChangeKind::Node, id).await?;
+                Self::record_change(&mut transaction, crate::ChangeKind::WorkerReport, id).await?;
                 transaction.commit().await?;
                 Ok(deleted.rows_affected() > 0)
             }
@@ -261,6 +285,13 @@ macro_rules! engine_queries {
                 let mut transaction = self.begin_write().await?;
                 let mut found = Vec::with_capacity(batch.len());
                 for (id, heartbeat) in batch {
+                    // A repeat of an applied write (same write id) changes nothing.
+                    let apply: bool =
+                        crate::write_ids::claim_write_on!(&mut *transaction, heartbeat.write_id, heartbeat.at)?;
+                    if !apply {
+                        found.push(true);
+                        continue;
+                    }
                     let updated = sqlx::query(
                         "UPDATE nodes SET last_heartbeat = $2, idle = $3, active_sessions = $4, \
                          vram_mb = COALESCE($5, vram_mb) WHERE id = $1",
@@ -272,7 +303,15 @@ macro_rules! engine_queries {
                     .bind(crate::engine::vram_column(heartbeat.vram_mb)?)
                     .execute(&mut *transaction)
                     .await?;
+                    if updated.rows_affected() == 0 {
+                        let released: Result<(), StoreError> =
+                            crate::write_ids::release_write_on!(&mut *transaction, heartbeat.write_id);
+                        released?;
+                    }
                     found.push(updated.rows_affected() > 0);
+                    if updated.rows_affected() > 0 {
+                        Self::record_change(&mut transaction, crate::ChangeKind::Node, id).await?;
+                    }
                 }
                 transaction.commit().await?;
                 Ok(found)
@@ -286,6 +325,9 @@ macro_rules! engine_queries {
                     .bind(venue)
                     .execute(&mut *transaction)
                     .await?;
+                if updated.rows_affected() > 0 {
+                    Self::record_change(&mut transaction, crate::ChangeKind::Node, id).await?;
+                }
                 transaction.commit().await?;
                 Ok(updated.rows_affected() > 0)
             }
@@ -297,6 +339,9 @@ macro_rules! engine_queries {
                     .bind(drained)
                     .execute(&mut *transaction)
                     .await?;
+                if updated.rows_affected() > 0 {
+                    Self::record_change(&mut transaction, crate::ChangeKind::Node, id).await?;
+                }
                 transaction.commit().await?;
                 Ok(updated.rows_affected() > 0)
             }
@@ -321,6 +366,8 @@ macro_rules! engine_queries {
                     .bind(sample.measured_at)
                     .execute(&mut *transaction)
                     .await?;
+                    let key = crate::latency_key(&sample.head_id, &sample.body_id);
+                    Self::record_change(&mut transaction, crate::ChangeKind::Latency, &key).await?;
                 }
                 transaction.commit().await?;
                 Ok(())
@@ -345,6 +392,11 @@ macro_rules! engine_queries {
             pub(crate) async fn put_worker_reports(&self, batch: &[WorkerReportRecord]) -> Result<(), StoreError> {
                 let mut transaction = self.begin_write().await?;
                 for report in batch {
+                    let apply: bool =
+                        crate::write_ids::claim_write_on!(&mut *transaction, report.write_id, report.reported_at)?;
+                    if !apply {
+                        continue;
+                    }
                     sqlx::query(
                         "INSERT INTO worker_reports (worker_id, agent_url, agent_key_sealed, max_sessions, reported_at) \
                          VALUES ($1, $2, $3, $4, $5) \
@@ -359,9 +411,36 @@ macro_rules! engine_queries {
                     .bind(report.reported_at)
                     .execute(&mut *transaction)
                     .await?;
+                    Self::record_change(&mut transaction, crate::ChangeKind::WorkerReport, &report.worker_id).await?;
                 }
                 transaction.commit().await?;
                 Ok(())
+            }
+
+            pub(crate) async fn get_worker_report(&self, worker_id: &str) -> Result<Option<WorkerReportRecord>, StoreError> {
+                let row: Option<WorkerReportRow> = sqlx::query_as(
+                    "SELECT worker_id, agent_url, agent_key_sealed, max_sessions, reported_at \
+                     FROM worker_reports WHERE worker_id = $1",
+                )
+                .bind(worker_id)
+                .fetch_optional(&self.reader)
+                .await?;
+                row.map(WorkerReportRecord::try_from).transpose()
+            }
+
+            pub(crate) async fn get_latency(&self, head_id: &str, body_id: &str) -> Result<Option<LatencySample>, StoreError> {
+                let row: Option<(i64, i64)> =
+                    sqlx::query_as("SELECT rtt_ms, measured_at FROM latency WHERE head_id = $1 AND body_id = $2")
+                        .bind(head_id)
+                        .bind(body_id)
+                        .fetch_optional(&self.reader)
+                        .await?;
+                row.map(|(rtt_ms, measured_at)| {
+                    let rtt_ms = u32::try_from(rtt_ms)
+                        .map_err(|error| crate::engine::corrupt_value("latency.rtt_ms", error))?;
+                    Ok(LatencySample { rtt_ms, measured_at })
+                })
+                .transpose()
             }
 
             pub(crate) async fn list_worker_reports(&self) -> Result<Vec<WorkerReportRecord>, StoreError> {

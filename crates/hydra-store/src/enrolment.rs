@@ -50,6 +50,7 @@ macro_rules! enrolment_queries {
                 let inserted: Result<(), StoreError> =
                     crate::engine::insert_node_on!(&mut *transaction, node, node_token_hash);
                 inserted?;
+                Self::record_change(&mut transaction, crate::ChangeKind::Node, &node.id).await?;
                 transaction.commit().await?;
                 Ok(true)
             }

@@ -23,6 +23,13 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// This replica may not write: it does not hold the master lease, or (`term` given) the
+    /// lease row no longer holds its id and term (a deposed master, fenced).
+    #[error("this replica is not the master{}", term.map(|term| format!(" (fenced: its term {term} is over)")).unwrap_or_default())]
+    NotMaster {
+        /// The term the write was fenced with, when it had one.
+        term: Option<i64>,
+    },
     /// The path of the SQLite file cannot be used.
     #[error("cannot open database file {path}: {detail}")]
     Path {
@@ -43,7 +50,10 @@ impl StoreError {
             StoreError::Conflict { .. } | StoreError::Corrupt { .. } => true,
             StoreError::Engine(sqlx::Error::Database(_)) => true,
             StoreError::Engine(sqlx::Error::Encode(_)) => true,
-            StoreError::Engine(_) | StoreError::Migrate(_) | StoreError::Path { .. } => false,
+            StoreError::Engine(_)
+            | StoreError::Migrate(_)
+            | StoreError::Path { .. }
+            | StoreError::NotMaster { .. } => false,
         }
     }
 }

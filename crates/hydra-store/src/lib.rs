@@ -6,24 +6,32 @@
 //! Migrations of each engine live in `migrations/<engine>/` and run at [`Store::connect`].
 //! One conformance suite (`tests/it/conformance.rs`) runs against both engines.
 
+mod captures;
 mod engine;
 mod enrolment;
 mod error;
+mod feed;
+mod lease;
 mod node_config;
 mod postgres;
 mod records;
 mod session_queries;
 mod sqlite;
 pub mod testing;
+mod write_ids;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use hydra_core::{LatencySample, Node, Transport};
 
+pub use captures::{CaptureRecord, ChunkRecord, SegmentRecord};
 pub use error::StoreError;
+pub use feed::{CHANGES_CHANNEL, Change, ChangeKind, ChangesSince, latency_key};
+pub use lease::{LeaseRecord, MasterBeacon, ReplicaRecord};
 pub use node_config::NodeConfigRecord;
 pub use records::{SessionRecord, SessionStatus, SessionWrite, WorkerReportRecord};
+pub use write_ids::WriteId;
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +71,16 @@ macro_rules! dispatch {
     };
 }
 
+/// Calls the same non-async method on whichever engine backs the store.
+macro_rules! dispatch_sync {
+    ($store:expr, $method:ident($($arg:expr),*)) => {
+        match $store {
+            Store::Sqlite(engine) => engine.$method($($arg),*),
+            Store::Postgres(engine) => engine.$method($($arg),*),
+        }
+    };
+}
+
 impl Store {
     /// Opens (creating when missing) the SQLite file at `path` and applies its migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
@@ -90,6 +108,84 @@ impl Store {
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         dispatch!(self, close())
+    }
+
+    // ---- replicas: the master lease, the fence, the beacon ----
+
+    /// Arms the write fence for `replica_id`: from now on every write of this handle (and its
+    /// clones) needs a term ([`Store::set_fence_term`]) and commits only while the lease row
+    /// holds this id and term, checked in the write's own transaction. For replicas on
+    /// PostgreSQL; a single replica never arms it.
+    pub fn arm_fence(&self, replica_id: &str) {
+        dispatch_sync!(self, fence()).arm(replica_id);
+    }
+
+    /// Another handle on the same pools with a write fence of its own, unarmed: how a test
+    /// stands in a second replica on the same database without a second pool.
+    pub fn unfenced(&self) -> Store {
+        match self {
+            Store::Sqlite(engine) => Store::Sqlite(engine.unfenced()),
+            Store::Postgres(engine) => Store::Postgres(engine.unfenced()),
+        }
+    }
+
+    /// The term this replica's writes are fenced with; `None` (not master) refuses every write
+    /// at once with [`StoreError::NotMaster`].
+    pub fn set_fence_term(&self, term: Option<i64>) {
+        dispatch_sync!(self, fence()).set_term(term);
+    }
+
+    /// The lease row, or `None` before any replica took it.
+    pub async fn lease(&self) -> Result<Option<LeaseRecord>, StoreError> {
+        dispatch!(self, lease())
+    }
+
+    /// Takes the lease for `holder` for `ttl_ms` (by the database clock) with a new term, when
+    /// it has expired or `force` (the caller holds the beacon, so the holder's session ended).
+    /// Answers the new term, or `None` when another replica holds it. Never fenced.
+    pub async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl_ms: i64,
+        force: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, acquire_lease(holder, ttl_ms, force))
+    }
+
+    /// Extends the lease by `ttl_ms` from the database's now, only while it still holds
+    /// `holder` and `term`; `false`: another replica took it (this one is deposed).
+    pub async fn renew_lease(
+        &self,
+        holder: &str,
+        term: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, renew_lease(holder, term, ttl_ms))
+    }
+
+    /// Expires the lease now when it holds `holder` and `term` (a clean step-down, so another
+    /// replica takes it at once); `false` when it did not.
+    pub async fn release_lease(&self, holder: &str, term: i64) -> Result<bool, StoreError> {
+        dispatch!(self, release_lease(holder, term))
+    }
+
+    /// Records that replica `id` is alive and reached at `base_url` (by the database clock).
+    pub async fn heartbeat_replica(&self, id: &str, base_url: &str) -> Result<(), StoreError> {
+        dispatch!(self, heartbeat_replica(id, base_url))
+    }
+
+    /// Every replica that ever ran on this database, ordered by id.
+    pub async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        dispatch!(self, list_replicas())
+    }
+
+    /// The master's liveness beacon on a dedicated connection (PostgreSQL); `None` on SQLite,
+    /// which runs a single replica.
+    pub fn beacon(&self) -> Option<MasterBeacon> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(engine) => Some(engine.beacon()),
+        }
     }
 
     // ---- nodes ----
@@ -324,9 +420,105 @@ impl Store {
         dispatch!(self, put_worker_reports(batch))
     }
 
+    /// One worker's stored report, or `None`.
+    pub async fn get_worker_report(
+        &self,
+        worker_id: &str,
+    ) -> Result<Option<WorkerReportRecord>, StoreError> {
+        dispatch!(self, get_worker_report(worker_id))
+    }
+
+    /// The latest sample `head_id` measured to `body_id`, or `None`.
+    pub async fn get_latency(
+        &self,
+        head_id: &str,
+        body_id: &str,
+    ) -> Result<Option<LatencySample>, StoreError> {
+        dispatch!(self, get_latency(head_id, body_id))
+    }
+
+    // ---- change feed ----
+
+    /// The highest revision this process's writes committed (0 before the first): a write's
+    /// answer carries it, so a client can ask any replica to have reached it. Never below the
+    /// write's own revision, and always committed.
+    pub fn written_revision(&self) -> i64 {
+        match self {
+            Store::Sqlite(engine) => engine.written_revision(),
+            Store::Postgres(engine) => engine.written_revision(),
+        }
+    }
+
+    /// The identity of this database's change feed (random, made once): revisions of two
+    /// feeds are not comparable.
+    pub async fn feed_id(&self) -> Result<String, StoreError> {
+        dispatch!(self, feed_id())
+    }
+
+    /// The newest committed revision.
+    pub async fn current_revision(&self) -> Result<i64, StoreError> {
+        dispatch!(self, current_revision())
+    }
+
+    /// The changes of the revisions after `after`, at most `revisions` revisions of them, in
+    /// revision order; or [`ChangesSince::Pruned`] when some of them were pruned.
+    pub async fn changes_since(
+        &self,
+        after: i64,
+        revisions: u32,
+    ) -> Result<ChangesSince, StoreError> {
+        dispatch!(self, changes_since(after, revisions))
+    }
+
+    /// Deletes the change rows up to revision `through` (followers behind it reload whole
+    /// views); answers how many went.
+    pub async fn prune_changes(&self, through: i64) -> Result<u64, StoreError> {
+        dispatch!(self, prune_changes(through))
+    }
+
+    /// A listener woken at each commit of any replica's write (PostgreSQL), on a connection of
+    /// its own; `None` on SQLite, whose only writer is this process.
+    pub async fn listen_changes(&self) -> Result<Option<ChangeListener>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(engine) => engine.listen_changes().await.map(Some),
+        }
+    }
+
+    // ---- write ids ----
+
+    /// The status the write with id `id` answered when it was applied, or `None` when no write
+    /// with that id was applied (or its id was pruned).
+    pub async fn applied_write(&self, id: u128) -> Result<Option<u16>, StoreError> {
+        dispatch!(self, applied_write(id))
+    }
+
+    /// Forgets the write ids applied before `applied_before` (unix ms); answers how many went.
+    pub async fn prune_write_ids(&self, applied_before: i64) -> Result<u64, StoreError> {
+        dispatch!(self, prune_write_ids(applied_before))
+    }
+
     /// Every stored worker report, ordered by worker id.
     pub async fn list_worker_reports(&self) -> Result<Vec<WorkerReportRecord>, StoreError> {
         dispatch!(self, list_worker_reports())
+    }
+}
+
+/// Wake-ups of the change feed (PostgreSQL `LISTEN`), on a dedicated connection.
+#[derive(Debug)]
+pub struct ChangeListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl ChangeListener {
+    /// Waits for the next committed revision any replica announced. An error means the
+    /// connection was lost (notifications may be lost with it): the caller catches up from the
+    /// table and listens again.
+    pub async fn recv(&mut self) -> Result<i64, StoreError> {
+        match self.listener.try_recv().await? {
+            Some(notification) => Ok(notification.payload().parse().unwrap_or(0)),
+            None => Err(StoreError::Engine(sqlx::Error::PoolClosed)),
+        }
     }
 }
 
@@ -341,6 +533,9 @@ pub struct Heartbeat {
     pub active_sessions: u32,
     /// GPU memory, when reported.
     pub vram_mb: Option<u64>,
+    /// The sender's write id, claimed in the heartbeat's transaction: a repeat of an applied
+    /// heartbeat changes nothing.
+    pub write_id: Option<WriteId>,
 }
 
 /// Which sessions a listing shows; `None` matches any.

@@ -82,6 +82,9 @@ macro_rules! node_config_queries {
                 .bind(now_ms)
                 .fetch_optional(&mut *transaction)
                 .await?;
+                if row.is_some() {
+                    Self::record_change(&mut transaction, crate::ChangeKind::NodeConfig, node_id).await?;
+                }
                 transaction.commit().await?;
                 row.map(crate::NodeConfigRecord::try_from).transpose()
             }

@@ -128,6 +128,9 @@ pub struct WorkerReportRecord {
     pub max_sessions: u32,
     /// When the report came (unix ms).
     pub reported_at: i64,
+    /// The sender's write id, claimed in the report's transaction (a repeat is not applied);
+    /// not stored with the report, so `None` when read back.
+    pub write_id: Option<crate::WriteId>,
 }
 
 impl fmt::Debug for WorkerReportRecord {
@@ -137,6 +140,7 @@ impl fmt::Debug for WorkerReportRecord {
             .field("agent_url", &self.agent_url)
             .field("max_sessions", &self.max_sessions)
             .field("reported_at", &self.reported_at)
+            .field("write_id", &self.write_id)
             .finish_non_exhaustive()
     }
 }

@@ -48,6 +48,12 @@ macro_rules! session_queries {
                         .await?,
                     };
                     applied.push(done.rows_affected() > 0);
+                    if done.rows_affected() > 0 {
+                        let id = match write {
+                            crate::SessionWrite::Insert(session) | crate::SessionWrite::Update(session) => &session.id,
+                        };
+                        Self::record_change(&mut transaction, crate::ChangeKind::Session, id).await?;
+                    }
                 }
                 transaction.commit().await?;
                 Ok(applied)
@@ -123,16 +129,19 @@ macro_rules! session_queries {
 
             pub(crate) async fn prune_ended_sessions(&self, ended_before: i64, batch: u32) -> Result<u64, StoreError> {
                 let mut transaction = self.begin_write().await?;
-                let deleted = sqlx::query(
+                let deleted: Vec<String> = sqlx::query_scalar(
                     "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
-                     WHERE status IN ('stopped', 'error') AND updated_at < $1 LIMIT $2)",
+                     WHERE status IN ('stopped', 'error') AND updated_at < $1 LIMIT $2) RETURNING id",
                 )
                 .bind(ended_before)
                 .bind(i64::from(batch))
-                .execute(&mut *transaction)
+                .fetch_all(&mut *transaction)
                 .await?;
+                for id in &deleted {
+                    Self::record_change(&mut transaction, crate::ChangeKind::Session, id).await?;
+                }
                 transaction.commit().await?;
-                Ok(deleted.rows_affected())
+                Ok(deleted.len() as u64)
             }
 
             pub(crate) async fn list_sessions_of_worker(&self, worker_id: &str) -> Result<Vec<crate::SessionRecord>, StoreError> {
@@ -174,6 +183,9 @@ macro_rules! session_queries {
             pub(crate) async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
                 let mut transaction = self.begin_write().await?;
                 let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *transaction).await?;
+                if deleted.rows_affected() > 0 {
+                    Self::record_change(&mut transaction, crate::ChangeKind::Session, id).await?;
+                }
                 transaction.commit().await?;
                 Ok(deleted.rows_affected() > 0)
             }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -17,8 +18,11 @@ type Db = sqlx::Sqlite;
 /// SQLite-backed store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The highest revision this process committed (see [`crate::Store::written_revision`]).
+    written: std::sync::Arc<std::sync::atomic::AtomicI64>,
     reader: SqlitePool,
     writer: SqlitePool,
+    fence: Arc<crate::lease::Fence>,
 }
 
 impl SqliteStore {
@@ -53,11 +57,27 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(path_error)?;
-        Ok(SqliteStore { reader, writer })
+        Ok(SqliteStore {
+            written: Default::default(),
+            reader,
+            writer,
+            fence: Arc::default(),
+        })
     }
 }
 
+/// The statement that wakes followers at commit, when the engine has one.
+const NOTIFY_REVISION: Option<&str> = None;
+
+crate::feed::feed_queries!(SqliteStore);
 crate::engine::engine_queries!(SqliteStore);
 crate::session_queries::session_queries!(SqliteStore);
 crate::enrolment::enrolment_queries!(SqliteStore);
 crate::node_config::node_config_queries!(SqliteStore);
+crate::lease::lease_queries!(
+    SqliteStore,
+    now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    lock = ""
+);
+crate::captures::capture_queries!(SqliteStore);
+crate::write_ids::write_id_queries!(SqliteStore);

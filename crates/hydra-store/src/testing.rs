@@ -78,3 +78,24 @@ pub async fn set_database_accepting(database_url: &str, accepting: bool) {
             .unwrap_or_else(|error| panic!("cannot end the sessions of {name}: {error}"));
     }
 }
+
+/// Ends (`pg_terminate_backend`) every session of the test database at `database_url` whose last
+/// statement was a `LISTEN`: the change-feed listeners of the replicas on it, as a network cut
+/// of those connections would. Answers how many were ended.
+pub async fn terminate_change_listeners(database_url: &str) -> usize {
+    let (_, name) = database_url
+        .rsplit_once('/')
+        .expect("database URL has a path");
+    let mut connection = PgConnection::connect(&postgres_server_url())
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to {DATABASE_URL_VAR}: {error}"));
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND query ILIKE 'listen%' AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_all(&mut connection)
+    .await
+    .unwrap_or_else(|error| panic!("cannot end the listeners of {name}: {error}"));
+    ended.into_iter().filter(|ended| *ended).count()
+}

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 /// Options of `hydra agent`; each overrides the same key of the YAML file.
 #[derive(Debug, Default, clap::Args)]
 pub struct Args {
-    /// YAML config file (sections: node, server, controller, heartbeat, sessions, sunshine,
-    /// ice_servers, state_dir).
-    #[arg(long, value_name = "FILE")]
+    /// YAML config file (sections: node, server, controller, heartbeat, bundle, health,
+    /// sessions, sunshine, ice_servers, turn, state_dir).
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// The agent's HTTP address (server.listen) [default: 127.0.0.1:7071].
     #[arg(long, value_name = "ADDR")]
@@ -41,6 +41,17 @@ pub struct Args {
     /// Seconds between heartbeats (heartbeat.interval) [default: 30].
     #[arg(long, value_name = "SECONDS")]
     heartbeat_interval: Option<f64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What `hydra agent` does besides running.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print a coturn turnserver.conf matching this agent's `turn:` settings (realm, shared
+    /// secret, listening and relay ports, denied peer ranges with the node's own addresses
+    /// allowed); install it for the coturn beside the worker.
+    TurnConfig,
 }
 
 impl Args {
@@ -88,10 +99,16 @@ impl Args {
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
+/// Runs the agent until SIGINT or SIGTERM (or runs its subcommand).
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(args.config.as_deref(), args.overrides())
         .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if let Some(Command::TurnConfig) = args.command {
+        let text =
+            hydra_agent::turn::coturn_config(&config).map_err(|error| anyhow::anyhow!(error))?;
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::signals::stop_on_signal(
         shutdown.clone(),

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use hydra_api::{EligibleResponse, PolicyWire};
+use hydra_api::{
+    EligibleResponse, ExplainEntry, ExplainedEligible, PolicyWire, RankKeyWire, WhatIfResponse,
+};
 use hydra_client::EligibleQuery;
 
 use crate::client_args::ClientArgs;
@@ -16,6 +18,20 @@ pub enum Command {
     /// quickroute (the head's own venue and owner), else cross-venue (same district, usable by
     /// the head's owner); or, with --district and --venue, the strict-venue list of old clients.
     Eligible(EligibleArgs),
+    /// For every head of the districts that would lose a node: the body it gets now and the one
+    /// it would get without a venue, district or node; heads left with nothing; relay sessions
+    /// that would need a new worker (admin token).
+    WhatIf(WhatIfArgs),
+}
+
+/// Options of `hydra bodies what-if`.
+#[derive(Debug, clap::Args)]
+pub struct WhatIfArgs {
+    /// What to take away: `venue:<venue>`, `district:<district>` or `node:<id>`.
+    #[arg(long, value_name = "KIND:NAME")]
+    without: String,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// Options of `hydra bodies eligible`.
@@ -35,6 +51,10 @@ pub struct EligibleArgs {
     /// commas (with --head-id).
     #[arg(long, value_name = "ID", value_delimiter = ',', requires = "head_id")]
     unreachable: Vec<String>,
+    /// Also say, for every node of the head's district, why it was kept (its rank keys in
+    /// order) or left out (with --head-id).
+    #[arg(long, requires = "head_id")]
+    explain: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -43,7 +63,68 @@ pub struct EligibleArgs {
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Eligible(args) => eligible(args).await,
+        Command::WhatIf(args) => what_if(args).await,
     }
+}
+
+async fn what_if(args: WhatIfArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let answer = client
+        .what_if(&args.without)
+        .await
+        .map_err(|error| args.client.explain(error, "cannot answer what-if"))?;
+    if args.client.json {
+        print_json(&answer)?;
+    } else {
+        print(&what_if_text(&answer));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row per head, then the shortfall and the sessions to move.
+fn what_if_text(answer: &WhatIfResponse) -> String {
+    let mut text = format!("without {}: {} heads\n", answer.without, answer.heads.len());
+    if !answer.heads.is_empty() {
+        let mut table = Table::new(&["HEAD", "VENUE", "BODY_NOW", "BODY_WITHOUT", "SHORTFALL"]);
+        for head in &answer.heads {
+            let without = if head.head_removed {
+                "(head removed)".to_owned()
+            } else {
+                format!(
+                    "{} ({})",
+                    head.body_without.as_deref().unwrap_or("-"),
+                    head.policy_without
+                )
+            };
+            table.row(vec![
+                head.head_id.clone(),
+                head.venue.clone(),
+                format!(
+                    "{} ({})",
+                    head.body_now.as_deref().unwrap_or("-"),
+                    head.policy_now
+                ),
+                without,
+                yes_no(head.shortfall),
+            ]);
+        }
+        text.push_str(&table.render());
+    }
+    text.push_str(&format!(
+        "shortfall: {}\n",
+        if answer.shortfall.is_empty() {
+            "none".to_owned()
+        } else {
+            answer.shortfall.join(", ")
+        }
+    ));
+    for session in &answer.sessions_needing_worker {
+        text.push_str(&format!(
+            "session {} on worker {} would need a new worker\n",
+            session.session_id, session.worker_id
+        ));
+    }
+    text
 }
 
 async fn eligible(args: EligibleArgs) -> anyhow::Result<ExitCode> {
@@ -57,6 +138,22 @@ async fn eligible(args: EligibleArgs) -> anyhow::Result<ExitCode> {
         _ => anyhow::bail!("give --head-id, or both --district and --venue"),
     };
     let client = args.client.client()?;
+    if args.explain {
+        let answer = client
+            .eligible_explained(&query)
+            .await
+            .map_err(|error| args.client.explain(error, "cannot list eligible bodies"))?;
+        if args.client.json {
+            print_json(&answer)?;
+        } else {
+            print(&format!(
+                "{}{}",
+                eligible_text(&answer.eligible),
+                explain_text(&answer)
+            ));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let answer = client
         .eligible(&query)
         .await
@@ -119,6 +216,55 @@ fn eligible_text(answer: &EligibleResponse) -> String {
     }
     text.push_str(&table.render());
     text
+}
+
+/// The trace as a table: one row per node of the head's district, kept ones first.
+fn explain_text(answer: &ExplainedEligible) -> String {
+    let mut table = Table::new(&["NODE", "VENUE", "OWNER", "VERDICT", "WHY"]);
+    for entry in &answer.explain {
+        let (verdict, why) = verdict_words(entry);
+        table.row(vec![
+            entry.id.clone(),
+            entry.venue.clone(),
+            entry.owner.clone(),
+            verdict,
+            why,
+        ]);
+    }
+    format!("why:\n{}", table.render())
+}
+
+/// `kept #N` with its rank keys in order, or `left out` with the reason in words.
+fn verdict_words(entry: &ExplainEntry) -> (String, String) {
+    if let Some(reason) = entry.reason {
+        let why = match reason {
+            hydra_api::LeftOutWire::NotABody => "not a body",
+            hydra_api::LeftOutWire::Offline => "offline (no recent heartbeat)",
+            hydra_api::LeftOutWire::Drained => "drained",
+            hydra_api::LeftOutWire::OtherOwner => "other owner, not in allowed_orgs",
+            hydra_api::LeftOutWire::NamedUnreachable => "named unreachable by the head",
+            hydra_api::LeftOutWire::QuickrouteOpen => "quickroute has a body in the head's venue",
+        };
+        return ("left out".to_owned(), why.to_owned());
+    }
+    let keys: Vec<String> = entry
+        .keys
+        .iter()
+        .map(|key| match key {
+            RankKeyWire::Latency { rtt_ms, age_ms } => {
+                format!("latency {rtt_ms} ms ({} s old)", age_ms / 1_000)
+            }
+            RankKeyWire::Unmeasured => "unmeasured".to_owned(),
+            RankKeyWire::Own { own } => (if *own { "own" } else { "shared" }).to_owned(),
+            RankKeyWire::CostTier { cost_tier } => tier_word(*cost_tier).to_owned(),
+            RankKeyWire::Idle { idle } => (if *idle { "idle" } else { "busy" }).to_owned(),
+            RankKeyWire::VramMb { vram_mb } => format!("{vram_mb} MB VRAM"),
+        })
+        .collect();
+    (
+        format!("kept #{}", entry.rank.unwrap_or(0)),
+        keys.join(", "),
+    )
 }
 
 #[cfg(test)]

@@ -5,14 +5,17 @@
 mod agent;
 mod bench;
 mod bodies;
+mod captures;
 mod client_args;
 mod cluster;
 mod config;
+mod demo;
 mod head;
 mod logging;
 mod node_config;
 mod nodes;
 mod output;
+mod replicas;
 mod server;
 mod sessions;
 mod signals;
@@ -43,9 +46,15 @@ enum Command {
     /// Ask which bodies a head may use.
     #[command(subcommand)]
     Bodies(bodies::Command),
+    /// List the control plane's replicas: id, URL, which one is master, which are healthy.
+    Replicas(replicas::Args),
     /// List (filtered, paged), show and end relay sessions.
     #[command(subcommand)]
     Sessions(sessions::Command),
+    /// Capture nodes' monitor feeds: start (one node or fan-out), list, show, tail, download,
+    /// stop.
+    #[command(subcommand)]
+    Captures(captures::Command),
     /// Run a head: discover a reachable body and stream from it.
     #[command(subcommand)]
     Head(head::Command),
@@ -59,6 +68,9 @@ enum Command {
     /// Measure the server (load generators; never part of the tests).
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Try Hydra: a server on SQLite in a temp dir, a simulated fleet and chaos; prints the
+    /// dashboard URL and the admin token; Ctrl-C stops it all and removes the temp dir.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,12 +88,15 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Nodes(command) => nodes::run(command).await,
             Command::Bodies(command) => bodies::run(command).await,
+            Command::Replicas(args) => replicas::run(args).await,
             Command::Sessions(command) => sessions::run(command).await,
+            Command::Captures(command) => captures::run(command).await,
             Command::Head(command) => head::run(command).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Cluster(command) => cluster::run(command).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match outcome {

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Args {
     /// YAML config file with any of: listen, data_dir, admin_token, database_url,
     /// heartbeat_timeout, public_url, body_limit_bytes, max_sessions_per_worker,
-    /// agent_url_hosts, session_retention, header_read_timeout, idle_timeout, max_connections,
-    /// shutdown_timeout.
+    /// agent_url_hosts, session_retention, capture_retention, header_read_timeout, idle_timeout,
+    /// max_connections, shutdown_timeout, replica_id, lease_ttl, lease_renew.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -44,8 +44,9 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_timeout: Option<u64>,
-    /// URL clients and replicas reach this server at [default: http://<listen>].
-    #[arg(long, value_name = "URL")]
+    /// URL clients and replicas reach this server at; other replicas forward writes to it when
+    /// it is master [default: http://<listen>].
+    #[arg(long, value_name = "URL", alias = "advertise-url")]
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
     /// Most sessions placed on one worker; a worker reporting more is capped [default: 64].
@@ -62,6 +63,24 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     session_retention: Option<String>,
+    /// This replica's id among the replicas of one PostgreSQL database [default: generated
+    /// once and kept in <data-dir>/replica-id].
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_id: Option<String>,
+    /// Length of the master lease on PostgreSQL, by the database clock, e.g. 6s [default: 6s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ttl: Option<String>,
+    /// How often the master renews its lease, e.g. 2s; under two thirds of --lease-ttl
+    /// [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_renew: Option<String>,
+    /// How long ended captures are kept before they are pruned, e.g. 7d, 12h [default: 7d].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture_retention: Option<String>,
 }
 
 /// The resolved server configuration.
@@ -73,11 +92,13 @@ struct ServerConfig {
     admin_token: Option<String>,
     database_url: Option<String>,
     heartbeat_timeout: u64,
+    #[serde(alias = "advertise_url")]
     public_url: Option<String>,
     body_limit_bytes: usize,
     max_sessions_per_worker: u32,
     agent_url_hosts: String,
     session_retention: String,
+    capture_retention: String,
     /// Seconds a request head may take to arrive.
     header_read_timeout: u64,
     /// Seconds a keep-alive connection may wait between requests.
@@ -86,6 +107,9 @@ struct ServerConfig {
     max_connections: usize,
     /// Seconds open connections get to finish after SIGTERM/SIGINT before they are dropped.
     shutdown_timeout: u64,
+    replica_id: Option<String>,
+    lease_ttl: String,
+    lease_renew: String,
 }
 
 impl Default for ServerConfig {
@@ -101,10 +125,14 @@ impl Default for ServerConfig {
             max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
             agent_url_hosts: String::new(),
             session_retention: "7d".to_owned(),
+            capture_retention: "7d".to_owned(),
             header_read_timeout: 10,
             idle_timeout: 60,
             max_connections: 1024,
             shutdown_timeout: 10,
+            replica_id: None,
+            lease_ttl: "6s".to_owned(),
+            lease_renew: "2s".to_owned(),
         }
     }
 }
@@ -120,10 +148,14 @@ const ENV_KEYS: &[&str] = &[
     "max_sessions_per_worker",
     "agent_url_hosts",
     "session_retention",
+    "capture_retention",
     "header_read_timeout",
     "idle_timeout",
     "max_connections",
     "shutdown_timeout",
+    "replica_id",
+    "lease_ttl",
+    "lease_renew",
 ];
 
 /// Runs the server until interrupted.
@@ -149,6 +181,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         session_retention >= Duration::from_secs(60),
         "--session-retention must be at least 1m"
     );
+    let capture_retention =
+        humantime::parse_duration(&config.capture_retention).with_context(|| {
+            format!(
+                "--capture-retention {:?} is not a duration (e.g. 7d, 12h)",
+                config.capture_retention
+            )
+        })?;
+    anyhow::ensure!(
+        capture_retention >= Duration::from_secs(60),
+        "--capture-retention must be at least 1m"
+    );
     anyhow::ensure!(
         config.header_read_timeout > 0 && config.idle_timeout > 0,
         "header_read_timeout and idle_timeout must be at least 1 second"
@@ -157,6 +200,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.max_connections > 0,
         "max_connections must be at least 1"
     );
+    let lease_ttl = humantime::parse_duration(&config.lease_ttl).with_context(|| {
+        format!(
+            "--lease-ttl {:?} is not a duration (e.g. 6s)",
+            config.lease_ttl
+        )
+    })?;
+    let lease_renew = humantime::parse_duration(&config.lease_renew).with_context(|| {
+        format!(
+            "--lease-renew {:?} is not a duration (e.g. 2s)",
+            config.lease_renew
+        )
+    })?;
+    let lease = hydra_core::mastership::LeaseTiming::new(
+        u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX),
+        u64::try_from(lease_renew.as_millis()).unwrap_or(u64::MAX),
+    )
+    .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
     let limits = hydra_server::ServeSettings {
         header_read_timeout: Duration::from_secs(config.header_read_timeout),
         idle_timeout: Duration::from_secs(config.idle_timeout),
@@ -186,12 +246,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         AdminTokenSource::Given => {}
     }
+    let replica_id = hydra_server::resolve_replica_id(&config.data_dir, config.replica_id.clone())
+        .with_context(|| {
+            format!(
+                "cannot set up the replica id in {}",
+                config.data_dir.display()
+            )
+        })?;
+    // Held for the whole run: the kernel releases it when the process ends, however it ends.
+    let mut _sqlite_lock = None;
     let store = match &config.database_url {
         Some(url) => Store::open_postgres(url)
             .await
             .context("cannot open PostgreSQL (--database-url)")?,
         None => {
             let path = config.data_dir.join("hydra.db");
+            _sqlite_lock = Some(lock_sqlite(&path)?);
             Store::open_sqlite(&path)
                 .await
                 .with_context(|| format!("cannot open SQLite database {}", path.display()))?
@@ -224,6 +294,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(str::to_owned)
             .collect(),
         session_retention,
+        replica_id: replica_id.clone(),
+        lease,
+        capture_retention,
     };
     let state = AppState::new(store.clone(), settings, &admin_token)
         .await
@@ -233,7 +306,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .read()
         .map(|registry| registry.len())
         .unwrap_or_default();
-    tracing::info!(listen = %bound, storage = store.engine().as_str(), nodes = node_count, "[controller] hydra server listening");
+    tracing::info!(listen = %bound, storage = store.engine().as_str(), nodes = node_count, %replica_id, "[controller] hydra server listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::signals::stop_on_signal(
         shutdown.clone(),
@@ -245,4 +318,30 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     store.close().await;
     tracing::info!("[controller] hydra server stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a second `hydra server` on the same SQLite file: SQLite serves one replica (several
+/// replicas need PostgreSQL). An exclusive lock on `<file>.lock`, released by the kernel when
+/// the process ends (even by SIGKILL), so a restart after a crash is never refused.
+fn lock_sqlite(database: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = database.with_extension("db.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another hydra server already uses the SQLite database {} (locked through {}): SQLite \
+             serves a single replica; to run several replicas, give each the same PostgreSQL \
+             database with --database-url postgres://...",
+            database.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }

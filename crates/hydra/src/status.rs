@@ -1,6 +1,8 @@
 //! `hydra status`: asks the local agent what it knows (node, roles, servers, last heartbeat,
 //! sessions) and prints it. Session details need a token (`--token` or `HYDRA_TOKEN`: the
-//! agent's `api_token`); without one the agent answers counts only.
+//! agent's `api_token`); without one the agent answers counts only. The exit code says how the
+//! agent is, for scripts: 0 healthy, 1 degraded (no master answers, or the agent's own health
+//! is degraded), 2 the agent does not answer.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,9 +58,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let status = match agent.status().await {
         Ok(status) => status,
         Err(error @ ClientError::Unreachable { .. }) => {
-            return Err(anyhow::Error::new(error).context(format!(
-                "no agent answers at {base} (--agent): is hydra agent running?"
-            )));
+            eprintln!(
+                "error: no agent answers at {base} (--agent): is hydra agent running?: {error}"
+            );
+            return Ok(ExitCode::from(NO_AGENT));
         }
         Err(error @ ClientError::Decode { .. }) => {
             return Err(anyhow::Error::new(error)
@@ -71,16 +74,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if args.json {
         print_json(&status)?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print(&render(&status));
     }
-    print(&render(&status));
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(exit_code(&status)))
+}
+
+/// Exit code when the agent does not answer.
+const NO_AGENT: u8 = 2;
+
+/// 0 when the agent is healthy, 1 when it is degraded: no master answers it (or it is still
+/// catching up with one), or its own health is degraded.
+fn exit_code(status: &AgentStatus) -> u8 {
+    let control_plane_ok = status
+        .control_plane
+        .as_ref()
+        .is_none_or(|control_plane| control_plane.state == "healthy");
+    u8::from(!(control_plane_ok && status.health == "ok"))
 }
 
 /// The status as people read it.
 fn render(status: &AgentStatus) -> String {
     let active = status.active_sessions;
-    let mut text = key_values(&[
+    let mut pairs = vec![
         ("node", or_dash(status.node_id.as_ref())),
         ("roles", status.roles.join(",")),
         ("servers", status.servers.join(", ")),
@@ -93,7 +109,49 @@ fn render(status: &AgentStatus) -> String {
         ("health", status.health.clone()),
         ("uptime", format!("{} s", status.uptime)),
         ("sessions", format!("{active} of {}", status.max_sessions)),
-    ]);
+    ];
+    if let Some(control_plane) = &status.control_plane {
+        let state = match &control_plane.degraded_since {
+            Some(since) => format!("{} since {since}", control_plane.state),
+            None => control_plane.state.clone(),
+        };
+        pairs.extend([
+            ("control plane", state),
+            ("last poll", or_dash(control_plane.last_poll.as_ref())),
+            (
+                "config",
+                format!(
+                    "version {} from {}",
+                    control_plane.config_version, control_plane.config_source
+                ),
+            ),
+            (
+                "journal",
+                format!(
+                    "{} waiting, {} dropped",
+                    control_plane.journal_length, control_plane.journal_dropped
+                ),
+            ),
+        ]);
+    }
+    let mut text = key_values(&pairs);
+    if let Some(control_plane) = &status.control_plane
+        && !control_plane.replicas.is_empty()
+    {
+        let mut table = Table::new(&["REPLICA", "HEALTHY", "MASTER", "TERM"]);
+        for replica in &control_plane.replicas {
+            table.row(vec![
+                replica.url.clone(),
+                yes_no(replica.healthy),
+                yes_no(replica.is_master),
+                replica
+                    .term
+                    .map_or_else(|| "-".to_owned(), |term| term.to_string()),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
     let Some(sessions) = &status.sessions else {
         text.push_str("(session details need the agent's token: --token or HYDRA_TOKEN)\n");
         return text;
@@ -146,6 +204,7 @@ mod tests {
             health: "ok".into(),
             active_sessions: 1,
             max_sessions: 15,
+            control_plane: None,
             sessions: Some(vec![SessionHealth {
                 id: "s-1".into(),
                 body_ip: "10.0.0.2".into(),
@@ -176,6 +235,77 @@ mod tests {
     }
 
     #[test]
+    fn renders_the_control_plane_and_the_exit_code_says_degraded() {
+        let mut status = AgentStatus {
+            node_id: Some("w1".into()),
+            roles: vec!["worker".into()],
+            servers: vec!["http://127.0.0.1:7070".into()],
+            master: None,
+            last_heartbeat: None,
+            last_heartbeat_error: None,
+            uptime: 42,
+            health: "ok".into(),
+            active_sessions: 0,
+            max_sessions: 15,
+            sessions: None,
+            control_plane: Some(hydra_api::agent::ControlPlaneStatus {
+                state: "degraded".into(),
+                degraded_since: Some("2026-01-02T03:04:05.000Z".into()),
+                replicas: vec![hydra_api::agent::ReplicaHealth {
+                    url: "http://127.0.0.1:7070".into(),
+                    healthy: false,
+                    is_master: false,
+                    term: None,
+                }],
+                last_poll: None,
+                config_version: 3,
+                config_source: "kept_copy".into(),
+                journal_length: 4,
+                journal_dropped: 1,
+            }),
+        };
+        expect_test::expect![[r#"
+            node:             w1
+            roles:            worker
+            servers:          http://127.0.0.1:7070
+            master:           -
+            last heartbeat:   -
+            heartbeat error:  -
+            health:           ok
+            uptime:           42 s
+            sessions:         0 of 15
+            control plane:    degraded since 2026-01-02T03:04:05.000Z
+            last poll:        -
+            config:           version 3 from kept_copy
+            journal:          4 waiting, 1 dropped
+
+            REPLICA                HEALTHY  MASTER  TERM
+            http://127.0.0.1:7070  no       no      -
+            (session details need the agent's token: --token or HYDRA_TOKEN)
+        "#]]
+        .assert_eq(&render(&status));
+        // (control plane state, agent health) -> exit code
+        let mut codes = Vec::new();
+        for (state, health) in [
+            ("healthy", "ok"),
+            ("degraded", "ok"),
+            ("recovering", "ok"),
+            ("healthy", "degraded"),
+        ] {
+            status.control_plane.as_mut().unwrap().state = state.into();
+            status.health = health.into();
+            codes.push(format!("{state}/{health}={}", exit_code(&status)));
+        }
+        status.control_plane = None;
+        status.health = "ok".into();
+        codes.push(format!("none/ok={}", exit_code(&status)));
+        expect_test::expect![
+            "healthy/ok=0 degraded/ok=1 recovering/ok=1 healthy/degraded=1 none/ok=0"
+        ]
+        .assert_eq(&codes.join(" "));
+    }
+
+    #[test]
     fn without_a_token_renders_counts_and_says_how_to_see_more() {
         let status = AgentStatus {
             node_id: Some("w1".into()),
@@ -189,6 +319,7 @@ mod tests {
             active_sessions: 3,
             max_sessions: 15,
             sessions: None,
+            control_plane: None,
         };
         expect_test::expect![[r#"
             node:             w1

@@ -3,7 +3,9 @@
 //! sleeps and runs the streaming client). A route is used for one stream and forgotten when the
 //! client fails to launch on it, so a failed body does not stick; each new stream discovers
 //! again, which is how a head returns to the best body once it is back. A running stream never
-//! changes target.
+//! changes target. The eligible list of the control plane's last answer is kept in the state
+//! dir; when no replica answers, the head walks that list with the same probes instead of
+//! giving up, and asks the control plane first again for the next stream.
 
 pub mod state;
 
@@ -14,7 +16,11 @@ use hydra_client::discovery::{Discoverer, Discovery, DiscoveryError, Route};
 use hydra_core::failover::{FailoverLoop, FailoverSettings, Step, StreamExit, classify_exit};
 use tokio_util::sync::CancellationToken;
 
-use state::{PairingState, load_measurements, save_measurements, write_pairing};
+use hydra_api::EligibleResponse;
+use state::{
+    PairingState, keep_eligible, load_kept_eligible, load_measurements, save_measurements,
+    write_pairing,
+};
 
 /// How a head runs its streams.
 #[derive(Debug, Clone)]
@@ -96,6 +102,26 @@ impl Head {
         found
     }
 
+    /// Walks the eligible list kept from the control plane's last answer (no replica answers).
+    async fn discover_kept(&self, kept: &EligibleResponse) -> Result<Discovery, DiscoveryError> {
+        let found = self.discoverer.discover_kept(&self.head_id, kept).await;
+        save_measurements(&self.state_dir, &self.discoverer.pending_measurements());
+        found
+    }
+
+    /// Keeps the answer a route came from; a failure is logged, never fatal.
+    fn keep(&self, found: &Discovery) {
+        if let Err(error) = keep_eligible(
+            &self.state_dir,
+            &self.head_id,
+            &found.answer,
+            &found.route,
+            hydra_api::now_ms(),
+        ) {
+            tracing::warn!(dir = %self.state_dir.display(), "[head] cannot keep the eligible list: {error}");
+        }
+    }
+
     /// Runs streams until the wanted number ran (`Ok` with the count), `shutdown` is cancelled
     /// (`Ok`; a running client is stopped) or the loop gives up.
     pub async fn run(
@@ -108,6 +134,9 @@ impl Head {
         }
         let head_id = &self.head_id;
         let mut failover = FailoverLoop::new(settings.failover.clone());
+        // The list kept from the control plane's last answer, read when no replica answers.
+        let mut kept: Option<EligibleResponse> = None;
+        let mut walked_kept = false;
         loop {
             match failover.next_step(rand::random::<f64>()) {
                 Step::Done => return Ok(failover.streams_run()),
@@ -128,13 +157,48 @@ impl Head {
                         () = shutdown.cancelled() => return Ok(stopped(head_id, &failover)),
                     }
                 }
-                Step::Discover => {
-                    let found = tokio::select! {
-                        found = self.discover() => found,
-                        () = shutdown.cancelled() => return Ok(stopped(head_id, &failover)),
+                step @ (Step::Discover | Step::WalkKept) => {
+                    let from_control_plane = step == Step::Discover;
+                    let found = match (&step, &kept) {
+                        (Step::WalkKept, Some(list)) => {
+                            tracing::warn!(%head_id, bodies = list.bodies.len(), "[head] no replica answers; walking the kept eligible list (LAN, then WireGuard)");
+                            walked_kept = true;
+                            tokio::select! {
+                                found = self.discover_kept(list) => found,
+                                () = shutdown.cancelled() => return Ok(stopped(head_id, &failover)),
+                            }
+                        }
+                        _ => tokio::select! {
+                            found = self.discover() => found,
+                            () = shutdown.cancelled() => return Ok(stopped(head_id, &failover)),
+                        },
                     };
                     let route = match found {
-                        Ok(found) => found.route,
+                        Ok(found) => {
+                            if from_control_plane {
+                                if std::mem::take(&mut walked_kept) {
+                                    tracing::info!(%head_id, "[head] a replica answers again; back to the control plane's eligible list");
+                                }
+                                self.keep(&found);
+                            }
+                            found.route
+                        }
+                        Err(DiscoveryError::Server(error))
+                            if from_control_plane
+                                && (error.is_transient()
+                                    || matches!(
+                                        error,
+                                        hydra_client::ClientError::Indeterminate { .. }
+                                    )) =>
+                        {
+                            kept = load_kept_eligible(&self.state_dir, hydra_api::now_ms());
+                            let reason = format!(
+                                "asking for the eligible bodies of head {head_id}: {error}"
+                            );
+                            tracing::warn!(%head_id, "[head] discovery failed: {reason}");
+                            failover.control_plane_unreachable(reason, kept.is_some());
+                            continue;
+                        }
                         Err(error) => {
                             let reason = describe(head_id, &error);
                             tracing::warn!(%head_id, "[head] discovery failed: {reason}");

@@ -1,10 +1,12 @@
 //! What a head keeps in its state dir between processes: the pairing record (which address its
-//! streaming client was given, and how that stream is doing) and the connect times it measured
-//! but has not reported yet.
+//! streaming client was given, and how that stream is doing), the connect times it measured
+//! but has not reported yet, and the last eligible list with the route it used (walked when no
+//! replica answers).
 
 use std::io::Write;
 use std::path::Path;
 
+use hydra_api::EligibleResponse;
 use hydra_client::Measurement;
 use hydra_client::discovery::Route;
 use serde::Serialize;
@@ -62,13 +64,62 @@ pub fn write_pairing(
         detail,
         updated_at: hydra_api::rfc3339(now_ms),
     };
-    let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+    write_json_atomically(state_dir, PAIRING_FILE, &record)
+}
+
+/// Writes `value` as `<state_dir>/<name>`: a temporary file beside it, fsync, rename, fsync of
+/// the dir, so a reader (or a head started after a crash) sees the old file or the new one.
+fn write_json_atomically(
+    state_dir: &Path,
+    name: &str,
+    value: &impl Serialize,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     std::fs::create_dir_all(state_dir)?;
-    let temporary = state_dir.join(format!("{PAIRING_FILE}.tmp"));
+    let temporary = state_dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, state_dir.join(PAIRING_FILE))
+    std::fs::rename(&temporary, state_dir.join(name))?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+/// The kept eligible list's file in the state dir.
+pub const KEPT_ELIGIBLE_FILE: &str = "eligible.json";
+
+/// Keeps the eligible answer a route came from, with the route, atomically (temporary file,
+/// fsync, rename, fsync of the dir), so a head whose control plane goes away still knows its
+/// bodies, even after a restart.
+pub fn keep_eligible(
+    state_dir: &Path,
+    head_id: &str,
+    answer: &EligibleResponse,
+    route: &Route,
+    now_ms: i64,
+) -> std::io::Result<()> {
+    let record = serde_json::json!({
+        "head_id": head_id,
+        "kept_at": hydra_api::rfc3339(now_ms),
+        "route": {"body_id": route.body_id, "ip": route.ip.to_string(), "transport": route.transport.as_str()},
+        "answer": answer,
+    });
+    write_json_atomically(state_dir, KEPT_ELIGIBLE_FILE, &record)
+}
+
+/// The kept eligible answer, if there is a usable one. A file that does not read back is renamed
+/// `eligible.json.corrupt-<now_ms>` (never used, never deleted) and named in an ERROR.
+pub fn load_kept_eligible(state_dir: &Path, now_ms: i64) -> Option<EligibleResponse> {
+    let path = state_dir.join(KEPT_ELIGIBLE_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    let answer = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|mut record| serde_json::from_value(record["answer"].take()).ok());
+    if answer.is_none() {
+        let set_aside = state_dir.join(format!("{KEPT_ELIGIBLE_FILE}.corrupt-{now_ms}"));
+        let renamed = std::fs::rename(&path, &set_aside);
+        tracing::error!(path = %path.display(), set_aside = %set_aside.display(), renamed = renamed.is_ok(), "[head] the kept eligible list is corrupt; set aside, not used");
+    }
+    answer
 }
 
 /// Connect times an earlier process measured but could not report yet; unreadable lines are
@@ -135,6 +186,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(load_measurements(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn the_kept_eligible_list_reads_back_and_a_corrupt_one_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_kept_eligible(dir.path(), 1), None);
+        let answer = EligibleResponse {
+            policy: hydra_api::PolicyWire::CrossVenue,
+            bodies: Vec::new(),
+        };
+        keep_eligible(dir.path(), "head-1", &answer, &route(), 0).unwrap();
+        assert_eq!(load_kept_eligible(dir.path(), 1), Some(answer));
+        assert!(!dir.path().join("eligible.json.tmp").exists());
+        std::fs::write(dir.path().join(KEPT_ELIGIBLE_FILE), b"{\"answer\": 7}").unwrap();
+        assert_eq!(load_kept_eligible(dir.path(), 42), None, "never used");
+        assert!(!dir.path().join(KEPT_ELIGIBLE_FILE).exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("eligible.json.corrupt-42")).unwrap(),
+            b"{\"answer\": 7}",
+            "set aside as it was, not deleted"
+        );
     }
 
     #[test]

@@ -61,8 +61,9 @@ pub struct WorkerSettings {
     pub sunshine_username: String,
     /// Sunshine password when a request names none.
     pub sunshine_password: String,
-    /// The ICE servers (TURN) as JSON, handed to each process as `HYDRA_ICE_SERVERS`.
-    pub ice_servers_json: String,
+    /// The ICE servers (TURN credentials minted per session), handed to each process as
+    /// `HYDRA_ICE_SERVERS` (JSON).
+    pub ice: crate::turn::IceConfig,
 }
 
 impl std::fmt::Debug for WorkerSettings {
@@ -96,7 +97,7 @@ impl WorkerSettings {
             stream_base_url: "http://127.0.0.1:7071".into(),
             sunshine_username: String::new(),
             sunshine_password: String::new(),
-            ice_servers_json: "[]".into(),
+            ice: crate::turn::IceConfig::default(),
         }
     }
 }
@@ -497,7 +498,14 @@ impl Worker {
                 .clone()
                 .unwrap_or_else(|| self.settings.sunshine_password.clone()),
         );
-        env.insert("HYDRA_ICE_SERVERS", self.settings.ice_servers_json.clone());
+        let ice_servers = self
+            .settings
+            .ice
+            .for_session(id, hydra_api::now_ms().max(0) as u64 / 1_000);
+        env.insert(
+            "HYDRA_ICE_SERVERS",
+            serde_json::to_string(&ice_servers).unwrap_or_else(|_| "[]".into()),
+        );
         if let Some(experience) = &spec.experience {
             env.insert("HYDRA_EXPERIENCE", experience.clone());
         }

@@ -143,7 +143,7 @@ impl Agent {
     }
 
     /// Stops the agent gracefully (its session processes end).
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();

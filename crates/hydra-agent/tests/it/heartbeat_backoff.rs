@@ -31,6 +31,8 @@ async fn check_master() -> axum::Json<CheckMaster> {
     axum::Json(CheckMaster {
         is_master: true,
         master_url: None,
+        master_id: None,
+        term: None,
     })
 }
 
@@ -98,6 +100,7 @@ async fn waits(answers: Vec<bool>, units: Vec<f64>) -> Vec<Duration> {
             api_token: None,
             wireguard_optional: true,
             viewer_ttl: Duration::from_secs(600),
+            ice: Default::default(),
         },
         None,
         Proxy::new(stop.clone()),

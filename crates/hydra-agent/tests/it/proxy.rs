@@ -54,6 +54,7 @@ impl Agent {
             api_token: Some(API_TOKEN.into()),
             wireguard_optional: true,
             viewer_ttl: Duration::from_secs(600),
+            ice: Default::default(),
         };
         adjust(&mut worker_settings, &mut http_settings);
         let worker = Worker::new(worker_settings);

@@ -8,22 +8,7 @@ use std::time::Duration;
 use hydra_api::{CreateSessionRequest, SessionState};
 
 use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::support::{Body, standin_command};
-
-/// The `KEY=VALUE` lines the stand-in wrote with `--record-env`, as pairs.
-fn recorded_env(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect()
-}
-
-fn value_of<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    env.iter()
-        .find(|(name, _)| name == key)
-        .map(|(_, value)| value.as_str())
-}
+use crate::support::{Body, recorded_env, standin_command, value_of};
 
 /// The request's `sunshine_user`/`sunshine_pass` (else the agent's
 /// `sunshine.username/password`), the agent's `ice_servers` as JSON, `experience` and `exe_path`

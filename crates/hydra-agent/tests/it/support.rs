@@ -171,3 +171,19 @@ pub async fn http_get(address: SocketAddr, path: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// The `KEY=VALUE` lines the stand-in wrote with `--record-env`, as pairs.
+pub fn recorded_env(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The value of `key` in a [`recorded_env`].
+pub fn value_of<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.as_str())
+}

@@ -218,6 +218,8 @@ async fn answer(
             &CheckMaster {
                 is_master: behaviour.is_master,
                 master_url: behaviour.master_url,
+                master_id: None,
+                term: None,
             },
         );
     }
@@ -290,6 +292,8 @@ async fn answer(
                 status: "ok".to_owned(),
                 version: "test".to_owned(),
                 storage: name.to_owned(),
+                revision: 0,
+                lag_ms: 0,
             },
         ),
         _ => error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route"),

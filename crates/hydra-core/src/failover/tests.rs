@@ -5,8 +5,9 @@ use expect_test::{Expect, expect};
 
 use super::*;
 
-/// Drives the loop through `script` (`discovery fails`, `launch fails`, `ends`), one entry per
-/// `Discover` step, with the backoff's random unit at 0.5, and prints every step.
+/// Drives the loop through `script` (`discovery fails`, `launch fails`, `ends`, and for a
+/// discovery `no replica (kept)` / `no replica (none kept)`), one entry per `Discover` or
+/// `WalkKept` step, with the backoff's random unit at 0.5, and prints every step.
 fn check(settings: FailoverSettings, script: &[&str], expected: Expect) {
     let mut failover = FailoverLoop::new(settings);
     let mut script = script.iter();
@@ -14,16 +15,25 @@ fn check(settings: FailoverSettings, script: &[&str], expected: Expect) {
     for _ in 0..100 {
         let step = failover.next_step(0.5);
         match &step {
-            Step::Discover => {
+            Step::Discover | Step::WalkKept => {
+                let what = if step == Step::Discover {
+                    "discover"
+                } else {
+                    "walk kept"
+                };
                 let Some(outcome) = script.next() else {
-                    trace.push("discover (script ended)".to_owned());
+                    trace.push(format!("{what} (script ended)"));
                     break;
                 };
-                trace.push(format!("discover -> {outcome}"));
+                trace.push(format!("{what} -> {outcome}"));
                 match *outcome {
                     "discovery fails" => failover.discovery_failed("no body reachable"),
                     "launch fails" => failover.launch_failed("exited in the launch window"),
                     "ends" => failover.stream_ended(),
+                    "no replica (kept)" => failover.control_plane_unreachable("no replica", true),
+                    "no replica (none kept)" => {
+                        failover.control_plane_unreachable("no replica", false);
+                    }
                     other => panic!("unknown script entry {other:?}"),
                 }
             }
@@ -186,4 +196,46 @@ fn exits_are_classified_by_pairing_code_then_launch_window() {
         killed at exactly the window: Ended (launch failed: false)
         killed just inside the window: ExitedInLaunchWindow (launch failed: true)"#]]
     .assert_eq(&lines.join("\n"));
+}
+
+/// Issue 10: with no replica answering, the head walks its kept list at once (not a failure),
+/// and asks the control plane first again for the next stream.
+#[test]
+fn without_a_control_plane_the_kept_list_is_walked_and_the_control_plane_asked_first_again() {
+    check(
+        streams(3),
+        &[
+            "ends",
+            "no replica (kept)",
+            "ends",
+            "no replica (kept)",
+            "launch fails",
+            "no replica (kept)",
+            "ends",
+            "ends",
+        ],
+        expect![[r#"
+            discover -> ends
+            discover -> no replica (kept)
+            walk kept -> ends
+            discover -> no replica (kept)
+            walk kept -> launch fails
+            wait 500 ms before attempt 2
+            discover -> no replica (kept)
+            walk kept -> ends
+            done"#]],
+    );
+    // Nothing kept: the control plane's silence is a failed discovery, as before.
+    check(
+        FailoverSettings {
+            max_attempts: 2,
+            ..streams(1)
+        },
+        &["no replica (none kept)", "no replica (none kept)"],
+        expect![[r#"
+            discover -> no replica (none kept)
+            wait 500 ms before attempt 2
+            discover -> no replica (none kept)
+            give up after 2: no replica"#]],
+    );
 }

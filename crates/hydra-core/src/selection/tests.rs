@@ -8,14 +8,14 @@ use proptest::prelude::*;
 use super::*;
 use crate::node::{Role, Roles};
 
-const NOW: UnixMillis = 1_000_000;
-const SETTINGS: SelectionSettings = SelectionSettings {
+pub(crate) const NOW: UnixMillis = 1_000_000;
+pub(crate) const SETTINGS: SelectionSettings = SelectionSettings {
     heartbeat_timeout_ms: 60_000,
     latency_max_age_ms: 600_000,
 };
 
 /// A compact body description: `id district/venue owner` plus modifiers.
-fn body(id: &str, district: &str, venue: &str, owner: &str) -> Node {
+pub(crate) fn body(id: &str, district: &str, venue: &str, owner: &str) -> Node {
     let mut node = Node::new(id, Roles::NONE.with(Role::Body));
     node.district = district.into();
     node.venue = venue.into();
@@ -25,17 +25,17 @@ fn body(id: &str, district: &str, venue: &str, owner: &str) -> Node {
     node
 }
 
-fn idle(mut node: Node) -> Node {
+pub(crate) fn idle(mut node: Node) -> Node {
     node.idle = true;
     node
 }
 
-fn vram(mut node: Node, mb: u64) -> Node {
+pub(crate) fn vram(mut node: Node, mb: u64) -> Node {
     node.vram_mb = Some(mb);
     node
 }
 
-const HEAD: Head<'static> = Head {
+pub(crate) const HEAD: Head<'static> = Head {
     district: "bxl1",
     venue: "rupelmonde",
     owner: "acme",
@@ -427,7 +427,7 @@ fn arb_latency(fleet: &[Node]) -> impl Strategy<Value = HashMap<String, LatencyS
     })
 }
 
-fn fleet_with_observations()
+pub(crate) fn fleet_with_observations()
 -> impl Strategy<Value = (Vec<Node>, HashMap<String, LatencySample>, HashSet<String>)> {
     prop::collection::vec(arb_node(), 0..40).prop_flat_map(|fleet| {
         let ids: Vec<String> = fleet.iter().map(|node| node.id.clone()).collect();

@@ -1,11 +1,19 @@
-//! `GET /api/v1/bodies/eligible`: the body-selection policy over the registry view.
+//! `GET /api/v1/bodies/eligible`: the body-selection policy over the registry view (with
+//! `explain=true`, its trace); `GET /api/v1/bodies/what-if`: the heads' answers without a venue,
+//! district or node.
 
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use hydra_api::{EligibleParams, EligibleQuery, EligibleResponse, ErrorBody, Measurement};
+use axum::response::{IntoResponse, Response};
+use hydra_api::{
+    EligibleParams, EligibleQuery, EligibleResponse, ErrorBody, ExplainedEligible, HeadWhatIf,
+    Measurement, SessionWhatIf, WhatIfParams, WhatIfResponse, WithoutQuery,
+};
+use hydra_core::explain::explain_selection;
 use hydra_core::selection::{Head, Observations, select_bodies, strict_venue};
+use hydra_core::what_if::what_if as heads_what_if;
 use hydra_core::{LatencySample, Role, Transport};
 use hydra_store::LatencyRecord;
 
@@ -24,7 +32,7 @@ use crate::state::{AppState, now_ms};
 #[utoipa::path(get, path = "/api/v1/bodies/eligible", tag = "bodies", params(EligibleParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Eligible bodies, best first", body = EligibleResponse),
+        (status = 200, description = "Eligible bodies, best first (with explain=true, plus the trace: ExplainedEligible)", body = EligibleResponse),
         (status = 400, description = "Bad parameters, or head_id names a node without the head role", body = ErrorBody),
         (status = 403, description = "A node token asking for another head_id", body = ErrorBody),
         (status = 404, description = "Unknown head_id", body = ErrorBody)))]
@@ -32,8 +40,9 @@ pub async fn eligible(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(params): Query<EligibleParams>,
-) -> Result<Json<EligibleResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let caller = state.caller(&headers)?;
+    let explain = params.explain.unwrap_or(false);
     let now = now_ms();
     let settings = state.selection_settings();
     let query =
@@ -53,7 +62,7 @@ pub async fn eligible(
                 now,
                 &settings,
             );
-            return Ok(Json(EligibleResponse::from(&selection)));
+            return Ok(Json(EligibleResponse::from(&selection)).into_response());
         }
     };
     // A node token speaks only for its own head: reading another head's ranking, or recording
@@ -129,7 +138,82 @@ pub async fn eligible(
     );
     metrics::counter!("hydra_eligible_requests_total", "policy" => selection.policy.as_str())
         .increment(1);
-    Ok(Json(EligibleResponse::from(&selection)))
+    let answer = EligibleResponse::from(&selection);
+    if !explain {
+        return Ok(Json(answer).into_response());
+    }
+    // The same view, time and observations as the answer, under the same lock.
+    let explanation = explain_selection(
+        &head,
+        registry.in_district(head.district),
+        now,
+        &settings,
+        &observations,
+    );
+    Ok(Json(ExplainedEligible::new(answer, &explanation)).into_response())
+}
+
+/// For every head of the districts that would lose a node: the first body it gets now and the
+/// one it would get without `venue:V`, `district:D` or `node:N`; the heads left with nothing;
+/// and the live relay sessions on workers that would go away. Admin token; reads only memory.
+#[utoipa::path(get, path = "/api/v1/bodies/what-if", tag = "bodies", params(WhatIfParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The heads' answers now and without", body = WhatIfResponse),
+        (status = 400, description = "without is missing or not venue:V, district:D or node:N", body = ErrorBody)))]
+pub async fn what_if(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<WhatIfParams>,
+) -> Result<Json<WhatIfResponse>, ApiError> {
+    state.require_admin(&headers)?;
+    let text = params
+        .without
+        .ok_or_else(|| ApiError::invalid("without is required: venue:V, district:D or node:N"))?;
+    let without = WithoutQuery::parse(&text).map_err(|error| ApiError::invalid(error.message))?;
+    let now = now_ms();
+    let settings = state.selection_settings();
+    let (heads, removed_workers) = {
+        let registry = state.registry().read().expect("registry lock poisoned");
+        let nodes = registry.all();
+        let outcomes = heads_what_if(&nodes, without.as_core(), now, &settings, |head_id| {
+            registry.latency_of(head_id)
+        });
+        let removed: HashSet<String> = nodes
+            .iter()
+            .filter(|node| without.as_core().removes(node))
+            .map(|node| node.id.clone())
+            .collect();
+        (
+            outcomes.iter().map(HeadWhatIf::from).collect::<Vec<_>>(),
+            removed,
+        )
+    };
+    let mut sessions_needing_worker: Vec<SessionWhatIf> = state
+        .workers()
+        .all()
+        .into_iter()
+        .filter(|(worker_id, _)| removed_workers.contains(worker_id))
+        .flat_map(|(worker_id, info)| {
+            let live: HashSet<String> = info.placed.union(&info.reported_live).cloned().collect();
+            live.into_iter().map(move |session_id| SessionWhatIf {
+                session_id,
+                worker_id: worker_id.clone(),
+            })
+        })
+        .collect();
+    sessions_needing_worker.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    let shortfall = heads
+        .iter()
+        .filter(|head| head.shortfall)
+        .map(|head| head.head_id.clone())
+        .collect();
+    Ok(Json(WhatIfResponse {
+        without: text,
+        heads,
+        shortfall,
+        sessions_needing_worker,
+    }))
 }
 
 /// The head's measured connect times as store records: one per body (the last one given wins),

@@ -253,12 +253,14 @@ pub async fn remove(
 /// Records a heartbeat: the node's own token or the admin token.
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", tag = "nodes", request_body = HeartbeatRequest,
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Node id")),
+    params(("id" = String, Path, description = "Node id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A write id (UUID): a repeat of an applied write is answered with its first status and Idempotency-Replayed: true, and not applied again")),
     responses((status = 200, body = NodeView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    write_key: Option<axum::Extension<crate::write_ids::WriteKey>>,
     Json(request): Json<HeartbeatRequest>,
 ) -> Result<Json<NodeView>, ApiError> {
     match state.caller(&headers)? {
@@ -275,6 +277,7 @@ pub async fn heartbeat(
         idle: request.idle,
         active_sessions: request.active_sessions,
         vram_mb: check_vram(request.vram_mb)?,
+        write_id: crate::write_ids::WriteKey::answered(write_key, StatusCode::OK),
     };
     let node = state.fleet().heartbeat(&id, heartbeat).await?;
     metrics::counter!("hydra_heartbeats_total").increment(1);

@@ -1,7 +1,9 @@
 //! Health, master discovery and the OpenAPI document.
 
 use axum::extract::State;
-use hydra_api::{CheckMaster, Health};
+use hydra_api::{CheckMaster, Health, ReplicaInfo};
+
+use crate::error::ApiError;
 
 use crate::extract::Json;
 use crate::state::AppState;
@@ -20,16 +22,65 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         .to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         storage: state.store().engine().as_str().to_owned(),
+        revision: crate::feed::view_revision(&state),
+        lag_ms: state.feed().lag_ms(crate::state::now_ms()),
     })
 }
 
-/// Whether this replica is the master, and where the master is. A single replica is its own
-/// master. No token needed.
+/// Whether this replica is the master, and where the master is (from the lease row as this
+/// replica last read it). A single replica on SQLite is its own master. No token needed.
 #[utoipa::path(get, path = "/api/v1/check-master", tag = "system",
     responses((status = 200, description = "Master status", body = CheckMaster)))]
 pub async fn check_master(State(state): State<AppState>) -> Json<CheckMaster> {
+    let view = state.replica().view();
     Json(CheckMaster {
-        is_master: true,
-        master_url: Some(state.settings().public_url.clone()),
+        is_master: view.is_master,
+        master_url: view.master_url,
+        master_id: view.master_id,
+        term: view.term,
     })
+}
+
+/// The replicas of this control plane: id, advertised URL, whether it is master, whether its
+/// heartbeat is younger than twice its interval. No token needed (the SDK and agents read it
+/// to find every replica). `revision` and `lag_ms` are given for the replica that answers (its
+/// own view); each other replica's are on its own `/api/v1/health`.
+#[utoipa::path(get, path = "/api/v1/replicas", tag = "system",
+    responses((status = 200, description = "Replicas, by id", body = [ReplicaInfo])))]
+pub async fn replicas(State(state): State<AppState>) -> Result<Json<Vec<ReplicaInfo>>, ApiError> {
+    let replica = state.replica();
+    let own_revision = u64::try_from(crate::feed::view_revision(&state)).ok();
+    let own_lag_ms = Some(state.feed().lag_ms(crate::state::now_ms()));
+    if !replica.view().replicated {
+        return Ok(Json(vec![ReplicaInfo {
+            id: replica.id().to_owned(),
+            base_url: replica.advertise_url().to_owned(),
+            is_master: true,
+            is_healthy: state.store_healthy(),
+            revision: own_revision,
+            lag_ms: own_lag_ms,
+        }]));
+    }
+    let lease = state.store().lease().await?;
+    let master = lease
+        .filter(|lease| lease.remaining_ms > 0)
+        .map(|lease| lease.holder);
+    let healthy_below_ms =
+        i64::try_from(replica.timing().renew_ms.saturating_mul(2)).unwrap_or(i64::MAX);
+    let rows = state.store().list_replicas().await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| {
+                let own = row.id == replica.id();
+                ReplicaInfo {
+                    is_master: master.as_deref() == Some(row.id.as_str()),
+                    is_healthy: row.heartbeat_age_ms < healthy_below_ms,
+                    id: row.id,
+                    base_url: row.base_url,
+                    revision: own.then_some(own_revision).flatten(),
+                    lag_ms: own.then_some(own_lag_ms).flatten(),
+                }
+            })
+            .collect(),
+    ))
 }

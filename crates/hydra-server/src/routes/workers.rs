@@ -70,15 +70,18 @@ pub async fn list(
 /// reports stopped or failed take that status.
 #[utoipa::path(post, path = "/api/v1/workers/{id}/report", tag = "sessions", request_body = WorkerReport,
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Worker node id")),
+    params(("id" = String, Path, description = "Worker node id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A write id (UUID): a repeat of an applied write is answered with its first status and Idempotency-Replayed: true, and not applied again")),
     responses((status = 204, description = "Recorded"), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn report(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    write_key: Option<axum::Extension<crate::write_ids::WriteKey>>,
     Json(report): Json<WorkerReport>,
 ) -> Result<StatusCode, ApiError> {
+    let write_id = crate::write_ids::WriteKey::answered(write_key, StatusCode::NO_CONTENT);
     match state.caller(&headers)? {
         Caller::Admin => {}
         Caller::Node(caller) if caller == id => {}
@@ -133,7 +136,7 @@ pub async fn report(
     // Store, reconciliation and directory change together, whatever the caller does.
     let clamped_from = trusted.clamped_from;
     crate::error::run_to_completion("the worker report", async move {
-        apply_report(&state, &id, report, clamped_from).await
+        apply_report(&state, &id, report, clamped_from, write_id).await
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -228,6 +228,47 @@ impl WorkerDirectory {
             .is_some()
     }
 
+    /// Takes in a worker's report as the store holds it (written by any replica): a worker new
+    /// to this replica holds `live`, its stored live sessions; a known one keeps what this
+    /// replica knows (sequence, placements) and takes the report's fields when not older.
+    pub fn follow_report(&self, id: &str, report: WorkerInfo, live: HashSet<String>) {
+        let mut reports = self.inner.write().expect("worker directory poisoned");
+        match reports.get_mut(id) {
+            Some(known) => {
+                if report.reported_at >= known.reported_at {
+                    known.agent_url = report.agent_url;
+                    known.agent_key = report.agent_key;
+                    known.max_sessions = report.max_sessions;
+                    known.reported_at = report.reported_at;
+                }
+                for session_id in live {
+                    if !known.ended.contains(&session_id) {
+                        known.placed.insert(session_id);
+                    }
+                }
+            }
+            None => {
+                let mut report = report;
+                report.placed = live;
+                reports.insert(id.to_owned(), report);
+            }
+        }
+    }
+
+    /// Takes in a session as the store holds it (written by any replica): live on `worker_id`
+    /// (`Some`) it holds a slot there and nowhere else; ended or gone (`None`) it holds none.
+    pub fn follow_session(&self, session_id: &str, worker_id: Option<&str>) {
+        let mut reports = self.inner.write().expect("worker directory poisoned");
+        for (id, info) in reports.iter_mut() {
+            if Some(id.as_str()) == worker_id {
+                info.placed.insert(session_id.to_owned());
+            } else if info.placed.remove(session_id) {
+                info.reported_live.remove(session_id);
+                info.ended.insert(session_id.to_owned());
+            }
+        }
+    }
+
     /// Gives back the slot `session_id` holds on `worker_id` (the session ended or failed).
     /// Releasing twice is harmless: a slot is a session id, not a count.
     pub fn release(&self, worker_id: &str, session_id: &str) {

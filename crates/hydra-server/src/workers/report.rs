@@ -20,11 +20,14 @@ use super::{MAX_AGENT_START_MS, RETIRED_KEYS, WorkerInfo};
 /// Applies a valid report of worker `id`: ignored when older than the last one applied for the
 /// same agent run; otherwise the stored sessions are reconciled with it, it is stored, and the
 /// directory takes its address, capacity and live sessions (keeping the server's placements).
+/// `write_id` is claimed with the stored report (a repeated report is not stored again; the
+/// reconciliation it repeats is idempotent).
 pub async fn apply_report(
     state: &AppState,
     id: &str,
     report: WorkerReport,
     clamped_from: Option<u32>,
+    write_id: Option<hydra_store::WriteId>,
 ) -> Result<(), ApiError> {
     let directory = state.workers();
     // One report of a worker at a time, so the sequence check and what follows are one step.
@@ -79,6 +82,7 @@ pub async fn apply_report(
         agent_key_sealed: state.sealer().seal(id, &report.agent_key),
         max_sessions: report.max_sessions,
         reported_at: now,
+        write_id,
     };
     state.report_writes().submit(stored).await?;
     if !same_run {

@@ -24,6 +24,10 @@ pub async fn sweep(state: AppState, shutdown: tokio_util::sync::CancellationToke
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        // A singleton duty: only the master sweeps (it moves with the lease).
+        if !state.replica().is_master() {
+            continue;
+        }
         if let Err(error) = sweep_once(&state, now_ms()).await {
             tracing::warn!(error = %error.message, "[controller] sweep of gone workers failed; trying again");
         }

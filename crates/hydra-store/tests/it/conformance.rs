@@ -2,10 +2,12 @@
 
 use std::net::IpAddr;
 
+use hydra_core::capture::{CaptureStatus, TerminationReason};
 use hydra_core::{CostTier, Node, Role, Roles, Transport};
 use hydra_store::{
-    Heartbeat, LatencyRecord, SessionFilter, SessionRecord, SessionStatus, SessionWrite, Store,
-    StoreError, WorkerReportRecord,
+    CaptureRecord, Change, ChangeKind, ChangesSince, ChunkRecord, Heartbeat, LatencyRecord,
+    SegmentRecord, SessionFilter, SessionRecord, SessionStatus, SessionWrite, Store, StoreError,
+    WorkerReportRecord, WriteId,
 };
 
 /// A store on a fresh file or database, kept alive with its temp dir.
@@ -65,6 +67,14 @@ on_both_engines!(
     pruning_removes_only_ended_sessions_older_than_the_cutoff_in_batches,
     enrolment_tokens_enrol_once_and_expire,
     an_enrolment_refused_for_a_taken_id_leaves_the_token_unused,
+    every_write_takes_the_next_revision_and_lists_what_it_changed,
+    concurrent_writes_take_dense_revisions,
+    changes_are_read_by_revision_windows_and_a_pruned_horizon_is_reported,
+    captures_keep_chunks_per_node_without_collisions,
+    a_chunk_stored_twice_is_kept_and_counted_once,
+    segments_end_once_and_a_capture_is_finalised_once,
+    pruning_removes_only_ended_captures_older_than_the_cutoff,
+    a_write_repeated_with_its_write_id_is_applied_once,
 );
 
 fn sample_node(id: &str) -> Node {
@@ -121,6 +131,7 @@ async fn missing_nodes_report_false(store: Store) {
         idle: true,
         active_sessions: 0,
         vram_mb: None,
+        write_id: None,
     };
     assert!(!store.record_heartbeat("ghost", &heartbeat).await.unwrap());
     assert!(!store.move_node("ghost", "d", "v").await.unwrap());
@@ -137,6 +148,7 @@ async fn heartbeat_updates_liveness_and_keeps_vram_when_absent(store: Store) {
         idle: true,
         active_sessions: 3,
         vram_mb: Some(8_192),
+        write_id: None,
     };
     assert!(store.record_heartbeat("b", &first).await.unwrap());
     let second = Heartbeat {
@@ -144,6 +156,7 @@ async fn heartbeat_updates_liveness_and_keeps_vram_when_absent(store: Store) {
         idle: false,
         active_sessions: 1,
         vram_mb: None,
+        write_id: None,
     };
     assert!(store.record_heartbeat("b", &second).await.unwrap());
     let node = store.get_node("b").await.unwrap().unwrap();
@@ -292,6 +305,7 @@ async fn heartbeat_batches_apply_in_order_and_report_missing_nodes(store: Store)
         idle: true,
         active_sessions: 0,
         vram_mb: None,
+        write_id: None,
     };
     let batch = vec![
         ("b1".to_owned(), beat(10)),
@@ -325,6 +339,7 @@ fn worker_report(worker_id: &str, max_sessions: u32, reported_at: i64) -> Worker
         agent_key_sealed: format!("v1.sealed-{worker_id}-{reported_at}"),
         max_sessions,
         reported_at,
+        write_id: None,
     }
 }
 
@@ -795,3 +810,600 @@ async fn an_enrolment_refused_for_a_taken_id_leaves_the_token_unused(store: Stor
     );
 }
 mod node_config;
+
+/// Every change after `after`, as `(revision, kind, key)` words, read in one window.
+async fn changes_after(store: &Store, after: i64) -> Vec<(i64, &'static str, String)> {
+    match store.changes_since(after, 10_000).await.unwrap() {
+        ChangesSince::Changes {
+            changes,
+            through,
+            latest,
+        } => {
+            assert_eq!(through, latest, "one window covers everything");
+            changes
+                .into_iter()
+                .map(
+                    |Change {
+                         revision,
+                         kind,
+                         key,
+                     }| (revision, kind.as_str(), key),
+                )
+                .collect()
+        }
+        pruned => panic!("nothing was pruned, got {pruned:?}"),
+    }
+}
+
+async fn every_write_takes_the_next_revision_and_lists_what_it_changed(store: Store) {
+    assert_eq!(store.current_revision().await.unwrap(), 0);
+    assert_eq!(store.written_revision(), 0);
+    let feed_id = store.feed_id().await.unwrap();
+    assert_eq!(feed_id.len(), 32, "{feed_id}");
+    store
+        .insert_node(&sample_node("n-1"), "hash-1")
+        .await
+        .unwrap();
+    let beat = Heartbeat {
+        at: 5,
+        idle: true,
+        active_sessions: 0,
+        vram_mb: None,
+        write_id: None,
+    };
+    store
+        .record_heartbeats(&[("n-1".into(), beat), ("ghost".into(), beat)])
+        .await
+        .unwrap();
+    store.move_node("n-1", "ams1", "dam").await.unwrap();
+    // A write that changes nothing takes a revision and lists nothing.
+    assert!(!store.set_drained("ghost", true).await.unwrap());
+    store
+        .record_latency(&LatencyRecord {
+            head_id: "n-1".into(),
+            body_id: "n-2".into(),
+            transport: Transport::Lan,
+            rtt_ms: 7,
+            measured_at: 9,
+        })
+        .await
+        .unwrap();
+    store
+        .put_worker_report(&worker_report("n-1", 4, 10))
+        .await
+        .unwrap();
+    let mut session = history_session(1, SessionStatus::Starting, 10, 10);
+    store.insert_session(&session).await.unwrap();
+    session.status = SessionStatus::Running;
+    assert!(store.update_session(&session).await.unwrap());
+    store.put_node_config("n-1", "{}", 11).await.unwrap();
+    assert!(store.delete_node("n-1").await.unwrap());
+    assert_eq!(store.current_revision().await.unwrap(), 10);
+    assert_eq!(
+        store.written_revision(),
+        10,
+        "the answer of the last write carries its revision"
+    );
+    assert_eq!(
+        changes_after(&store, 0).await,
+        vec![
+            (1, "node", "n-1".to_owned()),
+            (2, "node", "n-1".to_owned()),
+            (3, "node", "n-1".to_owned()),
+            (5, "latency", "n-1\tn-2".to_owned()),
+            (6, "worker_report", "n-1".to_owned()),
+            (7, "session", "s-0001".to_owned()),
+            (8, "session", "s-0001".to_owned()),
+            (9, "node_config", "n-1".to_owned()),
+            (10, "node", "n-1".to_owned()),
+            (10, "worker_report", "n-1".to_owned()),
+        ]
+    );
+    assert_eq!(
+        changes_after(&store, 8).await.len(),
+        3,
+        "a follower reads only what it lacks"
+    );
+    assert_eq!(changes_after(&store, 10).await, vec![]);
+}
+
+async fn concurrent_writes_take_dense_revisions(store: Store) {
+    let writers: Vec<_> = (0..16)
+        .map(|index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_node(
+                        &sample_node(&format!("n-{index:02}")),
+                        &format!("hash-{index}"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let changes = changes_after(&store, 0).await;
+    let revisions: Vec<i64> = changes.iter().map(|(revision, _, _)| *revision).collect();
+    assert_eq!(
+        revisions,
+        (1..=16).collect::<Vec<i64>>(),
+        "one revision per write, none skipped"
+    );
+    let mut keys: Vec<String> = changes.into_iter().map(|(_, _, key)| key).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        (0..16)
+            .map(|index| format!("n-{index:02}"))
+            .collect::<Vec<_>>()
+    );
+}
+
+async fn changes_are_read_by_revision_windows_and_a_pruned_horizon_is_reported(store: Store) {
+    for index in 0..5 {
+        store
+            .insert_node(
+                &sample_node(&format!("n-{index}")),
+                &format!("hash-{index}"),
+            )
+            .await
+            .unwrap();
+    }
+    match store.changes_since(1, 2).await.unwrap() {
+        ChangesSince::Changes {
+            through,
+            latest,
+            changes,
+        } => {
+            assert_eq!((through, latest), (3, 5));
+            assert_eq!(
+                changes
+                    .iter()
+                    .map(|change| change.revision)
+                    .collect::<Vec<_>>(),
+                [2, 3]
+            );
+            assert!(changes.iter().all(|change| change.kind == ChangeKind::Node));
+        }
+        pruned => panic!("nothing was pruned, got {pruned:?}"),
+    }
+    // Pruning is a write too: revision 6.
+    assert_eq!(store.prune_changes(3).await.unwrap(), 3);
+    assert_eq!(
+        store.changes_since(2, 100).await.unwrap(),
+        ChangesSince::Pruned {
+            pruned_through: 3,
+            latest: 6
+        },
+        "a follower behind the horizon must reload"
+    );
+    assert_eq!(
+        changes_after(&store, 3)
+            .await
+            .iter()
+            .map(|(revision, _, _)| *revision)
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
+}
+
+/// PostgreSQL wakes followers at each commit with its revision; a rolled back write wakes
+/// nobody.
+#[tokio::test]
+async fn postgres_listeners_hear_each_committed_revision() {
+    let store = postgres("listeners_hear").await.store;
+    let mut listener = store
+        .listen_changes()
+        .await
+        .unwrap()
+        .expect("postgres listens");
+    store
+        .insert_node(&sample_node("n-1"), "hash-1")
+        .await
+        .unwrap();
+    // Refused (the id is taken): rolled back, no notification.
+    assert!(
+        store
+            .insert_node(&sample_node("n-1"), "hash-1")
+            .await
+            .is_err()
+    );
+    store.set_drained("n-1", true).await.unwrap();
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        [
+            listener.recv().await.unwrap(),
+            listener.recv().await.unwrap(),
+        ]
+    })
+    .await
+    .expect("notifications within 10 s");
+    assert_eq!(
+        heard,
+        [1, 2],
+        "the rolled back write gave its revision back"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_has_no_listener() {
+    assert!(
+        sqlite()
+            .await
+            .store
+            .listen_changes()
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+mod replicas;
+// ---- captures (issue 12) ----
+
+fn sample_capture(id: &str, created_at: i64) -> CaptureRecord {
+    CaptureRecord {
+        id: id.to_owned(),
+        status: CaptureStatus::Running,
+        termination_reason: None,
+        fan_out: true,
+        filters: r#"{"contains":"relay"}"#.to_owned(),
+        duration_ms: Some(600_000),
+        max_lines: Some(1_000),
+        max_bytes: None,
+        created_at,
+        ended_at: None,
+    }
+}
+
+fn sample_segment(capture_id: &str, node_id: &str) -> SegmentRecord {
+    SegmentRecord {
+        capture_id: capture_id.to_owned(),
+        node_id: node_id.to_owned(),
+        address: format!("http://{node_id}:7071"),
+        status: CaptureStatus::Running,
+        termination_reason: None,
+        byte_count: 0,
+        line_count: 0,
+        last_sequence: None,
+        lines_missing: 0,
+        ended_at: None,
+    }
+}
+
+fn chunk(capture_id: &str, node_id: &str, sequence: i64, lines: &[i64]) -> ChunkRecord {
+    let data: String = lines
+        .iter()
+        .map(|line| format!("{{\"seq\":{line},\"node\":\"{node_id}\"}}\n"))
+        .collect();
+    ChunkRecord {
+        capture_id: capture_id.to_owned(),
+        node_id: node_id.to_owned(),
+        sequence,
+        first_sequence: lines[0],
+        last_sequence: lines[lines.len() - 1],
+        line_count: i64::try_from(lines.len()).unwrap(),
+        data,
+        created_at: 1_000 + sequence,
+    }
+}
+
+async fn captures_keep_chunks_per_node_without_collisions(store: Store) {
+    let capture = sample_capture("cap-1", 100);
+    store
+        .insert_capture(
+            &capture,
+            &[sample_segment("cap-1", "n1"), sample_segment("cap-1", "n2")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_capture("cap-1").await.unwrap(),
+        Some(capture.clone())
+    );
+    // Both nodes number their chunks from 0: the node is in the key, so nothing collides.
+    for (node, sequence, lines) in [
+        ("n1", 0, vec![1, 2]),
+        ("n2", 0, vec![7]),
+        ("n1", 1, vec![3]),
+    ] {
+        let stored = chunk("cap-1", node, sequence, &lines);
+        let bytes = i64::try_from(stored.data.len()).unwrap();
+        assert!(store.append_capture_chunk(&stored, bytes, 0).await.unwrap());
+    }
+    let segments = store.capture_segments("cap-1").await.unwrap();
+    let counts: Vec<(String, i64, Option<i64>)> = segments
+        .iter()
+        .map(|segment| {
+            (
+                segment.node_id.clone(),
+                segment.line_count,
+                segment.last_sequence,
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        vec![("n1".to_owned(), 3, Some(3)), ("n2".to_owned(), 1, Some(7))]
+    );
+    let n1_bytes = segments[0].byte_count;
+    assert_eq!(
+        n1_bytes,
+        i64::try_from(
+            chunk("cap-1", "n1", 0, &[1, 2]).data.len() + chunk("cap-1", "n1", 1, &[3]).data.len()
+        )
+        .unwrap()
+    );
+    let all = store.capture_chunks("cap-1", None, None, 10).await.unwrap();
+    let keys: Vec<(String, i64)> = all
+        .iter()
+        .map(|c| (c.node_id.clone(), c.sequence))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![("n1".into(), 0), ("n1".into(), 1), ("n2".into(), 0)]
+    );
+    assert!(
+        all.iter()
+            .all(|c| c.data.contains(&format!("\"node\":\"{}\"", c.node_id)))
+    );
+    let page = store
+        .capture_chunks("cap-1", None, Some(("n1", 0)), 1)
+        .await
+        .unwrap();
+    assert_eq!((page[0].node_id.as_str(), page[0].sequence), ("n1", 1));
+    let only_n2 = store
+        .capture_chunks("cap-1", Some("n2"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(only_n2.len(), 1);
+    assert_eq!(only_n2[0].first_sequence, 7);
+    assert_eq!(store.list_captures(10).await.unwrap(), vec![capture]);
+    assert!(matches!(
+        store.insert_capture(&sample_capture("cap-1", 5), &[]).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store
+            .get_capture("cap-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at,
+        100
+    );
+}
+
+async fn a_chunk_stored_twice_is_kept_and_counted_once(store: Store) {
+    store
+        .insert_capture(
+            &sample_capture("cap-2", 100),
+            &[sample_segment("cap-2", "n1")],
+        )
+        .await
+        .unwrap();
+    let stored = chunk("cap-2", "n1", 0, &[10, 11]);
+    assert!(store.append_capture_chunk(&stored, 40, 0).await.unwrap());
+    assert!(!store.append_capture_chunk(&stored, 40, 0).await.unwrap());
+    let segment = &store.capture_segments("cap-2").await.unwrap()[0];
+    assert_eq!((segment.line_count, segment.byte_count), (2, 40));
+    assert_eq!(
+        store
+            .capture_chunks("cap-2", None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn segments_end_once_and_a_capture_is_finalised_once(store: Store) {
+    store
+        .insert_capture(
+            &sample_capture("cap-3", 100),
+            &[sample_segment("cap-3", "n1"), sample_segment("cap-3", "n2")],
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .end_capture_segment(
+                "cap-3",
+                "n1",
+                CaptureStatus::Failed,
+                TerminationReason::SourceError,
+                0,
+                500
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .end_capture_segment(
+                "cap-3",
+                "n1",
+                CaptureStatus::Completed,
+                TerminationReason::Stopped,
+                0,
+                600
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .end_capture_segment(
+                "cap-3",
+                "n2",
+                CaptureStatus::Truncated,
+                TerminationReason::LinesDropped,
+                4,
+                610
+            )
+            .await
+            .unwrap()
+    );
+    let segments = store.capture_segments("cap-3").await.unwrap();
+    assert_eq!(segments[0].status, CaptureStatus::Failed);
+    assert_eq!(
+        segments[0].termination_reason,
+        Some(TerminationReason::SourceError)
+    );
+    assert_eq!(segments[0].ended_at, Some(500));
+    assert_eq!(
+        (segments[1].status, segments[1].lines_missing),
+        (CaptureStatus::Truncated, 4)
+    );
+    assert!(
+        store
+            .finalise_capture(
+                "cap-3",
+                CaptureStatus::Failed,
+                Some(TerminationReason::SourceError),
+                700
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finalise_capture("cap-3", CaptureStatus::Completed, None, 800)
+            .await
+            .unwrap()
+    );
+    let capture = store.get_capture("cap-3").await.unwrap().unwrap();
+    assert_eq!(
+        (capture.status, capture.termination_reason, capture.ended_at),
+        (
+            CaptureStatus::Failed,
+            Some(TerminationReason::SourceError),
+            Some(700)
+        )
+    );
+}
+
+async fn pruning_removes_only_ended_captures_older_than_the_cutoff(store: Store) {
+    for (id, ended) in [("old", Some(1_000)), ("new", Some(9_000)), ("open", None)] {
+        store
+            .insert_capture(&sample_capture(id, 10), &[sample_segment(id, "n1")])
+            .await
+            .unwrap();
+        store
+            .append_capture_chunk(&chunk(id, "n1", 0, &[1]), 10, 0)
+            .await
+            .unwrap();
+        if let Some(at) = ended {
+            store
+                .finalise_capture(
+                    id,
+                    CaptureStatus::Completed,
+                    Some(TerminationReason::Stopped),
+                    at,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(store.prune_ended_captures(5_000, 10).await.unwrap(), 1);
+    assert_eq!(store.get_capture("old").await.unwrap(), None);
+    assert!(
+        store
+            .capture_chunks("old", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.capture_segments("old").await.unwrap().is_empty());
+    assert!(store.get_capture("new").await.unwrap().is_some());
+    assert!(store.get_capture("open").await.unwrap().is_some());
+    assert_eq!(
+        store
+            .capture_chunks("open", None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// A journal replays its writes with the ids they were first sent with (issue 10): the id is
+/// claimed in the write's transaction, a repeat changes nothing, and a write that found no node
+/// is not remembered.
+async fn a_write_repeated_with_its_write_id_is_applied_once(store: Store) {
+    store.insert_node(&sample_node("b"), "h").await.unwrap();
+    let beat = |at, active_sessions, id: u128| Heartbeat {
+        at,
+        idle: false,
+        active_sessions,
+        vram_mb: None,
+        write_id: Some(WriteId { id, status: 200 }),
+    };
+    assert!(
+        store
+            .record_heartbeat("b", &beat(1_000, 3, 0xa))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.applied_write(0xa).await.unwrap(), Some(200));
+    assert!(
+        store
+            .record_heartbeat("b", &beat(2_000, 5, 0xa))
+            .await
+            .unwrap(),
+        "a repeat answers as the first did"
+    );
+    let node = store.get_node("b").await.unwrap().unwrap();
+    assert_eq!(
+        (node.last_heartbeat, node.active_sessions),
+        (Some(1_000), 3),
+        "the repeat is not applied"
+    );
+    // In one batch: the repeat is skipped, a new id applies.
+    let batch = vec![
+        ("b".to_owned(), beat(3_000, 7, 0xb)),
+        ("b".to_owned(), beat(4_000, 9, 0xa)),
+    ];
+    assert_eq!(
+        store.record_heartbeats(&batch).await.unwrap(),
+        vec![true, true]
+    );
+    let node = store.get_node("b").await.unwrap().unwrap();
+    assert_eq!(
+        (node.last_heartbeat, node.active_sessions),
+        (Some(3_000), 7)
+    );
+    // A heartbeat of an unknown node applies nothing, so its id is not kept.
+    assert!(
+        !store
+            .record_heartbeat("ghost", &beat(5_000, 1, 0xc))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.applied_write(0xc).await.unwrap(), None);
+
+    let mut worker = Node::new("w-1", Roles::NONE.with(Role::Worker));
+    worker.enrolled_at = 1;
+    store.insert_node(&worker, "h").await.unwrap();
+    let report = |max_sessions, reported_at| WorkerReportRecord {
+        write_id: Some(WriteId {
+            id: 0xd,
+            status: 204,
+        }),
+        ..worker_report("w-1", max_sessions, reported_at)
+    };
+    store.put_worker_report(&report(4, 6_000)).await.unwrap();
+    store.put_worker_report(&report(9, 7_000)).await.unwrap();
+    assert_eq!(
+        store.list_worker_reports().await.unwrap(),
+        vec![worker_report("w-1", 4, 6_000)],
+        "the repeated report is not applied"
+    );
+    assert_eq!(store.applied_write(0xd).await.unwrap(), Some(204));
+
+    // Pruned by age: ids applied before the cutoff go, later ones stay.
+    assert_eq!(store.prune_write_ids(3_500).await.unwrap(), 2);
+    assert_eq!(store.applied_write(0xa).await.unwrap(), None);
+    assert_eq!(store.applied_write(0xd).await.unwrap(), Some(204));
+}

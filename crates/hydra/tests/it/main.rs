@@ -1,15 +1,24 @@
 //! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
 
 mod agent;
+mod browser;
+mod captures;
 mod cli;
 mod config_sources;
+mod dashboard;
+mod demo;
 mod durability;
 mod durability_in_flight;
 mod enrolment;
+mod events;
+mod explain;
 mod fleet;
+mod head_ride_out;
 mod lab;
 mod metrics;
 mod node_config;
+mod replicas;
+mod replicas_feed;
 mod sdk_failover;
 mod server_api;
 mod serving;
@@ -19,3 +28,5 @@ mod storage_full;
 mod storage_outage;
 mod support;
 mod trust;
+mod turn_config;
+mod write_ids;

@@ -450,8 +450,23 @@ async fn health_master_and_openapi_document() {
         ),
         (200, Some("ok"), Some("sqlite"))
     );
+    // A single replica on SQLite is its own master, under its generated id, without a term.
     let (_, master) = call(Method::GET, &server.api("/check-master"), None).await;
-    assert_eq!(master, json!({"is_master": true, "master_url": server.url}));
+    let id = master["master_id"].as_str().unwrap_or_default().to_owned();
+    assert!(id.starts_with("r-"), "{master}");
+    assert_eq!(
+        master,
+        json!({"is_master": true, "master_url": server.url, "master_id": id})
+    );
+    let (status, replicas) = call(Method::GET, &server.api("/replicas"), None).await;
+    assert_eq!(status, 200);
+    let revision = replicas[0]["revision"].clone();
+    assert!(revision.is_u64(), "{replicas}");
+    assert_eq!(
+        replicas,
+        json!([{"id": id, "base_url": server.url, "is_master": true, "is_healthy": true,
+                "revision": revision, "lag_ms": 0}])
+    );
     let (status, document) = call(Method::GET, &server.api("/openapi.json"), None).await;
     assert_eq!(status, 200);
     let paths = document["paths"].as_object().unwrap();
@@ -464,6 +479,7 @@ async fn health_master_and_openapi_document() {
         "/api/v1/bodies/eligible",
         "/api/v1/health",
         "/api/v1/check-master",
+        "/api/v1/replicas",
     ] {
         assert!(paths.contains_key(path), "OpenAPI document lacks {path}");
     }

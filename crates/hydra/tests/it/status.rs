@@ -32,6 +32,7 @@ impl LocalApi {
                 api_token: Some(API_TOKEN.into()),
                 wireguard_optional: true,
                 viewer_ttl: Duration::from_secs(60),
+                ice: Default::default(),
             },
             None,
             Proxy::new(shutdown.clone()),

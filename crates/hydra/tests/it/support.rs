@@ -55,6 +55,11 @@ impl ServerProcess {
         self.child.wait().expect("reap the server");
     }
 
+    /// The process id (to send it signals such as SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `url` + `/api/v1` + `path`.
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.url)

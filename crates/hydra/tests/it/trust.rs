@@ -49,6 +49,7 @@ async fn one_bad_heartbeat_fails_alone(store: Store) {
                 idle: true,
                 active_sessions: 0,
                 vram_mb,
+                write_id: None,
             };
             tokio::spawn(async move { writer.record(&id, heartbeat).await })
         })
@@ -94,6 +95,7 @@ async fn a_nul_in_one_report_fails_only_that_report(store: Store) {
                 agent_key_sealed: "v1.sealed".to_owned(),
                 max_sessions: 4,
                 reported_at: 1_000,
+                write_id: None,
             };
             tokio::spawn(async move { writer.submit(record).await })
         })
@@ -608,6 +610,7 @@ async fn stored_reports_are_checked_again_at_start() {
                 agent_key_sealed: sealer.seal(id, "agent-key-0123456789abcdef"),
                 max_sessions,
                 reported_at: 1_000,
+                write_id: None,
             })
             .await
             .unwrap();

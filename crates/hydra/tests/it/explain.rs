@@ -1,0 +1,244 @@
+//! "Why this body" and "what if" as an operator asks them: the real server over HTTP and the real
+//! `hydra bodies` CLI.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::cli::hydra;
+use crate::support::{ADMIN_TOKEN, ServerProcess, ServerSetup, call, call_as};
+
+async fn enrol(server: &ServerProcess, body: Value, online: bool) {
+    let id = body["id"].as_str().expect("id").to_owned();
+    let (status, answer) = call(Method::POST, &server.api("/nodes"), Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+    if online {
+        let (status, answer) = call(
+            Method::POST,
+            &server.api(&format!("/nodes/{id}/heartbeat")),
+            Some(json!({"idle": true})),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+/// A district with one node for every reason, plus a head in `rupelmonde`.
+async fn district(server: &ServerProcess) {
+    let node = |id: &str, role: &str, venue: &str, owner: &str| json!({"id": id, "roles": [role], "district": "bxl1", "venue": venue, "owner": owner});
+    enrol(server, node("b-venue", "body", "rupelmonde", "acme"), true).await;
+    enrol(
+        server,
+        node("b-drained", "body", "rupelmonde", "acme"),
+        true,
+    )
+    .await;
+    enrol(
+        server,
+        node("b-silent", "body", "rupelmonde", "acme"),
+        false,
+    )
+    .await;
+    enrol(server, node("b-c7", "body", "cloud-seven", "acme"), true).await;
+    enrol(
+        server,
+        node("b-globex", "body", "cloud-seven", "globex"),
+        true,
+    )
+    .await;
+    enrol(server, node("h", "head", "rupelmonde", "acme"), true).await;
+    let (status, answer) = call(
+        Method::POST,
+        &server.api("/nodes/b-drained/drain"),
+        Some(json!({"drained": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+fn reasons(answer: &Value) -> Vec<String> {
+    answer["explain"]
+        .as_array()
+        .expect("explain list")
+        .iter()
+        .map(|entry| match entry["rank"].as_u64() {
+            Some(rank) => format!("{} kept #{rank}", entry["id"].as_str().unwrap()),
+            None => format!(
+                "{} {}",
+                entry["id"].as_str().unwrap(),
+                entry["reason"].as_str().unwrap()
+            ),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn explain_says_why_each_node_of_the_district_was_kept_or_left_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(&ServerSetup::sqlite(dir.path()));
+    district(&server).await;
+
+    let (status, answer) = call(
+        Method::GET,
+        &server.api("/bodies/eligible?head_id=h&explain=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["policy"], "quickroute");
+    assert_eq!(answer["bodies"][0]["id"], "b-venue");
+    assert_eq!(
+        reasons(&answer),
+        [
+            "b-venue kept #1",
+            "b-c7 quickroute_open",
+            "b-drained drained",
+            "b-globex other_owner",
+            "b-silent offline",
+            "h not_a_body"
+        ]
+    );
+    assert_eq!(
+        answer["explain"][0]["keys"],
+        json!([{"key": "idle", "idle": true}, {"key": "vram_mb", "vram_mb": 0}])
+    );
+    // Naming the venue body unreachable opens the gate: the trace shows the new ranking.
+    let (_, answer) = call(
+        Method::GET,
+        &server.api("/bodies/eligible?head_id=h&unreachable=b-venue&explain=true"),
+        None,
+    )
+    .await;
+    assert_eq!(answer["policy"], "cross_venue");
+    assert!(
+        reasons(&answer).contains(&"b-venue named_unreachable".to_owned()),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["explain"][0]["keys"][0],
+        json!({"key": "unmeasured"})
+    );
+    // Without explain the answer is what it always was.
+    let (_, plain) = call(Method::GET, &server.api("/bodies/eligible?head_id=h"), None).await;
+    assert!(plain.get("explain").is_none(), "{plain}");
+
+    // Bad input names the field.
+    for (query, field) in [
+        ("head_id=h&explain=maybe", "explain"),
+        ("district=bxl1&venue=rupelmonde&explain=true", "explain"),
+    ] {
+        let (status, answer) = call(
+            Method::GET,
+            &server.api(&format!("/bodies/eligible?{query}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert_eq!(answer["error"], "invalid_request");
+        assert!(
+            answer["message"].as_str().unwrap().contains(field),
+            "{query}: {answer}"
+        );
+    }
+
+    let env = [
+        ("HYDRA_SERVER", server.url.as_str()),
+        ("HYDRA_TOKEN", ADMIN_TOKEN),
+    ];
+    let run = hydra(&env, &["bodies", "eligible", "--head-id", "h", "--explain"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let drained_row = run
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("b-drained"))
+        .unwrap_or_else(|| panic!("no b-drained row in {}", run.stdout));
+    assert!(
+        drained_row.contains("left out") && drained_row.contains("drained"),
+        "{drained_row}"
+    );
+    assert!(run.stdout.contains("kept #1"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn what_if_gives_each_heads_body_now_and_without_and_the_shortfall() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(&ServerSetup::sqlite(dir.path()));
+    district(&server).await;
+    let node = |id: &str, role: &str, venue: &str| json!({"id": id, "roles": [role], "district": "bxl1", "venue": venue, "owner": "acme"});
+    enrol(&server, node("h-c7", "head", "cloud-seven"), true).await;
+
+    let (status, answer) = call(
+        Method::GET,
+        &server.api("/bodies/what-if?without=venue:cloud-seven"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let heads: Vec<String> = answer["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|head| {
+            format!(
+                "{} {} -> {} removed={} shortfall={}",
+                head["head_id"].as_str().unwrap(),
+                head["body_now"].as_str().unwrap_or("-"),
+                head["body_without"].as_str().unwrap_or("-"),
+                head["head_removed"],
+                head["shortfall"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            "h b-venue -> b-venue removed=false shortfall=false",
+            "h-c7 b-c7 -> - removed=true shortfall=false"
+        ]
+    );
+    let (_, answer) = call(
+        Method::GET,
+        &server.api("/bodies/what-if?without=node:b-venue"),
+        None,
+    )
+    .await;
+    assert_eq!(answer["shortfall"], json!([]), "h falls back to b-c7");
+    assert_eq!(answer["heads"][0]["body_without"], "b-c7");
+    let (_, answer) = call(
+        Method::GET,
+        &server.api("/bodies/what-if?without=district:bxl1"),
+        None,
+    )
+    .await;
+    assert_eq!(answer["heads"].as_array().unwrap().len(), 2, "{answer}");
+
+    for query in ["", "?without=shelf:b-1", "?without=venue:"] {
+        let (status, answer) = call(
+            Method::GET,
+            &server.api(&format!("/bodies/what-if{query}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("without"),
+            "{answer}"
+        );
+    }
+    let (status, _) = call_as(
+        "not-the-admin",
+        Method::GET,
+        &server.api("/bodies/what-if?without=venue:x"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let env = [
+        ("HYDRA_SERVER", server.url.as_str()),
+        ("HYDRA_TOKEN", ADMIN_TOKEN),
+    ];
+    let run = hydra(&env, &["bodies", "what-if", "--without", "node:b-venue"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("b-c7 (cross_venue)"), "{}", run.stdout);
+    assert!(run.stdout.contains("shortfall: none"), "{}", run.stdout);
+}
