@@ -9,7 +9,7 @@ use std::time::Duration;
 use hydra_api::SessionState;
 
 use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::support::{Body, recorded_env, standin_command, value_of, wait_for};
+use crate::support::{Body, recorded_env, recording_standin_command, value_of, wait_for};
 
 const SECRET: &str = "turn-test-secret-0123456789";
 
@@ -107,13 +107,7 @@ async fn credentials_minted_for_a_session_allocate_on_coturn_and_forged_or_expir
     let temp = tempfile::tempdir().unwrap();
     let body = Body::start().await;
     let server = Server::start(Duration::from_secs(10)).await;
-    let records = temp.path().join("env");
-    std::fs::create_dir_all(&records).unwrap();
-    let mut command = standin_command();
-    command.extend([
-        "--record-env".to_owned(),
-        format!("{}/{{session_id}}.env", records.display()),
-    ]);
+    let (command, records) = recording_standin_command(temp.path());
     let turn_port = free_port();
     let relay_min = 20_000 + (turn_port % 20_000);
     let mut coturn_config = String::new();
