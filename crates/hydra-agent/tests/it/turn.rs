@@ -31,7 +31,7 @@ impl Coturn {
             "no-tls".to_owned(),
             "no-dtls".to_owned(),
             format!("pidfile={}", dir.join("turnserver.pid").display()),
-            "log-file=stdout".to_owned(),
+            format!("log-file={}", dir.join("turn.log").display()),
             "simple-log".to_owned(),
         ];
         std::fs::write(&path, format!("{config}{}\n", loopback.join("\n"))).unwrap();
@@ -45,11 +45,15 @@ impl Coturn {
             .expect("start coturn's turnserver (scripts/test installs the coturn package)");
         let coturn = Coturn { child };
         // coturn listens on TCP and UDP on the same port; TCP tells when it is up.
-        let ready = (0..100).any(|_| {
+        let ready = (0..300).any(|_| {
             std::thread::sleep(Duration::from_millis(100));
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(ready, "coturn never listened on {port}");
+        assert!(
+            ready,
+            "coturn never listened on {port}; its log:\n{}",
+            std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default()
+        );
         coturn
     }
 }
@@ -109,7 +113,9 @@ async fn credentials_minted_for_a_session_allocate_on_coturn_and_forged_or_expir
     let server = Server::start(Duration::from_secs(10)).await;
     let (command, records) = recording_standin_command(temp.path());
     let turn_port = free_port();
-    let relay_min = 20_000 + (turn_port % 20_000);
+    // Relay ports above the kernel's ephemeral range (32768-60999), so no other socket of the
+    // test run holds one, and never the listening port itself.
+    let relay_min = 61_000 + (turn_port % 4_000);
     let mut coturn_config = String::new();
     let agent = Agent::start_with(
         &server,
