@@ -15,25 +15,35 @@ use crate::bundle::Bundles;
 use crate::http::AgentState;
 use crate::ride_out::ReplicaSeen;
 
-/// One round of `check-master` over every replica, at once.
-async fn ask_replicas(client: &Client) -> Vec<ReplicaCheck> {
+/// One round of `check-master` over every replica, at once: each answer for the checker, and
+/// the lease term each replica named (for `hydra status`; the checker does not need it).
+async fn ask_replicas(client: &Client) -> (Vec<ReplicaCheck>, Vec<Option<u64>>) {
     let urls = client.replica_urls().to_vec();
     let answers = futures::future::join_all(urls.iter().map(|url| client.check_master(url))).await;
     urls.into_iter()
         .zip(answers)
-        .map(|(base_url, answer)| ReplicaCheck {
-            base_url,
-            answer: match answer {
-                Ok(check) => ReplicaAnswer::Answered {
-                    is_master: check.is_master,
-                    master_url: check
-                        .master_url
-                        .map(|url| url.trim_end_matches('/').to_owned()),
+        .map(|(base_url, answer)| match answer {
+            Ok(check) => (
+                ReplicaCheck {
+                    base_url,
+                    answer: ReplicaAnswer::Answered {
+                        is_master: check.is_master,
+                        master_url: check
+                            .master_url
+                            .map(|url| url.trim_end_matches('/').to_owned()),
+                    },
                 },
-                Err(_) => ReplicaAnswer::Silent,
-            },
+                check.term.and_then(|term| u64::try_from(term).ok()),
+            ),
+            Err(_) => (
+                ReplicaCheck {
+                    base_url,
+                    answer: ReplicaAnswer::Silent,
+                },
+                None,
+            ),
         })
-        .collect()
+        .unzip()
 }
 
 /// Logs one output at the level it deserves and carries out its action.
@@ -67,7 +77,7 @@ pub async fn run(
 ) {
     let mut checker = HealthChecker::new(client.master_url());
     loop {
-        let checks = ask_replicas(&client).await;
+        let (checks, terms) = ask_replicas(&client).await;
         let outputs = checker.round(&checks, hydra_api::now_ms(), bundles.version());
         for output in &outputs {
             carry_out(output, &client);
@@ -77,7 +87,8 @@ pub async fn run(
             view.health = health;
             view.replicas = checks
                 .iter()
-                .map(|check| ReplicaSeen {
+                .zip(&terms)
+                .map(|(check, term)| ReplicaSeen {
                     url: check.base_url.clone(),
                     healthy: check.answer != ReplicaAnswer::Silent,
                     is_master: matches!(
@@ -87,6 +98,7 @@ pub async fn run(
                             ..
                         }
                     ),
+                    term: *term,
                 })
                 .collect();
         });

@@ -517,7 +517,7 @@ impl AgentState {
                     url: replica.url.clone(),
                     healthy: replica.healthy,
                     is_master: replica.is_master,
-                    term: None,
+                    term: replica.term,
                 })
                 .collect(),
             last_poll: view.last_poll_ms.map(hydra_api::rfc3339),

@@ -41,6 +41,8 @@ pub struct ReplicaSeen {
     pub healthy: bool,
     /// Whether it said it is the master.
     pub is_master: bool,
+    /// The lease term it named (replicas on PostgreSQL; none for a single replica).
+    pub term: Option<u64>,
 }
 
 /// A snapshot of what the agent knows.

@@ -21,62 +21,104 @@ pub const WRITE_ID_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Runs until `shutdown`: every [`EVERY`], deletes ended sessions past their retention.
 pub async fn prune_ended_sessions(state: AppState, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(EVERY);
+    singleton_duty(&state, &shutdown, EVERY, || {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        async move {
+            let retention_ms =
+                i64::try_from(state.settings().session_retention.as_millis()).unwrap_or(i64::MAX);
+            let ended_before = now_ms().saturating_sub(retention_ms);
+            let pruned = prune_in_batches(
+                &shutdown,
+                BATCH,
+                MAX_BATCHES,
+                "ended sessions",
+                async |batch| {
+                    state
+                        .store()
+                        .prune_ended_sessions(ended_before, batch)
+                        .await
+                },
+            )
+            .await;
+            let ids_before = now_ms()
+                .saturating_sub(i64::try_from(WRITE_ID_RETENTION.as_millis()).unwrap_or(i64::MAX));
+            match state.store().prune_write_ids(ids_before).await {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::info!(
+                        write_ids = count,
+                        "[cleanup] applied write ids past their retention pruned"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "[cleanup] pruning write ids failed; next run retries");
+                }
+            }
+            if pruned > 0 {
+                tracing::info!(
+                    sessions = pruned,
+                    ended_before,
+                    "[cleanup] ended sessions past their retention pruned"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs `run` every `every` (the first time at start) while this replica is the master, until
+/// `shutdown`: a singleton duty, which moves with the lease.
+pub(crate) async fn singleton_duty<Fut>(
+    state: &AppState,
+    shutdown: &CancellationToken,
+    every: Duration,
+    mut run: impl FnMut() -> Fut,
+) where
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        // A singleton duty: only the master prunes (it moves with the lease).
-        if !state.replica().is_master() {
-            continue;
+        if state.replica().is_master() {
+            run().await;
         }
-        let retention_ms =
-            i64::try_from(state.settings().session_retention.as_millis()).unwrap_or(i64::MAX);
-        let ended_before = now_ms().saturating_sub(retention_ms);
-        let mut pruned: u64 = 0;
-        for _batch in 0..MAX_BATCHES {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            match state
-                .store()
-                .prune_ended_sessions(ended_before, BATCH)
-                .await
-            {
-                Ok(count) => {
-                    pruned += count;
-                    if count < u64::from(BATCH) {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "[cleanup] pruning ended sessions failed; next run retries");
+    }
+}
+
+/// Calls `prune(batch)` (one transaction each) until a call deletes fewer than `batch` rows,
+/// `max_batches` calls or shutdown; answers how many rows went. A failure is logged, naming
+/// `what`, and ends the run (the next run retries).
+pub(crate) async fn prune_in_batches<Fut>(
+    shutdown: &CancellationToken,
+    batch: u32,
+    max_batches: usize,
+    what: &str,
+    mut prune: impl FnMut(u32) -> Fut,
+) -> u64
+where
+    Fut: std::future::Future<Output = Result<u64, hydra_store::StoreError>>,
+{
+    let mut pruned: u64 = 0;
+    for _ in 0..max_batches {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match prune(batch).await {
+            Ok(count) => {
+                pruned += count;
+                if count < u64::from(batch) {
                     break;
                 }
             }
-        }
-        let ids_before = now_ms()
-            .saturating_sub(i64::try_from(WRITE_ID_RETENTION.as_millis()).unwrap_or(i64::MAX));
-        match state.store().prune_write_ids(ids_before).await {
-            Ok(0) => {}
-            Ok(count) => {
-                tracing::info!(
-                    write_ids = count,
-                    "[cleanup] applied write ids past their retention pruned"
-                );
-            }
             Err(error) => {
-                tracing::warn!(%error, "[cleanup] pruning write ids failed; next run retries");
+                tracing::warn!(%error, "[cleanup] pruning {what} failed; next run retries");
+                break;
             }
-        }
-        if pruned > 0 {
-            tracing::info!(
-                sessions = pruned,
-                ended_before,
-                "[cleanup] ended sessions past their retention pruned"
-            );
         }
     }
+    pruned
 }

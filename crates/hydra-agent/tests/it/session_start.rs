@@ -8,7 +8,7 @@ use std::time::Duration;
 use hydra_api::{CreateSessionRequest, SessionState};
 
 use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::support::{Body, recorded_env, standin_command, value_of};
+use crate::support::{Body, recorded_env, recording_standin_command, value_of};
 
 /// The request's `sunshine_user`/`sunshine_pass` (else the agent's
 /// `sunshine.username/password`), the agent's `ice_servers` as JSON, `experience` and `exe_path`
@@ -19,13 +19,7 @@ async fn the_session_process_gets_the_credentials_ice_servers_and_experience() {
     let temp = tempfile::tempdir().unwrap();
     let body = Body::start().await;
     let server = Server::start(Duration::from_secs(10)).await;
-    let records = temp.path().join("env");
-    std::fs::create_dir_all(&records).unwrap();
-    let mut command = standin_command();
-    command.extend([
-        "--record-env".to_owned(),
-        format!("{}/{{session_id}}.env", records.display()),
-    ]);
+    let (command, records) = recording_standin_command(temp.path());
     let ice = serde_json::json!([{"urls": ["turn:turn.example:3478"], "username": "u", "credential": "c"}]);
     let agent = Agent::start_with(
         &server,

@@ -172,6 +172,20 @@ pub async fn http_get(address: SocketAddr, path: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// The stand-in session command with `--record-env`: each session writes its environment to
+/// `<dir>/env/<session id>.env` (read it back with [`recorded_env`]); answers the command and
+/// that folder.
+pub fn recording_standin_command(dir: &Path) -> (Vec<String>, std::path::PathBuf) {
+    let records = dir.join("env");
+    std::fs::create_dir_all(&records).unwrap();
+    let mut command = standin_command();
+    command.extend([
+        "--record-env".to_owned(),
+        format!("{}/{{session_id}}.env", records.display()),
+    ]);
+    (command, records)
+}
+
 /// The `KEY=VALUE` lines the stand-in wrote with `--record-env`, as pairs.
 pub fn recorded_env(path: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(path).unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hydra_api::SessionState;
 
 use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::support::{Body, recorded_env, standin_command, value_of, wait_for};
+use crate::support::{Body, recorded_env, recording_standin_command, value_of, wait_for};
 
 const SECRET: &str = "turn-test-secret-0123456789";
 
@@ -31,7 +31,7 @@ impl Coturn {
             "no-tls".to_owned(),
             "no-dtls".to_owned(),
             format!("pidfile={}", dir.join("turnserver.pid").display()),
-            "log-file=stdout".to_owned(),
+            format!("log-file={}", dir.join("turn.log").display()),
             "simple-log".to_owned(),
         ];
         std::fs::write(&path, format!("{config}{}\n", loopback.join("\n"))).unwrap();
@@ -45,11 +45,15 @@ impl Coturn {
             .expect("start coturn's turnserver (scripts/test installs the coturn package)");
         let coturn = Coturn { child };
         // coturn listens on TCP and UDP on the same port; TCP tells when it is up.
-        let ready = (0..100).any(|_| {
+        let ready = (0..300).any(|_| {
             std::thread::sleep(Duration::from_millis(100));
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(ready, "coturn never listened on {port}");
+        assert!(
+            ready,
+            "coturn never listened on {port}; its log:\n{}",
+            std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default()
+        );
         coturn
     }
 }
@@ -107,15 +111,11 @@ async fn credentials_minted_for_a_session_allocate_on_coturn_and_forged_or_expir
     let temp = tempfile::tempdir().unwrap();
     let body = Body::start().await;
     let server = Server::start(Duration::from_secs(10)).await;
-    let records = temp.path().join("env");
-    std::fs::create_dir_all(&records).unwrap();
-    let mut command = standin_command();
-    command.extend([
-        "--record-env".to_owned(),
-        format!("{}/{{session_id}}.env", records.display()),
-    ]);
+    let (command, records) = recording_standin_command(temp.path());
     let turn_port = free_port();
-    let relay_min = 20_000 + (turn_port % 20_000);
+    // Relay ports above the kernel's ephemeral range (32768-60999), so no other socket of the
+    // test run holds one, and never the listening port itself.
+    let relay_min = 61_000 + (turn_port % 4_000);
     let mut coturn_config = String::new();
     let agent = Agent::start_with(
         &server,
