@@ -19,5 +19,6 @@ pub mod layering;
 pub mod local_api;
 pub mod monitor;
 pub mod ride_out;
+pub mod standin;
 pub mod turn;
 pub mod worker;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -163,16 +163,7 @@ async fn simulate(
         heads.len()
     ));
 
-    let mut workers = match standin_session_binary() {
-        Some(standin) => start_workers(url, admin_token, dir, port, &standin).await?,
-        None => {
-            print(
-                "[demo] no standin-web-stream next to hydra: no workers, no sessions (build it \
-                 with `cargo build --release -p hydra-agent --bin standin-web-stream`)\n",
-            );
-            Vec::new()
-        }
-    };
+    let mut workers = start_workers(url, admin_token, dir, port, &session_command()?).await?;
     let outcome = run_fleet(
         args,
         seed,
@@ -415,11 +406,11 @@ async fn move_venue(client: &Client, bodies: &[Body], home: &str, venue: &str, t
     }
 }
 
-/// The stand-in session process, next to this binary (cargo builds it with `-p hydra-agent`).
-fn standin_session_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let standin = exe.parent()?.join("standin-web-stream");
-    standin.is_file().then_some(standin)
+/// The stand-in session process: this binary's hidden `demo-session` (the same code as the
+/// tests' `standin-web-stream`), so the demo needs nothing built beside `hydra`.
+fn session_command() -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("cannot find this hydra binary")?;
+    Ok(vec![exe.display().to_string(), "demo-session".to_owned()])
 }
 
 /// A free port on loopback, as the system hands it out now.
@@ -429,14 +420,19 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Two `hydra agent` workers, one per district, each in its own process group with its config,
-/// state and log under `dir`; their sessions run `standin` against bodies on `body_port`.
+/// state and log under `dir`; their sessions run `session_command` against bodies on `body_port`.
 async fn start_workers(
     url: &str,
     admin_token: &str,
     dir: &Path,
     body_port: u16,
-    standin: &Path,
+    session_command: &[String],
 ) -> anyhow::Result<Vec<Child>> {
+    // YAML flow-list items, each quoted (JSON strings are valid YAML).
+    let program: String = session_command
+        .iter()
+        .map(|part| format!("{}, ", serde_json::Value::from(part.as_str())))
+        .collect();
     let mut children = Vec::new();
     for (id, district, venue) in [("w-bxl1", "bxl1", "rupelmonde"), ("w-ams1", "ams1", "zuid")] {
         let home = dir.join(id);
@@ -457,13 +453,12 @@ sessions:
   body_port: {body_port}
   ready_timeout: 20
   check_interval: 1
-  command: ["{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
+  command: [{program}--bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
 "#,
             agent_port = free_port()?,
             session_port = free_port()?,
             state = home.join("state").display(),
             root = home.join("sessions").display(),
-            standin = standin.display(),
         );
         // The config holds the admin token: readable by this user only, and never in argv.
         let config = home.join("agent.yaml");

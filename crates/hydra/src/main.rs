@@ -71,6 +71,13 @@ enum Command {
     /// Try Hydra: a server on SQLite in a temp dir, a simulated fleet and chaos; prints the
     /// dashboard URL and the admin token; Ctrl-C stops it all and removes the temp dir.
     Demo(demo::DemoArgs),
+    /// The demo's stand-in session process (what `hydra demo`'s workers run per session).
+    #[command(hide = true)]
+    DemoSession {
+        /// `--bind IP --port N --data-dir DIR [--record-env FILE]`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +104,7 @@ fn main() -> ExitCode {
             Command::Cluster(command) => cluster::run(command).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::DemoSession { args } => Ok(hydra_agent::standin::run(args.into_iter()).await),
         }
     });
     match outcome {
