@@ -100,10 +100,17 @@ fn allocate(port: u16, username: &str, credential: &str) -> (bool, String) {
     )
 }
 
-/// A free UDP and TCP port on loopback for coturn to listen on.
+/// A port free for both TCP and UDP on loopback for coturn to listen on (it listens on both; a
+/// port free for UDP alone was once taken for TCP by another test's socket).
 fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both TCP and UDP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
