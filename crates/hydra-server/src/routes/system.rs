@@ -42,12 +42,19 @@ pub async fn check_master(State(state): State<AppState>) -> Json<CheckMaster> {
 }
 
 /// The replicas of this control plane: id, advertised URL, whether it is master, whether its
-/// heartbeat is younger than twice its interval. No token needed (the SDK and agents read it
-/// to find every replica). `revision` and `lag_ms` are given for the replica that answers (its
+/// heartbeat is younger than twice its interval. Any valid token (a node's or the admin's): the
+/// answer names every replica's address, which a caller without a token must not learn
+/// (`check-master` names the master alone, for discovery). `revision` and `lag_ms` are given for the replica that answers (its
 /// own view); each other replica's are on its own `/api/v1/health`.
 #[utoipa::path(get, path = "/api/v1/replicas", tag = "system",
-    responses((status = 200, description = "Replicas, by id", body = [ReplicaInfo])))]
-pub async fn replicas(State(state): State<AppState>) -> Result<Json<Vec<ReplicaInfo>>, ApiError> {
+    security(("bearer" = [])),
+    responses((status = 200, description = "Replicas, by id", body = [ReplicaInfo]),
+        (status = 401, description = "No valid token", body = hydra_api::ErrorBody)))]
+pub async fn replicas(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Vec<ReplicaInfo>>, ApiError> {
+    state.caller(&headers)?;
     let replica = state.replica();
     let own_revision = u64::try_from(crate::feed::view_revision(&state)).ok();
     let own_lag_ms = Some(state.feed().lag_ms(crate::state::now_ms()));

@@ -341,7 +341,14 @@ async fn hydra_replicas_prints_the_replicas_and_which_is_master() {
     let refs: Vec<&ServerProcess> = servers.iter().collect();
     let (master, _) = one_master(&refs, Duration::from_secs(20)).await;
     let all = format!("{},{}", servers[0].url, servers[1].url);
-    let run = crate::cli::hydra(&[("HYDRA_SERVER", all.as_str())], &["replicas"]).await;
+    let run = crate::cli::hydra(
+        &[
+            ("HYDRA_SERVER", all.as_str()),
+            ("HYDRA_TOKEN", crate::support::ADMIN_TOKEN),
+        ],
+        &["replicas"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let rows: Vec<Vec<&str>> = run
         .stdout
@@ -369,7 +376,14 @@ async fn hydra_replicas_prints_the_replicas_and_which_is_master() {
             run.stdout
         );
     }
-    let run = crate::cli::hydra(&[("HYDRA_SERVER", all.as_str())], &["replicas", "--json"]).await;
+    let run = crate::cli::hydra(
+        &[
+            ("HYDRA_SERVER", all.as_str()),
+            ("HYDRA_TOKEN", crate::support::ADMIN_TOKEN),
+        ],
+        &["replicas", "--json"],
+    )
+    .await;
     let listed: Vec<hydra_api::ReplicaInfo> = serde_json::from_str(&run.stdout).expect("JSON list");
     assert_eq!(listed.len(), 2);
 }

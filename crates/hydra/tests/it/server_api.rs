@@ -458,6 +458,10 @@ async fn health_master_and_openapi_document() {
         master,
         json!({"is_master": true, "master_url": server.url, "master_id": id})
     );
+    // Every replica's address is for callers with a token only.
+    let (status, refused) =
+        crate::support::call_as("", Method::GET, &server.api("/replicas"), None).await;
+    assert_eq!(status, 401, "{refused}");
     let (status, replicas) = call(Method::GET, &server.api("/replicas"), None).await;
     assert_eq!(status, 200);
     let revision = replicas[0]["revision"].clone();
