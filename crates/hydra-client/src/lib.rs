@@ -11,6 +11,7 @@
 
 mod agent;
 mod api;
+mod call;
 mod captures;
 mod client;
 pub mod discovery;

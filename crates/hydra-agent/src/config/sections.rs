@@ -1,0 +1,320 @@
+//! The sections of the agent's configuration, each with its defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::default_command;
+
+/// `cluster:` (the peer mesh: SWIM gossip over sealed UDP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Whether this agent joins the mesh.
+    pub enabled: bool,
+    /// The member's name in the mesh; the node id (`node.id`), else the host name, when empty.
+    pub node_id: Option<String>,
+    /// UDP port of the mesh (7946; 0 picks a free one, for tests).
+    pub bind_port: u16,
+    /// Address the others reach this node at; detected when empty (the address the route to
+    /// the first peer leaves from, else `node.lan_ip`, else 127.0.0.1). The socket binds to it.
+    pub advertise_addr: Option<IpAddr>,
+    /// How peers are found: `list` (`join_peers`) or `dns` (`dns_service_name`).
+    pub discovery_mode: String,
+    /// Peers to join, `host:port` or `ip` (port `bind_port`), for `list`.
+    pub join_peers: Vec<String>,
+    /// A name whose every A/AAAA record is a peer, for `dns`.
+    pub dns_service_name: Option<String>,
+    /// The cluster key file (0600): one key per line, 64 hex digits, the sealing key first.
+    pub key_file: Option<PathBuf>,
+    /// An optional tag published with this node's state.
+    pub tag: Option<String>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            enabled: false,
+            node_id: None,
+            bind_port: 7946,
+            advertise_addr: None,
+            discovery_mode: "list".into(),
+            join_peers: Vec::new(),
+            dns_service_name: None,
+            key_file: None,
+            tag: None,
+        }
+    }
+}
+
+/// `node:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Id to enrol with; the server makes one when absent.
+    pub id: Option<String>,
+    /// Human name.
+    pub name: Option<String>,
+    /// Roles: any of body, worker, head.
+    pub roles: Vec<String>,
+    /// District.
+    pub district: String,
+    /// Venue.
+    pub venue: String,
+    /// Owner.
+    pub owner: String,
+    /// LAN address.
+    pub lan_ip: Option<IpAddr>,
+    /// WireGuard address.
+    pub wg_ip: Option<IpAddr>,
+}
+
+/// `server:` (the agent's HTTP listener, as in the field's worker config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// URL the control plane (and browsers) reach the agent at; `http://<listen>` by default.
+    pub public_url: Option<String>,
+    /// Seconds a request head may take to arrive.
+    pub header_read_timeout: f64,
+    /// Seconds a keep-alive connection may wait between requests.
+    pub idle_timeout: f64,
+    /// Connections open at once (WebSockets included); past it, new ones wait.
+    pub max_connections: usize,
+    /// Seconds open connections get to finish at shutdown before they are dropped.
+    pub shutdown_timeout: f64,
+}
+
+/// `controller:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSection {
+    /// Base URL of every replica.
+    pub url: Vec<String>,
+    /// The admin token, used once to enrol (then the stored node token is used); prefer
+    /// `enrolment_token`, so the admin token never sits on a node.
+    pub token: Option<String>,
+    /// A one-time enrolment token (`hydra nodes token create`), used instead of `token` to
+    /// enrol; it can do nothing else and is spent by the enrolment.
+    pub enrolment_token: Option<String>,
+}
+
+/// `heartbeat:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSection {
+    /// Seconds between heartbeats.
+    pub interval: f64,
+    /// Each wait is drawn from `interval * (1 ± jitter)`.
+    pub jitter: f64,
+}
+
+/// `bundle:` (the config bundle the control plane keeps for this node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleSection {
+    /// Seconds between polls of `GET /api/v1/nodes/{id}/config` (each wait jittered by 10 %).
+    pub poll_interval: f64,
+}
+
+impl Default for BundleSection {
+    fn default() -> Self {
+        BundleSection {
+            poll_interval: 30.0,
+        }
+    }
+}
+
+/// `health:` (the health checker: `check-master` on every replica).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Seconds between rounds (the field's 60 s; down to 1 s).
+    pub interval: f64,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            interval: hydra_core::health::DEFAULT_INTERVAL_MS as f64 / 1_000.0,
+        }
+    }
+}
+
+/// `journal:` (the write journal in the state dir).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// Most writes kept; beyond it the oldest heartbeats and superseded reports are dropped.
+    pub max_entries: usize,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            max_entries: crate::journal::DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// `sessions:` (the worker role).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// Sessions at most.
+    pub max: u32,
+    /// First port of the range.
+    pub port_range_start: u16,
+    /// Where "return" links go.
+    pub return_url: String,
+    /// Where "Report a problem" goes (`mailto:` or a URL).
+    pub report_url: String,
+    /// Where ratings are forwarded, if anywhere.
+    pub rating_url: Option<String>,
+    /// Directory of the sessions' data dirs; `<state_dir>/sessions` by default.
+    pub root: Option<PathBuf>,
+    /// Command template of the session process.
+    pub command: Vec<String>,
+    /// Address the session processes listen on.
+    pub bind: IpAddr,
+    /// The body's streaming port checked before a start.
+    pub body_port: u16,
+    /// Seconds to wait for a new session process to answer.
+    pub ready_timeout: f64,
+    /// Seconds between liveness, data-dir and cleanup checks.
+    pub check_interval: f64,
+    /// Seconds after which `error`/`stopped` sessions are removed.
+    pub idle_timeout: f64,
+    /// Base of stream URLs; the agent's public URL by default (the server's URL when colocated).
+    pub stream_base_url: Option<String>,
+    /// Seconds a viewer capability minted into a stream URL stays valid (12 h).
+    pub viewer_ttl: f64,
+}
+
+/// `turn:` (coturn beside the worker, in its `use-auth-secret` mode).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnSection {
+    /// coturn's `static-auth-secret`: with it, every `turn:`/`turns:` entry of `ice_servers`
+    /// without its own credentials gets per-session ones.
+    pub secret: Option<String>,
+    /// coturn's realm (`hydra agent turn-config`).
+    pub realm: String,
+    /// Seconds minted credentials stay valid (12 h, as the viewer capability).
+    pub credential_ttl: f64,
+    /// Pages use TURN only (`iceTransportPolicy: 'relay'`).
+    pub force_relay: bool,
+    /// coturn's listening port (`hydra agent turn-config`).
+    pub listening_port: u16,
+    /// coturn's relay port range (`hydra agent turn-config`).
+    pub relay_port_min: u16,
+    /// See `relay_port_min`.
+    pub relay_port_max: u16,
+}
+
+impl Default for TurnSection {
+    fn default() -> Self {
+        TurnSection {
+            secret: None,
+            realm: "hydra".into(),
+            credential_ttl: 43_200.0,
+            force_relay: false,
+            listening_port: 3478,
+            relay_port_min: 49152,
+            relay_port_max: 65535,
+        }
+    }
+}
+
+impl std::fmt::Debug for TurnSection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TurnSection")
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .field("realm", &self.realm)
+            .field("credential_ttl", &self.credential_ttl)
+            .field("force_relay", &self.force_relay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `sunshine:`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SunshineSection {
+    /// User.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: None,
+            name: None,
+            roles: vec!["worker".into()],
+            district: "default".into(),
+            venue: "default".into(),
+            owner: "default".into(),
+            lan_ip: None,
+            wg_ip: None,
+        }
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            public_url: None,
+            header_read_timeout: 10.0,
+            idle_timeout: 60.0,
+            max_connections: 1024,
+            shutdown_timeout: 10.0,
+        }
+    }
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        ControllerSection {
+            url: vec!["http://127.0.0.1:7070".into()],
+            token: None,
+            enrolment_token: None,
+        }
+    }
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        HeartbeatSection {
+            interval: 30.0,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        SessionsSection {
+            max: 15,
+            port_range_start: 8080,
+            return_url: "/".into(),
+            report_url: "mailto:".into(),
+            rating_url: None,
+            root: None,
+            command: default_command(),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            body_port: 47990,
+            ready_timeout: 30.0,
+            check_interval: 30.0,
+            idle_timeout: 300.0,
+            stream_base_url: None,
+            viewer_ttl: hydra_proxy::capability::DEFAULT_TTL_SECS as f64,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The session API the server calls (start, list, stop) and the page's quit and rating.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use hydra_api::{ErrorCode, RatingRequest, StartSessionRequest, WorkerSessionList};
+
+use super::{AgentState, MAX_COMMENT, api_error, not_known, parse_body};
+use crate::worker::{Rated, SessionSpec};
+
+pub(super) async fn start_session(
+    State(state): State<AgentState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refusal) = state.check_token(&headers) {
+        return refusal.into_response();
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    let request: StartSessionRequest = match parse_body(&body) {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
+    };
+    let spec = SessionSpec {
+        id: request.session_id,
+        body_ip: request.body_ip,
+        sunshine_user: request.sunshine_user,
+        sunshine_pass: request.sunshine_pass,
+        experience: request.experience,
+        exe_path: request.exe_path,
+    };
+    let outcome = worker.start_session(spec).await;
+    state.report_now().notify_one();
+    match outcome {
+        Ok(session) => {
+            let mut answer = session.to_wire();
+            answer.stream_url = state.viewer_url(&session.id, &answer.stream_url);
+            (StatusCode::CREATED, axum::Json(answer)).into_response()
+        }
+        Err(error) => api_error(error.code(), &error.to_string()),
+    }
+}
+
+pub(super) async fn list_sessions(State(state): State<AgentState>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = state.check_token(&headers) {
+        return refusal.into_response();
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let sessions = worker
+        .snapshot()
+        .iter()
+        .map(|session| session.to_wire())
+        .collect();
+    axum::Json(WorkerSessionList { sessions }).into_response()
+}
+
+pub(super) async fn stop_session(
+    State(state): State<AgentState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(refusal) = state.check_token(&headers) {
+        return refusal.into_response();
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    match worker.stop_session(&id, "ended by the control plane").await {
+        Some(session) => {
+            state.report_now().notify_one();
+            axum::Json(session.to_wire()).into_response()
+        }
+        None => api_error(
+            ErrorCode::NotFound,
+            &format!("session {id} is not known here"),
+        ),
+    }
+}
+
+pub(super) async fn quit(
+    State(state): State<AgentState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
+        return *refused;
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    match worker.stop_session(&id, "quit from the page").await {
+        Some(session) => {
+            state.report_now().notify_one();
+            axum::Json(serde_json::json!({
+                "session_id": session.id,
+                "status": session.status.as_str(),
+            }))
+            .into_response()
+        }
+        None => api_error(
+            ErrorCode::NotFound,
+            &format!("session {id} is not known here"),
+        ),
+    }
+}
+
+pub(super) async fn rate(
+    State(state): State<AgentState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
+        return *refused;
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    let rating: RatingRequest = match parse_body(&body) {
+        Ok(rating) => rating,
+        Err(refusal) => return *refusal,
+    };
+    if !(1..=5).contains(&rating.stars) {
+        return api_error(ErrorCode::InvalidRequest, "stars must be 1 to 5");
+    }
+    if rating
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_COMMENT)
+    {
+        return api_error(
+            ErrorCode::InvalidRequest,
+            "comment is longer than 2000 characters",
+        );
+    }
+    let Some(session) = worker.session(&id) else {
+        return not_known(&id);
+    };
+    let already_rated = || {
+        api_error(
+            ErrorCode::Conflict,
+            &format!("session {id} is already rated"),
+        )
+    };
+    if session.rating.is_some() {
+        return already_rated();
+    }
+    // Bounded before anything is recorded, so a refused rating changes nothing.
+    let forward_slot = match state.inner.settings.rating_url.clone() {
+        Some(url) => match state.rating_forward_slot() {
+            Ok(permit) => Some((url, permit)),
+            Err(message) => {
+                tracing::warn!(session_id = %id, "[rating] {message}");
+                return api_error(ErrorCode::Unavailable, message);
+            }
+        },
+        None => None,
+    };
+    match worker.rate_session(&id, rating.stars) {
+        Rated::Recorded => {}
+        Rated::Already => return already_rated(),
+        Rated::UnknownSession => return not_known(&id),
+    }
+    tracing::info!(session_id = %id, stars = rating.stars, "[rating] session {id} rated {} stars", rating.stars);
+    if let Some((url, permit)) = forward_slot {
+        let record = serde_json::json!({
+            "session_id": id,
+            "worker_id": state.heartbeat().node_id,
+            "body_ip": session.body_ip,
+            "experience": session.experience,
+            "stars": rating.stars,
+            "comment": rating.comment,
+        });
+        let http = state.inner.http.clone();
+        // Bounded by the client's 5 s timeout and the permit it holds; the browser does not
+        // wait for it.
+        tokio::spawn(async move {
+            let _permit = permit;
+            match http.post(&url).json(&record).send().await {
+                Ok(answer) if answer.status().is_success() => {}
+                Ok(answer) => {
+                    tracing::warn!(
+                        status = answer.status().as_u16(),
+                        "[rating] rating endpoint refused the rating"
+                    )
+                }
+                Err(error) => tracing::warn!(%error, "[rating] cannot forward the rating"),
+            }
+        });
+    }
+    axum::Json(serde_json::json!({ "session_id": id, "stars": rating.stars })).into_response()
+}
