@@ -2,6 +2,7 @@
 //! (`ALERT` when it vanished under a live process), and removal of `error`/`stopped` sessions
 //! after the idle timeout.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hydra_api::SessionState;
@@ -29,7 +30,9 @@ impl Worker {
     pub async fn check_sessions(&self, now: Instant) -> CheckReport {
         let mut report = CheckReport::default();
         let mut to_end: Vec<SessionProcess> = Vec::new();
-        let mut to_remove = Vec::new();
+        // File-system calls run outside the table's lock: the lock only marks and collects.
+        let mut live_dirs: Vec<(String, PathBuf)> = Vec::new();
+        let mut idle: Vec<(String, PathBuf)> = Vec::new();
         {
             let mut table = self.table();
             for entry in table.values_mut() {
@@ -42,14 +45,8 @@ impl Worker {
                         entry.changed = now;
                         to_end.extend(entry.process.take());
                         report.died.push(entry.id.clone());
-                    } else if entry.status == SessionState::Running && !entry.data_dir.is_dir() {
-                        let id = &entry.id;
-                        tracing::error!(session_id = %id, data_dir = %entry.data_dir.display(), "[worker] ALERT: data directory of session {id} vanished under a live process; session marked error");
-                        entry.error = Some("data directory vanished".into());
-                        entry.status = SessionState::Error;
-                        entry.changed = now;
-                        to_end.extend(entry.process.take());
-                        report.lost_data_dir.push(entry.id.clone());
+                    } else if entry.status == SessionState::Running {
+                        live_dirs.push((entry.id.clone(), entry.data_dir.clone()));
                     }
                 } else if entry.status == SessionState::Running {
                     // Running without a handle cannot happen; treat it as a dead process.
@@ -62,18 +59,40 @@ impl Worker {
                 if ended
                     && now.saturating_duration_since(entry.changed) >= self.settings.idle_timeout
                 {
-                    to_remove.push(entry.id.clone());
-                }
-            }
-            for id in &to_remove {
-                if let Some(entry) = table.remove(id) {
-                    to_end.extend(entry.process);
-                    remove_dir(&entry.data_dir);
-                    tracing::info!(session_id = %id, status = entry.status.as_str(), "[cleanup] removed idle session and its data dir");
+                    idle.push((entry.id.clone(), entry.data_dir.clone()));
                 }
             }
         }
-        report.removed = to_remove;
+        live_dirs.retain(|(_, data_dir)| !data_dir.is_dir());
+        // The ids stay in the table until their dirs are gone, so no start can reuse one
+        // meanwhile (a duplicate id is refused).
+        for (_, data_dir) in &idle {
+            remove_dir(data_dir);
+        }
+        {
+            let mut table = self.table();
+            for (id, data_dir) in live_dirs {
+                let Some(entry) = table.get_mut(&id) else {
+                    continue;
+                };
+                if entry.status != SessionState::Running || entry.process.is_none() {
+                    continue;
+                }
+                tracing::error!(session_id = %id, data_dir = %data_dir.display(), "[worker] ALERT: data directory of session {id} vanished under a live process; session marked error");
+                entry.error = Some("data directory vanished".into());
+                entry.status = SessionState::Error;
+                entry.changed = now;
+                to_end.extend(entry.process.take());
+                report.lost_data_dir.push(id);
+            }
+            for (id, _) in &idle {
+                if let Some(entry) = table.remove(id) {
+                    to_end.extend(entry.process);
+                    tracing::info!(session_id = %id, status = entry.status.as_str(), "[cleanup] removed idle session and its data dir");
+                    report.removed.push(id.clone());
+                }
+            }
+        }
         for process in to_end {
             process.end(self.settings.stop_grace).await;
         }
