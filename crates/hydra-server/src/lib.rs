@@ -253,7 +253,7 @@ pub async fn serve_with(
         state.clone(),
         shutdown.clone(),
     ));
-    duties.spawn(workers::sweep(state.clone(), shutdown.clone()));
+    duties.spawn(sessions::sweep(state.clone(), shutdown.clone()));
     duties.spawn(feed::follow(state.clone(), shutdown.clone()));
     duties.spawn(feed::prune_changes(state.clone(), shutdown.clone()));
     duties.spawn(captures::retention::prune_ended_captures(

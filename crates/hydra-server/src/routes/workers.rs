@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::state::{AppState, now_ms};
 
-use crate::workers::apply_report;
+use crate::sessions::apply_report;
 
 /// Every worker with its health and load.
 #[utoipa::path(get, path = "/api/v1/workers", tag = "sessions", security(("bearer" = [])),

@@ -8,9 +8,15 @@
 //! worker that cannot start it answers with the reason; the next-best worker is tried once.//!
 //! Files: this one has the routes that read and end sessions and the shared `Relay`; `start.rs`
 //! places and starts a new one (in a task of its own, so a client that hangs up does not stop
-//! it).
+//! it); `worker_report.rs` applies a worker's report (sequence, reconcile, store, directory);
+//! `sweep.rs` is the duty that cleans up after workers that are gone.
 
 mod start;
+mod sweep;
+mod worker_report;
+
+pub use sweep::{sweep, sweep_once};
+pub use worker_report::apply_report;
 
 pub(crate) use start::__path_create;
 pub use start::create;

@@ -10,16 +10,10 @@
 //! stored session of that worker that the report does not show running is marked `error`, so
 //! an agent killed and started again leaves no session the server believes in but nobody runs.
 //!
-//! Files: this one is the directory (reports, placed sessions, slot reservations, placement
-//! rows); `report.rs` applies a report (sequence, reconcile, store, directory); `sweep.rs` is the
-//! duty that cleans up after workers that are gone. The HTTP handlers are in
-//! `crate::routes::workers`.
-
-mod report;
-mod sweep;
-
-pub use report::apply_report;
-pub use sweep::{sweep, sweep_once};
+//! This module is the directory (reports, placed sessions, slot reservations, placement rows)
+//! and depends on no server state: applying a report (`crate::sessions::worker_report`) and the
+//! sweep after workers that are gone (`crate::sessions::sweep`) are session duties that use it.
+//! The HTTP handlers are in `crate::routes::workers`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -33,10 +27,10 @@ use crate::registry::{NodeLocks, Registry};
 use crate::sealing::Sealer;
 
 /// How many earlier agent keys of a worker are remembered.
-const RETIRED_KEYS: usize = 4;
+pub(crate) const RETIRED_KEYS: usize = 4;
 
 /// The longest start bound a worker may report (10 min).
-const MAX_AGENT_START_MS: i64 = 600_000;
+pub(crate) const MAX_AGENT_START_MS: i64 = 600_000;
 
 /// What one worker's agent last reported, and the sessions the server holds live on it.
 #[derive(Clone)]
@@ -120,6 +114,35 @@ pub struct WorkerDirectory {
     inner: Arc<RwLock<HashMap<String, WorkerInfo>>>,
     /// Serialises the reports of one worker (sequence check, reconcile, apply).
     report_locks: Arc<ReportLocks>,
+}
+
+impl WorkerDirectory {
+    /// Holds `id`'s report lock until the guard drops: one report of a worker at a time, so
+    /// the sequence check and what follows are one step.
+    pub(crate) async fn serialise_report(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.report_locks.0.lock(id).await
+    }
+
+    /// The memory half of a report: under the directory's lock, and only while `still_worker`
+    /// holds (a node removed while its report was applied stays out), `update` changes `id`'s
+    /// entry (made empty first if there is none).
+    pub(crate) fn record_report(
+        &self,
+        id: &str,
+        now: i64,
+        still_worker: impl FnOnce() -> bool,
+        update: impl FnOnce(&mut WorkerInfo),
+    ) {
+        let mut reports = self.inner.write().expect("worker directory poisoned");
+        if !still_worker() {
+            return;
+        }
+        update(
+            reports
+                .entry(id.to_owned())
+                .or_insert_with(|| WorkerInfo::new(String::new(), String::new(), 0, now)),
+        );
+    }
 }
 
 /// Sharded async locks for reports, one shard per worker id.

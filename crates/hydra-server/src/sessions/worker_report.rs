@@ -15,7 +15,7 @@ use hydra_store::WorkerReportRecord;
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
 
-use super::{MAX_AGENT_START_MS, RETIRED_KEYS, WorkerInfo};
+use crate::workers::{MAX_AGENT_START_MS, RETIRED_KEYS, WorkerInfo};
 
 /// Applies a valid report of worker `id`: ignored when older than the last one applied for the
 /// same agent run; otherwise the stored sessions are reconciled with it, it is stored, and the
@@ -31,7 +31,7 @@ pub async fn apply_report(
 ) -> Result<(), ApiError> {
     let directory = state.workers();
     // One report of a worker at a time, so the sequence check and what follows are one step.
-    let _serial = directory.report_locks.0.lock(id).await;
+    let _serial = directory.serialise_report(id).await;
     let now = now_ms();
     let known = directory.get(id);
     let same_run = known
@@ -92,43 +92,39 @@ pub async fn apply_report(
             tracing::warn!(worker_id = %id, reported_max_sessions = reported, max_sessions = report.max_sessions, "[controller] worker reports more sessions than max_sessions_per_worker; capped");
         }
     }
-    let mut reports = directory.inner.write().expect("worker directory poisoned");
-    if !state
-        .registry()
-        .read()
-        .expect("registry lock poisoned")
-        .get(id)
-        .is_some_and(|node| node.roles.contains(Role::Worker))
-    {
-        // Removed while this report was being applied: it stays out of the directory.
-        return Ok(());
-    }
-    let info = reports
-        .entry(id.to_owned())
-        .or_insert_with(|| WorkerInfo::new(String::new(), String::new(), 0, now));
-    if info.agent_key != report.agent_key && !info.agent_key.is_empty() {
-        let retired = std::mem::take(&mut info.agent_key);
-        info.retired_keys.push(retired);
-        let excess = info.retired_keys.len().saturating_sub(RETIRED_KEYS);
-        info.retired_keys.drain(..excess);
-    }
-    info.agent_url = agent_url;
-    info.agent_key = report.agent_key;
-    info.max_sessions = report.max_sessions;
-    info.reported_at = now;
-    info.start_timeout_ms = start_timeout_ms;
-    info.sequence = report.sequence;
-    info.run_seen_at = run_seen_at;
-    let listed: HashSet<&str> = report
-        .sessions
-        .iter()
-        .map(|session| session.session_id.as_str())
-        .collect();
-    info.ended.retain(|id| listed.contains(id.as_str()));
-    info.reported_live = reported_live
-        .into_iter()
-        .filter(|id| !info.ended.contains(id))
-        .collect();
+    let still_worker = || {
+        state
+            .registry()
+            .read()
+            .expect("registry lock poisoned")
+            .get(id)
+            .is_some_and(|node| node.roles.contains(Role::Worker))
+    };
+    directory.record_report(id, now, still_worker, |info| {
+        if info.agent_key != report.agent_key && !info.agent_key.is_empty() {
+            let retired = std::mem::take(&mut info.agent_key);
+            info.retired_keys.push(retired);
+            let excess = info.retired_keys.len().saturating_sub(RETIRED_KEYS);
+            info.retired_keys.drain(..excess);
+        }
+        info.agent_url = agent_url;
+        info.agent_key = report.agent_key;
+        info.max_sessions = report.max_sessions;
+        info.reported_at = now;
+        info.start_timeout_ms = start_timeout_ms;
+        info.sequence = report.sequence;
+        info.run_seen_at = run_seen_at;
+        let listed: HashSet<&str> = report
+            .sessions
+            .iter()
+            .map(|session| session.session_id.as_str())
+            .collect();
+        info.ended.retain(|id| listed.contains(id.as_str()));
+        info.reported_live = reported_live
+            .into_iter()
+            .filter(|id| !info.ended.contains(id))
+            .collect();
+    });
     Ok(())
 }
 
