@@ -1,5 +1,5 @@
 //! The mesh as a sans-IO state machine around foca: datagrams and time in, datagrams, timers
-//! and membership events out. The UDP driver (`udp.rs`) and the in-memory simulation drive the
+//! and membership events out. The UDP driver (`driver.rs`) and the in-memory simulation drive the
 //! very same code, so whole clusters are tested without sockets or sleeps.
 //!
 //! A payload starts with its kind: [`KIND_FOCA`] (foca's own messages, states piggybacked as

@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use hydra_agent::cluster::driver::{self, ClusterHandle, ClusterSettings, Discovery};
-use hydra_agent::cluster::member::{MemberId, MemberState};
-use hydra_agent::cluster::mesh::{MeshEvent, MeshSettings};
-use hydra_agent::cluster::seal::Keyring;
+use hydra_mesh::driver::{self, ClusterHandle, ClusterSettings, Discovery};
+use hydra_mesh::member::{MemberId, MemberState};
+use hydra_mesh::mesh::{MeshEvent, MeshSettings};
+use hydra_mesh::seal::Keyring;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
