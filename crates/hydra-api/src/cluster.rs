@@ -1,13 +1,14 @@
 //! Body of `GET /api/v1/cluster` (issue 11): how one member sees the peer mesh. Without a token
 //! it carries counts only (who is where is a map of the fleet); with the agent's token, each
-//! member. Served by `hydra-agent`, read by `hydra_client::AgentClient` and `hydra cluster`.
+//! member. Served by `hydra-agent` and `hydra-server` (members with the admin token), read by `hydra_client::AgentClient` and `hydra cluster`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `GET /api/v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
     /// Whether this node runs the mesh (`cluster.enabled`).
     pub enabled: bool,
@@ -33,7 +34,7 @@ pub struct ClusterStatus {
 }
 
 /// One member as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterMember {
     /// Its node id.
     pub node_id: String,
