@@ -29,8 +29,24 @@ pub struct ClusterStatus {
     pub datagrams_sent: u64,
     /// Datagrams received (opened or not).
     pub datagrams_received: u64,
+    /// Probe rounds, indirect probes, suspicions and downs this node saw since start.
+    #[serde(default)]
+    pub detector: DetectorCounts,
     /// Each member, with a token only.
     pub members: Option<Vec<ClusterMember>>,
+}
+
+/// The failure detector's counters on one member since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DetectorCounts {
+    /// Probe rounds run (one member probed directly per round).
+    pub probes: u64,
+    /// Direct probes unanswered in time, handed to others to probe indirectly.
+    pub indirect_probes: u64,
+    /// Suspicions started or learnt of.
+    pub suspicions: u64,
+    /// Members declared down.
+    pub downs: u64,
 }
 
 /// One member as this node sees it.
