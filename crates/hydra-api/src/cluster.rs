@@ -1,13 +1,14 @@
 //! Body of `GET /api/v1/cluster` (issue 11): how one member sees the peer mesh. Without a token
 //! it carries counts only (who is where is a map of the fleet); with the agent's token, each
-//! member. Served by `hydra-agent`, read by `hydra_client::AgentClient` and `hydra cluster`.
+//! member. Served by `hydra-agent` and `hydra-server` (members with the admin token), read by `hydra_client::AgentClient` and `hydra cluster`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `GET /api/v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
     /// Whether this node runs the mesh (`cluster.enabled`).
     pub enabled: bool,
@@ -28,12 +29,28 @@ pub struct ClusterStatus {
     pub datagrams_sent: u64,
     /// Datagrams received (opened or not).
     pub datagrams_received: u64,
+    /// Probe rounds, indirect probes, suspicions and downs this node saw since start.
+    #[serde(default)]
+    pub detector: DetectorCounts,
     /// Each member, with a token only.
     pub members: Option<Vec<ClusterMember>>,
 }
 
+/// The failure detector's counters on one member since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DetectorCounts {
+    /// Probe rounds run (one member probed directly per round).
+    pub probes: u64,
+    /// Direct probes unanswered in time, handed to others to probe indirectly.
+    pub indirect_probes: u64,
+    /// Suspicions started or learnt of.
+    pub suspicions: u64,
+    /// Members declared down.
+    pub downs: u64,
+}
+
 /// One member as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterMember {
     /// Its node id.
     pub node_id: String,

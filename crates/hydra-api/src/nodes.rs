@@ -57,7 +57,8 @@ pub enum CostTierWire {
 }
 
 /// Whether a node counts as alive (`hydra_core::NodeStatus` on the wire): `online` while its
-/// last heartbeat is younger than the timeout, else `offline`.
+/// last heartbeat is younger than the timeout, `unreachable` when the peer mesh declared it down after
+/// that heartbeat, else `offline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatusWire {
@@ -65,14 +66,17 @@ pub enum NodeStatusWire {
     Online,
     /// No heartbeat yet, or too old.
     Offline,
+    /// The peer mesh declared it down and no heartbeat arrived since (issue 11).
+    Unreachable,
 }
 
 impl NodeStatusWire {
-    /// The wire word (`online`, `offline`).
+    /// The wire word (`online`, `offline`, `unreachable`).
     pub fn as_str(self) -> &'static str {
         match self {
             NodeStatusWire::Online => "online",
             NodeStatusWire::Offline => "offline",
+            NodeStatusWire::Unreachable => "unreachable",
         }
     }
 }
@@ -88,6 +92,7 @@ impl From<NodeStatus> for NodeStatusWire {
         match status {
             NodeStatus::Online => NodeStatusWire::Online,
             NodeStatus::Offline => NodeStatusWire::Offline,
+            NodeStatus::Unreachable => NodeStatusWire::Unreachable,
         }
     }
 }

@@ -146,7 +146,11 @@ mod tests {
             assert_eq!(back, PolicyWire::from(policy));
             lines.push(format!("policy {policy:?} -> {json}"));
         }
-        for status in [NodeStatus::Online, NodeStatus::Offline] {
+        for status in [
+            NodeStatus::Online,
+            NodeStatus::Offline,
+            NodeStatus::Unreachable,
+        ] {
             let json = serde_json::to_string(&NodeStatusWire::from(status)).unwrap();
             assert_eq!(json, format!("\"{}\"", status.as_str()), "{status:?}");
             let back: NodeStatusWire = serde_json::from_str(&json).unwrap();
@@ -175,7 +179,8 @@ mod tests {
             policy StrictVenue -> "strict_venue"
             policy None -> "none"
             status Online -> "online"
-            status Offline -> "offline""#]]
+            status Offline -> "offline"
+            status Unreachable -> "unreachable""#]]
         .assert_eq(&lines.join("\n"));
     }
 }

@@ -240,6 +240,8 @@ pub enum NodeStatus {
     Online,
     /// No heartbeat yet, or the last one is too old.
     Offline,
+    /// The peer mesh declared it down and no heartbeat arrived since (issue 11).
+    Unreachable,
 }
 
 impl NodeStatus {
@@ -248,6 +250,7 @@ impl NodeStatus {
         match self {
             NodeStatus::Online => "online",
             NodeStatus::Offline => "offline",
+            NodeStatus::Unreachable => "unreachable",
         }
     }
 }
@@ -287,6 +290,9 @@ pub struct Node {
     pub last_heartbeat: Option<UnixMillis>,
     /// Time of enrolment.
     pub enrolled_at: UnixMillis,
+    /// When the peer mesh declared it down (the view's alone, never stored): it counts until a
+    /// heartbeat newer than it arrives.
+    pub unreachable_since: Option<UnixMillis>,
 }
 
 impl Node {
@@ -310,14 +316,31 @@ impl Node {
             active_sessions: 0,
             last_heartbeat: None,
             enrolled_at: 0,
+            unreachable_since: None,
         }
     }
 
-    /// Online while the last heartbeat is younger than `heartbeat_timeout_ms`.
+    /// Online while the last heartbeat is younger than `heartbeat_timeout_ms`, unless the mesh
+    /// declared it down after that heartbeat (then unreachable).
     pub fn status(&self, now: UnixMillis, heartbeat_timeout_ms: i64) -> NodeStatus {
         match self.last_heartbeat {
-            Some(at) if now.saturating_sub(at) < heartbeat_timeout_ms => NodeStatus::Online,
+            Some(at) if now.saturating_sub(at) < heartbeat_timeout_ms => {
+                if self.unreachable_since.is_some_and(|since| since >= at) {
+                    NodeStatus::Unreachable
+                } else {
+                    NodeStatus::Online
+                }
+            }
             _ => NodeStatus::Offline,
+        }
+    }
+
+    /// The last heartbeat that still counts for health: none while the mesh's mark is newer,
+    /// so placement, which judges workers by heartbeat age, skips an unreachable worker too.
+    pub fn counted_heartbeat(&self) -> Option<UnixMillis> {
+        match (self.last_heartbeat, self.unreachable_since) {
+            (Some(at), Some(since)) if since >= at => None,
+            (at, _) => at,
         }
     }
 

@@ -214,6 +214,7 @@ fn status_of(status: NodeStatusWire) -> NodeStatus {
     match status {
         NodeStatusWire::Online => NodeStatus::Online,
         NodeStatusWire::Offline => NodeStatus::Offline,
+        NodeStatusWire::Unreachable => NodeStatus::Unreachable,
     }
 }
 

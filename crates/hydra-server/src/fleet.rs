@@ -1,4 +1,5 @@
-//! The fleet service: the only way to change a node (enrol, move, drain, heartbeat, remove).
+//! The fleet service: the only way to change a node (enrol, move, drain, heartbeat, remove, the
+//! peer mesh's `unreachable` mark).
 //!
 //! Invariant: a change's store write and its view patch happen together whatever the caller
 //! does. Each change runs to completion in a task of its own, under the node's lock; the handler
@@ -221,6 +222,43 @@ impl Fleet {
             })
         })
         .await
+    }
+
+    /// Applies what the peer mesh said about node `id` (issue 11), under the node's lock so no
+    /// heartbeat interleaves: `hydra_core::liveness::mesh_verdict` decides; a mark is the view's
+    /// alone (never stored: a restarted replica falls back to heartbeats) and is announced.
+    pub async fn apply_mesh_signal(
+        &self,
+        id: &str,
+        signal: hydra_core::liveness::MeshSignal,
+        agent_answered: Option<bool>,
+        now: i64,
+        heartbeat_timeout_ms: i64,
+    ) -> hydra_core::liveness::MeshVerdict {
+        use hydra_core::liveness::{MeshVerdict, mesh_verdict};
+        let _guard = self.inner.locks.lock(id).await;
+        let (verdict, changed) = {
+            let mut view = self.inner.view.write().expect("registry lock poisoned");
+            let verdict = mesh_verdict(
+                signal,
+                view.get(id),
+                agent_answered,
+                now,
+                heartbeat_timeout_ms,
+            );
+            let changed = match verdict {
+                MeshVerdict::MarkUnreachable { since } => view.patch(id, |node| {
+                    node.unreachable_since = Some(since);
+                    node.clone()
+                }),
+                MeshVerdict::Keep(_) => None,
+            };
+            (verdict, changed)
+        };
+        if let Some(changed) = changed {
+            self.inner.events.publish(Change::NodeChanged(changed));
+        }
+        verdict
     }
 
     /// Removes a node, its token and its latency samples; then, still in the owned task and

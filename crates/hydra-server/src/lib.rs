@@ -14,6 +14,7 @@ pub mod extract;
 pub mod feed;
 pub mod fleet;
 pub mod group_commit;
+pub mod mesh;
 pub mod registry;
 pub mod replica;
 pub mod report_checks;
@@ -71,6 +72,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::system::health))
         .routes(routes!(routes::system::check_master))
         .routes(routes!(routes::system::replicas))
+        .routes(routes!(mesh::cluster))
         .routes(routes!(routes::nodes::enrol, routes::nodes::list))
         .routes(routes!(routes::nodes::show, routes::nodes::remove))
         .routes(routes!(routes::nodes::heartbeat))
@@ -256,6 +258,9 @@ pub async fn serve_with(
     duties.spawn(sessions::sweep(state.clone(), shutdown.clone()));
     duties.spawn(feed::follow(state.clone(), shutdown.clone()));
     duties.spawn(feed::prune_changes(state.clone(), shutdown.clone()));
+    if let Some(start) = state.take_mesh_start() {
+        duties.spawn(mesh::run(state.clone(), start, shutdown.clone()));
+    }
     duties.spawn(captures::retention::prune_ended_captures(
         state.clone(),
         shutdown.clone(),

@@ -43,9 +43,14 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Inserts or replaces a node.
-    pub fn put(&mut self, node: Node) {
-        self.take(&node.id);
+    /// Inserts or replaces a node; a replacement re-read from the store keeps the mesh's
+    /// `unreachable` mark, which only the view holds.
+    pub fn put(&mut self, mut node: Node) {
+        if let Some(old) = self.take(&node.id)
+            && node.unreachable_since.is_none()
+        {
+            node.unreachable_since = old.unreachable_since;
+        }
         self.district_of
             .insert(node.id.clone(), node.district.clone());
         self.districts

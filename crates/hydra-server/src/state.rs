@@ -92,6 +92,10 @@ struct Inner {
     feed: crate::feed::ViewFeed,
     replica: crate::replica::ReplicaState,
     captures: crate::captures::Captures,
+    /// The peer mesh as this replica sees it (off unless [`AppState::join_mesh`]).
+    cluster: hydra_mesh::ClusterHandle,
+    /// The mesh's socket and section, taken by `serve_with`, which runs it as a duty.
+    mesh_start: std::sync::Mutex<Option<crate::mesh::MeshStart>>,
 }
 
 impl AppState {
@@ -143,8 +147,39 @@ impl AppState {
                 feed,
                 replica,
                 captures: crate::captures::Captures::default(),
+                cluster: hydra_mesh::ClusterHandle::default(),
+                mesh_start: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    /// Makes this replica a member of the peer mesh (`cluster:`) once served: the socket and
+    /// keys are ready (`hydra_mesh::start::prepare`); `serve_with` runs the mesh and the watcher
+    /// that marks nodes the mesh declares down `unreachable`.
+    pub fn join_mesh(
+        &self,
+        prepared: hydra_mesh::start::Prepared,
+        section: hydra_mesh::ClusterSection,
+    ) {
+        *self
+            .inner
+            .mesh_start
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(crate::mesh::MeshStart { prepared, section });
+    }
+
+    /// The peer mesh as this replica sees it (`GET /api/v1/cluster`).
+    pub fn cluster(&self) -> &hydra_mesh::ClusterHandle {
+        &self.inner.cluster
+    }
+
+    pub(crate) fn take_mesh_start(&self) -> Option<crate::mesh::MeshStart> {
+        self.inner
+            .mesh_start
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// The durable store.

@@ -75,6 +75,7 @@ impl TryFrom<NodeRow> for Node {
             idle: row.idle,
             last_heartbeat: row.last_heartbeat,
             enrolled_at: row.enrolled_at,
+            unreachable_since: None,
         })
     }
 }

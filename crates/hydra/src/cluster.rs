@@ -124,6 +124,7 @@ mod tests {
             dropped: BTreeMap::from([("unknown_key".into(), 3)]),
             datagrams_sent: 10,
             datagrams_received: 12,
+            detector: hydra_api::cluster::DetectorCounts::default(),
             members: None,
         };
         let counts_only = render(&status);

@@ -110,6 +110,9 @@ struct ServerConfig {
     replica_id: Option<String>,
     lease_ttl: String,
     lease_renew: String,
+    /// The peer mesh (issue 11): the agent's `cluster:` keys; from the YAML file only.
+    #[serde(default)]
+    cluster: hydra_mesh::ClusterSection,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +136,7 @@ impl Default for ServerConfig {
             replica_id: None,
             lease_ttl: "6s".to_owned(),
             lease_renew: "2s".to_owned(),
+            cluster: hydra_mesh::ClusterSection::default(),
         }
     }
 }
@@ -217,6 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         u64::try_from(lease_renew.as_millis()).unwrap_or(u64::MAX),
     )
     .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
+    config.cluster.validate().map_err(anyhow::Error::msg)?;
     let limits = hydra_server::ServeSettings {
         header_read_timeout: Duration::from_secs(config.header_read_timeout),
         idle_timeout: Duration::from_secs(config.idle_timeout),
@@ -301,6 +306,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state = AppState::new(store.clone(), settings, &admin_token)
         .await
         .context("cannot load the registry from the store")?;
+    // The listen address, when it names one, is where the mesh binds unless told otherwise.
+    let listen_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    if let Some(prepared) = hydra_mesh::start::prepare(&config.cluster, listen_ip)
+        .await
+        .map_err(anyhow::Error::msg)?
+    {
+        state.join_mesh(prepared, config.cluster.clone());
+    }
     let node_count = state
         .registry()
         .read()

@@ -1,14 +1,7 @@
-//! The peer mesh (issue 11): SWIM membership with foca over sealed UDP datagrams, each member
-//! gossiping its coarse state (roles, API address, pending work and capacity, district/venue).
-//!
-//! `seal` is the transport's crypto, `member` who a member is and what it publishes, `mesh` the
-//! sans-IO membership around foca, `driver` the same on a UDP socket.
+//! The peer mesh, which lives in the `hydra-mesh` crate (the server runs it too); re-exported
+//! here so `hydra_agent::cluster::...` paths keep working. `start` fills the mesh's settings
+//! from the agent's configuration.
 
-pub mod driver;
-pub mod member;
-pub mod mesh;
-pub mod seal;
+pub use hydra_mesh::{config, driver, member, mesh, seal};
+
 pub mod start;
-
-#[cfg(test)]
-mod sim;

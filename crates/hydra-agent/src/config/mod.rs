@@ -114,27 +114,7 @@ impl AgentConfig {
 
     /// The mesh's keys; the message names the key.
     fn validate_cluster(&self) -> Result<(), ConfigError> {
-        let cluster = &self.cluster;
-        if !cluster.enabled {
-            return Ok(());
-        }
-        let fail = |message: &str| Err(ConfigError(message.to_owned()));
-        match cluster.discovery_mode.as_str() {
-            "list" => {}
-            "dns"
-                if cluster
-                    .dns_service_name
-                    .as_deref()
-                    .is_some_and(|name| !name.is_empty()) => {}
-            "dns" => return fail("cluster.dns_service_name is required with discovery_mode dns"),
-            _ => return fail("cluster.discovery_mode must be list or dns"),
-        }
-        if cluster.key_file.is_none() {
-            return fail(
-                "cluster.key_file is required when cluster.enabled (datagrams are sealed)",
-            );
-        }
-        Ok(())
+        self.cluster.validate().map_err(ConfigError)
     }
 
     /// The ICE servers and TURN credential settings, for the worker and the session pages.

@@ -7,46 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::worker::default_command;
 
-/// `cluster:` (the peer mesh: SWIM gossip over sealed UDP).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterSection {
-    /// Whether this agent joins the mesh.
-    pub enabled: bool,
-    /// The member's name in the mesh; the node id (`node.id`), else the host name, when empty.
-    pub node_id: Option<String>,
-    /// UDP port of the mesh (7946; 0 picks a free one, for tests).
-    pub bind_port: u16,
-    /// Address the others reach this node at; detected when empty (the address the route to
-    /// the first peer leaves from, else `node.lan_ip`, else 127.0.0.1). The socket binds to it.
-    pub advertise_addr: Option<IpAddr>,
-    /// How peers are found: `list` (`join_peers`) or `dns` (`dns_service_name`).
-    pub discovery_mode: String,
-    /// Peers to join, `host:port` or `ip` (port `bind_port`), for `list`.
-    pub join_peers: Vec<String>,
-    /// A name whose every A/AAAA record is a peer, for `dns`.
-    pub dns_service_name: Option<String>,
-    /// The cluster key file (0600): one key per line, 64 hex digits, the sealing key first.
-    pub key_file: Option<PathBuf>,
-    /// An optional tag published with this node's state.
-    pub tag: Option<String>,
-}
-
-impl Default for ClusterSection {
-    fn default() -> Self {
-        ClusterSection {
-            enabled: false,
-            node_id: None,
-            bind_port: 7946,
-            advertise_addr: None,
-            discovery_mode: "list".into(),
-            join_peers: Vec::new(),
-            dns_service_name: None,
-            key_file: None,
-            tag: None,
-        }
-    }
-}
+/// `cluster:` (the peer mesh), shared with the server's configuration.
+pub use hydra_mesh::ClusterSection;
 
 /// `node:`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

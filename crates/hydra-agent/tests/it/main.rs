@@ -6,7 +6,6 @@ mod colocated;
 mod fleet;
 mod heartbeat_backoff;
 mod input;
-mod mesh;
 mod monitor;
 mod proxy;
 mod rating_forward;

@@ -41,7 +41,7 @@ pub async fn list(
             // The same rules placement decides with (`hydra_core::placement`).
             let load = WorkerLoad {
                 id: &node.id,
-                last_heartbeat: node.last_heartbeat,
+                last_heartbeat: node.counted_heartbeat(),
                 drained: node.drained,
                 active_sessions: active,
                 max_sessions: max,

@@ -391,7 +391,8 @@ fn worker_rows(
             .map_or((0, 0), |info| (info.active_sessions(), info.max_sessions));
         WorkerRow {
             id: node.id.clone(),
-            last_heartbeat: node.last_heartbeat,
+            // A node the mesh declared down since its last heartbeat is not placed on.
+            last_heartbeat: node.counted_heartbeat(),
             drained: node.drained,
             active_sessions: active,
             max_sessions: max,

@@ -15,6 +15,7 @@ mod explain;
 mod fleet;
 mod head_ride_out;
 mod lab;
+mod mesh_server;
 mod metrics;
 mod node_config;
 mod replicas;

@@ -49,6 +49,7 @@ function askToken(message) {
 
 function shownStatus(node) {
   if (node.status === "offline") return "offline";
+  if (node.status === "unreachable") return "unreachable";
   if (node.drained) return "drained";
   return "online";
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hydra_api::cluster::{ClusterMember, ClusterStatus};
+use hydra_api::cluster::{ClusterMember, ClusterStatus, DetectorCounts};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,35 @@ pub struct ClusterHandle(
     tokio::sync::broadcast::Sender<MeshEvent>,
 );
 
+/// A plain snapshot of the mesh's counters (what `/metrics` renders; issue 13 owns that route).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshMetrics {
+    /// Whether this node runs the mesh.
+    pub enabled: bool,
+    /// Other members alive, as seen here.
+    pub members_alive: u64,
+    /// Other members suspected.
+    pub members_suspect: u64,
+    /// Other members down (remembered a while).
+    pub members_down: u64,
+    /// Probe rounds run.
+    pub probes: u64,
+    /// Direct probes handed to others to probe indirectly.
+    pub indirect_probes: u64,
+    /// Suspicions started or learnt of.
+    pub suspicions: u64,
+    /// Members declared down.
+    pub downs: u64,
+    /// Datagrams dropped because their seal did not open (wrong or unknown key).
+    pub dropped_bad_seal: u64,
+    /// Datagrams dropped for any reason before parsing.
+    pub dropped_total: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+}
+
 /// Membership changes kept for a slow subscriber before it starts missing some (it then sees
 /// `Lagged` and should re-read [`ClusterHandle::status`]).
 const EVENTS_KEPT: usize = 1_024;
@@ -83,6 +112,7 @@ impl Default for ClusterHandle {
                     dropped: BTreeMap::new(),
                     datagrams_sent: 0,
                     datagrams_received: 0,
+                    detector: DetectorCounts::default(),
                     members: None,
                 },
                 members: Vec::new(),
@@ -106,6 +136,27 @@ impl ClusterHandle {
     pub fn live_members(&self) -> Vec<MemberState> {
         let snapshot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         snapshot.live.clone()
+    }
+
+    /// The mesh's counters as plain numbers, for a metrics exporter (`/metrics`) to render.
+    pub fn metrics(&self) -> MeshMetrics {
+        let status = self.status(false);
+        let by_state = |state: &str| status.members_by_state.get(state).copied().unwrap_or(0);
+        MeshMetrics {
+            enabled: status.enabled,
+            members_alive: by_state("alive"),
+            members_suspect: by_state("suspect"),
+            members_down: by_state("down"),
+            probes: status.detector.probes,
+            indirect_probes: status.detector.indirect_probes,
+            suspicions: status.detector.suspicions,
+            downs: status.detector.downs,
+            dropped_bad_seal: status.dropped.get("bad_seal").copied().unwrap_or(0)
+                + status.dropped.get("unknown_key").copied().unwrap_or(0),
+            dropped_total: status.dropped.values().sum(),
+            datagrams_sent: status.datagrams_sent,
+            datagrams_received: status.datagrams_received,
+        }
     }
 
     /// Membership changes from now on (up, down, this node declared down or rejoined).
@@ -336,6 +387,15 @@ fn publish_snapshot(handle: &ClusterHandle, mesh: &Mesh, sealer: &Sealer, traffi
         dropped: traffic.dropped.clone(),
         datagrams_sent: traffic.sent,
         datagrams_received: traffic.received,
+        detector: {
+            let counters = mesh.counters();
+            DetectorCounts {
+                probes: counters.probes,
+                indirect_probes: counters.indirect_probes,
+                suspicions: counters.suspicions,
+                downs: counters.downs,
+            }
+        },
         members: None,
     };
     handle.update(|snapshot| {

@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use hydra_agent::cluster::driver::{self, ClusterHandle, ClusterSettings, Discovery};
-use hydra_agent::cluster::member::{MemberId, MemberState};
-use hydra_agent::cluster::mesh::{MeshEvent, MeshSettings};
-use hydra_agent::cluster::seal::Keyring;
+use hydra_mesh::driver::{self, ClusterHandle, ClusterSettings, Discovery};
+use hydra_mesh::member::{MemberId, MemberState};
+use hydra_mesh::mesh::{MeshEvent, MeshSettings};
+use hydra_mesh::seal::Keyring;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -186,6 +186,13 @@ async fn a_killed_member_is_down_within_seconds_and_its_restart_rejoins() {
     )
     .await;
     eprintln!("[mesh-udp] killed member seen down by every survivor after {detected:?}");
+    // The counters a metrics exporter renders: probes ran, the kill was suspected before it
+    // was declared down, and the intruder's datagrams count as a bad seal.
+    let metrics = first.handle.metrics();
+    assert!(metrics.enabled && metrics.probes > 0, "{metrics:?}");
+    assert!(metrics.suspicions >= 1 && metrics.downs >= 1, "{metrics:?}");
+    assert!(metrics.dropped_bad_seal > 0, "{metrics:?}");
+    assert_eq!(first.handle.status(false).detector.downs, metrics.downs);
     // The same change reached a subscriber (the seam the server will act on).
     let handed_on = tokio::time::timeout(Duration::from_secs(10), async {
         while let Ok(event) = changes.recv().await {

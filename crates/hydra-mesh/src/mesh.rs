@@ -1,5 +1,5 @@
 //! The mesh as a sans-IO state machine around foca: datagrams and time in, datagrams, timers
-//! and membership events out. The UDP driver (`udp.rs`) and the in-memory simulation drive the
+//! and membership events out. The UDP driver (`driver.rs`) and the in-memory simulation drive the
 //! very same code, so whole clusters are tested without sockets or sleeps.
 //!
 //! A payload starts with its kind: [`KIND_FOCA`] (foca's own messages, states piggybacked as
@@ -137,6 +137,12 @@ pub struct MeshCounters {
     pub bytes_out: u64,
     /// Datagrams handed out to send.
     pub datagrams_out: u64,
+    /// Probe rounds this node ran (one member probed directly per round).
+    pub probes: u64,
+    /// Direct probes that went unanswered in time, so others were asked to probe indirectly.
+    pub indirect_probes: u64,
+    /// Suspicions this node started or learnt of (each one ends in a refutation or a down).
+    pub suspicions: u64,
 }
 
 /// One node's view of the mesh.
@@ -269,6 +275,13 @@ impl Mesh {
                 break;
             }
             let timer = entry.remove();
+            match &timer {
+                Timer::ProbeRandomMember(_) if self.foca.num_members() > 0 => {
+                    self.counters.probes += 1;
+                }
+                Timer::SendIndirectProbe { .. } => self.counters.indirect_probes += 1,
+                _ => {}
+            }
             // An error here is a timer of an identity that changed meanwhile: nothing to do.
             let _stale_timer = self.foca.handle_timer(timer, &mut self.runtime);
             self.drain();
@@ -395,6 +408,9 @@ impl Mesh {
             self.outbox.push_back((to.addr, Bytes::from(payload)));
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
+            if matches!(timer, Timer::ChangeSuspectToDown { .. }) {
+                self.counters.suspicions += 1;
+            }
             self.timer_seq += 1;
             self.timers
                 .insert((self.now_ms + ceil_ms(after), self.timer_seq), timer);

@@ -1,0 +1,143 @@
+//! Table and property tests of the mesh's verdicts, and of how a mark and a later heartbeat
+//! change a node's status.
+
+use expect_test::{Expect, expect};
+use proptest::prelude::*;
+
+use super::*;
+use crate::node::{Roles, UnixMillis};
+
+const NOW: UnixMillis = 1_000_000;
+const TIMEOUT: i64 = 60_000;
+
+/// `signal node answered` where node is `none`, `hb=<age>` with an optional `mark=<age>`
+/// (ages in ms before now), and answered is `yes`, `no` or `-` (not asked).
+fn check(cases: &[&str], expected: Expect) {
+    let mut out = String::new();
+    for case in cases {
+        let words: Vec<&str> = case.split_whitespace().collect();
+        let signal = match words[0] {
+            "down" => MeshSignal::Down,
+            "up" => MeshSignal::Up,
+            other => panic!("signal {other}"),
+        };
+        let mut node = Node::new("w1", Roles::default());
+        let mut known = true;
+        for word in &words[1..words.len() - 1] {
+            match word.split_once('=') {
+                None if *word == "none" => known = false,
+                None if *word == "silent" => {}
+                Some(("hb", age)) => node.last_heartbeat = Some(NOW - age.parse::<i64>().unwrap()),
+                Some(("mark", age)) => {
+                    node.unreachable_since = Some(NOW - age.parse::<i64>().unwrap());
+                }
+                _ => panic!("word {word}"),
+            }
+        }
+        let answered = match words[words.len() - 1] {
+            "yes" => Some(true),
+            "no" => Some(false),
+            "-" => None,
+            other => panic!("answered {other}"),
+        };
+        let verdict = mesh_verdict(signal, known.then_some(&node), answered, NOW, TIMEOUT);
+        out.push_str(&format!("{case:<32} => {verdict}\n"));
+    }
+    expected.assert_eq(&out);
+}
+
+#[test]
+fn down_marks_a_live_node_unless_its_agent_answers() {
+    check(
+        &[
+            "down hb=1000 -",
+            "down hb=1000 no",
+            "down hb=1000 yes",
+            "down none -",
+            "down silent -",
+            "down hb=61000 no",
+            "down hb=3000 mark=1000 no",
+            "down hb=500 mark=1000 no",
+            "down hb=1000 mark=1000 -",
+        ],
+        expect![[r#"
+            down hb=1000 -                   => mark_unreachable
+            down hb=1000 no                  => mark_unreachable
+            down hb=1000 yes                 => keep agent_answers
+            down none -                      => keep not_enrolled
+            down silent -                    => keep already_offline
+            down hb=61000 no                 => keep already_offline
+            down hb=3000 mark=1000 no        => keep already_marked
+            down hb=500 mark=1000 no         => mark_unreachable
+            down hb=1000 mark=1000 -         => keep already_marked
+        "#]],
+    );
+}
+
+#[test]
+fn up_never_makes_a_node_eligible_only_a_heartbeat_does() {
+    check(
+        &[
+            "up hb=1000 -",
+            "up hb=3000 mark=1000 yes",
+            "up silent -",
+            "up none -",
+        ],
+        expect![[r#"
+            up hb=1000 -                     => keep back_at_next_heartbeat
+            up hb=3000 mark=1000 yes         => keep back_at_next_heartbeat
+            up silent -                      => keep back_at_next_heartbeat
+            up none -                        => keep not_enrolled
+        "#]],
+    );
+}
+
+#[test]
+fn a_mark_holds_until_a_newer_heartbeat() {
+    let mut node = Node::new("w1", Roles::default());
+    node.last_heartbeat = Some(NOW - 2_000);
+    assert_eq!(node.status(NOW, TIMEOUT), NodeStatus::Online);
+    node.unreachable_since = Some(NOW - 1_000);
+    assert_eq!(node.status(NOW, TIMEOUT), NodeStatus::Unreachable);
+    assert_eq!(node.counted_heartbeat(), None);
+    node.last_heartbeat = Some(NOW - 500);
+    assert_eq!(node.status(NOW, TIMEOUT), NodeStatus::Online);
+    assert_eq!(node.counted_heartbeat(), Some(NOW - 500));
+    node.last_heartbeat = Some(NOW - TIMEOUT);
+    assert_eq!(node.status(NOW, TIMEOUT), NodeStatus::Offline);
+}
+
+proptest! {
+    /// Written from the policy, not from `status`: a node is marked exactly when the mesh
+    /// says down, it is enrolled, its last heartbeat is within the timeout and newer than any
+    /// mark, and its agent did not answer; and after a mark it is never online until a newer
+    /// heartbeat.
+    #[test]
+    fn the_verdict_follows_the_policy(
+        down in any::<bool>(),
+        enrolled in any::<bool>(),
+        heartbeat_age in proptest::option::of(0i64..120_000),
+        mark_age in proptest::option::of(0i64..120_000),
+        answered in proptest::option::of(any::<bool>()),
+    ) {
+        let mut node = Node::new("w1", Roles::default());
+        node.last_heartbeat = heartbeat_age.map(|age| NOW - age);
+        node.unreachable_since = mark_age.map(|age| NOW - age);
+        let signal = if down { MeshSignal::Down } else { MeshSignal::Up };
+        let verdict = mesh_verdict(signal, enrolled.then_some(&node), answered, NOW, TIMEOUT);
+        let fresh = heartbeat_age.is_some_and(|age| age < TIMEOUT);
+        let newer_than_mark = match (heartbeat_age, mark_age) {
+            (Some(heartbeat), Some(mark)) => heartbeat < mark,
+            _ => true,
+        };
+        let marks = down && enrolled && fresh && newer_than_mark && answered != Some(true);
+        prop_assert_eq!(marks, matches!(verdict, MeshVerdict::MarkUnreachable { since: NOW }));
+        if let MeshVerdict::MarkUnreachable { since } = verdict {
+            node.unreachable_since = Some(since);
+            prop_assert_ne!(node.status(NOW, TIMEOUT), NodeStatus::Online);
+            prop_assert_eq!(node.counted_heartbeat(), None);
+            node.last_heartbeat = Some(NOW + 1);
+            prop_assert_eq!(node.status(NOW + 1, TIMEOUT), NodeStatus::Online);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The server as a member of the peer mesh (issue 11): a real `hydra server` with a `cluster:`
+//! section and three mesh members on 127.0.0.1 standing for enrolled bodies. A member killed
+//! without leaving is `unreachable` and out of the eligible list within seconds, and back at
+//! its next heartbeat; a member whose agent still answers is kept (heartbeats win);
+//! `GET /api/v1/cluster` gives counts without a token and members with the admin token only.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use hydra_mesh::driver::{self, ClusterHandle, ClusterSettings, Discovery};
+use hydra_mesh::member::{MemberId, MemberState};
+use hydra_mesh::mesh::MeshSettings;
+use hydra_mesh::seal::Keyring;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{ServerProcess, ServerSetup, call, call_as, eventually, ids};
+
+const KEY_HEX: &str = "0707070707070707070707070707070707070707070707070707070707070707";
+
+struct Member {
+    handle: ClusterHandle,
+    task: tokio::task::JoinHandle<()>,
+    _stop: CancellationToken,
+}
+
+async fn member(node_id: &str, api_url: &str, server_mesh: &str) -> Member {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let settings = ClusterSettings {
+        id: MemberId {
+            addr,
+            node_id: node_id.to_owned(),
+            generation: 1,
+        },
+        state: MemberState {
+            node_id: node_id.to_owned(),
+            generation: 1,
+            version: 0,
+            roles: vec!["body".into()],
+            api_url: api_url.to_owned(),
+            pending: 0,
+            capacity: 0,
+            district: "bxl1".into(),
+            venue: "rupelmonde".into(),
+            tag: None,
+        },
+        discovery: Discovery::List(vec![server_mesh.to_owned()]),
+        port: 0,
+        keyring: Keyring::parse(KEY_HEX).expect("key"),
+        mesh: MeshSettings::default(),
+    };
+    let handle = ClusterHandle::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(driver::run(
+        socket,
+        settings,
+        handle.clone(),
+        || (0, 0),
+        stop.clone(),
+    ));
+    Member {
+        handle,
+        task,
+        _stop: stop,
+    }
+}
+
+async fn node_status(server: &ServerProcess, id: &str) -> String {
+    let (status, answer) = call(Method::GET, &server.api(&format!("/nodes/{id}")), None).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["status"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn heartbeat(server: &ServerProcess, id: &str) {
+    let (status, answer) = call(
+        Method::POST,
+        &server.api(&format!("/nodes/{id}/heartbeat")),
+        Some(json!({"idle": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// A stand-in agent that answers `GET /api/v1/health` (its gossip is lost, its API is not).
+async fn answering_agent() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = axum::Router::new().route(
+        "/api/v1/health",
+        axum::routing::get(|| async {
+            axum::Json(json!({"status": "ok", "version": "test",
+                "extra": {"process_id": 1, "uptime": 1, "wireguard": false,
+                    "active_sessions": 0, "max_sessions": 0}}))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_without_leaving_is_unreachable_within_seconds_and_back_at_its_heartbeat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, format!("{KEY_HEX}\n")).expect("key file");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("0600");
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster:\n  enabled: true\n  bind_port: 0\n  advertise_addr: 127.0.0.1\n  key_file: {}\n",
+            key_file.display()
+        ),
+    )
+    .expect("config");
+    let mut setup = ServerSetup::sqlite(&dir.path().join("data"));
+    setup.extra = vec!["--config".into(), config.display().to_string()];
+    let server = ServerProcess::start(&setup);
+
+    // Counts for anyone; members and the address with the admin token only; a node's token is
+    // refused.
+    let anonymous = async || -> Value {
+        crate::support::http()
+            .get(server.api("/cluster"))
+            .send()
+            .await
+            .expect("cluster")
+            .json()
+            .await
+            .expect("json")
+    };
+    let joined = eventually(Duration::from_secs(10), async || {
+        anonymous().await["enabled"] == true
+    })
+    .await;
+    assert!(joined, "the server runs the mesh");
+    let anonymous = anonymous().await;
+    assert_eq!(anonymous["enabled"], true, "{anonymous}");
+    assert!(anonymous["members"].is_null(), "{anonymous}");
+    let (status, admin) = call(Method::GET, &server.api("/cluster"), None).await;
+    assert_eq!(status, 200, "{admin}");
+    let server_mesh = admin["addr"].as_str().expect("mesh address").to_owned();
+
+    for id in ["b-dead", "b-live", "b-udp-lost"] {
+        let (status, answer) = call(
+            Method::POST,
+            &server.api("/nodes"),
+            Some(json!({"id": id, "roles": ["body"], "district": "bxl1",
+                        "venue": "rupelmonde", "owner": "acme"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+        heartbeat(&server, id).await;
+    }
+    let (status, head) = call(
+        Method::POST,
+        &server.api("/nodes"),
+        Some(json!({"id": "h", "roles": ["head"], "district": "bxl1",
+                    "venue": "rupelmonde", "owner": "acme"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{head}");
+    let (status, refused) = call_as(
+        head["token"].as_str().expect("node token"),
+        Method::GET,
+        &server.api("/cluster"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (403, Some("forbidden")),
+        "{refused}"
+    );
+
+    // Nothing answers on port 1: a killed agent refuses at once.
+    let dead = member("b-dead", "http://127.0.0.1:1", &server_mesh).await;
+    let _live = member("b-live", "http://127.0.0.1:1", &server_mesh).await;
+    let udp_lost = member("b-udp-lost", &answering_agent().await, &server_mesh).await;
+    let all_alive = eventually(Duration::from_secs(20), async || {
+        let (_, answer) = call(Method::GET, &server.api("/cluster"), None).await;
+        answer["members_by_state"]["alive"] == 3
+    })
+    .await;
+    assert!(all_alive, "the three members joined the server's mesh");
+    assert!(dead.handle.status(false).members_by_state["alive"] >= 1);
+    let eligible = async || {
+        let (_, answer) = call(Method::GET, &server.api("/bodies/eligible?head_id=h"), None).await;
+        let mut found = ids(&answer);
+        found.sort();
+        found
+    };
+    assert_eq!(eligible().await, ["b-dead", "b-live", "b-udp-lost"]);
+
+    // kill -9 stands for this: the member stops with no leave.
+    let killed = Instant::now();
+    dead.task.abort();
+    let out = eventually(Duration::from_secs(15), async || {
+        eligible().await == ["b-live", "b-udp-lost"]
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(out, "the killed member left the eligible list");
+    assert_eq!(node_status(&server, "b-dead").await, "unreachable");
+    assert_eq!(node_status(&server, "b-live").await, "online");
+    eprintln!("mesh: killed member out of eligible after {took:?}");
+
+    // A member whose gossip is lost but whose agent answers: heartbeats win, it stays.
+    udp_lost.task.abort();
+    let kept = eventually(Duration::from_secs(15), async || {
+        let log = server.log.lock().expect("log");
+        log.contains("node kept as it is") && log.contains("agent_answers")
+    })
+    .await;
+    assert!(
+        kept,
+        "the server saw the member down and kept it: {}",
+        server.log.lock().expect("log")
+    );
+    assert_eq!(node_status(&server, "b-udp-lost").await, "online");
+
+    // The dead node's next heartbeat makes it eligible again.
+    heartbeat(&server, "b-dead").await;
+    assert_eq!(node_status(&server, "b-dead").await, "online");
+    assert_eq!(eligible().await, ["b-dead", "b-live", "b-udp-lost"]);
+}
