@@ -11,10 +11,15 @@
 //! A slow reader never slows the agent: lines go into a bounded broadcast ([`CAPACITY`]) that
 //! never waits; a reader that falls behind loses the oldest lines, and its stream says how many
 //! (`{"kind":"dropped","dropped":N,"message":"dropped: N"}`) before the next line it gets.
+//!
+//! A reader that comes back (a capture writer on a restarted server or a new master) asks for
+//! the lines `after` the last one it stored: the feed keeps its last [`CAPACITY`] lines, and keeps
+//! numbering lines for [`HOLD`] after the last reader left, so a short absence loses nothing; what
+//! is no longer kept is announced as `dropped: N`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -35,12 +40,25 @@ const LINES_PER_CHUNK: usize = 512;
 const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Longest output line kept from a session process; the rest is cut.
 const MAX_OUTPUT_LINE: usize = 8 * 1024;
+/// How long lines are still numbered and kept after the last reader left: a capture writer
+/// that reconnects within it (a restarted server, a new master) gets them with `after`.
+pub const HOLD: Duration = Duration::from_secs(60);
 
-/// One node's monitor feed: a sequence number and a bounded broadcast.
+/// One node's monitor feed: a sequence number, the last lines and a bounded broadcast.
 #[derive(Debug)]
 pub struct MonitorFeed {
-    next_seq: Mutex<u64>,
+    numbered: Mutex<Numbered>,
     sender: broadcast::Sender<Arc<MonitorLine>>,
+    /// When the last reader left (unix ms); `i64::MIN` while none ever left.
+    last_reader_left_ms: AtomicI64,
+}
+
+/// The sequence and the kept lines, changed together so a reader joining with `after` gets
+/// every line once: from the kept ones or from the broadcast, never both, never neither.
+#[derive(Debug)]
+struct Numbered {
+    next_seq: u64,
+    kept: VecDeque<Arc<MonitorLine>>,
 }
 
 impl MonitorFeed {
@@ -48,14 +66,24 @@ impl MonitorFeed {
     pub fn new() -> Arc<MonitorFeed> {
         let (sender, _) = broadcast::channel(CAPACITY);
         Arc::new(MonitorFeed {
-            next_seq: Mutex::new(1),
+            numbered: Mutex::new(Numbered {
+                next_seq: 1,
+                kept: VecDeque::new(),
+            }),
             sender,
+            last_reader_left_ms: AtomicI64::new(i64::MIN),
         })
     }
 
-    /// Whether anyone reads the feed now (nothing is formatted otherwise).
+    /// Whether anyone reads the feed now, or did less than [`HOLD`] ago (nothing is formatted
+    /// otherwise).
     pub fn has_readers(&self) -> bool {
-        self.sender.receiver_count() > 0
+        if self.sender.receiver_count() > 0 {
+            return true;
+        }
+        let left = self.last_reader_left_ms.load(Ordering::Relaxed);
+        let hold_ms = i64::try_from(HOLD.as_millis()).unwrap_or(i64::MAX);
+        left != i64::MIN && hydra_api::now_ms().saturating_sub(left) < hold_ms
     }
 
     /// Emits a line now; never waits. Lines are numbered in the order readers get them.
@@ -67,10 +95,11 @@ impl MonitorFeed {
         message: String,
     ) {
         let ms = hydra_api::now_ms();
-        // The number is taken and the line sent under one lock, so sequence order is send order.
-        let mut next = self.next_seq.lock().expect("monitor sequence poisoned");
+        // The number is taken, the line kept and sent under one lock, so sequence order is send
+        // order and a reader joining with `after` misses nothing between the two.
+        let mut numbered = self.numbered.lock().expect("monitor sequence poisoned");
         let line = MonitorLine {
-            seq: *next,
+            seq: numbered.next_seq,
             time: hydra_api::rfc3339(ms),
             ms,
             kind,
@@ -79,14 +108,53 @@ impl MonitorFeed {
             message,
             dropped: None,
         };
-        *next += 1;
-        // No reader is not an error: the line is simply not kept.
-        let _ = self.sender.send(Arc::new(line));
+        numbered.next_seq += 1;
+        let line = Arc::new(line);
+        if numbered.kept.len() >= CAPACITY {
+            numbered.kept.pop_front();
+        }
+        numbered.kept.push_back(Arc::clone(&line));
+        // No reader is not an error: the line is kept for a reader that comes back.
+        let _ = self.sender.send(line);
     }
 
     /// A new reader, from the next line on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<MonitorLine>> {
         self.sender.subscribe()
+    }
+
+    /// A reader coming back after line `after`: the kept lines past it, how many lines past it
+    /// are no longer kept, and the broadcast from the next line on. A sequence this feed never
+    /// reached (the agent restarted since) gets every kept line; the lines of the earlier run
+    /// past `after` cannot be known, only this run's lines no longer kept are counted.
+    pub fn subscribe_after(
+        &self,
+        after: u64,
+    ) -> (
+        VecDeque<Arc<MonitorLine>>,
+        u64,
+        broadcast::Receiver<Arc<MonitorLine>>,
+    ) {
+        let numbered = self.numbered.lock().expect("monitor sequence poisoned");
+        let receiver = self.sender.subscribe();
+        let oldest_kept = numbered
+            .kept
+            .front()
+            .map_or(numbered.next_seq, |line| line.seq);
+        let from = if after >= numbered.next_seq { 0 } else { after };
+        let lost = oldest_kept.saturating_sub(from.saturating_add(1));
+        let backlog = numbered
+            .kept
+            .iter()
+            .filter(|line| line.seq > from)
+            .cloned()
+            .collect();
+        (backlog, lost, receiver)
+    }
+
+    fn reader_left(&self) {
+        self.last_reader_left_ms
+            .store(hydra_api::now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -212,19 +280,26 @@ pub fn feed_filter(filters: &MonitorFilters) -> Result<FeedFilter, String> {
     })
 }
 
-/// The streamed answer of `GET /api/v1/monitor`: from the next line on, filtered, until the
-/// reader goes or the agent stops.
+/// The streamed answer of `GET /api/v1/monitor`: from the next line on (or from the line after
+/// `after`, as far as it is kept; the rest announced as dropped), filtered, until the reader goes
+/// or the agent stops.
 pub fn stream_response(
-    feed: &MonitorFeed,
+    feed: &Arc<MonitorFeed>,
     filter: FeedFilter,
+    after: Option<u64>,
     shutdown: CancellationToken,
 ) -> Response {
-    let receiver = feed.subscribe();
+    let (backlog, lost, receiver) = match after {
+        Some(after) => feed.subscribe_after(after),
+        None => (VecDeque::new(), 0, feed.subscribe()),
+    };
     let state = Reader {
         receiver,
+        backlog,
         filter,
-        dropped: 0,
+        dropped: lost,
         shutdown,
+        feed: Arc::clone(feed),
     };
     let body = futures::stream::unfold(state, |mut reader| async move {
         let chunk = reader.next_chunk().await?;
@@ -244,17 +319,39 @@ pub fn stream_response(
 /// One reader of the feed.
 struct Reader {
     receiver: broadcast::Receiver<Arc<MonitorLine>>,
+    /// Kept lines a returning reader gets first.
+    backlog: VecDeque<Arc<MonitorLine>>,
     filter: FeedFilter,
     /// Lines lost since the last line sent, announced before the next one.
     dropped: u64,
     shutdown: CancellationToken,
+    feed: Arc<MonitorFeed>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.feed.reader_left();
+    }
 }
 
 impl Reader {
-    /// The next chunk of lines: waits for one line (or sends a keep-alive), then takes what is
-    /// already there, up to [`LINES_PER_CHUNK`]. `None` ends the stream.
+    /// The next chunk of lines: the backlog first, then waits for one line (or sends a
+    /// keep-alive) and takes what is already there, up to [`LINES_PER_CHUNK`]. `None` ends the
+    /// stream.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         let mut out = Vec::with_capacity(4096);
+        if !self.backlog.is_empty() {
+            for _ in 0..LINES_PER_CHUNK {
+                let Some(line) = self.backlog.pop_front() else {
+                    break;
+                };
+                self.take(Ok(line), &mut out);
+            }
+            if out.is_empty() {
+                out.push(b'\n');
+            }
+            return Some(Bytes::from(out));
+        }
         let first = tokio::select! {
             _ = self.shutdown.cancelled() => return None,
             received = tokio::time::timeout(KEEPALIVE, self.receiver.recv()) => received,

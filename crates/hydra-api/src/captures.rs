@@ -70,6 +70,37 @@ pub struct MonitorFilters {
     pub contains: Option<String>,
 }
 
+/// The query of an agent's `GET /api/v1/monitor`: the filters, and `after`, the sequence of the
+/// last line a returning reader stored (it gets the kept lines past it first).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorQuery {
+    /// As [`MonitorFilters::level`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// As [`MonitorFilters::session`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// As [`MonitorFilters::contains`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    /// Only lines after this sequence number (those still kept), lines no longer kept
+    /// announced as `dropped: N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+}
+
+impl MonitorQuery {
+    /// The filters of this query.
+    pub fn filters(&self) -> MonitorFilters {
+        MonitorFilters {
+            level: self.level.clone(),
+            session: self.session.clone(),
+            contains: self.contains.clone(),
+        }
+    }
+}
+
 /// A capture's or a segment's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

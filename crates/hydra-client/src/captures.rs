@@ -63,6 +63,17 @@ impl AgentClient {
     /// `GET /api/v1/monitor` on the agent: its monitor feed, filtered, as NDJSON lines
     /// (`hydra_api::captures::MonitorLine`; an empty line is a keep-alive).
     pub async fn monitor(&self, filters: &MonitorFilters) -> Result<LineStream, ClientError> {
+        self.monitor_after(filters, None).await
+    }
+
+    /// As [`AgentClient::monitor`], but a returning reader's: with `after`, the feed starts with
+    /// the lines past that sequence number that the agent still keeps (a `dropped: N` line first
+    /// for those it no longer has).
+    pub async fn monitor_after(
+        &self,
+        filters: &MonitorFilters,
+        after: Option<u64>,
+    ) -> Result<LineStream, ClientError> {
         let mut url = reqwest::Url::parse(&format!("{}/api/v1/monitor", self.base_url()))
             .map_err(|error| ClientError::Config(format!("bad agent URL: {error}")))?;
         {
@@ -75,6 +86,9 @@ impl AgentClient {
                 if let Some(value) = value {
                     pairs.append_pair(name, value);
                 }
+            }
+            if let Some(after) = after {
+                pairs.append_pair("after", &after.to_string());
             }
         }
         let url = url.to_string();

@@ -302,6 +302,44 @@ impl Orchestrator {
         orchestrator
     }
 
+    /// A capture taken over mid-way (a restarted server, a new master) at `now`: the writers
+    /// of the segments still running are opened again, the segments that ended keep their end,
+    /// and the duration counts from `started_at` (when the capture began), so a capture whose
+    /// time ran out while no one drove it is stopped at the first timeout. Finalises at once
+    /// when no segment runs any more.
+    pub fn resume(
+        running: &[String],
+        ended: &[(String, SegmentEnd)],
+        limits: CaptureLimits,
+        started_at: Millis,
+        now: Millis,
+    ) -> Orchestrator {
+        let mut writers: BTreeMap<String, WriterState> = ended
+            .iter()
+            .map(|(node_id, end)| (node_id.clone(), WriterState::Ended(*end)))
+            .collect();
+        for node_id in running {
+            writers.insert(node_id.clone(), WriterState::Running);
+        }
+        let actions = writers
+            .iter()
+            .filter(|(_, state)| **state == WriterState::Running)
+            .map(|(node_id, _)| CaptureAction::OpenWriter {
+                node_id: node_id.clone(),
+            })
+            .collect();
+        let mut orchestrator = Orchestrator {
+            writers,
+            deadline: limits
+                .duration_ms
+                .map(|duration| started_at.saturating_add(duration)),
+            actions,
+            finalised: false,
+        };
+        orchestrator.finalise_if_done(now);
+        orchestrator
+    }
+
     /// An operator asked to stop: every running writer is stopped (`stopped`).
     pub fn handle_stop(&mut self, _now: Millis) {
         self.stop_all(TerminationReason::Stopped);

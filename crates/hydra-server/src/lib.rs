@@ -265,6 +265,10 @@ pub async fn serve_with(
         state.clone(),
         shutdown.clone(),
     ));
+    duties.spawn(captures::resume::follow_mastership(
+        state.clone(),
+        shutdown.clone(),
+    ));
     let outcome =
         hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
             .await;

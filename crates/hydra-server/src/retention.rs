@@ -66,8 +66,12 @@ pub async fn prune_ended_sessions(state: AppState, shutdown: CancellationToken) 
     .await;
 }
 
-/// Runs `run` every `every` (the first time at start) while this replica is the master, until
-/// `shutdown`: a singleton duty, which moves with the lease.
+/// How often a singleton duty looks at mastership: a new master runs it within this.
+const MASTERSHIP_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs `run` while this replica is the master, until `shutdown`: at once when it becomes the
+/// master (at start, or on a takeover, so a new master does not wait a whole period), then every
+/// `every`. A singleton duty, which moves with the lease.
 pub(crate) async fn singleton_duty<Fut>(
     state: &AppState,
     shutdown: &CancellationToken,
@@ -76,14 +80,20 @@ pub(crate) async fn singleton_duty<Fut>(
 ) where
     Fut: std::future::Future<Output = ()>,
 {
-    let mut ticker = tokio::time::interval(every);
+    let mut ticker = tokio::time::interval(every.min(MASTERSHIP_CHECK));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_run: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if state.replica().is_master() {
+        if !state.replica().is_master() {
+            last_run = None;
+            continue;
+        }
+        if last_run.is_none_or(|at| at.elapsed() >= every) {
+            last_run = Some(tokio::time::Instant::now());
             run().await;
         }
     }

@@ -372,6 +372,35 @@ macro_rules! capture_queries {
                 rows.into_iter().map(crate::CaptureRecord::try_from).collect()
             }
 
+            pub(crate) async fn open_captures(
+                &self,
+            ) -> Result<Vec<crate::CaptureRecord>, StoreError> {
+                let rows: Vec<crate::captures::CaptureRow> = sqlx::query_as(
+                    "SELECT id, status, termination_reason, fan_out, filters, duration_ms, \
+                     max_lines, max_bytes, created_at, ended_at FROM captures \
+                     WHERE status = 'running' ORDER BY created_at, id",
+                )
+                .fetch_all(&self.reader)
+                .await?;
+                rows.into_iter().map(crate::CaptureRecord::try_from).collect()
+            }
+
+            pub(crate) async fn next_capture_chunk(
+                &self,
+                capture_id: &str,
+                node_id: &str,
+            ) -> Result<i64, StoreError> {
+                let next: (i64,) = sqlx::query_as(
+                    "SELECT COALESCE(MAX(sequence) + 1, 0) FROM capture_chunks \
+                     WHERE capture_id = $1 AND node_id = $2",
+                )
+                .bind(capture_id)
+                .bind(node_id)
+                .fetch_one(&self.reader)
+                .await?;
+                Ok(next.0)
+            }
+
             pub(crate) async fn capture_segments(
                 &self,
                 capture_id: &str,
@@ -521,6 +550,21 @@ impl Store {
     /// The newest `limit` captures, newest first.
     pub async fn list_captures(&self, limit: u32) -> Result<Vec<CaptureRecord>, StoreError> {
         on_engine!(self, list_captures(limit))
+    }
+
+    /// The captures still running (oldest first): what a new master resumes.
+    pub async fn open_captures(&self) -> Result<Vec<CaptureRecord>, StoreError> {
+        on_engine!(self, open_captures())
+    }
+
+    /// The sequence the next chunk of (`capture_id`, `node_id`) takes: one past the highest
+    /// stored, 0 for none; where a resumed writer numbers on from.
+    pub async fn next_capture_chunk(
+        &self,
+        capture_id: &str,
+        node_id: &str,
+    ) -> Result<i64, StoreError> {
+        on_engine!(self, next_capture_chunk(capture_id, node_id))
     }
 
     /// A capture's segments, ordered by node id.

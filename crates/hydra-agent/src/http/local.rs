@@ -61,13 +61,13 @@ pub(super) async fn cluster(State(state): State<AgentState>, headers: HeaderMap)
     }
 }
 
-/// `GET /api/v1/monitor?level=&session=&contains=` (agent key or API token): the node's monitor
+/// `GET /api/v1/monitor?level=&session=&contains=&after=` (agent key or API token): the node's monitor
 /// feed as NDJSON (`crate::monitor`).
 pub(super) async fn monitor(
     State(state): State<AgentState>,
     headers: HeaderMap,
     query: Result<
-        axum::extract::Query<hydra_api::captures::MonitorFilters>,
+        axum::extract::Query<hydra_api::captures::MonitorQuery>,
         axum::extract::rejection::QueryRejection,
     >,
 ) -> Response {
@@ -98,10 +98,11 @@ pub(super) async fn monitor(
             );
         }
     }
-    match crate::monitor::feed_filter(&filters) {
+    match crate::monitor::feed_filter(&filters.filters()) {
         Ok(filter) => crate::monitor::stream_response(
             &state.inner.monitor,
             filter,
+            filters.after,
             state.inner.monitor_closed.clone(),
         ),
         Err(message) => api_error(ErrorCode::InvalidRequest, &message),

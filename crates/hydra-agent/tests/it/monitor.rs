@@ -174,3 +174,173 @@ async fn a_slow_reader_never_slows_the_agent_and_is_told_what_it_lost() {
     );
     assert!(kept < FLOOD);
 }
+
+/// The messages' `index=` of the probe lines among `lines`.
+fn probe_indexes(lines: &[MonitorLine]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|line| line.kind == MonitorKind::Log)
+        .filter_map(|line| line.message.rsplit_once("index=")?.1.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_reader_gets_the_kept_lines_after_its_last_one_and_is_told_what_is_gone() {
+    install_monitor_layer();
+    let server = Server::start(Duration::from_secs(30)).await;
+    let body = Body::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let agent = agent(&server, root.path(), &body).await;
+    let mut buffer = Vec::new();
+    let mut first = monitor_request(&agent, "?contains=resume-probe")
+        .send()
+        .await
+        .unwrap();
+    for index in 0..50_u64 {
+        tracing::info!(index, "[worker] resume-probe line");
+    }
+    let lines = read_lines(&mut first, &mut buffer, Duration::from_secs(20), |lines| {
+        lines.len() >= 50
+    })
+    .await;
+    let stored_through = lines[19].seq;
+    // The reader goes (a server killed mid-capture); the node goes on logging meanwhile.
+    drop(first);
+    for index in 50..80_u64 {
+        tracing::info!(index, "[worker] resume-probe line");
+    }
+    let mut back = monitor_request(
+        &agent,
+        &format!("?contains=resume-probe&after={stored_through}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(back.status(), 200);
+    buffer.clear();
+    let lines = read_lines(&mut back, &mut buffer, Duration::from_secs(20), |lines| {
+        probe_indexes(lines).last() == Some(&79)
+    })
+    .await;
+    assert!(
+        lines.iter().all(|line| line.kind != MonitorKind::Dropped),
+        "nothing lost in a short absence"
+    );
+    assert_eq!(probe_indexes(&lines), (20..80).collect::<Vec<u64>>());
+    assert!(lines.iter().all(|line| line.seq > stored_through));
+    let last_seen = lines.last().unwrap().seq;
+    drop(back);
+
+    // Away longer than the feed keeps: what is gone is announced, what is kept follows in order.
+    let away = hydra_agent::monitor::CAPACITY as u64 + 100;
+    for index in 80..80 + away {
+        tracing::info!(index, "[worker] resume-probe line");
+    }
+    let mut late = monitor_request(&agent, &format!("?contains=resume-probe&after={last_seen}"))
+        .send()
+        .await
+        .unwrap();
+    buffer.clear();
+    let lines = read_lines(&mut late, &mut buffer, Duration::from_secs(30), |lines| {
+        probe_indexes(lines).last() == Some(&(79 + away))
+    })
+    .await;
+    assert_eq!(lines[0].kind, MonitorKind::Dropped, "{:?}", lines[0]);
+    let dropped = lines[0].dropped.unwrap();
+    assert!(
+        dropped >= 100,
+        "at least the lines past the feed's capacity: {dropped}"
+    );
+    let indexes = probe_indexes(&lines);
+    assert!(indexes.windows(2).all(|pair| pair[1] == pair[0] + 1));
+    // Every probe line not received was announced.
+    assert!(
+        indexes[0] - 80 <= dropped,
+        "{} not received, {dropped} announced",
+        indexes[0] - 80
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_s_output_and_its_start_and_end_reach_the_feed_tagged_with_the_session() {
+    install_monitor_layer();
+    let server = Server::start(Duration::from_secs(30)).await;
+    let body = Body::start().await;
+    let root = tempfile::tempdir().unwrap();
+    // The session process prints two lines to its output (its `web-server.log`), then runs.
+    let mut command: Vec<String> = [
+        "sh",
+        "-c",
+        "echo 'output-probe one'; echo 'output-probe two'; exec \"$0\" \"$@\"",
+    ]
+    .map(String::from)
+    .to_vec();
+    command.extend(crate::support::standin_command());
+    let agent = Agent::start_with(
+        &server,
+        "monitor-1",
+        &state_dir(root.path(), "monitor-1"),
+        &body,
+        2,
+        |config| {
+            config.api_token = Some(OPERATOR.into());
+            config.sessions.command = command;
+        },
+    )
+    .await;
+    crate::fleet::healthy_workers(&server, 1).await;
+    let mut feed = monitor_request(&agent, "").send().await.unwrap();
+    assert_eq!(feed.status(), 200);
+    let admin = server.admin();
+    let session = admin
+        .create_session(&crate::fleet::for_body())
+        .await
+        .unwrap();
+    let id = session.session_id.clone();
+    let about = |lines: &[MonitorLine]| -> Vec<(MonitorKind, String)> {
+        lines
+            .iter()
+            .filter(|line| line.session.as_deref() == Some(id.as_str()))
+            .filter(|line| line.kind != MonitorKind::Log)
+            .map(|line| (line.kind, line.message.clone()))
+            .collect()
+    };
+    let mut buffer = Vec::new();
+    let mut lines = read_lines(&mut feed, &mut buffer, Duration::from_secs(30), |lines| {
+        about(lines)
+            .iter()
+            .any(|(_, message)| message == "output-probe two")
+    })
+    .await;
+    admin.end_session(&id).await.unwrap();
+    lines.extend(
+        read_lines(&mut feed, &mut buffer, Duration::from_secs(30), |more| {
+            about(more)
+                .iter()
+                .any(|(_, message)| message.starts_with("session ended"))
+        })
+        .await,
+    );
+    let seen = about(&lines);
+    let position = |wanted: &dyn Fn(&(MonitorKind, String)) -> bool| {
+        seen.iter()
+            .position(wanted)
+            .unwrap_or_else(|| panic!("missing from {seen:?}"))
+    };
+    let started = position(&|(kind, message)| {
+        *kind == MonitorKind::Event && message.starts_with("session started")
+    });
+    let first =
+        position(&|(kind, message)| *kind == MonitorKind::Output && message == "output-probe one");
+    let second =
+        position(&|(kind, message)| *kind == MonitorKind::Output && message == "output-probe two");
+    let ended = position(&|(kind, message)| {
+        *kind == MonitorKind::Event && message.starts_with("session ended")
+    });
+    assert!(
+        started < ended && first < second && second < ended,
+        "{seen:?}"
+    );
+    // Each line carries its node sequence number, in order.
+    assert!(lines.windows(2).all(|pair| pair[1].seq > pair[0].seq));
+}

@@ -124,8 +124,13 @@ fn run_script(nodes: &[&str], steps: &[&str]) -> String {
         duration_ms: Some(1_000),
         ..CaptureLimits::default()
     };
-    let mut now = 0;
-    let mut orchestrator = Orchestrator::new(&node_ids, limits, now);
+    let now = 0;
+    let orchestrator = Orchestrator::new(&node_ids, limits, now);
+    run_steps(orchestrator, now, steps)
+}
+
+/// Runs `steps` (as [`run_script`]) against `orchestrator` from `now`.
+fn run_steps(mut orchestrator: Orchestrator, mut now: Millis, steps: &[&str]) -> String {
     let mut log = Vec::new();
     let drain = |orchestrator: &mut Orchestrator, log: &mut Vec<String>, now: Millis| {
         while let Some(action) = orchestrator.poll_action() {
@@ -174,6 +179,71 @@ fn run_script(nodes: &[&str], steps: &[&str]) -> String {
         drain(&mut orchestrator, &mut log, now);
     }
     log.join("\n")
+}
+
+/// A capture of 1000 ms started at 0 and resumed at `now` with `segments` (`NODE running` or
+/// `NODE STATUS/REASON`), then driven by `steps`.
+fn resume_script(segments: &[&str], now: Millis, steps: &[&str]) -> String {
+    let mut running = Vec::new();
+    let mut ended = Vec::new();
+    for spec in segments {
+        let (node_id, state) = spec.split_once(' ').expect("NODE STATE");
+        if state == "running" {
+            running.push(node_id.to_owned());
+        } else {
+            let (status, reason) = segment(state);
+            ended.push((
+                node_id.to_owned(),
+                SegmentEnd {
+                    status,
+                    reason: reason.expect("reason"),
+                },
+            ));
+        }
+    }
+    let limits = CaptureLimits {
+        duration_ms: Some(1_000),
+        ..CaptureLimits::default()
+    };
+    let orchestrator = Orchestrator::resume(&running, &ended, limits, 0, now);
+    run_steps(orchestrator, now, steps)
+}
+
+#[test]
+fn a_resumed_capture_reopens_only_running_segments_and_keeps_the_ended_ones() {
+    expect![[r#"
+        400: open a
+        400: open c
+        1000: stop a limit_reached
+        1000: stop c limit_reached
+        1005: finalise failed source_error at 1005"#]]
+    .assert_eq(&resume_script(
+        &["a running", "b failed/source_error", "c running"],
+        400,
+        &[
+            "t=999",
+            "t=1000",
+            "end a completed/limit_reached",
+            "t=1005",
+            "end c completed/limit_reached",
+        ],
+    ));
+    // Its time ran out while no server drove it: the first timeout stops the writers.
+    expect![[r#"
+        5000: open a
+        5000: stop a limit_reached
+        5001: finalise completed limit_reached at 5001"#]]
+    .assert_eq(&resume_script(
+        &["a running"],
+        5000,
+        &["t=5000", "t=5001", "end a completed/limit_reached"],
+    ));
+    // Every segment had ended (the old driver died before finalising): finalised at once.
+    expect!["300: finalise truncated lines_dropped at 300"].assert_eq(&resume_script(
+        &["a completed/stopped", "b truncated/lines_dropped"],
+        300,
+        &[],
+    ));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The capture driver: runs `hydra_core::capture::Orchestrator` against real writers and time.
 //! It opens one writer task per node, passes a stop request or the duration's end to them, and
 //! once every writer has ended stores the capture's final status (only it finalises the capture).
+//! When this replica stops being the master (`abandon`, or a writer fenced by the store), it ends
+//! its writers and returns without writing anything more: the new master resumes the capture.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +13,9 @@ use hydra_core::capture::{
 };
 use hydra_store::Store;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::captures::writer::Writer;
+use crate::captures::writer::{ResumePoint, Writer};
 use crate::state::now_ms;
 
 /// A node to capture.
@@ -21,6 +24,16 @@ pub struct Target {
     pub node_id: String,
     /// Its agent, when known.
     pub agent: Option<hydra_client::AgentClient>,
+    /// Where its segment goes on from, when resumed.
+    pub resume: Option<ResumePoint>,
+}
+
+/// A capture taken over mid-way: when it began and its segments that ended already.
+pub struct Resumed {
+    /// When the capture began (its duration counts from here).
+    pub started_at: i64,
+    /// Segments that ended before the takeover, with how.
+    pub ended: Vec<(String, SegmentEnd)>,
 }
 
 /// What the driver of one capture needs.
@@ -39,23 +52,37 @@ pub struct Driver {
     pub tail: broadcast::Sender<Arc<(String, i64, String)>>,
     /// An operator's stop request.
     pub stop: mpsc::Receiver<()>,
+    /// Cancelled when this replica is no longer the master (or shuts down): leave the capture
+    /// as stored for the next master.
+    pub abandon: CancellationToken,
+    /// `Some` when this driver resumes a capture another driver began.
+    pub resumed: Option<Resumed>,
 }
 
 impl Driver {
-    /// Runs the capture to its end and finalises it.
+    /// Runs the capture to its end and finalises it, unless abandoned first.
     pub async fn run(mut self) {
         let node_ids: Vec<String> = self
             .targets
             .iter()
             .map(|target| target.node_id.clone())
             .collect();
-        let mut agents: HashMap<String, Option<hydra_client::AgentClient>> = self
-            .targets
-            .drain(..)
-            .map(|target| (target.node_id, target.agent))
-            .collect();
+        let mut agents: HashMap<String, (Option<hydra_client::AgentClient>, Option<ResumePoint>)> =
+            self.targets
+                .drain(..)
+                .map(|target| (target.node_id, (target.agent, target.resume)))
+                .collect();
         let started = now_ms();
-        let mut orchestrator = Orchestrator::new(&node_ids, self.limits, started);
+        let mut orchestrator = match self.resumed.take() {
+            Some(resumed) => Orchestrator::resume(
+                &node_ids,
+                &resumed.ended,
+                self.limits,
+                resumed.started_at,
+                started,
+            ),
+            None => Orchestrator::new(&node_ids, self.limits, started),
+        };
         let mut stops: HashMap<String, watch::Sender<Option<TerminationReason>>> = HashMap::new();
         let mut writers = tokio::task::JoinSet::new();
         let mut task_nodes: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -66,15 +93,17 @@ impl Driver {
                     CaptureAction::OpenWriter { node_id } => {
                         let (stop_sender, stop_receiver) = watch::channel(None);
                         stops.insert(node_id.clone(), stop_sender);
+                        let (agent, resume) = agents.remove(&node_id).unwrap_or_default();
                         let writer = Writer {
                             store: self.store.clone(),
                             capture_id: self.capture_id.clone(),
                             node_id: node_id.clone(),
-                            agent: agents.remove(&node_id).flatten(),
+                            agent,
                             filters: self.filters.clone(),
                             limits: self.limits,
                             tail: self.tail.clone(),
                             stop: stop_receiver,
+                            resume,
                         };
                         let task_node = node_id.clone();
                         let handle = writers.spawn(async move { (node_id, writer.run().await) });
@@ -117,6 +146,10 @@ impl Driver {
                 }
             };
             tokio::select! {
+                () = self.abandon.cancelled() => {
+                    self.leave(&mut writers).await;
+                    return;
+                }
                 requested = self.stop.recv(), if stop_open => {
                     match requested {
                         Some(()) => orchestrator.handle_stop(now_ms()),
@@ -125,7 +158,12 @@ impl Driver {
                 }
                 joined = writers.join_next_with_id(), if !writers.is_empty() => {
                     let (node_id, end) = match joined {
-                        Some(Ok((_, ended))) => ended,
+                        Some(Ok((_, (node_id, Some(end))))) => (node_id, end),
+                        // Fenced: this replica is no longer the master.
+                        Some(Ok((_, (_, None)))) => {
+                            self.leave(&mut writers).await;
+                            return;
+                        }
                         // A writer that panicked ended its segment as a broken feed.
                         Some(Err(failure)) => match task_nodes.get(&failure.id()) {
                             Some(node_id) => (
@@ -141,5 +179,13 @@ impl Driver {
                 () = sleep => orchestrator.handle_timeout(now_ms()),
             }
         }
+    }
+
+    /// Ends every writer without writing anything more: each store write commits a chunk with
+    /// its segment's counts or nothing, so what is stored is where the next master goes on from.
+    async fn leave(&self, writers: &mut tokio::task::JoinSet<(String, Option<SegmentEnd>)>) {
+        writers.abort_all();
+        while writers.join_next().await.is_some() {}
+        tracing::info!(capture_id = %self.capture_id, "[capture] capture left to the next master");
     }
 }

@@ -4,9 +4,11 @@
 //! all nodes interleaved, filtered by node). Admin token.
 //!
 //! The decisions are `hydra_core::capture`'s; `driver.rs` runs its orchestrator, `writer.rs` one
-//! writer per node; `retention.rs` prunes ended captures by age.
+//! writer per node; `retention.rs` prunes ended captures by age; `resume.rs` makes a new master
+//! (or a restarted server) go on with the captures still running, and a deposed one leave them.
 
 pub mod driver;
+pub mod resume;
 pub mod retention;
 pub mod writer;
 
@@ -35,6 +37,8 @@ use crate::state::{AppState, now_ms};
 
 /// Live lines kept for tails that fall behind.
 const TAIL_CAPACITY: usize = 16 * 1024;
+/// Most lines sent in one chunk of a tail.
+const TAIL_LINES_PER_CHUNK: usize = 512;
 /// Chunks read from the store per page of a download.
 const CHUNKS_PER_PAGE: u32 = 16;
 
@@ -52,6 +56,15 @@ struct Running {
     stop: mpsc::Sender<()>,
     tail: broadcast::Sender<TailLine>,
     ended: tokio_util::sync::CancellationToken,
+    abandon: tokio_util::sync::CancellationToken,
+}
+
+/// A capture this server has claimed to run: what its driver gets.
+struct Claim {
+    stop: mpsc::Receiver<()>,
+    tail: broadcast::Sender<TailLine>,
+    ended: tokio_util::sync::CancellationToken,
+    abandon: tokio_util::sync::CancellationToken,
 }
 
 impl Captures {
@@ -61,6 +74,77 @@ impl Captures {
             .expect("captures poisoned")
             .get(id)
             .cloned()
+    }
+
+    /// Claims `capture_id` for a driver of this server; `None` when one runs it already (a
+    /// capture is started and resumed under the same lock, so it never gets two drivers).
+    fn claim(&self, capture_id: &str) -> Option<Claim> {
+        let mut running = self.running.lock().expect("captures poisoned");
+        if running.contains_key(capture_id) {
+            return None;
+        }
+        let (stop_sender, stop) = mpsc::channel(1);
+        let (tail, _) = broadcast::channel(TAIL_CAPACITY);
+        let ended = tokio_util::sync::CancellationToken::new();
+        let abandon = tokio_util::sync::CancellationToken::new();
+        running.insert(
+            capture_id.to_owned(),
+            Running {
+                stop: stop_sender,
+                tail: tail.clone(),
+                ended: ended.clone(),
+                abandon: abandon.clone(),
+            },
+        );
+        Some(Claim {
+            stop,
+            tail,
+            ended,
+            abandon,
+        })
+    }
+
+    fn release(&self, capture_id: &str) {
+        self.running
+            .lock()
+            .expect("captures poisoned")
+            .remove(capture_id);
+    }
+
+    /// Whether this server runs `capture_id` now.
+    pub fn runs(&self, capture_id: &str) -> bool {
+        self.get(capture_id).is_some()
+    }
+
+    /// Leaves every capture this server runs to the next master: their drivers end their
+    /// writers and return without writing anything more.
+    pub fn abandon_all(&self) {
+        let running = self.running.lock().expect("captures poisoned");
+        for capture in running.values() {
+            capture.abandon.cancel();
+        }
+    }
+
+    /// Runs the driver `build` makes from `claim`'s tail, stop requests and abandon token until
+    /// its capture is finalised or abandoned; then this server no longer runs it.
+    fn spawn_driver(
+        &self,
+        claim: Claim,
+        build: impl FnOnce(
+            broadcast::Sender<TailLine>,
+            mpsc::Receiver<()>,
+            tokio_util::sync::CancellationToken,
+        ) -> driver::Driver,
+    ) {
+        let driver = build(claim.tail, claim.stop, claim.abandon);
+        let captures = self.clone();
+        let ended = claim.ended;
+        let finished_id = driver.capture_id.clone();
+        tokio::spawn(async move {
+            driver.run().await;
+            captures.release(&finished_id);
+            ended.cancel();
+        });
     }
 }
 
@@ -270,46 +354,36 @@ pub async fn create(
     crate::error::run_to_completion("capture start", async move {
         let state = running_state;
         let (record, segments) = stored;
-        state.store().insert_capture(&record, &segments).await?;
-        let (stop_sender, stop_receiver) = mpsc::channel(1);
-        let (tail, _) = broadcast::channel(TAIL_CAPACITY);
-        let ended = tokio_util::sync::CancellationToken::new();
+        // Claimed before it is stored, so the resume duty never takes it for an orphan.
+        let claim = state.captures().claim(&record.id).ok_or_else(|| {
+            ApiError::new(ErrorCode::Conflict, format!("capture {} exists", record.id))
+        })?;
+        if let Err(error) = state.store().insert_capture(&record, &segments).await {
+            state.captures().release(&record.id);
+            return Err(error.into());
+        }
+        let store = state.store().clone();
+        let capture_id = record.id.clone();
         state
             .captures()
-            .running
-            .lock()
-            .expect("captures poisoned")
-            .insert(
-                record.id.clone(),
-                Running {
-                    stop: stop_sender,
-                    tail: tail.clone(),
-                    ended: ended.clone(),
-                },
-            );
-        let driver = driver::Driver {
-            store: state.store().clone(),
-            capture_id: record.id.clone(),
-            targets: targets
-                .into_iter()
-                .map(|(node_id, agent)| driver::Target { node_id, agent })
-                .collect(),
-            filters: request_filters,
-            limits,
-            tail,
-            stop: stop_receiver,
-        };
-        let captures = state.captures().clone();
-        let finished_id = record.id.clone();
-        tokio::spawn(async move {
-            driver.run().await;
-            captures
-                .running
-                .lock()
-                .expect("captures poisoned")
-                .remove(&finished_id);
-            ended.cancel();
-        });
+            .spawn_driver(claim, |tail, stop, abandon| driver::Driver {
+                store,
+                capture_id,
+                targets: targets
+                    .into_iter()
+                    .map(|(node_id, agent)| driver::Target {
+                        node_id,
+                        agent,
+                        resume: None,
+                    })
+                    .collect(),
+                filters: request_filters,
+                limits,
+                tail,
+                stop,
+                abandon,
+                resumed: None,
+            });
         Ok(())
     })
     .await?;
@@ -552,6 +626,22 @@ pub async fn tail(
                             dropped = 0;
                         }
                         out.push_str(&line.2);
+                        // What else is there already goes in the same chunk: one HTTP chunk per
+                        // line cannot keep up with busy nodes (the tail would lag and drop).
+                        for _ in 1..TAIL_LINES_PER_CHUNK {
+                            match receiver.try_recv() {
+                                Ok(more) => {
+                                    if node.as_deref().is_none_or(|wanted| wanted == more.0) {
+                                        out.push_str(&more.2);
+                                    }
+                                }
+                                Err(broadcast::error::TryRecvError::Lagged(count)) => {
+                                    dropped += count;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
                         return Some((
                             Ok::<Bytes, std::io::Error>(Bytes::from(out)),
                             (receiver, ended, node, dropped),

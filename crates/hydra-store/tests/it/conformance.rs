@@ -74,6 +74,7 @@ on_both_engines!(
     a_chunk_stored_twice_is_kept_and_counted_once,
     segments_end_once_and_a_capture_is_finalised_once,
     pruning_removes_only_ended_captures_older_than_the_cutoff,
+    open_captures_and_their_resume_points_are_read_back,
     a_write_repeated_with_its_write_id_is_applied_once,
 );
 
@@ -1173,6 +1174,45 @@ async fn captures_keep_chunks_per_node_without_collisions(store: Store) {
             .created_at,
         100
     );
+}
+
+async fn open_captures_and_their_resume_points_are_read_back(store: Store) {
+    for (id, created_at) in [("cap-r2", 200), ("cap-r1", 100), ("cap-r3", 300)] {
+        store
+            .insert_capture(
+                &sample_capture(id, created_at),
+                &[sample_segment(id, "n1"), sample_segment(id, "n2")],
+            )
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .finalise_capture("cap-r3", CaptureStatus::Completed, None, 400)
+            .await
+            .unwrap()
+    );
+    let open: Vec<String> = store
+        .open_captures()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|capture| capture.id)
+        .collect();
+    assert_eq!(open, vec!["cap-r1".to_owned(), "cap-r2".to_owned()]);
+    // A writer resumes with the next chunk number of its own node; other nodes do not count.
+    assert_eq!(store.next_capture_chunk("cap-r1", "n1").await.unwrap(), 0);
+    for (node, sequence, lines) in [
+        ("n1", 0, vec![1, 2]),
+        ("n1", 1, vec![3]),
+        ("n2", 0, vec![9]),
+    ] {
+        let stored = chunk("cap-r1", node, sequence, &lines);
+        assert!(store.append_capture_chunk(&stored, 10, 0).await.unwrap());
+    }
+    assert_eq!(store.next_capture_chunk("cap-r1", "n1").await.unwrap(), 2);
+    assert_eq!(store.next_capture_chunk("cap-r1", "n2").await.unwrap(), 1);
+    assert_eq!(store.next_capture_chunk("cap-r2", "n1").await.unwrap(), 0);
 }
 
 async fn a_chunk_stored_twice_is_kept_and_counted_once(store: Store) {

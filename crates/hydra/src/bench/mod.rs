@@ -9,8 +9,10 @@
 //!
 //! Modules: `fleet` lays out, enrols, heartbeats and removes the synthetic fleet; `harness`
 //! drives a route under bounded load and keeps its latencies; `figures` turns a phase into the
-//! printed figures; `eligible` and `heartbeats` are the two benchmarks.
+//! printed figures; `eligible` and `heartbeats` are the two benchmarks. `captures` (issue 12)
+//! feeds stand-in monitor feeds into one fan-out capture beside a plain-file baseline.
 
+mod captures;
 mod eligible;
 mod figures;
 mod fleet;
@@ -43,6 +45,11 @@ pub enum Command {
     /// Enrol N bodies, then have them heartbeat (each with its own token) as fast as the
     /// concurrency allows: heartbeats per second and p50/p99 latency.
     Heartbeats(LoadArgs),
+    /// Start N stand-in monitor feeds each emitting R lines/s for D seconds, capture them into
+    /// one fan-out capture (run it against a fresh server), and measure lines stored per
+    /// second, lines lost (by sequence), tail latency, and a plain-file baseline of the same
+    /// lines.
+    Captures(captures::CaptureArgs),
 }
 
 /// Options of every load generator.
@@ -78,6 +85,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Eligible(args) => eligible::bench_eligible(args).await,
         Command::Heartbeats(args) => heartbeats::bench_heartbeats(args).await,
+        Command::Captures(args) => captures::bench_captures(args).await,
     }
 }
 
