@@ -9,6 +9,7 @@ pub mod explain;
 pub mod failover;
 pub mod health;
 pub mod journal;
+pub mod learning;
 pub mod mastership;
 pub mod node;
 pub mod peer;
