@@ -18,7 +18,7 @@ pub struct Args {
     /// YAML config file with any of: listen, data_dir, admin_token, database_url,
     /// heartbeat_timeout, public_url, body_limit_bytes, max_sessions_per_worker,
     /// agent_url_hosts, session_retention, capture_retention, header_read_timeout, idle_timeout,
-    /// max_connections, shutdown_timeout, replica_id, lease_ttl, lease_renew.
+    /// max_connections, shutdown_timeout, replica_id, lease_ttl, lease_renew, unreachable_for.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -81,6 +81,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     capture_retention: Option<String>,
+    /// How long a body a head reported unreachable on both paths is left out of that head's
+    /// answers (unless nothing else is left), e.g. 60s, 5m [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable_for: Option<String>,
 }
 
 /// The resolved server configuration.
@@ -110,6 +115,7 @@ struct ServerConfig {
     replica_id: Option<String>,
     lease_ttl: String,
     lease_renew: String,
+    unreachable_for: String,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +139,7 @@ impl Default for ServerConfig {
             replica_id: None,
             lease_ttl: "6s".to_owned(),
             lease_renew: "2s".to_owned(),
+            unreachable_for: "60s".to_owned(),
         }
     }
 }
@@ -156,6 +163,7 @@ const ENV_KEYS: &[&str] = &[
     "replica_id",
     "lease_ttl",
     "lease_renew",
+    "unreachable_for",
 ];
 
 /// Runs the server until interrupted.
@@ -217,6 +225,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         u64::try_from(lease_renew.as_millis()).unwrap_or(u64::MAX),
     )
     .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
+    let unreachable_for =
+        humantime::parse_duration(&config.unreachable_for).with_context(|| {
+            format!(
+                "--unreachable-for {:?} is not a duration (e.g. 60s, 5m)",
+                config.unreachable_for
+            )
+        })?;
     let limits = hydra_server::ServeSettings {
         header_read_timeout: Duration::from_secs(config.header_read_timeout),
         idle_timeout: Duration::from_secs(config.idle_timeout),
@@ -297,6 +312,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         replica_id: replica_id.clone(),
         lease,
         capture_retention,
+        unreachable_for,
     };
     let state = AppState::new(store.clone(), settings, &admin_token)
         .await
