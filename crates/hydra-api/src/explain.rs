@@ -24,6 +24,9 @@ pub enum LeftOutWire {
     OtherOwner,
     /// The head named it in `unreachable=`.
     NamedUnreachable,
+    /// The head reported it unreachable on both paths within the server's memory window
+    /// (`--unreachable-for`); left out while anything else is left.
+    LearnedUnreachable,
     /// Quickroute has a body, so nothing outside the head's venue and owner is looked at.
     QuickrouteOpen,
 }
@@ -36,6 +39,7 @@ impl From<LeftOut> for LeftOutWire {
             LeftOut::Drained => LeftOutWire::Drained,
             LeftOut::OtherOwner => LeftOutWire::OtherOwner,
             LeftOut::NamedUnreachable => LeftOutWire::NamedUnreachable,
+            LeftOut::LearnedUnreachable => LeftOutWire::LearnedUnreachable,
             LeftOut::QuickrouteOpen => LeftOutWire::QuickrouteOpen,
         }
     }
@@ -50,6 +54,7 @@ impl LeftOutWire {
             LeftOutWire::Drained => "drained",
             LeftOutWire::OtherOwner => "other_owner",
             LeftOutWire::NamedUnreachable => "named_unreachable",
+            LeftOutWire::LearnedUnreachable => "learned_unreachable",
             LeftOutWire::QuickrouteOpen => "quickroute_open",
         }
     }
@@ -126,6 +131,9 @@ pub struct ExplainEntry {
     /// tie); empty when left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<RankKeyWire>,
+    /// Kept, and the head last reached it over WireGuard only. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wg_only: bool,
 }
 
 impl From<&Considered<'_>> for ExplainEntry {
@@ -147,6 +155,7 @@ impl From<&Considered<'_>> for ExplainEntry {
             rank,
             reason,
             keys,
+            wg_only: considered.wg_only,
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct EligibleBody {
     /// Latest connect time the head measured to this body, when fresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<u32>,
+    /// This head last reached the body over WireGuard only (its LAN probe failed): ranked by
+    /// that WireGuard figure. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wg_only: bool,
 }
 
 impl From<&Candidate<'_>> for EligibleBody {
@@ -56,6 +60,7 @@ impl From<&Candidate<'_>> for EligibleBody {
             cost_tier: node.cost_tier.into(),
             same_venue: candidate.same_venue,
             rtt_ms: candidate.rtt_ms,
+            wg_only: candidate.wg_only,
         }
     }
 }

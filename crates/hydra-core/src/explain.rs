@@ -24,6 +24,9 @@ pub enum LeftOut {
     OtherOwner,
     /// The head named it in `unreachable=` for this answer.
     NamedUnreachable,
+    /// The head reported it unreachable on both paths within the memory's window
+    /// (`learning`); left out while anything else is left.
+    LearnedUnreachable,
     /// Usable, but quickroute (the head's venue and owner) has a body, and the gate keeps
     /// everything else out.
     QuickrouteOpen,
@@ -38,6 +41,7 @@ impl LeftOut {
             LeftOut::Drained => "drained",
             LeftOut::OtherOwner => "other_owner",
             LeftOut::NamedUnreachable => "named_unreachable",
+            LeftOut::LearnedUnreachable => "learned_unreachable",
             LeftOut::QuickrouteOpen => "quickroute_open",
         }
     }
@@ -88,6 +92,8 @@ pub struct Considered<'a> {
     pub same_venue: bool,
     /// Kept (with rank and keys) or left out (with the reason).
     pub verdict: Verdict,
+    /// Kept, and the head last reached it over WireGuard only (set by `learning`).
+    pub wg_only: bool,
 }
 
 /// The trace of one selection.
@@ -198,6 +204,7 @@ pub fn explain_selection<'a>(
                     rank: index + 1,
                     keys,
                 },
+                wg_only: false,
             }
         })
         .collect();
@@ -207,6 +214,7 @@ pub fn explain_selection<'a>(
         node,
         same_venue: node.venue == head.venue,
         verdict: Verdict::LeftOut(reason),
+        wg_only: false,
     }));
     Explanation { policy, considered }
 }

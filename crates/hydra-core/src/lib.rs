@@ -10,6 +10,7 @@ pub mod failover;
 pub mod health;
 pub mod journal;
 pub mod liveness;
+pub mod learning;
 pub mod mastership;
 pub mod node;
 pub mod peer;

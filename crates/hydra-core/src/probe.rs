@@ -12,6 +12,11 @@
 //! asks [`ProbeRace::poll_action`] what to start or cancel, reports what happened with
 //! [`ProbeRace::handle_result`], and sleeps until [`ProbeRace::poll_timeout`]. No sockets, no
 //! clock, no async here.
+//!
+//! With a preference delay (RFC 8305's idea; gRPC's pick_first waits 250 ms) the race stops
+//! waiting on silence: once a later probe has answered and every earlier probe has failed or been
+//! silent for `prefer_delay_ms` since it started, the later one wins. Without it (`--probe
+//! exact`) the race waits for every earlier probe's answer or timeout, as the walk would.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -53,6 +58,10 @@ pub struct ProbeSettings {
     pub max_in_flight: usize,
     /// Concurrent or sequential.
     pub mode: ProbeMode,
+    /// In concurrent mode, a later probe that answered wins once every earlier probe has failed
+    /// or been silent this long since it started; `None` waits for their answers or timeouts
+    /// (the exact, sequential-equivalent choice).
+    pub prefer_delay_ms: Option<u32>,
 }
 
 impl Default for ProbeSettings {
@@ -62,9 +71,29 @@ impl Default for ProbeSettings {
             stagger_ms: 10,
             max_in_flight: 64,
             mode: ProbeMode::Concurrent,
+            prefer_delay_ms: None,
         }
     }
 }
+
+impl ProbeSettings {
+    /// The head's default race: a 250 ms preference delay, probes 2 ms apart (the delay gives
+    /// earlier bodies their head start, so the stagger need not), 1 s timeout.
+    pub fn preferring() -> ProbeSettings {
+        ProbeSettings {
+            stagger_ms: PREFER_STAGGER_MS,
+            prefer_delay_ms: Some(DEFAULT_PREFER_DELAY_MS),
+            ..ProbeSettings::default()
+        }
+    }
+}
+
+/// The default preference delay: gRPC pick_first's Happy Eyeballs delay.
+pub const DEFAULT_PREFER_DELAY_MS: u32 = 250;
+
+/// The stagger used with a preference delay: 16 dead bodies (32 probes) ahead of a live one then
+/// cost 64 ms of starts plus the delay, instead of 320 ms plus it.
+pub const PREFER_STAGGER_MS: u32 = 2;
 
 /// The two addresses of one body of the eligible list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +151,11 @@ pub enum ProbeError {
         /// The timeout that expired.
         after_ms: u32,
     },
+    /// Still silent after the preference delay when a later probe won: given up, not timed out.
+    Silent {
+        /// How long it had been silent.
+        after_ms: u32,
+    },
     /// The host answered with a reset: nothing listens on the port.
     Refused,
     /// Any other connect error, as the operating system worded it.
@@ -133,6 +167,9 @@ impl fmt::Display for ProbeError {
         match self {
             ProbeError::NoAddress => f.write_str("no address"),
             ProbeError::TimedOut { after_ms } => write!(f, "timed out after {after_ms} ms"),
+            ProbeError::Silent { after_ms } => {
+                write!(f, "no answer in {after_ms} ms (preference delay)")
+            }
             ProbeError::Refused => f.write_str("connection refused"),
             ProbeError::Io(text) => f.write_str(text),
         }
@@ -232,6 +269,11 @@ impl ProbeRace {
                 ProbeMode::Sequential => 1,
                 ProbeMode::Concurrent => settings.max_in_flight.max(1),
             },
+            // One probe at a time has no later answer to prefer.
+            prefer_delay_ms: match settings.mode {
+                ProbeMode::Sequential => None,
+                ProbeMode::Concurrent => settings.prefer_delay_ms,
+            },
             ..settings
         };
         let mut race = ProbeRace {
@@ -242,7 +284,7 @@ impl ProbeRace {
             outcome: None,
             pending: VecDeque::new(),
         };
-        race.settle();
+        race.settle(0);
         race
     }
 
@@ -294,13 +336,12 @@ impl ProbeRace {
             Ok(rtt_ms) => ProbeStatus::Reached { rtt_ms },
             Err(error) => ProbeStatus::Failed(error),
         };
-        self.settle();
+        self.settle(now);
     }
 
     /// Fails every in-flight probe whose timeout has passed at `now` and asks for its cancel.
     pub fn handle_timeout(&mut self, now: Millis) {
         let timeout_ms = self.settings.timeout_ms;
-        let mut expired = false;
         for (index, slot) in self.slots.iter_mut().enumerate() {
             if let ProbeStatus::InFlight { started_at } = slot.status
                 && now.saturating_sub(started_at) >= Millis::from(timeout_ms)
@@ -311,12 +352,11 @@ impl ProbeRace {
                 self.pending.push_back(ProbeAction::Cancel {
                     probe: ProbeKey::from_index(index),
                 });
-                expired = true;
             }
         }
-        if expired {
-            self.settle();
-        }
+        // Settled on every call: the preference delay can pass without any probe answering or
+        // expiring.
+        self.settle(now);
     }
 
     /// When the caller must call back even if no result arrives: the earliest probe timeout or
@@ -343,10 +383,34 @@ impl ProbeRace {
             }
             _ => None,
         };
-        match (earliest_timeout, next_start) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [earliest_timeout, next_start, self.prefer_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// With a preference delay and a later probe answered: when the last earlier probe still in
+    /// flight will have been silent long enough for the answered one to win.
+    fn prefer_deadline(&self) -> Option<Millis> {
+        let delay = Millis::from(self.settings.prefer_delay_ms?);
+        let first_reached = self
+            .slots
+            .iter()
+            .position(|slot| matches!(slot.status, ProbeStatus::Reached { .. }))?;
+        let mut deadline = None;
+        for slot in &self.slots[..first_reached] {
+            match slot.status {
+                ProbeStatus::Failed(_) => {}
+                ProbeStatus::InFlight { started_at } => {
+                    deadline = deadline.max(Some(started_at + delay));
+                }
+                // An earlier probe not yet started (the in-flight cap) has not been silent at all.
+                ProbeStatus::NotStarted | ProbeStatus::Cancelled | ProbeStatus::Reached { .. } => {
+                    return None;
+                }
+            }
         }
+        deadline
     }
 
     /// How the race ended, once it has.
@@ -417,20 +481,32 @@ impl ProbeRace {
         (in_flight == 0 || previous_done || stagger_passed).then_some(index)
     }
 
-    /// Decides the outcome when the walk in list order reaches a success or the end, and cancels
+    /// Decides the outcome when the walk in list order reaches a success or the end (or, with a
+    /// preference delay, a success after only failed or long-silent probes), and cancels
     /// in-flight probes that can no longer win.
-    fn settle(&mut self) {
+    fn settle(&mut self, now: Millis) {
         if self.outcome.is_some() {
             return;
         }
+        let prefer_delay = self.settings.prefer_delay_ms.map(Millis::from);
         let mut winner: Option<(usize, u32)> = None;
         let mut undecided = false;
+        let mut passed_over_silent = false;
         for (index, slot) in self.slots.iter().enumerate() {
             match slot.status {
                 ProbeStatus::Failed(_) => continue,
                 ProbeStatus::Reached { rtt_ms } => {
                     winner = Some((index, rtt_ms));
                     break;
+                }
+                // Silent past the preference delay: passed over, like a failure, while a later
+                // answer is waiting; an earlier answer arriving in time still wins.
+                ProbeStatus::InFlight { started_at }
+                    if prefer_delay
+                        .is_some_and(|delay| now.saturating_sub(started_at) >= delay) =>
+                {
+                    passed_over_silent = true;
+                    continue;
                 }
                 ProbeStatus::NotStarted | ProbeStatus::InFlight { .. } | ProbeStatus::Cancelled => {
                     undecided = true;
@@ -443,10 +519,23 @@ impl ProbeRace {
                 probe: ProbeKey::from_index(index),
                 rtt_ms,
             });
-            self.cancel_in_flight_after(0);
+            // The earlier probes passed over for their silence failed for this race: the head
+            // logs and reports them like any failure.
+            for (earlier, slot) in self.slots[..index].iter_mut().enumerate() {
+                if let ProbeStatus::InFlight { started_at } = slot.status {
+                    slot.status = ProbeStatus::Failed(ProbeError::Silent {
+                        after_ms: u32::try_from(now.saturating_sub(started_at)).unwrap_or(u32::MAX),
+                    });
+                    self.pending.push_back(ProbeAction::Cancel {
+                        probe: ProbeKey::from_index(earlier),
+                    });
+                }
+            }
+            self.cancel_in_flight_after(index + 1);
             return;
         }
-        if !undecided {
+        // A silent probe may still answer: nothing is decided until it does or times out.
+        if !undecided && !passed_over_silent {
             self.outcome = Some(RaceOutcome::AllFailed);
             return;
         }

@@ -91,6 +91,8 @@ pub struct Candidate<'a> {
     pub same_venue: bool,
     /// The latest fresh latency the head measured to it, if any.
     pub rtt_ms: Option<u32>,
+    /// The head last reached it over WireGuard only (set by `learning::select_learning`).
+    pub wg_only: bool,
 }
 
 /// The ordered answer to a head.
@@ -162,6 +164,7 @@ pub fn select_bodies<'a>(
                 node,
                 same_venue: true,
                 rtt_ms: rtt_of(node),
+                wg_only: false,
             })
             .collect();
         return Selection {
@@ -187,6 +190,7 @@ pub fn select_bodies<'a>(
                     node,
                     same_venue,
                     rtt_ms,
+                    wg_only: false,
                 },
             )
         })
@@ -274,12 +278,13 @@ pub fn strict_venue<'a>(
                 node,
                 same_venue: true,
                 rtt_ms: None,
+                wg_only: false,
             })
             .collect(),
     }
 }
 
 #[cfg(test)]
-mod naive;
+pub(crate) mod naive;
 #[cfg(test)]
 pub(crate) mod tests;

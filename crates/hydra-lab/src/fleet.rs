@@ -165,6 +165,11 @@ impl Fleet {
                 ADMIN_TOKEN.into(),
                 "--heartbeat-timeout".into(),
                 "600".into(),
+                // The scenarios unblock a body and expect the head back on it within seconds;
+                // the server's memory of a body unreachable from a head (60 s by default) is
+                // kept shorter than a stream of theirs.
+                "--unreachable-for".into(),
+                "2s".into(),
             ],
         )?;
         let control = ControlPlane::new(

@@ -38,6 +38,9 @@ pub struct Settings {
     pub lease: hydra_core::mastership::LeaseTiming,
     /// Ended captures finalised longer ago than this are pruned (issue 12).
     pub capture_retention: Duration,
+    /// A body a head reported unreachable on both paths is left out of that head's answers this
+    /// long, unless nothing else is left (`--unreachable-for`, issue 13).
+    pub unreachable_for: Duration,
 }
 
 impl Settings {
@@ -47,6 +50,8 @@ impl Settings {
     pub const DEFAULT_SESSION_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
     /// Default of `capture_retention`: 7 days.
     pub const DEFAULT_CAPTURE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Default of `unreachable_for`: 60 s.
+    pub const DEFAULT_UNREACHABLE_FOR: Duration = Duration::from_secs(60);
 }
 
 impl Default for Settings {
@@ -63,6 +68,7 @@ impl Default for Settings {
             replica_id: "local".to_owned(),
             lease: hydra_core::mastership::LeaseTiming::DEFAULT,
             capture_retention: Settings::DEFAULT_CAPTURE_RETENTION,
+            unreachable_for: Settings::DEFAULT_UNREACHABLE_FOR,
         }
     }
 }
@@ -96,6 +102,8 @@ struct Inner {
     cluster: hydra_mesh::ClusterHandle,
     /// The mesh's socket and section, taken by `serve_with`, which runs it as a duty.
     mesh_start: std::sync::Mutex<Option<crate::mesh::MeshStart>>,
+    /// What heads reported about their bodies' paths (this replica's memory, bounded).
+    head_memory: std::sync::Mutex<hydra_core::learning::HeadMemory>,
 }
 
 impl AppState {
@@ -129,6 +137,7 @@ impl AppState {
             settings.public_url.clone(),
             settings.lease,
         );
+        let settings_unreachable_for_ms = settings.unreachable_for.as_millis();
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -149,6 +158,13 @@ impl AppState {
                 captures: crate::captures::Captures::default(),
                 cluster: hydra_mesh::ClusterHandle::default(),
                 mesh_start: std::sync::Mutex::new(None),
+                head_memory: std::sync::Mutex::new(hydra_core::learning::HeadMemory::new(
+                    hydra_core::learning::LearningSettings {
+                        unreachable_for_ms: i64::try_from(settings_unreachable_for_ms)
+                            .unwrap_or(i64::MAX),
+                        ..hydra_core::learning::LearningSettings::default()
+                    },
+                )),
             }),
         })
     }
@@ -237,6 +253,14 @@ impl AppState {
     /// The captures this server runs now.
     pub fn captures(&self) -> &crate::captures::Captures {
         &self.inner.captures
+    }
+
+    /// What heads reported about their bodies' paths; lock it briefly, never across an await.
+    pub fn head_memory(&self) -> std::sync::MutexGuard<'_, hydra_core::learning::HeadMemory> {
+        self.inner
+            .head_memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Server settings.

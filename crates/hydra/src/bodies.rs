@@ -211,7 +211,11 @@ fn eligible_text(answer: &EligibleResponse) -> String {
             yes_no(body.idle),
             or_dash(body.vram_mb),
             tier_word(body.cost_tier).to_owned(),
-            or_dash(body.rtt_ms),
+            if body.wg_only {
+                format!("{} (wg_only)", or_dash(body.rtt_ms))
+            } else {
+                or_dash(body.rtt_ms)
+            },
         ]);
     }
     text.push_str(&table.render());
@@ -243,6 +247,9 @@ fn verdict_words(entry: &ExplainEntry) -> (String, String) {
             hydra_api::LeftOutWire::Drained => "drained",
             hydra_api::LeftOutWire::OtherOwner => "other owner, not in allowed_orgs",
             hydra_api::LeftOutWire::NamedUnreachable => "named unreachable by the head",
+            hydra_api::LeftOutWire::LearnedUnreachable => {
+                "reported unreachable on both paths by the head (remembered)"
+            }
             hydra_api::LeftOutWire::QuickrouteOpen => "quickroute has a body in the head's venue",
         };
         return ("left out".to_owned(), why.to_owned());
@@ -287,6 +294,7 @@ mod tests {
             cost_tier: CostTierWire::Shared,
             same_venue,
             rtt_ms,
+            wg_only: false,
         }
     }
 

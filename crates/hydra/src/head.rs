@@ -34,8 +34,12 @@ pub enum Command {
 /// How a head probes the bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProbeChoice {
-    /// Staggered probes in list order, several in flight: about one timeout whatever fails.
+    /// Probes 2 ms apart in list order, several in flight; a later body that answered wins once
+    /// every earlier one has been silent for --prefer-delay.
     Concurrent,
+    /// Probes 10 ms apart, several in flight, waiting for every earlier probe's answer or
+    /// timeout: exactly the body the sequential walk would choose, in about one timeout.
+    Exact,
     /// One probe at a time, the field's original loop (up to 2 s per dead body).
     Sequential,
 }
@@ -57,6 +61,10 @@ pub struct HeadArgs {
     /// Timeout of one probe, e.g. `1s`, `500ms`.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
+    /// With `--probe concurrent`: a later body that answered is taken once every earlier body
+    /// has been silent this long, e.g. `250ms`.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    pub prefer_delay: Duration,
     /// Directory for the pairing file and the connect times still to report
     /// [default: $XDG_STATE_HOME/hydra/head, else ~/.local/state/hydra/head].
     #[arg(long, value_name = "DIR", env = "HYDRA_HEAD_STATE_DIR")]
@@ -125,18 +133,26 @@ impl HeadArgs {
         if self.head_id.trim().is_empty() {
             anyhow::bail!("--head-id must not be empty");
         }
-        let mode = match self.probe {
-            ProbeChoice::Concurrent => ProbeMode::Concurrent,
-            ProbeChoice::Sequential => ProbeMode::Sequential,
-        };
         let timeout_ms =
             u32::try_from(self.probe_timeout.as_millis()).context("--probe-timeout is too long")?;
+        let prefer_delay_ms =
+            u32::try_from(self.prefer_delay.as_millis()).context("--prefer-delay is too long")?;
+        let probe = match self.probe {
+            ProbeChoice::Concurrent => ProbeSettings {
+                prefer_delay_ms: Some(prefer_delay_ms),
+                ..ProbeSettings::preferring()
+            },
+            ProbeChoice::Exact => ProbeSettings::default(),
+            ProbeChoice::Sequential => ProbeSettings {
+                mode: ProbeMode::Sequential,
+                ..ProbeSettings::default()
+            },
+        };
         let options = DiscoveryOptions {
             port: self.port,
             probe: ProbeSettings {
                 timeout_ms,
-                mode,
-                ..ProbeSettings::default()
+                ..probe
             },
         };
         Ok(Head::new(

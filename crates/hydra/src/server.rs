@@ -18,7 +18,7 @@ pub struct Args {
     /// YAML config file with any of: listen, data_dir, admin_token, database_url,
     /// heartbeat_timeout, public_url, body_limit_bytes, max_sessions_per_worker,
     /// agent_url_hosts, session_retention, capture_retention, header_read_timeout, idle_timeout,
-    /// max_connections, shutdown_timeout, replica_id, lease_ttl, lease_renew.
+    /// max_connections, shutdown_timeout, replica_id, lease_ttl, lease_renew, unreachable_for.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -81,6 +81,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     capture_retention: Option<String>,
+    /// How long a body a head reported unreachable on both paths is left out of that head's
+    /// answers (unless nothing else is left), e.g. 60s, 5m [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable_for: Option<String>,
 }
 
 /// The resolved server configuration.
@@ -113,6 +118,7 @@ struct ServerConfig {
     /// The peer mesh (issue 11): the agent's `cluster:` keys; from the YAML file only.
     #[serde(default)]
     cluster: hydra_mesh::ClusterSection,
+    unreachable_for: String,
 }
 
 impl Default for ServerConfig {
@@ -137,6 +143,7 @@ impl Default for ServerConfig {
             lease_ttl: "6s".to_owned(),
             lease_renew: "2s".to_owned(),
             cluster: hydra_mesh::ClusterSection::default(),
+            unreachable_for: "60s".to_owned(),
         }
     }
 }
@@ -160,6 +167,7 @@ const ENV_KEYS: &[&str] = &[
     "replica_id",
     "lease_ttl",
     "lease_renew",
+    "unreachable_for",
 ];
 
 /// Runs the server until interrupted.
@@ -222,6 +230,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
     config.cluster.validate().map_err(anyhow::Error::msg)?;
+    let unreachable_for =
+        humantime::parse_duration(&config.unreachable_for).with_context(|| {
+            format!(
+                "--unreachable-for {:?} is not a duration (e.g. 60s, 5m)",
+                config.unreachable_for
+            )
+        })?;
     let limits = hydra_server::ServeSettings {
         header_read_timeout: Duration::from_secs(config.header_read_timeout),
         idle_timeout: Duration::from_secs(config.idle_timeout),
@@ -302,6 +317,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         replica_id: replica_id.clone(),
         lease,
         capture_retention,
+        unreachable_for,
     };
     let state = AppState::new(store.clone(), settings, &admin_token)
         .await

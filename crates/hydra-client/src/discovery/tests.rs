@@ -91,6 +91,7 @@ fn body(id: &str, lan: u8, wg: u8) -> EligibleBody {
         cost_tier: CostTierWire::Owned,
         same_venue: true,
         rtt_ms: None,
+        wg_only: false,
     }
 }
 

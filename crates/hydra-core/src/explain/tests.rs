@@ -171,6 +171,8 @@ proptest! {
                 Verdict::LeftOut(LeftOut::Drained) => prop_assert!(node.drained),
                 Verdict::LeftOut(LeftOut::OtherOwner) => prop_assert!(!node.usable_by(HEAD.owner)),
                 Verdict::LeftOut(LeftOut::NamedUnreachable) => prop_assert!(unreachable.contains(&node.id)),
+                // Only `learning::explain_learning` gives this reason.
+                Verdict::LeftOut(LeftOut::LearnedUnreachable) => prop_assert!(false, "learned without a memory"),
                 Verdict::LeftOut(LeftOut::QuickrouteOpen) => {
                     prop_assert_eq!(selection.policy, Policy::Quickroute);
                     prop_assert!(node.venue != HEAD.venue || node.owner != HEAD.owner);

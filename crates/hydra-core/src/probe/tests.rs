@@ -119,6 +119,7 @@ fn simulate(bodies: &[Body], settings: ProbeSettings) -> Run {
                     let status = race.probe(probe).1.clone();
                     let word = match status {
                         ProbeStatus::Failed(ProbeError::TimedOut { .. }) => "timeout",
+                        ProbeStatus::Failed(ProbeError::Silent { .. }) => "silent",
                         ProbeStatus::Cancelled => "cancel",
                         other => panic!("cancel of {probe} in status {other:?}"),
                     };
@@ -377,6 +378,110 @@ fn late_results_and_unknown_probes_are_ignored() {
     assert_eq!(race.outcome(), None);
 }
 
+fn check_preferring(bodies: &[Body], expected: Expect) {
+    let run = simulate(bodies, ProbeSettings::preferring());
+    expected.assert_eq(&(run.timeline.join("\n") + "\n"));
+}
+
+#[test]
+fn with_a_preference_delay_sixteen_dead_bodies_cost_the_starts_and_the_delay() {
+    let mut bodies = vec![(Hang, Hang); 16];
+    bodies.push((Reach(1), Reach(1)));
+    let run = simulate(&bodies, ProbeSettings::preferring());
+    assert_eq!(
+        winner(run.outcome),
+        Some(ProbeKey {
+            body: 16,
+            transport: Transport::Lan
+        })
+    );
+    // 32 dead probes 2 ms apart, the last silent 250 ms: chosen at 312 ms, not 1,062 ms.
+    assert_eq!(run.settled_at, 31 * 2 + 250);
+    let exact = simulate(
+        &bodies,
+        ProbeSettings {
+            prefer_delay_ms: None,
+            ..ProbeSettings::preferring()
+        },
+    );
+    assert_eq!(exact.settled_at, 31 * 2 + 1_000);
+}
+
+#[test]
+fn a_later_body_wins_once_the_earlier_one_is_silent_for_the_delay() {
+    check_preferring(
+        &[(Hang, Hang), (Reach(3), Reach(1))],
+        expect![[r#"
+            0     start b0/lan
+            2     start b0/wireguard
+            4     start b1/lan
+            6     start b1/wireguard
+            7     reach b1/lan
+            7     reach b1/wireguard
+            7     cancel b1/wireguard
+            252   silent b0/lan
+            252   silent b0/wireguard
+            252   settled b1/lan rtt 3
+        "#]],
+    );
+}
+
+#[test]
+fn an_earlier_body_answering_within_the_delay_still_wins() {
+    check_preferring(
+        &[(Reach(200), Hang), (Reach(1), Reach(1))],
+        expect![[r#"
+            0     start b0/lan
+            2     start b0/wireguard
+            4     start b1/lan
+            5     reach b1/lan
+            200   reach b0/lan
+            200   cancel b0/wireguard
+            200   settled b0/lan rtt 200
+        "#]],
+    );
+}
+
+#[test]
+fn a_silent_lan_falls_back_to_wireguard_after_the_delay() {
+    check_preferring(
+        &[(Hang, Reach(4))],
+        expect![[r#"
+            0     start b0/lan
+            2     start b0/wireguard
+            6     reach b0/wireguard
+            250   silent b0/lan
+            250   settled b0/wireguard rtt 4
+        "#]],
+    );
+}
+
+#[test]
+fn silence_with_nothing_answered_still_waits_for_the_timeouts() {
+    check_preferring(
+        &[(Hang, Hang)],
+        expect![[r#"
+            0     start b0/lan
+            2     start b0/wireguard
+            1000  timeout b0/lan
+            1002  timeout b0/wireguard
+            1002  settled all failed
+        "#]],
+    );
+}
+
+#[test]
+fn sequential_mode_ignores_the_preference_delay() {
+    let race = ProbeRace::new(
+        &probe_bodies(&[(Hang, Hang)]),
+        ProbeSettings {
+            mode: ProbeMode::Sequential,
+            ..ProbeSettings::preferring()
+        },
+    );
+    assert_eq!(race.settings().prefer_delay_ms, None);
+}
+
 fn answer() -> impl Strategy<Value = Answer> {
     prop_oneof![
         3 => (0u32..1_500).prop_map(Reach),
@@ -397,8 +502,29 @@ fn settings() -> impl Strategy<Value = ProbeSettings> {
             stagger_ms,
             max_in_flight,
             mode: ProbeMode::Concurrent,
+            prefer_delay_ms: None,
         }
     })
+}
+
+fn preferring_settings() -> impl Strategy<Value = ProbeSettings> {
+    (settings(), 0u32..1_600).prop_map(|(settings, delay)| ProbeSettings {
+        prefer_delay_ms: Some(delay),
+        ..settings
+    })
+}
+
+/// When `probe`'s scripted answer is a success that the race counts (before the timeout).
+fn reach_time(bodies: &[Body], probe: ProbeKey, timeout_ms: u32) -> Option<u32> {
+    let (lan, wireguard) = bodies[probe.body];
+    let answer = match probe.transport {
+        Transport::Lan => lan,
+        Transport::Wireguard => wireguard,
+    };
+    match answer {
+        Reach(ms) if ms < timeout_ms => Some(ms),
+        _ => None,
+    }
 }
 
 fn winner(outcome: RaceOutcome) -> Option<ProbeKey> {
@@ -446,6 +572,33 @@ proptest! {
         let waves = probes.div_ceil(settings.max_in_flight as u64) as Millis;
         let probes = probes as Millis;
         let bound = probes * Millis::from(settings.stagger_ms) + waves * Millis::from(settings.timeout_ms);
+        prop_assert!(run.settled_at <= bound, "settled at {} > {}", run.settled_at, bound);
+    }
+
+    /// With a preference delay: a body is always found when the walk would find one, and every
+    /// probe before the winner failed or had no answer within the delay (an earlier answer in
+    /// time always wins); nothing is left in flight.
+    #[test]
+    fn preferring_passes_over_only_probes_silent_for_the_delay(bodies in bodies(), settings in preferring_settings()) {
+        let (expected, _) = sequential_reference(&bodies, settings.timeout_ms);
+        let run = simulate(&bodies, settings);
+        let delay = settings.prefer_delay_ms.unwrap();
+        prop_assert_eq!(winner(run.outcome).is_some(), expected.is_some());
+        if let Some(won) = winner(run.outcome) {
+            prop_assert!(expected.is_some_and(|first| first.index() <= won.index()));
+            for index in 0..won.index() {
+                let probe = ProbeKey::from_index(index);
+                prop_assert!(matches!(run.race.probe(probe).1, ProbeStatus::Failed(_)), "{probe} not failed");
+                if let Some(reach) = reach_time(&bodies, probe, settings.timeout_ms) {
+                    prop_assert!(reach >= delay, "{probe} answered in {reach} ms, within the delay {delay}, and lost");
+                }
+            }
+        }
+        let left_in_flight = run.started.iter().any(|probe| matches!(run.race.probe(*probe).1, ProbeStatus::InFlight { .. }));
+        prop_assert!(!left_in_flight, "a probe is still in flight after settling");
+        let probes = bodies.len() as u64 * 2;
+        let waves = probes.div_ceil(settings.max_in_flight as u64) as Millis;
+        let bound = probes as Millis * Millis::from(settings.stagger_ms) + waves * Millis::from(settings.timeout_ms);
         prop_assert!(run.settled_at <= bound, "settled at {} > {}", run.settled_at, bound);
     }
 }

@@ -1,6 +1,7 @@
 //! Discovery benchmark in the lab: how long `hydra head discover` takes to settle on the live
 //! body when K dead bodies (nftables drops: every probe times out) rank ahead of it, K = 0, 1,
-//! 4, 16, with `--probe sequential` (the field's loop) and `--probe concurrent` (the race).
+//! 4, 16, with `--probe sequential` (the field's loop), `--probe exact` (the race, waiting for
+//! every earlier probe) and `--probe concurrent` (the race with the 250 ms preference delay).
 //! Prints a Markdown table of medians and the ratio. Needs root, iproute2 and nftables; builds
 //! its lab inside namespaces of its own, like the lab tests.
 //!
@@ -104,7 +105,7 @@ async fn bench(lab: Lab, args: Args) -> anyhow::Result<()> {
             anyhow::bail!("unexpected eligible list for {count} dead bodies: {order:?}");
         }
         let mut medians = Vec::new();
-        for mode in ["sequential", "concurrent"] {
+        for mode in ["sequential", "exact", "concurrent"] {
             let mut samples = Vec::new();
             for rep in 0..args.reps {
                 samples.push(discover_once(&fleet, mode, count, rep).await?);
@@ -113,20 +114,24 @@ async fn bench(lab: Lab, args: Args) -> anyhow::Result<()> {
             medians.push(samples[samples.len() / 2]);
         }
         eprintln!(
-            "[bench] {count} dead: sequential {} ms, concurrent {} ms",
-            medians[0], medians[1]
+            "[bench] {count} dead: sequential {} ms, exact {} ms, concurrent {} ms",
+            medians[0], medians[1], medians[2]
         );
-        rows.push((count, medians[0], medians[1]));
+        rows.push((count, medians[0], medians[1], medians[2]));
     }
-    println!("| dead bodies ahead | sequential (ms) | concurrent (ms) | sequential / concurrent |");
-    println!("| ---: | ---: | ---: | ---: |");
-    for (count, sequential, concurrent) in rows {
+    println!(
+        "| dead bodies ahead | sequential (ms) | exact (ms) | concurrent, prefer 250 ms (ms) | \
+         sequential / concurrent |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for (count, sequential, exact, concurrent) in rows {
         let ratio = sequential as f64 / concurrent.max(1) as f64;
-        println!("| {count} | {sequential} | {concurrent} | {ratio:.1}x |");
+        println!("| {count} | {sequential} | {exact} | {concurrent} | {ratio:.1}x |");
     }
     println!(
         "\nmedian of {} runs of `hydra head discover` per cell (discovery time reported by the \
-         head: request, probes, decision); probe timeout 1 s, stagger 10 ms",
+         head: request, probes, decision); probe timeout 1 s, stagger 10 ms (exact) and 2 ms \
+         (concurrent)",
         args.reps
     );
     Ok(())

@@ -11,8 +11,8 @@ use hydra_api::{
     EligibleParams, EligibleQuery, EligibleResponse, ErrorBody, ExplainedEligible, HeadWhatIf,
     Measurement, SessionWhatIf, WhatIfParams, WhatIfResponse, WithoutQuery,
 };
-use hydra_core::explain::explain_selection;
-use hydra_core::selection::{Head, Observations, select_bodies, strict_venue};
+use hydra_core::learning::{HeadReport, explain_learning, select_learning};
+use hydra_core::selection::{Head, Observations, strict_venue};
 use hydra_core::what_if::what_if as heads_what_if;
 use hydra_core::{LatencySample, Role, Transport};
 use hydra_store::LatencyRecord;
@@ -74,6 +74,13 @@ pub async fn eligible(
             "head_id {head_id:?}: a node token may only ask for its own head"
         )));
     }
+    // Every path the head reached, before the samples keep one per body: a WireGuard answer
+    // without a LAN one is what marks a body `wg_only` for this head.
+    let reached: Vec<(String, Transport)> = measured
+        .iter()
+        .map(|measurement| (measurement.body_id.clone(), measurement.transport))
+        .collect();
+    let reported_unreachable = unreachable.clone();
     let unreachable: HashSet<String> = unreachable.into_iter().collect();
     // One lookup of the head, under one lock: its place is kept for the selection, and the
     // samples naming a body that is not enrolled (removed since the head probed it) dropped.
@@ -124,18 +131,29 @@ pub async fn eligible(
         venue: &venue,
         owner: &owner,
     };
+    // This replica's memory of what the head said (not stored: a failure is worth remembering
+    // for a minute, and a restarted replica relearns it from the next discovery).
+    let view = {
+        let mut memory = state.head_memory();
+        if !reached.is_empty() || !reported_unreachable.is_empty() {
+            memory.record(
+                &head_id,
+                HeadReport {
+                    unreachable: &reported_unreachable,
+                    reached: &reached,
+                },
+                now,
+            );
+        }
+        memory.view(&head_id, now)
+    };
     let registry = state.registry().read().expect("registry lock poisoned");
     let observations = Observations {
         latency: registry.latency_of(&head_id),
         unreachable: (!unreachable.is_empty()).then_some(&unreachable),
     };
-    let selection = select_bodies(
-        &head,
-        registry.in_district(head.district),
-        now,
-        &settings,
-        &observations,
-    );
+    let bodies: Vec<&hydra_core::Node> = registry.in_district(head.district).collect();
+    let selection = select_learning(&head, &bodies, now, &settings, &observations, &view);
     metrics::counter!("hydra_eligible_requests_total", "policy" => selection.policy.as_str())
         .increment(1);
     let answer = EligibleResponse::from(&selection);
@@ -143,13 +161,7 @@ pub async fn eligible(
         return Ok(Json(answer).into_response());
     }
     // The same view, time and observations as the answer, under the same lock.
-    let explanation = explain_selection(
-        &head,
-        registry.in_district(head.district),
-        now,
-        &settings,
-        &observations,
-    );
+    let explanation = explain_learning(&head, &bodies, now, &settings, &observations, &view);
     Ok(Json(ExplainedEligible::new(answer, &explanation)).into_response())
 }
 

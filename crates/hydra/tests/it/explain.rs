@@ -71,6 +71,60 @@ fn reasons(answer: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Issue 13, "selection that learns from its heads": a body the head reported unreachable on
+/// both paths is left out of its answers (`learned_unreachable` in the trace) for
+/// `--unreachable-for`, then comes back; a body reached over WireGuard only is `wg_only` in the
+/// answer and the trace.
+#[tokio::test]
+async fn a_body_reported_unreachable_is_left_out_for_the_window_and_wg_only_is_shown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut setup = ServerSetup::sqlite(dir.path());
+    setup.extra = vec!["--unreachable-for".into(), "2s".into()];
+    let server = ServerProcess::start(&setup);
+    district(&server).await;
+    let eligible = |query: &'static str| {
+        let url = server.api(&format!("/bodies/eligible?{query}"));
+        async move {
+            let (status, answer) = call(Method::GET, &url, None).await;
+            assert_eq!(status, 200, "{answer}");
+            answer
+        }
+    };
+    let answer = eligible("head_id=h").await;
+    assert_eq!(answer["policy"], "quickroute", "{answer}");
+
+    // Round 2 of a discovery: the venue body failed on both paths, b-c7 answered on WireGuard.
+    let answer = eligible("head_id=h&unreachable=b-venue&measured=b-c7:wireguard:12").await;
+    assert_eq!(answer["policy"], "cross_venue", "{answer}");
+    assert_eq!(answer["bodies"][0]["id"], "b-c7");
+    assert_eq!(answer["bodies"][0]["wg_only"], true, "{answer}");
+
+    // The next discovery names nothing, and still gets only what can work.
+    let answer = eligible("head_id=h&explain=true").await;
+    assert_eq!(answer["policy"], "cross_venue", "{answer}");
+    assert!(
+        reasons(&answer).contains(&"b-venue learned_unreachable".to_owned()),
+        "{answer}"
+    );
+    assert_eq!(answer["explain"][0]["id"], "b-c7");
+    assert_eq!(answer["explain"][0]["wg_only"], true, "{answer}");
+
+    // After the window the venue body is back (polled with a deadline, not timed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let answer = eligible("head_id=h").await;
+        if answer["policy"] == "quickroute" {
+            assert_eq!(answer["bodies"][0]["id"], "b-venue");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b-venue still left out 20 s after a 2 s window: {answer}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn explain_says_why_each_node_of_the_district_was_kept_or_left_out() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -174,9 +174,22 @@ async fn unreachable_bodies_open_the_fallback_and_measured_latency_ranks_it() {
         call(Method::GET, &server.api("/bodies/eligible?head_id=h&unreachable=b-venue&measured=b-near:wireguard:4,b-far:wireguard:35"), None).await;
     assert_eq!(ids(&answer), ["b-near", "b-far"]);
     assert_eq!(answer["bodies"][0]["rtt_ms"], 4);
-    // The unreachable list holds for one answer only.
+    // The server remembers what the head said (issue 13): b-venue, unreachable on both paths,
+    // stays out of this head's answers for `--unreachable-for` (60 s), and the bodies it reached
+    // over WireGuard only are marked `wg_only`.
     let (_, answer) = call(Method::GET, &server.api("/bodies/eligible?head_id=h"), None).await;
-    assert_eq!(ids(&answer), ["b-venue"]);
+    assert_eq!(ids(&answer), ["b-near", "b-far"]);
+    assert_eq!(answer["bodies"][0]["wg_only"], true, "{answer}");
+    assert_eq!(answer["bodies"][1]["wg_only"], true, "{answer}");
+    // A LAN answer clears the mark.
+    let (_, answer) = call(
+        Method::GET,
+        &server.api("/bodies/eligible?head_id=h&measured=b-near:lan:2"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&answer), ["b-near", "b-far"]);
+    assert!(answer["bodies"][0].get("wg_only").is_none(), "{answer}");
     let (status, answer) = call(
         Method::GET,
         &server.api("/bodies/eligible?head_id=h&measured=b-near:udp:4"),
