@@ -10,6 +10,7 @@
 //! places and starts a new one (in a task of its own, so a client that hangs up does not stop
 //! it).
 
+mod notice;
 mod start;
 
 pub(crate) use start::__path_create;
@@ -73,6 +74,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, end))
+        .routes(routes!(notice::notice))
         .routes(routes!(crate::routes::workers::list))
         .routes(routes!(crate::routes::workers::report))
         .merge(crate::colocated::router())

@@ -7,6 +7,7 @@ mod cli;
 mod config_sources;
 mod dashboard;
 mod demo;
+mod drain;
 mod durability;
 mod durability_in_flight;
 mod enrolment;
