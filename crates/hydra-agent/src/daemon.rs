@@ -42,6 +42,9 @@ pub enum DaemonError {
     /// The mesh cannot start (key file, UDP port); the message names the key or address.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// `server.tls_cert`/`server.tls_key` cannot be used; the message names the file.
+    #[error("server.tls_cert/server.tls_key: {0}")]
+    Tls(String),
 }
 
 /// Runs the agent until `shutdown`: binds `server.listen` first (exiting with
@@ -58,6 +61,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let bound = listener.local_addr().map_err(DaemonError::Serve)?;
+    // HTTPS when configured: a bad PEM stops the start, naming the file, before anything runs.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(hydra_proxy::tls::acceptor(cert, key).map_err(DaemonError::Tls)?)
+        }
+        _ => None,
+    };
     let (config, start) = crate::bundle::with_kept_bundle(config);
     let worker = if config.runs_worker() {
         let root = config.sessions_root();
@@ -118,6 +128,10 @@ pub async fn serve(
             tracing::error!(%error, "[journal] no write journal: writes made while no master answers are lost");
         }
     }
+    // The field's start-up warning, word for word, once: the health answer says `degraded` too.
+    if !config.wireguard_optional && !crate::local_api::wireguard_up() {
+        tracing::warn!("[worker] WARNING: no WireGuard interface detected");
+    }
     tracing::info!(listen = %bound, roles = %config.node.roles.join(","), servers = %config.controller.url.join(","), "[worker] hydra agent listening");
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -125,7 +139,7 @@ pub async fn serve(
         let stop = shutdown.clone();
         let limits = config.serve_settings();
         tasks.spawn(async move {
-            hydra_proxy::serve::serve(listener, app, limits, stop, "worker")
+            hydra_proxy::serve::serve_tls(listener, app, limits, stop, "worker", tls)
                 .await
                 .map_err(DaemonError::Serve)
         });

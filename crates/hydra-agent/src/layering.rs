@@ -11,6 +11,8 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::config_words::{Daemon, Source};
+
 /// Largest config file accepted.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -51,12 +53,15 @@ impl Provider for YamlFile {
     }
 }
 
-/// Merges `defaults`, the YAML file at `file` (if any), the `HYDRA_*` variables `env` selects
-/// and `flags` (a value whose fields are only the ones given), in that order of precedence,
-/// into a `T`. The error is one line per problem, naming the key and its source.
+/// Merges `defaults`, the YAML file at `file` (if any; the field's words for `daemon` moved
+/// onto Hydra's, `crate::config_words`), the `HYDRA_*` variables `env` selects and `flags` (a
+/// value whose fields are only the ones given), in that order of precedence, into a `T`. The
+/// error is one line per problem, naming the key and its source (an unknown key: its file, line
+/// and Hydra's name for it).
 pub fn layered<T, F>(
     defaults: &T,
     file: Option<&Path>,
+    daemon: Daemon,
     env: EnvKeys<'static>,
     flags: &F,
 ) -> Result<T, String>
@@ -67,11 +72,16 @@ where
     use figment::providers::{Env, Serialized};
     // Every layer in the default profile: figment's global profile would beat the environment.
     let mut figment = Figment::from(Serialized::defaults(defaults));
+    let mut yaml = None;
     if let Some(path) = file {
+        let (text, mut value) = read_yaml_text(path)?;
+        let source = Source { path, text: &text };
+        crate::config_words::translate(&mut value, daemon, source)?;
         figment = figment.merge(YamlFile {
             path: path.to_owned(),
-            value: read_yaml(path)?,
+            value,
         });
+        yaml = Some((path.to_owned(), text));
     }
     figment = match env {
         EnvKeys::Flat(keys) => figment.merge(Env::prefixed("HYDRA_").only(keys)),
@@ -88,12 +98,20 @@ where
     figment
         .merge(Serialized::defaults(flags))
         .extract()
-        .map_err(|error| describe(error, env))
+        .map_err(|error| {
+            let source = yaml.as_ref().map(|(path, text)| Source { path, text });
+            describe(error, env, daemon, source)
+        })
 }
 
 /// The YAML file at `path` as a mapping (an empty file is an empty mapping); the error names
 /// the file.
 pub fn read_yaml(path: &Path) -> Result<serde_json::Value, String> {
+    read_yaml_text(path).map(|(_, value)| value)
+}
+
+/// The YAML file at `path`: its text and its value as [`read_yaml`] gives it.
+fn read_yaml_text(path: &Path) -> Result<(String, serde_json::Value), String> {
     let metadata = std::fs::metadata(path)
         .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
     if metadata.len() > MAX_CONFIG_BYTES {
@@ -107,8 +125,8 @@ pub fn read_yaml(path: &Path) -> Result<serde_json::Value, String> {
     let value: serde_json::Value = serde_saphyr::from_str(&text)
         .map_err(|error| format!("config file {}: {error}", path.display()))?;
     match value {
-        serde_json::Value::Object(_) => Ok(value),
-        serde_json::Value::Null => Ok(serde_json::Value::Object(Default::default())),
+        serde_json::Value::Object(_) => Ok((text, value)),
+        serde_json::Value::Null => Ok((text, serde_json::Value::Object(Default::default()))),
         _ => Err(format!(
             "config file {}: expected a mapping of settings at the top level",
             path.display()
@@ -116,11 +134,32 @@ pub fn read_yaml(path: &Path) -> Result<serde_json::Value, String> {
     }
 }
 
-/// One line per figment error, naming the key and the file or the variable its value came from.
-fn describe(error: figment::Error, env: EnvKeys<'_>) -> String {
+/// One line per figment error, naming the key and the file or the variable its value came from;
+/// a key unknown in the file is named with its line and Hydra's name for it.
+fn describe(
+    error: figment::Error,
+    env: EnvKeys<'_>,
+    daemon: Daemon,
+    file: Option<Source<'_>>,
+) -> String {
     error
         .into_iter()
         .map(|error| {
+            let from_file = error
+                .metadata
+                .as_ref()
+                .is_some_and(|metadata| metadata.name.starts_with("config file"));
+            if let (figment::error::Kind::UnknownField(field, _), Some(source), true) =
+                (&error.kind, file, from_file)
+            {
+                // figment's path ends with the unknown field itself.
+                let mut segments: Vec<&str> = error.path.iter().map(String::as_str).collect();
+                if segments.last() != Some(&field.as_str()) {
+                    segments.push(field);
+                }
+                let key = segments.join(".");
+                return source.unknown_key(daemon, &key);
+            }
             let key = error.path.join(".");
             let origin = match error.metadata.as_ref() {
                 Some(metadata) if metadata.name.contains("environment") => {
@@ -188,8 +227,14 @@ mod tests {
                 },
             };
             let flags = serde_json::json!({"node": {"id": "a-flag"}});
-            let config: Sectioned =
-                layered(&defaults, Some(Path::new("agent.yaml")), SECTIONED, &flags).unwrap();
+            let config: Sectioned = layered(
+                &defaults,
+                Some(Path::new("agent.yaml")),
+                Daemon::Agent,
+                SECTIONED,
+                &flags,
+            )
+            .unwrap();
             assert_eq!(
                 config.node,
                 Node {
@@ -216,6 +261,7 @@ mod tests {
             let error = layered(
                 &defaults,
                 Some(Path::new("hydra.yaml")),
+                Daemon::Server,
                 FLAT,
                 &serde_json::json!({}),
             )
@@ -229,6 +275,7 @@ mod tests {
             let error = layered(
                 &defaults,
                 Some(Path::new("hydra.yaml")),
+                Daemon::Server,
                 FLAT,
                 &serde_json::json!({}),
             )

@@ -8,6 +8,8 @@
 pub mod bundle;
 pub mod cluster;
 pub mod config;
+pub mod config_values;
+pub mod config_words;
 pub mod daemon;
 pub mod enrol;
 pub mod head;

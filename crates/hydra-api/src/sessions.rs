@@ -208,6 +208,12 @@ pub struct WorkerView {
     pub agent_url: Option<String>,
     /// Last heartbeat, RFC 3339 UTC.
     pub last_heartbeat: Option<String>,
+    /// Drained with sessions still running: they go on until they end (or are ended).
+    #[serde(default)]
+    pub draining: bool,
+    /// The sessions a drained worker still runs (0 when not drained).
+    #[serde(default)]
+    pub sessions_left: u32,
 }
 
 /// `GET /api/v1/workers`.
@@ -430,4 +436,20 @@ mod query_tests {
             })
         );
     }
+}
+
+/// `POST /api/v1/sessions/{id}/notice` (server, admin; agent, its key or `api_token`): the
+/// session's page shows "this stream ends in N s" (a drain's deadline is coming).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionNotice {
+    /// Seconds until the stream ends, 1 to 86400.
+    pub ends_in_s: u32,
+}
+
+/// `GET /session/{id}/notice` (the page, with its viewer capability): the notice, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PageNotice {
+    /// Seconds until the stream ends; absent without a notice.
+    pub ends_in_s: Option<u32>,
 }

@@ -121,6 +121,19 @@ impl AgentClient {
             .await
     }
 
+    /// `POST /api/v1/sessions/{id}/notice`: the session's page shows that its stream ends in
+    /// `ends_in_s` seconds.
+    pub async fn notice_session(
+        &self,
+        id: &str,
+        notice: &hydra_api::SessionNotice,
+    ) -> Result<hydra_api::SessionNotice, ClientError> {
+        let body = serde_json::to_vec(notice)
+            .map_err(|error| ClientError::Config(format!("cannot encode the notice: {error}")))?;
+        self.call(Method::POST, &format!("sessions/{id}/notice"), Some(body))
+            .await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

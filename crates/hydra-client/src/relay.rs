@@ -47,6 +47,22 @@ impl Client {
         self.execute(&call).await?.json()
     }
 
+    /// `POST /api/v1/sessions/{id}/notice`: the session's page shows that its stream ends in
+    /// `ends_in_s` seconds (a drain's deadline); repeating it only moves the end.
+    pub async fn notice_session(
+        &self,
+        id: &str,
+        ends_in_s: u32,
+    ) -> Result<hydra_api::SessionNotice, ClientError> {
+        let call = Call::new(
+            Method::POST,
+            Kind::IdempotentWrite,
+            &["sessions", id, "notice"],
+        )
+        .with_json(&hydra_api::SessionNotice { ends_in_s })?;
+        self.execute(&call).await?.json()
+    }
+
     /// `GET /api/v1/workers`: every worker with its health and load.
     pub async fn list_workers(&self) -> Result<WorkerList, ClientError> {
         let call = Call::new(Method::GET, Kind::Read, &["workers"]);

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod capture;
+pub mod drain;
 pub mod explain;
 pub mod failover;
 pub mod health;

@@ -77,17 +77,15 @@ impl Default for PlacementSettings {
 /// Why no worker was chosen; `Display` gives the field's words exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlacementError {
-    /// No worker is both heard from recently and not drained.
+    /// No worker is heard from recently, not drained and below its maximum: the field's one
+    /// answer when the fleet is full (a worker asked directly says `max sessions reached`).
     NoHealthyWorkers,
-    /// Every healthy worker runs its maximum number of sessions.
-    MaxSessionsReached,
 }
 
 impl fmt::Display for PlacementError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             PlacementError::NoHealthyWorkers => "no healthy workers available",
-            PlacementError::MaxSessionsReached => "max sessions reached",
         })
     }
 }
@@ -122,21 +120,16 @@ pub fn compare_ratio((load_a, max_a): (u32, u32), (load_b, max_b): (u32, u32)) -
 /// the lowest load ratio. Ties go to the worker with more free slots, then to the smallest id, so
 /// the same input always gives the same answer whatever its order.
 ///
-/// Errors: [`PlacementError::NoHealthyWorkers`] when no worker is healthy,
-/// [`PlacementError::MaxSessionsReached`] when every healthy worker is full.
+/// Errors: [`PlacementError::NoHealthyWorkers`] when no worker is healthy or every healthy one
+/// is full (the field's words for both).
 pub fn least_loaded_worker<'a>(
     workers: &[WorkerLoad<'a>],
     now: UnixMillis,
     settings: &PlacementSettings,
 ) -> Result<WorkerId<'a>, PlacementError> {
-    let mut any_healthy = false;
     let mut best: Option<&WorkerLoad<'a>> = None;
     for worker in workers {
-        if !worker.is_healthy(now, settings) {
-            continue;
-        }
-        any_healthy = true;
-        if worker.is_full() {
+        if !worker.is_healthy(now, settings) || worker.is_full() {
             continue;
         }
         best = match best {
@@ -146,7 +139,6 @@ pub fn least_loaded_worker<'a>(
     }
     match best {
         Some(worker) => Ok(worker.id),
-        None if any_healthy => Err(PlacementError::MaxSessionsReached),
         None => Err(PlacementError::NoHealthyWorkers),
     }
 }

@@ -91,6 +91,7 @@ impl PageContext {
             session_id: &'a str,
             quit_url: String,
             rating_url: String,
+            notice_url: String,
             return_url: &'a str,
             report_link: String,
             ice_servers: &'a [serde_json::Value],
@@ -100,6 +101,7 @@ impl PageContext {
             session_id: &self.session_id,
             quit_url: format!("/session/{}/quit", self.session_id),
             rating_url: format!("/session/{}/rating", self.session_id),
+            notice_url: format!("/session/{}/notice", self.session_id),
             return_url: &self.return_url,
             report_link: self.report_link(),
             ice_servers: &self.ice_servers,
@@ -164,6 +166,32 @@ const SCRIPT: &str = r#"
     (document.body || document.documentElement).appendChild(overlay);
   }
   window.__hydraShowEnded = showEnded;
+  // A drain's deadline: the agent says the stream ends in N s; a banner counts down.
+  function showNotice(seconds) {
+    var banner = document.getElementById("hydra-ends-soon");
+    if (!banner) {
+      banner = el("div", {id: "hydra-ends-soon", role: "status", style:
+        "position:fixed;top:0;left:0;right:0;z-index:2147483646;background:#b60;color:#fff;" +
+        "padding:.5em;text-align:center;font:16px sans-serif"});
+      (document.body || document.documentElement).appendChild(banner);
+    }
+    banner.textContent = "This stream ends in " + seconds + " s";
+  }
+  var endsAt = null;
+  function pollNotice() {
+    fetch(ctx.notice_url, {credentials: "same-origin"}).then(function (answer) {
+      return answer.ok ? answer.json() : null;
+    }).then(function (notice) {
+      if (notice && typeof notice.ends_in_s === "number") {
+        endsAt = Date.now() + notice.ends_in_s * 1000;
+      }
+    }).catch(function () {});
+  }
+  setInterval(pollNotice, 5000);
+  setInterval(function () {
+    if (endsAt !== null) { showNotice(Math.max(0, Math.ceil((endsAt - Date.now()) / 1000))); }
+  }, 1000);
+  pollNotice();
   var Native = window.RTCPeerConnection;
   if (Native) {
     var Watched = function (config, constraints) {
@@ -323,6 +351,18 @@ mod tests {
             "{relayed}"
         );
         assert!(relayed.contains(r#"config.iceTransportPolicy = "relay""#));
+    }
+
+    #[test]
+    fn the_script_polls_the_session_s_notice_and_counts_down_its_end() {
+        let script = context().script();
+        assert!(
+            script.contains(r#""notice_url":"/session/s-1/notice""#),
+            "{script}"
+        );
+        assert!(script.contains("fetch(ctx.notice_url"), "{script}");
+        assert!(script.contains(r#""This stream ends in " + seconds + " s""#));
+        assert!(script.contains(r#"role: "status""#));
     }
 
     async fn rewrite(chunks: &[&str]) -> String {

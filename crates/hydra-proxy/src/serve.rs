@@ -60,6 +60,19 @@ pub async fn serve(
     shutdown: CancellationToken,
     component: &'static str,
 ) -> std::io::Result<()> {
+    serve_tls(listener, router, settings, shutdown, component, None).await
+}
+
+/// [`serve`], over TLS when `tls` is given (`crate::tls::acceptor`): each connection's
+/// handshake must finish within `settings.header_read_timeout`, like a request head.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    settings: ServeSettings,
+    shutdown: CancellationToken,
+    component: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let max_connections = settings.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut connections = tokio::task::JoinSet::new();
@@ -110,6 +123,7 @@ pub async fn serve(
             settings,
             shutdown.clone(),
             component,
+            tls.clone(),
         ));
     }
     // Stop accepting: new connections are refused from here on.
@@ -132,7 +146,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it ends, its watchdog fires, or shutdown drops it.
+/// Serves one connection (after its TLS handshake, with `tls`) until it ends, its watchdog
+/// fires, or shutdown drops it.
 async fn run_connection(
     socket: TcpStream,
     permit: OwnedSemaphorePermit,
@@ -140,16 +155,55 @@ async fn run_connection(
     settings: ServeSettings,
     shutdown: CancellationToken,
     component: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked {
+    let tracked = Tracked {
         socket,
         activity: Arc::clone(&activity),
         _permit: Closing {
             _permit: permit,
             component,
         },
-    });
+    };
+    let Some(acceptor) = tls else {
+        let io = TokioIo::new(tracked);
+        return drive(io, activity, router, settings, shutdown, component).await;
+    };
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tracked)) => handshake,
+        _ = shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            drive(
+                TokioIo::new(stream),
+                activity,
+                router,
+                settings,
+                shutdown,
+                component,
+            )
+            .await
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "[{component}] TLS handshake failed");
+        }
+        Err(_) => tracing::debug!("[{component}] TLS handshake timed out"),
+    }
+}
+
+/// Runs HTTP/1.1 (with upgrades) on `io` beside its watchdog.
+async fn drive<I>(
+    io: I,
+    activity: Arc<Activity>,
+    router: Router,
+    settings: ServeSettings,
+    shutdown: CancellationToken,
+    component: &'static str,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = Requests {
         router: hyper_util::service::TowerToHyperService::new(router),
         activity: Arc::clone(&activity),

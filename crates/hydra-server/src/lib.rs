@@ -238,6 +238,18 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     limits: ServeSettings,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, state, shutdown, limits, None).await
+}
+
+/// [`serve_with`] over TLS when `tls` is given (`hydra_proxy::tls::acceptor`, the field's
+/// `server.tls_cert`/`server.tls_key`).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    limits: ServeSettings,
+    tls: Option<hydra_proxy::tls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let _ = metrics_handle();
     let mut duties = tokio::task::JoinSet::new();
     // On PostgreSQL: follow the lease. The first round runs before serving, so a replica that
@@ -269,9 +281,15 @@ pub async fn serve_with(
         state.clone(),
         shutdown.clone(),
     ));
-    let outcome =
-        hydra_proxy::serve::serve(listener, app(state), limits, shutdown.clone(), "controller")
-            .await;
+    let outcome = hydra_proxy::serve::serve_tls(
+        listener,
+        app(state),
+        limits,
+        shutdown.clone(),
+        "controller",
+        tls,
+    )
+    .await;
     shutdown.cancel();
     while duties.join_next().await.is_some() {}
     outcome

@@ -21,8 +21,14 @@ where
     T: Serialize + DeserializeOwned,
     F: Serialize,
 {
-    hydra_agent::layering::layered(defaults, file, EnvKeys::Flat(env_keys), flags)
-        .map_err(anyhow::Error::msg)
+    hydra_agent::layering::layered(
+        defaults,
+        file,
+        hydra_agent::config_words::Daemon::Server,
+        EnvKeys::Flat(env_keys),
+        flags,
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod client_args;
 mod cluster;
 mod config;
 mod demo;
+mod drain;
 mod head;
 mod logging;
 mod node_config;
@@ -20,6 +21,7 @@ mod server;
 mod sessions;
 mod signals;
 mod status;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -48,9 +50,12 @@ enum Command {
     Bodies(bodies::Command),
     /// List the control plane's replicas: id, URL, which one is master, which are healthy.
     Replicas(replicas::Args),
-    /// List (filtered, paged), show and end relay sessions.
+    /// List (filtered, paged), show, create and end relay sessions.
     #[command(subcommand)]
     Sessions(sessions::Command),
+    /// List the relay workers: health, load, drained or draining with the sessions left.
+    #[command(subcommand)]
+    Workers(workers::Command),
     /// Capture nodes' monitor feeds: start (one node or fan-out), list, show, tail, download,
     /// stop.
     #[command(subcommand)]
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
             Command::Bodies(command) => bodies::run(command).await,
             Command::Replicas(args) => replicas::run(args).await,
             Command::Sessions(command) => sessions::run(command).await,
+            Command::Workers(command) => workers::run(command).await,
             Command::Captures(command) => captures::run(command).await,
             Command::Head(command) => head::run(command).await,
             Command::Agent(args) => agent::run(args).await,

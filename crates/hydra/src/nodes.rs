@@ -23,8 +23,9 @@ pub enum Command {
     /// Move a node to another district and venue (park a body in e.g. `bxl1-test` to take it
     /// out of selection; move it back to restore it).
     Move(MoveArgs),
-    /// Drain a node: it stays enrolled but takes no new work.
-    Drain(IdArgs),
+    /// Drain a node: it stays enrolled but takes no new work; its running sessions go on
+    /// (`--wait` follows them until the last ends).
+    Drain(DrainArgs),
     /// Undrain a node: it takes new work again.
     Undrain(IdArgs),
     /// Remove a node from the registry (its token stops working).
@@ -68,6 +69,29 @@ pub struct IdArgs {
     /// The node's id.
     #[arg(value_name = "ID")]
     id: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Options of `hydra nodes drain`.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// The node's id.
+    #[arg(value_name = "ID")]
+    id: String,
+    /// Follow the worker's running sessions until the last one ends, printing an estimate from
+    /// their ages.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: after this long (e.g. 10m), tell each session's page its stream ends in
+    /// --notice, then end the sessions left.
+    #[arg(long, value_name = "DURATION", requires = "wait",
+        value_parser = crate::client_args::parse_duration)]
+    deadline: Option<std::time::Duration>,
+    /// With --deadline: how long the pages are told before their sessions end.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+        value_parser = crate::client_args::parse_duration)]
+    notice: std::time::Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -185,7 +209,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Show(args) => show(args).await,
         Command::Enrol(args) => enrol(args).await,
         Command::Move(args) => move_node(args).await,
-        Command::Drain(args) => set_drained(args, true).await,
+        Command::Drain(args) => drain(args).await,
         Command::Undrain(args) => set_drained(args, false).await,
         Command::Remove(args) => remove(args).await,
         Command::Token(TokenCommand::Create(args)) => create_token(args).await,
@@ -326,6 +350,24 @@ async fn set_drained(args: IdArgs, drained: bool) -> anyhow::Result<ExitCode> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn drain(args: DrainArgs) -> anyhow::Result<ExitCode> {
+    let id_args = IdArgs {
+        id: args.id.clone(),
+        client: args.client.clone(),
+    };
+    let outcome = set_drained(id_args, true).await?;
+    if args.wait {
+        let client = args.client.client()?;
+        let follow = crate::drain::Follow {
+            deadline: args.deadline,
+            notice: args.notice,
+            json: args.client.json,
+        };
+        crate::drain::follow(&client, &args.id, follow).await?;
+    }
+    Ok(outcome)
 }
 
 async fn remove(args: IdArgs) -> anyhow::Result<ExitCode> {

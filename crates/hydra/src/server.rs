@@ -88,37 +88,55 @@ pub struct Args {
     unreachable_for: Option<String>,
 }
 
-/// The resolved server configuration.
+/// The resolved server configuration. Durations are seconds, written with units (`60s`, `7d`)
+/// or as plain numbers; the field's controller files load as they are (`crate::config_words`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerConfig {
+    #[serde(deserialize_with = "hydra_agent::config_values::listen_addr")]
     listen: SocketAddr,
     data_dir: PathBuf,
     admin_token: Option<String>,
     database_url: Option<String>,
-    heartbeat_timeout: u64,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    heartbeat_timeout: f64,
     #[serde(alias = "advertise_url")]
     public_url: Option<String>,
+    /// The name clients reach this server at (the field's `server.domain`): the default
+    /// `public_url` is `https://<domain>` with TLS, `http://<domain>:<port>` without.
+    domain: Option<String>,
+    /// PEM certificate chain (the field's `server.tls_cert`): with `tls_key`, HTTPS only.
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (the field's `server.tls_key`).
+    tls_key: Option<PathBuf>,
     body_limit_bytes: usize,
     max_sessions_per_worker: u32,
     agent_url_hosts: String,
-    session_retention: String,
-    capture_retention: String,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    session_retention: f64,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    capture_retention: f64,
     /// Seconds a request head may take to arrive.
-    header_read_timeout: u64,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    header_read_timeout: f64,
     /// Seconds a keep-alive connection may wait between requests.
-    idle_timeout: u64,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    idle_timeout: f64,
     /// Connections open at once; past it, new ones wait.
     max_connections: usize,
     /// Seconds open connections get to finish after SIGTERM/SIGINT before they are dropped.
-    shutdown_timeout: u64,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    shutdown_timeout: f64,
     replica_id: Option<String>,
-    lease_ttl: String,
-    lease_renew: String,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    lease_ttl: f64,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    lease_renew: f64,
     /// The peer mesh (issue 11): the agent's `cluster:` keys; from the YAML file only.
     #[serde(default)]
     cluster: hydra_mesh::ClusterSection,
-    unreachable_for: String,
+    #[serde(deserialize_with = "hydra_agent::config_values::seconds")]
+    unreachable_for: f64,
 }
 
 impl Default for ServerConfig {
@@ -128,22 +146,25 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./hydra-data"),
             admin_token: None,
             database_url: None,
-            heartbeat_timeout: 60,
+            heartbeat_timeout: 60.0,
             public_url: None,
+            domain: None,
+            tls_cert: None,
+            tls_key: None,
             body_limit_bytes: 64 * 1024,
             max_sessions_per_worker: Settings::DEFAULT_MAX_SESSIONS_PER_WORKER,
             agent_url_hosts: String::new(),
-            session_retention: "7d".to_owned(),
-            capture_retention: "7d".to_owned(),
-            header_read_timeout: 10,
-            idle_timeout: 60,
+            session_retention: 7.0 * 86_400.0,
+            capture_retention: 7.0 * 86_400.0,
+            header_read_timeout: 10.0,
+            idle_timeout: 60.0,
             max_connections: 1024,
-            shutdown_timeout: 10,
+            shutdown_timeout: 10.0,
             replica_id: None,
-            lease_ttl: "6s".to_owned(),
-            lease_renew: "2s".to_owned(),
+            lease_ttl: 6.0,
+            lease_renew: 2.0,
             cluster: hydra_mesh::ClusterSection::default(),
-            unreachable_for: "60s".to_owned(),
+            unreachable_for: 60.0,
         }
     }
 }
@@ -155,6 +176,9 @@ const ENV_KEYS: &[&str] = &[
     "database_url",
     "heartbeat_timeout",
     "public_url",
+    "domain",
+    "tls_cert",
+    "tls_key",
     "body_limit_bytes",
     "max_sessions_per_worker",
     "agent_url_hosts",
@@ -170,78 +194,63 @@ const ENV_KEYS: &[&str] = &[
     "unreachable_for",
 ];
 
-/// Runs the server until interrupted.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config: ServerConfig = crate::config::layered(
+/// The configuration `args` resolve to: defaults, the file, `HYDRA_*`, flags.
+fn resolve(args: &Args) -> anyhow::Result<ServerConfig> {
+    crate::config::layered(
         &ServerConfig::default(),
         args.config.as_deref(),
         ENV_KEYS,
-        &args,
-    )?;
+        args,
+    )
+}
+
+/// Runs the server until interrupted.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = resolve(&args)?;
     anyhow::ensure!(
-        config.heartbeat_timeout > 0,
+        config.heartbeat_timeout >= 1.0,
         "--heartbeat-timeout must be at least 1 second"
     );
-    let session_retention =
-        humantime::parse_duration(&config.session_retention).with_context(|| {
-            format!(
-                "--session-retention {:?} is not a duration (e.g. 7d, 12h)",
-                config.session_retention
-            )
-        })?;
+    let session_retention = Duration::from_secs_f64(config.session_retention);
     anyhow::ensure!(
         session_retention >= Duration::from_secs(60),
         "--session-retention must be at least 1m"
     );
-    let capture_retention =
-        humantime::parse_duration(&config.capture_retention).with_context(|| {
-            format!(
-                "--capture-retention {:?} is not a duration (e.g. 7d, 12h)",
-                config.capture_retention
-            )
-        })?;
+    let capture_retention = Duration::from_secs_f64(config.capture_retention);
     anyhow::ensure!(
         capture_retention >= Duration::from_secs(60),
         "--capture-retention must be at least 1m"
     );
     anyhow::ensure!(
-        config.header_read_timeout > 0 && config.idle_timeout > 0,
-        "header_read_timeout and idle_timeout must be at least 1 second"
+        config.header_read_timeout > 0.0 && config.idle_timeout > 0.0,
+        "header_read_timeout and idle_timeout must be more than 0 seconds"
     );
     anyhow::ensure!(
         config.max_connections > 0,
         "max_connections must be at least 1"
     );
-    let lease_ttl = humantime::parse_duration(&config.lease_ttl).with_context(|| {
-        format!(
-            "--lease-ttl {:?} is not a duration (e.g. 6s)",
-            config.lease_ttl
-        )
-    })?;
-    let lease_renew = humantime::parse_duration(&config.lease_renew).with_context(|| {
-        format!(
-            "--lease-renew {:?} is not a duration (e.g. 2s)",
-            config.lease_renew
-        )
-    })?;
+    let lease_ttl = Duration::from_secs_f64(config.lease_ttl);
+    let lease_renew = Duration::from_secs_f64(config.lease_renew);
     let lease = hydra_core::mastership::LeaseTiming::new(
         u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX),
         u64::try_from(lease_renew.as_millis()).unwrap_or(u64::MAX),
     )
     .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
     config.cluster.validate().map_err(anyhow::Error::msg)?;
-    let unreachable_for =
-        humantime::parse_duration(&config.unreachable_for).with_context(|| {
-            format!(
-                "--unreachable-for {:?} is not a duration (e.g. 60s, 5m)",
-                config.unreachable_for
-            )
-        })?;
+    let unreachable_for = Duration::from_secs_f64(config.unreachable_for);
     let limits = hydra_server::ServeSettings {
-        header_read_timeout: Duration::from_secs(config.header_read_timeout),
-        idle_timeout: Duration::from_secs(config.idle_timeout),
+        header_read_timeout: Duration::from_secs_f64(config.header_read_timeout),
+        idle_timeout: Duration::from_secs_f64(config.idle_timeout),
         max_connections: config.max_connections,
-        shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+        shutdown_timeout: Duration::from_secs_f64(config.shutdown_timeout),
+    };
+    // HTTPS when configured (the field's server.tls_cert/tls_key): a bad PEM names the file.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            hydra_proxy::tls::acceptor(cert, key).map_err(|error| anyhow::anyhow!("{error}"))?,
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!("tls_cert and tls_key go together: set both or neither"),
     };
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -299,11 +308,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .local_addr()
         .context("cannot read the bound address")?;
     let settings = Settings {
-        heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout),
+        heartbeat_timeout: Duration::from_secs_f64(config.heartbeat_timeout),
         public_url: config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{bound}")),
+            .unwrap_or_else(|| match &config.domain {
+                Some(domain) => hydra_agent::config_values::domain_url(
+                    domain,
+                    config.tls_cert.is_some(),
+                    bound.port(),
+                ),
+                None => format!("http://{bound}"),
+            }),
         body_limit_bytes: config.body_limit_bytes,
         max_sessions_per_worker: config.max_sessions_per_worker,
         agent_url_hosts: config
@@ -341,7 +357,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
         "[controller] shutting down: finishing in-flight requests (a second signal exits at once)",
     ));
-    hydra_server::serve_with(listener, state, shutdown, limits)
+    hydra_server::serve_with_tls(listener, state, shutdown, limits, tls)
         .await
         .context("server failed")?;
     store.close().await;
@@ -374,3 +390,7 @@ fn lock_sqlite(database: &std::path::Path) -> anyhow::Result<std::fs::File> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "server_field_tests.rs"]
+mod field_tests;

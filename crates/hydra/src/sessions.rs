@@ -1,8 +1,9 @@
-//! `hydra sessions`: list (filtered, paged), show and end relay sessions, through the SDK.
+//! `hydra sessions`: list (filtered, paged), show, create and end relay sessions, through the
+//! SDK.
 
 use std::process::ExitCode;
 
-use hydra_api::{SessionList, SessionQuery, SessionState, SessionView};
+use hydra_api::{CreateSessionRequest, SessionList, SessionQuery, SessionState, SessionView};
 
 use crate::client_args::ClientArgs;
 use crate::output::{Table, key_values, or_dash, print, print_json};
@@ -14,6 +15,8 @@ pub enum Command {
     List(ListArgs),
     /// Show one session.
     Show(IdArgs),
+    /// Create a session on the least-loaded healthy worker; prints its stream URL.
+    Create(CreateArgs),
     /// End a session: its worker ends the process; the record turns `stopped`.
     End(IdArgs),
 }
@@ -64,6 +67,32 @@ pub struct ListArgs {
     client: ClientArgs,
 }
 
+/// Options of `hydra sessions create`: the body by address, or the head to pick one for.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The body's address (its streaming server on 47990).
+    #[arg(long, value_name = "IP", required_unless_present = "head_id")]
+    body_ip: Option<String>,
+    /// The head the session is for: the selection policy picks the body.
+    #[arg(long, value_name = "ID")]
+    head_id: Option<String>,
+    /// Sunshine user for the pairing (else the worker's `sunshine.username`); the password
+    /// comes from HYDRA_SUNSHINE_PASS only (argv is readable by every local user).
+    #[arg(long, value_name = "USER")]
+    sunshine_user: Option<String>,
+    /// The experience to launch.
+    #[arg(long, value_name = "NAME")]
+    experience: Option<String>,
+    /// The executable the body launches.
+    #[arg(long, value_name = "PATH")]
+    exe_path: Option<String>,
+    /// Only workers of this district.
+    #[arg(long, value_name = "DISTRICT")]
+    district: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
 /// A command that names one session.
 #[derive(Debug, clap::Args)]
 pub struct IdArgs {
@@ -79,6 +108,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::List(args) => list(args).await,
         Command::Show(args) => show(args).await,
+        Command::Create(args) => create(args).await,
         Command::End(args) => end(args).await,
     }
 }
@@ -110,6 +140,24 @@ async fn show(args: IdArgs) -> anyhow::Result<ExitCode> {
         args.client
             .explain(error, format!("cannot show session {:?}", args.id))
     })?;
+    print_session(&args.client, &session)
+}
+
+async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let request = CreateSessionRequest {
+        body_ip: args.body_ip.clone(),
+        head_id: args.head_id.clone(),
+        sunshine_user: args.sunshine_user.clone(),
+        sunshine_pass: std::env::var("HYDRA_SUNSHINE_PASS").ok(),
+        experience: args.experience.clone(),
+        exe_path: args.exe_path.clone(),
+        district: args.district.clone(),
+    };
+    let session = client
+        .create_session(&request)
+        .await
+        .map_err(|error| args.client.explain(error, "cannot create a session"))?;
     print_session(&args.client, &session)
 }
 

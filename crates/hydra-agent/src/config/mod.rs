@@ -32,6 +32,7 @@ const SECTIONS: &[&str] = &[
     "wireguard_optional",
     "api_token",
     "cluster",
+    "report",
 ];
 
 /// Everything `hydra agent` runs with.
@@ -68,6 +69,8 @@ pub struct AgentConfig {
     pub api_token: Option<String>,
     /// The peer mesh (issue 11).
     pub cluster: ClusterSection,
+    /// Where session records go (the field's `nps:`).
+    pub report: ReportSection,
 }
 
 impl Default for AgentConfig {
@@ -88,6 +91,7 @@ impl Default for AgentConfig {
             wireguard_optional: false,
             api_token: None,
             cluster: ClusterSection::default(),
+            report: ReportSection::default(),
         }
     }
 }
@@ -104,6 +108,7 @@ impl AgentConfig {
         let config: AgentConfig = crate::layering::layered(
             &AgentConfig::default(),
             file,
+            crate::config_words::Daemon::Agent,
             crate::layering::EnvKeys::Sectioned(SECTIONS),
             &flags,
         )
@@ -219,6 +224,11 @@ impl AgentConfig {
                 return fail(format!("{key} must be between 0 and 86400 seconds"));
             }
         }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return fail(
+                "server.tls_cert and server.tls_key go together: set both or neither".into(),
+            );
+        }
         if self.server.max_connections == 0 {
             return fail("server.max_connections must be at least 1".into());
         }
@@ -261,12 +271,19 @@ impl AgentConfig {
         self.node.roles.iter().any(|role| role == "worker")
     }
 
-    /// The URL the control plane reaches the agent at.
+    /// The URL the control plane reaches the agent at (`server.domain`'s when set).
     pub fn public_url(&self) -> String {
+        let tls = self.server.tls_cert.is_some();
         self.server
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+            .unwrap_or_else(|| match &self.server.domain {
+                Some(domain) => {
+                    crate::config_values::domain_url(domain, tls, self.server.listen.port())
+                }
+                None if tls => format!("https://{}", self.server.listen),
+                None => format!("http://{}", self.server.listen),
+            })
             .trim_end_matches('/')
             .to_owned()
     }
@@ -457,5 +474,99 @@ mod tests {
         assert!(load_yaml("health:\n  interval: 1\n").is_ok());
         let poll = load_yaml("bundle:\n  poll_interval: 0\n").unwrap_err();
         assert!(poll.0.contains("bundle.poll_interval"), "{poll}");
+    }
+
+    #[test]
+    fn the_field_s_worker_file_loads_as_it_is() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/field/worker.yaml"
+        ));
+        let config = AgentConfig::load(Some(path), serde_json::json!({})).unwrap();
+        let loaded = format!(
+            "listen {}\npublic_url {}\ncontroller.url {:?}\napi_token {:?}\nreport {:?} token set {}\nsessions {} from {} return {}\nroles {:?}",
+            config.server.listen,
+            config.public_url(),
+            config.controller.url,
+            config.api_token,
+            config.report.url,
+            config.report.token.is_some(),
+            config.sessions.max,
+            config.sessions.port_range_start,
+            config.sessions.return_url,
+            config.node.roles,
+        );
+        expect_test::expect![[r#"
+            listen 0.0.0.0:8090
+            public_url http://w1.relay.example.org:8090
+            controller.url ["https://relay.example.org"]
+            api_token Some("worker-admin-token-0123")
+            report Some("https://nps.example.org/api/records") token set true
+            sessions 15 from 8080 return https://example.org/play
+            roles ["worker"]"#]]
+        .assert_eq(&loaded);
+    }
+
+    #[test]
+    fn durations_take_units_and_plain_seconds_everywhere() {
+        let config = load_yaml(
+            "heartbeat: {interval: 30s}\nhealth: {interval: 1m}\nsessions: {idle_timeout: 5m, ready_timeout: 30}\nserver: {shutdown_timeout: 500ms}\nturn: {credential_ttl: 12h}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                config.heartbeat.interval,
+                config.health.interval,
+                config.sessions.idle_timeout,
+                config.sessions.ready_timeout,
+                config.server.shutdown_timeout,
+                config.turn.credential_ttl,
+            ),
+            (30.0, 60.0, 300.0, 30.0, 0.5, 43_200.0)
+        );
+        let bad = load_yaml("heartbeat:\n  interval: soon\n").unwrap_err();
+        assert!(
+            bad.0.contains("heartbeat.interval") && bad.0.contains("not a duration"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_the_line_and_hydra_s_name() {
+        let cases = [
+            "mode: worker\nsessions:\n  max: 3\n  port_range_end: 8095\n",
+            "controller:\n  url: http://127.0.0.1:1\nheartbeat_interval: 30\n",
+            "server:\n  listen: \":8090\"\n  port: 8090\n",
+            "nps:\n  url: https://nps.example\n  project: relay\n",
+            "sessions:\n  maximum: 3\n",
+            "tls_cert: /etc/cert.pem\n",
+            "server: {tls_cert: /etc/cert.pem}\n",
+        ];
+        let errors: Vec<String> = cases
+            .iter()
+            .map(|yaml| {
+                let error = load_yaml(yaml).unwrap_err().0;
+                // The temp dir's name differs per run.
+                let Some((before, after)) = error.split_once("config file ") else {
+                    return error;
+                };
+                let after = after
+                    .split_once("agent.yaml")
+                    .map_or(after, |(_, rest)| rest);
+                format!("{before}config file <dir>/agent.yaml{after}")
+            })
+            .collect();
+        expect_test::expect![[r#"
+            [
+                "unknown key \"sessions.port_range_end\" in config file <dir>/agent.yaml line 4 (Hydra calls it sessions.max (ports run from sessions.port_range_start to start + max))",
+                "unknown key \"heartbeat_interval\" in config file <dir>/agent.yaml line 3 (Hydra calls it heartbeat.interval)",
+                "unknown key \"server.port\" in config file <dir>/agent.yaml line 3 (Hydra calls it server.listen)",
+                "unknown key \"nps.project\" in config file <dir>/agent.yaml line 3",
+                "unknown key \"sessions.maximum\" in config file <dir>/agent.yaml line 2",
+                "unknown key \"tls_cert\" in config file <dir>/agent.yaml line 1",
+                "server.tls_cert and server.tls_key go together: set both or neither",
+            ]
+        "#]]
+        .assert_debug_eq(&errors);
     }
 }

@@ -36,17 +36,28 @@ pub struct NodeSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// Address to listen on.
+    /// Address to listen on (`":47990"`: every interface, as the field writes it).
+    #[serde(deserialize_with = "crate::config_values::listen_addr")]
     pub listen: SocketAddr,
     /// URL the control plane (and browsers) reach the agent at; `http://<listen>` by default.
     pub public_url: Option<String>,
+    /// The name browsers reach this node at: stream URLs use it (`https://` with TLS) unless
+    /// `public_url` or `sessions.stream_base_url` say otherwise.
+    pub domain: Option<String>,
+    /// PEM certificate chain: with `tls_key`, the agent serves HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Seconds a request head may take to arrive.
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub header_read_timeout: f64,
     /// Seconds a keep-alive connection may wait between requests.
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub idle_timeout: f64,
     /// Connections open at once (WebSockets included); past it, new ones wait.
     pub max_connections: usize,
     /// Seconds open connections get to finish at shutdown before they are dropped.
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub shutdown_timeout: f64,
 }
 
@@ -54,7 +65,8 @@ pub struct ServerSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerSection {
-    /// Base URL of every replica.
+    /// Base URL of every replica (one URL or a list).
+    #[serde(deserialize_with = "crate::config_values::one_or_many")]
     pub url: Vec<String>,
     /// The admin token, used once to enrol (then the stored node token is used); prefer
     /// `enrolment_token`, so the admin token never sits on a node.
@@ -69,6 +81,7 @@ pub struct ControllerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatSection {
     /// Seconds between heartbeats.
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub interval: f64,
     /// Each wait is drawn from `interval * (1 ± jitter)`.
     pub jitter: f64,
@@ -79,6 +92,7 @@ pub struct HeartbeatSection {
 #[serde(deny_unknown_fields, default)]
 pub struct BundleSection {
     /// Seconds between polls of `GET /api/v1/nodes/{id}/config` (each wait jittered by 10 %).
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub poll_interval: f64,
 }
 
@@ -95,6 +109,7 @@ impl Default for BundleSection {
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
     /// Seconds between rounds (the field's 60 s; down to 1 s).
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub interval: f64,
 }
 
@@ -145,14 +160,18 @@ pub struct SessionsSection {
     /// The body's streaming port checked before a start.
     pub body_port: u16,
     /// Seconds to wait for a new session process to answer.
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub ready_timeout: f64,
     /// Seconds between liveness, data-dir and cleanup checks.
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub check_interval: f64,
     /// Seconds after which `error`/`stopped` sessions are removed.
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub idle_timeout: f64,
     /// Base of stream URLs; the agent's public URL by default (the server's URL when colocated).
     pub stream_base_url: Option<String>,
     /// Seconds a viewer capability minted into a stream URL stays valid (12 h).
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub viewer_ttl: f64,
 }
 
@@ -166,6 +185,7 @@ pub struct TurnSection {
     /// coturn's realm (`hydra agent turn-config`).
     pub realm: String,
     /// Seconds minted credentials stay valid (12 h, as the viewer capability).
+    #[serde(deserialize_with = "crate::config_values::seconds")]
     pub credential_ttl: f64,
     /// Pages use TURN only (`iceTransportPolicy: 'relay'`).
     pub force_relay: bool,
@@ -233,6 +253,9 @@ impl Default for ServerSection {
         ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             public_url: None,
+            domain: None,
+            tls_cert: None,
+            tls_key: None,
             header_read_timeout: 10.0,
             idle_timeout: 60.0,
             max_connections: 1024,
@@ -278,5 +301,26 @@ impl Default for SessionsSection {
             stream_base_url: None,
             viewer_ttl: hydra_proxy::capability::DEFAULT_TTL_SECS as f64,
         }
+    }
+}
+
+/// `report:` (the field's `nps:`): where session records go. Only loaded here; the sending is
+/// the session-records work of issue 14.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// The reporting endpoint (the field's `nps.url`).
+    pub url: Option<String>,
+    /// Its bearer token (the field's `nps.token`); never shown by `Debug`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ReportSection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ReportSection")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .finish()
     }
 }

@@ -96,6 +96,7 @@ struct Inner {
     monitor: Arc<crate::monitor::MonitorFeed>,
     monitor_closed: tokio_util::sync::CancellationToken,
     ride_out: crate::ride_out::RideOut,
+    notices: notice::Notices,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -144,6 +145,7 @@ impl AgentState {
                 monitor: crate::monitor::MonitorFeed::new(),
                 monitor_closed: tokio_util::sync::CancellationToken::new(),
                 ride_out: crate::ride_out::RideOut::default(),
+                notices: notice::Notices::default(),
             }),
         }
     }
@@ -366,6 +368,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Resp
 }
 
 mod local;
+mod notice;
 mod sessions;
 mod viewer;
 
@@ -384,6 +387,8 @@ pub fn router(state: AgentState) -> Router {
             "/api/v1/sessions/{id}",
             axum::routing::delete(sessions::stop_session),
         )
+        .route("/api/v1/sessions/{id}/notice", post(notice::give))
+        .route("/session/{id}/notice", get(notice::read))
         .route("/session/{id}/quit", post(sessions::quit))
         .route("/session/{id}/rating", post(sessions::rate))
         .route("/session/{id}", any(viewer::add_slash))

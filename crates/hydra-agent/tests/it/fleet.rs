@@ -385,7 +385,10 @@ async fn placement_follows_load_skips_full_and_silent_workers() {
     let workers: Vec<&str> = placed.iter().map(|s| s.worker_id.as_str()).collect();
     assert_eq!(workers, ["w-a", "w-b", "w-c", "w-a", "w-b", "w-c"]);
     let full = admin.create_session(&for_body()).await.unwrap_err();
-    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    assert!(
+        full.to_string().contains("no healthy workers available"),
+        "{full}"
+    );
 
     // Free both of c's slots and one of a's: c is the least loaded...
     admin.end_session(&placed[2].session_id).await.unwrap();
@@ -407,7 +410,10 @@ async fn placement_follows_load_skips_full_and_silent_workers() {
     let next = admin.create_session(&for_body()).await.unwrap();
     assert_eq!(next.worker_id, "w-a");
     let full = admin.create_session(&for_body()).await.unwrap_err();
-    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    assert!(
+        full.to_string().contains("no healthy workers available"),
+        "{full}"
+    );
 
     a.stop().await;
     b.stop().await;
@@ -469,7 +475,10 @@ async fn a_restarted_server_places_on_stored_worker_reports_without_a_new_report
         .unwrap();
     assert!(page.contains("stand-in stream"), "{page}");
     let full = admin.create_session(&for_body()).await.unwrap_err();
-    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    assert!(
+        full.to_string().contains("no healthy workers available"),
+        "{full}"
+    );
     let ended = admin.end_session(&before.session_id).await.unwrap();
     assert_eq!(ended.status, SessionState::Stopped);
 
@@ -721,7 +730,10 @@ async fn a_report_cannot_lose_a_placement_in_flight() {
     );
     admin.create_session(&for_body()).await.unwrap();
     let full = admin.create_session(&for_body()).await.unwrap_err();
-    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    assert!(
+        full.to_string().contains("no healthy workers available"),
+        "{full}"
+    );
     drop(in_flight);
     assert_eq!(
         slots_taken(&server, "w-r"),
@@ -784,7 +796,10 @@ async fn concurrent_creates_while_reports_arrive_are_all_counted() {
     }
     assert_eq!(slots_taken(&server, "w-1") + slots_taken(&server, "w-2"), 8);
     let full = admin.create_session(&for_body()).await.unwrap_err();
-    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    assert!(
+        full.to_string().contains("no healthy workers available"),
+        "{full}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -1123,7 +1138,10 @@ async fn concurrent_ends_of_one_session_free_one_slot() {
     admin.create_session(&for_body()).await.unwrap();
     admin.create_session(&for_body()).await.unwrap();
     let full = admin.create_session(&for_body()).await.unwrap_err();
-    assert!(full.to_string().contains("max sessions reached"), "{full}");
+    assert!(
+        full.to_string().contains("no healthy workers available"),
+        "{full}"
+    );
     assert_eq!(
         admin.session(&kept.session_id).await.unwrap().status,
         SessionState::Running

@@ -43,5 +43,6 @@ pub fn naive_place(
         .into_iter()
         .next()
         .map(|(_, _, id)| id)
-        .ok_or("max sessions reached")
+        // The field's controller answers a full fleet as one without healthy workers.
+        .ok_or("no healthy workers available")
 }

@@ -82,14 +82,15 @@ fn stale_drained_and_silent_workers_are_not_healthy() {
 #[test]
 fn full_workers_are_skipped() {
     check(&["full 15/15", "almost 14/15"], expect!["almost"]);
+    // A full fleet is the field's `no healthy workers available` (`max sessions reached` is a
+    // worker's own answer when asked directly).
     check(
         &["full 15/15", "over 16/15", "none 0/0"],
-        expect!["error: max sessions reached"],
+        expect!["error: no healthy workers available"],
     );
-    // A full healthy worker makes it "max sessions", even beside unhealthy ones with room.
     check(
         &["full 15/15", "stale 0/15 age=90000"],
-        expect!["error: max sessions reached"],
+        expect!["error: no healthy workers available"],
     );
 }
 
@@ -156,10 +157,6 @@ proptest! {
                 }
             }
             Err(PlacementError::NoHealthyWorkers) => {
-                prop_assert!(workers.iter().all(|w| !w.is_healthy(NOW, &SETTINGS)));
-            }
-            Err(PlacementError::MaxSessionsReached) => {
-                prop_assert!(workers.iter().any(|w| w.is_healthy(NOW, &SETTINGS)));
                 prop_assert!(workers.iter().filter(|w| w.is_healthy(NOW, &SETTINGS)).all(WorkerLoad::is_full));
             }
         }

@@ -59,6 +59,8 @@ pub async fn list(
                 load: load.load_ratio(),
                 agent_url: report.map(|info| info.agent_url.clone()),
                 last_heartbeat: node.last_heartbeat.map(hydra_api::rfc3339),
+                draining: node.drained && active > 0,
+                sessions_left: if node.drained { active } else { 0 },
             }
         })
         .collect();

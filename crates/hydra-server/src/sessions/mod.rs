@@ -11,6 +11,7 @@
 //! it); `worker_report.rs` applies a worker's report (sequence, reconcile, store, directory);
 //! `sweep.rs` is the duty that cleans up after workers that are gone.
 
+mod notice;
 mod start;
 mod sweep;
 mod worker_report;
@@ -79,6 +80,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, end))
+        .routes(routes!(notice::notice))
         .routes(routes!(crate::routes::workers::list))
         .routes(routes!(crate::routes::workers::report))
         .merge(crate::colocated::router())

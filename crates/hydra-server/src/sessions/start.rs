@@ -170,7 +170,7 @@ impl From<ClientError> for WorkerFailure {
     responses((status = 201, body = SessionView),
         (status = 400, description = "Bad field", body = ErrorBody),
         (status = 502, description = "The worker could not start it (the reason, e.g. `body <ip> unreachable on port 47990`)", body = ErrorBody),
-        (status = 503, description = "`no healthy workers available` or `max sessions reached`", body = ErrorBody)))]
+        (status = 503, description = "`no healthy workers available` (none healthy, or all full), or a worker's refusal", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(relay): Extension<Relay>,

@@ -36,8 +36,8 @@ pub(crate) struct Fleet {
     setup: ServerSetup,
     /// The stand-in Sunshine port: the kernel completes connections on its backlog.
     _body: TcpListener,
-    config: PathBuf,
-    agent_port: u16,
+    pub(crate) config: PathBuf,
+    pub(crate) agent_port: u16,
     sessions_root: PathBuf,
     /// Declared last, so it is removed after the server stopped.
     dir: tempfile::TempDir,
@@ -124,7 +124,7 @@ sessions:
         }
     }
 
-    fn agent_api(&self, path: &str) -> String {
+    pub(crate) fn agent_api(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/api/v1{path}", self.agent_port)
     }
 
@@ -166,7 +166,7 @@ sessions:
             .to_owned()
     }
 
-    async fn server_session(&self, id: &str) -> Value {
+    pub(crate) async fn server_session(&self, id: &str) -> Value {
         let (status, session) = call(
             Method::GET,
             &self.server.api(&format!("/sessions/{id}")),
@@ -183,7 +183,7 @@ sessions:
     }
 
     /// The server's view of the worker.
-    async fn server_worker(&self) -> Value {
+    pub(crate) async fn server_worker(&self) -> Value {
         let (status, list) = call(Method::GET, &self.server.api("/workers"), None).await;
         assert_eq!(status, 200, "{list}");
         list["workers"]

@@ -406,7 +406,7 @@ async fn a_worker_pointing_elsewhere_is_refused_and_never_gets_a_session() {
     .await;
     assert_eq!(
         (status, answer["message"].as_str()),
-        (503, Some("max sessions reached")),
+        (503, Some("no healthy workers available")),
         "{answer}"
     );
     assert_eq!(connections.load(Ordering::SeqCst), 0);
