@@ -64,6 +64,13 @@ pub struct WorkerSettings {
     /// The ICE servers (TURN credentials minted per session), handed to each process as
     /// `HYDRA_ICE_SERVERS` (JSON).
     pub ice: crate::turn::IceConfig,
+    /// First port of the sessions' WebRTC UDP ranges (`sessions.webrtc_port_start`, 40000).
+    pub webrtc_port_start: u16,
+    /// Ports per session (`sessions.webrtc_ports_per_session`, 20): the session in slot `n`
+    /// (port `port_range_start + n`) gets `start + width * n` to `start + width * (n + 1) - 1`.
+    pub webrtc_ports_per_session: u16,
+    /// The browser microphone relay (`mic:`).
+    pub mic: crate::mic::MicSettings,
 }
 
 impl std::fmt::Debug for WorkerSettings {
@@ -98,6 +105,9 @@ impl WorkerSettings {
             sunshine_username: String::new(),
             sunshine_password: String::new(),
             ice: crate::turn::IceConfig::default(),
+            webrtc_port_start: hydra_core::webrtc_ports::DEFAULT_START,
+            webrtc_ports_per_session: hydra_core::webrtc_ports::DEFAULT_WIDTH,
+            mic: crate::mic::MicSettings::default(),
         }
     }
 }
@@ -436,6 +446,29 @@ impl Worker {
         (0..count).filter_map(move |offset| start.checked_add(offset))
     }
 
+    /// The WebRTC UDP range (first, last) of the session on `port`: its slot is its place in
+    /// the port range. `None` for a port outside the range or a range past 65535.
+    pub fn webrtc_ports(&self, port: u16) -> Option<(u16, u16)> {
+        let slot = port.checked_sub(self.settings.port_range_start)?;
+        hydra_core::webrtc_ports::session_range(
+            self.settings.webrtc_port_start,
+            self.settings.webrtc_ports_per_session,
+            slot,
+        )
+    }
+
+    /// What the microphone relay needs of a running session: its body's address and its WebRTC
+    /// range. `None` unless it runs.
+    pub fn mic_target(&self, id: &str) -> Option<(IpAddr, (u16, u16))> {
+        let table = self.table();
+        let entry = table.get(id)?;
+        if entry.status != SessionState::Running {
+            return None;
+        }
+        let body_ip = entry.body_ip.parse().ok()?;
+        Some((body_ip, self.webrtc_ports(entry.port)?))
+    }
+
     /// Ends `id`'s process, then removes it from the table with its data dir: the entry (and
     /// its port) stays until the process group is ended.
     async fn release(&self, id: &str) {
@@ -471,6 +504,11 @@ impl Worker {
         }
         std::fs::create_dir_all(data_dir).map_err(spawn_failed)?;
         let bind = self.settings.session_bind.to_string();
+        let webrtc_ports = self.webrtc_ports(port).ok_or_else(|| {
+            Launch::Failed(StartError::Spawn(format!(
+                "port {port} has no WebRTC range (sessions.webrtc_port_start)"
+            )))
+        })?;
         let argv = process::expand(
             &self.settings.command,
             &Substitutions {
@@ -479,6 +517,7 @@ impl Worker {
                 session_id: id,
                 body_ip: spec.body_ip.trim(),
                 bind: &bind,
+                webrtc_ports,
             },
         );
         let mut env = HashMap::new();
@@ -486,6 +525,8 @@ impl Worker {
         env.insert("HYDRA_SESSION_PORT", port.to_string());
         env.insert("HYDRA_SESSION_BIND", bind.clone());
         env.insert("HYDRA_BODY_IP", spec.body_ip.trim().to_owned());
+        env.insert("HYDRA_WEBRTC_PORT_START", webrtc_ports.0.to_string());
+        env.insert("HYDRA_WEBRTC_PORT_END", webrtc_ports.1.to_string());
         env.insert(
             "SUNSHINE_USERNAME",
             spec.sunshine_user
