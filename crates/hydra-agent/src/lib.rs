@@ -19,6 +19,7 @@ pub mod http;
 pub mod journal;
 pub mod layering;
 pub mod local_api;
+pub mod mic;
 pub mod monitor;
 pub mod ride_out;
 pub mod standin;

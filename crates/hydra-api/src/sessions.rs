@@ -234,6 +234,25 @@ pub struct RatingRequest {
     pub comment: Option<String>,
 }
 
+/// `POST /session/{id}/mic/offer` (from the browser): the page's SDP offer for a send-only audio
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MicOffer {
+    /// The offer's SDP text (`RTCSessionDescription.sdp`).
+    pub sdp: String,
+}
+
+/// The worker's answer to a [`MicOffer`]: a receive-only peer's SDP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MicAnswer {
+    /// Always `answer` (the `RTCSessionDescriptionInit.type`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The answer's SDP text.
+    pub sdp: String,
+}
+
 /// `GET /api/v1/sessions` query: filters and one page, newest first. Encoded by the SDK with
 /// [`SessionQuery::to_query`] and decoded by the server with [`SessionQuery::from_query`], so the
 /// wire form has one owner.

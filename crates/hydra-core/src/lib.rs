@@ -23,6 +23,7 @@ pub mod session;
 pub mod session_id;
 pub mod text;
 pub mod trust;
+pub mod webrtc_ports;
 pub mod what_if;
 
 pub use node::{CostTier, Node, NodeStatus, Role, Roles, Transport};

@@ -1,7 +1,9 @@
 //! What the proxy adds to a session's HTML pages, with a streaming rewriter (lol_html): a script
 //! that shows a "Stream ended" overlay when the WebRTC connection drops (a link back to
 //! `sessions.return_url`, a "Report a problem" link carrying the session's context, a star
-//! rating), and that turns the page's exit button into `POST /session/{id}/quit` before leaving.
+//! rating), that turns the page's exit button into `POST /session/{id}/quit` before leaving, and
+//! that adds a microphone toggle (bottom-right): on, the viewer's microphone goes over a send-only
+//! WebRTC connection signalled with `POST /session/{id}/mic/offer`.
 //!
 //! Nothing is buffered beyond what lol_html holds for an unfinished tag.
 
@@ -92,6 +94,7 @@ impl PageContext {
             quit_url: String,
             rating_url: String,
             notice_url: String,
+            mic_url: String,
             return_url: &'a str,
             report_link: String,
             ice_servers: &'a [serde_json::Value],
@@ -102,6 +105,7 @@ impl PageContext {
             quit_url: format!("/session/{}/quit", self.session_id),
             rating_url: format!("/session/{}/rating", self.session_id),
             notice_url: format!("/session/{}/notice", self.session_id),
+            mic_url: format!("/session/{}/mic/offer", self.session_id),
             return_url: &self.return_url,
             report_link: self.report_link(),
             ice_servers: &self.ice_servers,
@@ -193,14 +197,17 @@ const SCRIPT: &str = r#"
   }, 1000);
   pollNotice();
   var Native = window.RTCPeerConnection;
+  function withIce(config) {
+    config = Object.assign({}, config || {});
+    if (ctx.ice_servers.length) {
+      config.iceServers = ctx.ice_servers.concat(config.iceServers || []);
+    }
+    if (ctx.force_relay) { config.iceTransportPolicy = "relay"; }
+    return config;
+  }
   if (Native) {
     var Watched = function (config, constraints) {
-      config = Object.assign({}, config || {});
-      if (ctx.ice_servers.length) {
-        config.iceServers = ctx.ice_servers.concat(config.iceServers || []);
-      }
-      if (ctx.force_relay) { config.iceTransportPolicy = "relay"; }
-      var pc = new Native(config, constraints);
+      var pc = new Native(withIce(config), constraints);
       pc.addEventListener("connectionstatechange", function () {
         if (["disconnected", "failed", "closed"].indexOf(pc.connectionState) >= 0) { showEnded(); }
       });
@@ -208,6 +215,92 @@ const SCRIPT: &str = r#"
     };
     Watched.prototype = Native.prototype;
     window.RTCPeerConnection = Watched;
+  }
+  // The microphone: a send-only connection of its own (not watched: its end is not the
+  // stream's), answered by the worker, which forwards the audio to the body.
+  var mic = {state: "off", pc: null, stream: null, error: null, button: null};
+  window.__hydraMic = mic;
+  function micShow(state, error) {
+    mic.state = state;
+    mic.error = error || null;
+    if (!mic.button) { return; }
+    var on = state === "on" || state === "starting";
+    // The label stays "Microphone" (a toggle's name must not change); aria-pressed says on.
+    mic.button.setAttribute("aria-pressed", on ? "true" : "false");
+    mic.button.setAttribute("data-state", state);
+    mic.button.title = state === "error" ? "Microphone failed: " + mic.error :
+      on ? "Stop sending your microphone" : "Send your microphone to the stream";
+  }
+  function micOff() {
+    if (mic.pc) { mic.pc.close(); }
+    if (mic.stream) { mic.stream.getTracks().forEach(function (t) { t.stop(); }); }
+    mic.pc = null;
+    mic.stream = null;
+    micShow("off");
+  }
+  function gathered(pc) {
+    return new Promise(function (done) {
+      if (pc.iceGatheringState === "complete") { return done(); }
+      var timer = setTimeout(done, 5000);
+      pc.addEventListener("icegatheringstatechange", function () {
+        if (pc.iceGatheringState === "complete") { clearTimeout(timer); done(); }
+      });
+    });
+  }
+  function micOn() {
+    micShow("starting");
+    navigator.mediaDevices.getUserMedia({audio: true}).then(function (stream) {
+      mic.stream = stream;
+      var pc = new Native(withIce({}));
+      mic.pc = pc;
+      stream.getAudioTracks().forEach(function (track) {
+        pc.addTransceiver(track, {direction: "sendonly", streams: [stream]});
+      });
+      pc.addEventListener("connectionstatechange", function () {
+        if (mic.pc !== pc) { return; }
+        if (pc.connectionState === "connected") { micShow("on"); }
+        if (pc.connectionState === "failed") { micOff(); micShow("error", "connection failed"); }
+      });
+      return pc.createOffer().then(function (offer) {
+        return pc.setLocalDescription(offer);
+      }).then(function () { return gathered(pc); }).then(function () {
+        return fetch(ctx.mic_url, {method: "POST", headers: {"content-type": "application/json"},
+          body: JSON.stringify({sdp: pc.localDescription.sdp})});
+      }).then(function (answer) {
+        if (!answer.ok) {
+          return answer.text().then(function (text) {
+            throw new Error("the worker refused the microphone: " + answer.status + " " + text);
+          });
+        }
+        return answer.json();
+      }).then(function (answer) {
+        if (mic.pc !== pc) { return; }
+        return pc.setRemoteDescription({type: "answer", sdp: answer.sdp});
+      });
+    }).catch(function (error) {
+      micOff();
+      micShow("error", String(error && error.message || error));
+    });
+  }
+  function addMicToggle() {
+    if (!Native || !navigator.mediaDevices || document.getElementById("hydra-mic")) { return; }
+    var button = el("button", {type: "button", id: "hydra-mic", "aria-pressed": "false",
+      style: "position:fixed;right:16px;bottom:16px;z-index:2147483646;padding:8px 12px;" +
+        "border-radius:6px;border:1px solid #fff;background:#222;color:#fff;font:14px sans-serif"},
+      "Microphone");
+    mic.button = button;
+    micShow(mic.state, mic.error);
+    button.addEventListener("click", function () {
+      if (mic.state === "on" || mic.state === "starting") { micOff(); } else { micOn(); }
+    });
+    (document.body || document.documentElement).appendChild(button);
+  }
+  window.__hydraMicOn = micOn;
+  window.__hydraMicOff = micOff;
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", addMicToggle);
+  } else {
+    addMicToggle();
   }
   document.addEventListener("click", function (event) {
     var target = event.target && event.target.closest && event.target.closest("[data-hydra-exit]");
@@ -392,6 +485,8 @@ mod tests {
         assert!(!page.contains("demo</script>"));
         assert!(page.contains("Stream ended") && page.contains("Report a problem"));
         assert!(page.contains("/session/s-1/quit"));
+        assert!(page.contains("/session/s-1/mic/offer"));
+        assert!(page.contains(r#""aria-pressed": "false""#));
     }
 
     #[tokio::test]

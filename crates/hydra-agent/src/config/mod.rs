@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "api_token",
     "cluster",
     "report",
+    "mic",
 ];
 
 /// Everything `hydra agent` runs with.
@@ -71,6 +72,8 @@ pub struct AgentConfig {
     pub cluster: ClusterSection,
     /// Where session records go (the field's `nps:`).
     pub report: ReportSection,
+    /// The browser microphone relay.
+    pub mic: MicSection,
 }
 
 impl Default for AgentConfig {
@@ -92,6 +95,7 @@ impl Default for AgentConfig {
             api_token: None,
             cluster: ClusterSection::default(),
             report: ReportSection::default(),
+            mic: MicSection::default(),
         }
     }
 }
@@ -252,6 +256,28 @@ impl AgentConfig {
                 );
             }
             check_template(&self.sessions.command).map_err(ConfigError)?;
+            if !hydra_core::webrtc_ports::fits(
+                self.sessions.webrtc_port_start,
+                self.sessions.webrtc_ports_per_session,
+                self.sessions.max,
+            ) {
+                return fail(
+                    "sessions.webrtc_port_start + sessions.webrtc_ports_per_session * sessions.max \
+                     must stay below 65536 (and sessions.webrtc_ports_per_session above 0)"
+                        .into(),
+                );
+            }
+            if self.mic.body_port == 0 {
+                return fail("mic.body_port must be a port (1 to 65535)".into());
+            }
+            if let Some(ip) = self.mic.candidate_ips.iter().find(|ip| ip.is_unspecified()) {
+                return fail(format!(
+                    "mic.candidate_ips: {ip} is not an address a browser can reach"
+                ));
+            }
+            if !(self.mic.connect_timeout > 0.0 && self.mic.connect_timeout <= 600.0) {
+                return fail("mic.connect_timeout must be between 0 and 600 seconds".into());
+            }
             for (key, value) in [
                 ("sessions.ready_timeout", self.sessions.ready_timeout),
                 ("sessions.check_interval", self.sessions.check_interval),
@@ -326,7 +352,33 @@ impl AgentConfig {
         settings.sunshine_username = self.sunshine.username.clone();
         settings.sunshine_password = self.sunshine.password.clone();
         settings.ice = self.ice();
+        settings.webrtc_port_start = self.sessions.webrtc_port_start;
+        settings.webrtc_ports_per_session = self.sessions.webrtc_ports_per_session;
+        settings.mic = crate::mic::MicSettings {
+            body_port: self.mic.body_port,
+            candidate_ips: self.mic_candidate_ips(),
+            connect_timeout: seconds(self.mic.connect_timeout),
+        };
         settings
+    }
+
+    /// Where the microphone peer listens: `mic.candidate_ips`, else the node's `lan_ip` and
+    /// `wg_ip`, else loopback.
+    pub fn mic_candidate_ips(&self) -> Vec<std::net::IpAddr> {
+        if !self.mic.candidate_ips.is_empty() {
+            return self.mic.candidate_ips.clone();
+        }
+        let enrolled: Vec<std::net::IpAddr> = self
+            .node
+            .lan_ip
+            .into_iter()
+            .chain(self.node.wg_ip)
+            .collect();
+        if enrolled.is_empty() {
+            vec![std::net::IpAddr::from([127, 0, 0, 1])]
+        } else {
+            enrolled
+        }
     }
 }
 
@@ -393,6 +445,13 @@ mod tests {
         assert_eq!(config.sessions.idle_timeout, 300.0);
         assert_eq!(config.bundle.poll_interval, 30.0);
         assert_eq!(config.health.interval, 60.0);
+        assert_eq!(config.sessions.webrtc_port_start, 40_000);
+        assert_eq!(config.sessions.webrtc_ports_per_session, 20);
+        assert_eq!(config.mic.body_port, 47995);
+        assert_eq!(
+            config.mic_candidate_ips(),
+            [std::net::IpAddr::from([127, 0, 0, 1])]
+        );
         assert_eq!(
             config.sessions.command[0],
             "/opt/moonlight-web-stream/web-server"
@@ -474,6 +533,19 @@ mod tests {
         assert!(load_yaml("health:\n  interval: 1\n").is_ok());
         let poll = load_yaml("bundle:\n  poll_interval: 0\n").unwrap_err();
         assert!(poll.0.contains("bundle.poll_interval"), "{poll}");
+        let webrtc = load_yaml("sessions:\n  max: 15\n  webrtc_port_start: 65300\n").unwrap_err();
+        assert!(webrtc.0.contains("sessions.webrtc_port_start"), "{webrtc}");
+        assert!(load_yaml("sessions:\n  max: 15\n  webrtc_port_start: 65235\n").is_ok());
+        let mic = load_yaml("mic:\n  candidate_ips: [0.0.0.0]\n").unwrap_err();
+        assert!(mic.0.contains("mic.candidate_ips"), "{mic}");
+        let enrolled = load_yaml("node:\n  lan_ip: 10.0.0.5\n  wg_ip: 10.8.0.5\n").unwrap();
+        assert_eq!(
+            enrolled.mic_candidate_ips(),
+            [
+                "10.0.0.5".parse::<std::net::IpAddr>().unwrap(),
+                "10.8.0.5".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -173,6 +173,35 @@ pub struct SessionsSection {
     /// Seconds a viewer capability minted into a stream URL stays valid (12 h).
     #[serde(deserialize_with = "crate::config_values::seconds")]
     pub viewer_ttl: f64,
+    /// First port of the sessions' WebRTC UDP ranges (the field's 40000).
+    pub webrtc_port_start: u16,
+    /// WebRTC UDP ports per session (the field's 20): slot `n` gets
+    /// `webrtc_port_start + 20 n` to `+ 20 n + 19` (`{webrtc_port_start}`, `{webrtc_port_end}`).
+    pub webrtc_ports_per_session: u16,
+}
+
+/// `mic:` (the browser microphone: a receive-only WebRTC peer per session, its RTP forwarded
+/// to the body).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MicSection {
+    /// The body's UDP port the raw RTP goes to (the field's 47995).
+    pub body_port: u16,
+    /// Addresses the peer offers browsers as host candidates (a socket on each, inside the
+    /// session's WebRTC range); empty: `node.lan_ip` and `node.wg_ip`, else 127.0.0.1.
+    pub candidate_ips: Vec<IpAddr>,
+    /// Seconds a new peer may take to connect before it is dropped.
+    pub connect_timeout: f64,
+}
+
+impl Default for MicSection {
+    fn default() -> Self {
+        MicSection {
+            body_port: 47995,
+            candidate_ips: Vec::new(),
+            connect_timeout: 30.0,
+        }
+    }
 }
 
 /// `turn:` (coturn beside the worker, in its `use-auth-secret` mode).
@@ -300,6 +329,8 @@ impl Default for SessionsSection {
             idle_timeout: 300.0,
             stream_base_url: None,
             viewer_ttl: hydra_proxy::capability::DEFAULT_TTL_SECS as f64,
+            webrtc_port_start: hydra_core::webrtc_ports::DEFAULT_START,
+            webrtc_ports_per_session: hydra_core::webrtc_ports::DEFAULT_WIDTH,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The agent's HTTP surface: local API (`/api/v1/health`, `/api/v1/status`: counts without a
 //! token, session details with one), the session API the server calls (bearer: the agent key
 //! sent in the worker report, or the configured API token), and the browser's routes: the
-//! `/session/{id}/...` proxy, `POST /session/{id}/quit` and `POST /session/{id}/rating`, each
+//! `/session/{id}/...` proxy, `POST /session/{id}/quit`, `POST /session/{id}/rating` and
+//! `POST /session/{id}/mic/offer` (the browser microphone, `crate::mic`), each
 //! opened only by the session's viewer capability (`hydra_proxy::capability`), which is minted
 //! into the `stream_url` of the start answer.
 
@@ -97,6 +98,7 @@ struct Inner {
     monitor_closed: tokio_util::sync::CancellationToken,
     ride_out: crate::ride_out::RideOut,
     notices: notice::Notices,
+    mic: Arc<crate::mic::MicRelay>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -146,6 +148,7 @@ impl AgentState {
                 monitor_closed: tokio_util::sync::CancellationToken::new(),
                 ride_out: crate::ride_out::RideOut::default(),
                 notices: notice::Notices::default(),
+                mic: Arc::default(),
             }),
         }
     }
@@ -158,6 +161,11 @@ impl AgentState {
     /// What the agent knows while it rides out the loss of the control plane.
     pub fn ride_out(&self) -> &crate::ride_out::RideOut {
         &self.inner.ride_out
+    }
+
+    /// The browser microphone peers (`POST /session/{id}/mic/offer`).
+    pub fn mic(&self) -> &Arc<crate::mic::MicRelay> {
+        &self.inner.mic
     }
 
     /// The worker role, if the agent runs it.
@@ -391,6 +399,7 @@ pub fn router(state: AgentState) -> Router {
         .route("/session/{id}/notice", get(notice::read))
         .route("/session/{id}/quit", post(sessions::quit))
         .route("/session/{id}/rating", post(sessions::rate))
+        .route("/session/{id}/mic/offer", post(sessions::mic_offer))
         .route("/session/{id}", any(viewer::add_slash))
         .route("/session/{id}/", any(viewer::proxy_root))
         .route("/session/{id}/{*rest}", any(viewer::proxy_path))

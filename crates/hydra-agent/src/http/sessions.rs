@@ -1,10 +1,13 @@
-//! The session API the server calls (start, list, stop) and the page's quit and rating.
+//! The session API the server calls (start, list, stop) and the page's quit, rating and
+//! microphone offer.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use hydra_api::{ErrorCode, RatingRequest, StartSessionRequest, WorkerSessionList};
+use hydra_api::{
+    ErrorCode, MicAnswer, MicOffer, RatingRequest, StartSessionRequest, WorkerSessionList,
+};
 
 use super::{AgentState, MAX_COMMENT, api_error, not_known, parse_body};
 use crate::worker::{Rated, SessionSpec};
@@ -201,4 +204,57 @@ pub(super) async fn rate(
         });
     }
     axum::Json(serde_json::json!({ "session_id": id, "stars": rating.stars })).into_response()
+}
+
+/// `POST /session/{id}/mic/offer`: the page's SDP offer in, the worker's receive-only peer's
+/// answer out (`crate::mic`); opened by the viewer capability like quit.
+pub(super) async fn mic_offer(
+    State(state): State<AgentState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
+        return *refused;
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    // SDP lines end in CRLF, which the text rule (`parse_body`) refuses everywhere but free
+    // text: `sdp` may hold CR and LF, and no other control character.
+    let offer: MicOffer = match serde_json::from_slice(&body) {
+        Ok(offer) => offer,
+        Err(error) => {
+            return api_error(
+                ErrorCode::InvalidRequest,
+                &format!("invalid request body: {error}"),
+            );
+        }
+    };
+    if let Some(bad) = offer
+        .sdp
+        .chars()
+        .find(|c| c.is_control() && *c != '\r' && *c != '\n')
+    {
+        return api_error(
+            ErrorCode::InvalidRequest,
+            &format!(
+                "invalid request body: sdp contains a control character (U+{:04X})",
+                u32::from(bad)
+            ),
+        );
+    }
+    match state.mic().offer(&worker, &id, &offer.sdp).await {
+        Ok(sdp) => axum::Json(MicAnswer {
+            kind: "answer".into(),
+            sdp,
+        })
+        .into_response(),
+        Err(error) => {
+            tracing::warn!(session_id = %id, %error, "[mic] session {id}: offer refused");
+            api_error(error.code(), &error.to_string())
+        }
+    }
 }

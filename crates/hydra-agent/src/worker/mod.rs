@@ -65,6 +65,13 @@ pub struct WorkerSettings {
     /// The ICE servers (TURN credentials minted per session), handed to each process as
     /// `HYDRA_ICE_SERVERS` (JSON).
     pub ice: crate::turn::IceConfig,
+    /// First port of the sessions' WebRTC UDP ranges (`sessions.webrtc_port_start`, 40000).
+    pub webrtc_port_start: u16,
+    /// Ports per session (`sessions.webrtc_ports_per_session`, 20): the session in slot `n`
+    /// (port `port_range_start + n`) gets `start + width * n` to `start + width * (n + 1) - 1`.
+    pub webrtc_ports_per_session: u16,
+    /// The browser microphone relay (`mic:`).
+    pub mic: crate::mic::MicSettings,
 }
 
 impl std::fmt::Debug for WorkerSettings {
@@ -99,6 +106,9 @@ impl WorkerSettings {
             sunshine_username: String::new(),
             sunshine_password: String::new(),
             ice: crate::turn::IceConfig::default(),
+            webrtc_port_start: hydra_core::webrtc_ports::DEFAULT_START,
+            webrtc_ports_per_session: hydra_core::webrtc_ports::DEFAULT_WIDTH,
+            mic: crate::mic::MicSettings::default(),
         }
     }
 }
@@ -310,6 +320,29 @@ impl Worker {
                     "the start task ended abnormally: {error}"
                 )))
             })
+    }
+
+    /// The WebRTC UDP range (first, last) of the session on `port`: its slot is its place in
+    /// the port range. `None` for a port outside the range or a range past 65535.
+    pub fn webrtc_ports(&self, port: u16) -> Option<(u16, u16)> {
+        let slot = port.checked_sub(self.settings.port_range_start)?;
+        hydra_core::webrtc_ports::session_range(
+            self.settings.webrtc_port_start,
+            self.settings.webrtc_ports_per_session,
+            slot,
+        )
+    }
+
+    /// What the microphone relay needs of a running session: its body's address and its WebRTC
+    /// range. `None` unless it runs.
+    pub fn mic_target(&self, id: &str) -> Option<(IpAddr, (u16, u16))> {
+        let table = self.table();
+        let entry = table.get(id)?;
+        if entry.status != SessionState::Running {
+            return None;
+        }
+        let body_ip = entry.body_ip.parse().ok()?;
+        Some((body_ip, self.webrtc_ports(entry.port)?))
     }
 
     /// Ends a session on request (`DELETE`, quit): status `stopped`, process group ended.

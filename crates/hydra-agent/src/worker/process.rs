@@ -25,6 +25,8 @@ pub const PLACEHOLDERS: &[&str] = &[
     "{session_id}",
     "{body_ip}",
     "{bind}",
+    "{webrtc_port_start}",
+    "{webrtc_port_end}",
 ];
 
 /// Checks a command template: at least a program, and no `{...}` other than [`PLACEHOLDERS`].
@@ -68,18 +70,24 @@ pub struct Substitutions<'a> {
     pub body_ip: &'a str,
     /// The address the session process should listen on.
     pub bind: &'a str,
+    /// The session's WebRTC UDP range, first and last port (`hydra_core::webrtc_ports`).
+    pub webrtc_ports: (u16, u16),
 }
 
 /// The template with every placeholder replaced.
 pub fn expand(template: &[String], values: &Substitutions<'_>) -> Vec<String> {
     let port = values.port.to_string();
     let data_dir = values.data_dir.display().to_string();
-    let pairs: [(&str, &str); 5] = [
+    let webrtc_start = values.webrtc_ports.0.to_string();
+    let webrtc_end = values.webrtc_ports.1.to_string();
+    let pairs: [(&str, &str); 7] = [
         ("{port}", &port),
         ("{data_dir}", &data_dir),
         ("{session_id}", values.session_id),
         ("{body_ip}", values.body_ip),
         ("{bind}", values.bind),
+        ("{webrtc_port_start}", &webrtc_start),
+        ("{webrtc_port_end}", &webrtc_end),
     ];
     template
         .iter()
@@ -312,9 +320,15 @@ mod tests {
 
     #[test]
     fn templates_expand_and_reject_unknown_placeholders() {
-        let template: Vec<String> = ["/bin/ws", "--port={port}", "{data_dir}/x", "{body_ip}"]
-            .map(String::from)
-            .to_vec();
+        let template: Vec<String> = [
+            "/bin/ws",
+            "--port={port}",
+            "{data_dir}/x",
+            "{body_ip}",
+            "--webrtc-ports={webrtc_port_start}-{webrtc_port_end}",
+        ]
+        .map(String::from)
+        .to_vec();
         check_template(&template).unwrap();
         let expanded = expand(
             &template,
@@ -324,9 +338,19 @@ mod tests {
                 session_id: "abc",
                 body_ip: "10.0.0.2",
                 bind: "127.0.0.1",
+                webrtc_ports: (40020, 40039),
             },
         );
-        assert_eq!(expanded, ["/bin/ws", "--port=8081", "/s/abc/x", "10.0.0.2"]);
+        assert_eq!(
+            expanded,
+            [
+                "/bin/ws",
+                "--port=8081",
+                "/s/abc/x",
+                "10.0.0.2",
+                "--webrtc-ports=40020-40039"
+            ]
+        );
         let bad = check_template(&["/bin/ws".into(), "{prot}".into()]).unwrap_err();
         assert!(bad.contains("unknown placeholder {prot}"), "{bad}");
         assert!(check_template(&[]).is_err());

@@ -195,6 +195,11 @@ impl Worker {
         }
         std::fs::create_dir_all(data_dir).map_err(spawn_failed)?;
         let bind = self.settings.session_bind.to_string();
+        let webrtc_ports = self.webrtc_ports(port).ok_or_else(|| {
+            Launch::Failed(StartError::Spawn(format!(
+                "port {port} has no WebRTC range (sessions.webrtc_port_start)"
+            )))
+        })?;
         let argv = process::expand(
             &self.settings.command,
             &Substitutions {
@@ -203,6 +208,7 @@ impl Worker {
                 session_id: id,
                 body_ip: spec.body_ip.trim(),
                 bind: &bind,
+                webrtc_ports,
             },
         );
         let mut env = HashMap::new();
@@ -210,6 +216,8 @@ impl Worker {
         env.insert("HYDRA_SESSION_PORT", port.to_string());
         env.insert("HYDRA_SESSION_BIND", bind.clone());
         env.insert("HYDRA_BODY_IP", spec.body_ip.trim().to_owned());
+        env.insert("HYDRA_WEBRTC_PORT_START", webrtc_ports.0.to_string());
+        env.insert("HYDRA_WEBRTC_PORT_END", webrtc_ports.1.to_string());
         env.insert(
             "SUNSHINE_USERNAME",
             spec.sunshine_user

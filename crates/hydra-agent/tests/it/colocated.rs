@@ -1,6 +1,7 @@
 //! The server's colocated `/session/{id}/...` route with a real server (SQLite) and a real agent
 //! in this process, over loopback: the review's reproduction refused through the server, the
-//! viewer capability (cookie, WebSocket, rating, quit; expired and foreign ones refused), the raw
+//! viewer capability (cookie, WebSocket, microphone offer, rating, quit; expired and foreign
+//! ones refused), the raw
 //! path and query forwarded byte for byte through both proxies, and malformed session ids
 //! refused before the store.
 
@@ -130,6 +131,29 @@ async fn the_colocated_route_needs_the_sessions_capability() {
         .unwrap();
     assert_eq!(reply, Message::text("echo: ping"));
     drop(socket);
+    // The microphone offer goes through too: refused without the capability, answered by the
+    // agent's handler with it (a bad offer named by the agent).
+    let mic_url = format!("{}/session/{id}/mic/offer", server.url);
+    let mic = client
+        .post(&mic_url)
+        .json(&serde_json::json!({ "sdp": "not sdp" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mic.status(), 404);
+    let mic = client
+        .post(&mic_url)
+        .header("cookie", &capability)
+        .json(&serde_json::json!({ "sdp": "not sdp" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mic.status(), 400);
+    let refusal: serde_json::Value = mic.json().await.unwrap();
+    assert!(
+        refusal["message"].as_str().unwrap().starts_with("sdp"),
+        "{refusal}"
+    );
     let rated = client
         .post(format!("{}/session/{id}/rating", server.url))
         .header("cookie", &capability)

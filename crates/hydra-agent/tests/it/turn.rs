@@ -14,7 +14,7 @@ use crate::support::{Body, recorded_env, recording_standin_command, value_of, wa
 const SECRET: &str = "turn-test-secret-0123456789";
 
 /// A coturn process on loopback, stopped (by its pid) on drop.
-struct Coturn {
+pub struct Coturn {
     child: Child,
 }
 
@@ -22,7 +22,7 @@ impl Coturn {
     /// Starts `turnserver` with `config` plus what a loopback test needs on top of the agent's
     /// settings: listen and relay on 127.0.0.1 (standing in for the node's LAN address), no TLS,
     /// and loopback peers allowed (the test client's peer is on loopback too).
-    fn start(dir: &Path, config: &str, port: u16) -> Coturn {
+    pub fn start(dir: &Path, config: &str, port: u16) -> Coturn {
         let path = dir.join("turnserver.conf");
         let loopback = [
             "listening-ip=127.0.0.1".to_owned(),
@@ -102,7 +102,7 @@ fn allocate(port: u16, username: &str, credential: &str) -> (bool, String) {
 
 /// A port free for both TCP and UDP on loopback for coturn to listen on (it listens on both; a
 /// port free for UDP alone was once taken for TCP by another test's socket).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..100 {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();

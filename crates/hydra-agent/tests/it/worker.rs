@@ -395,3 +395,74 @@ async fn an_abandoned_start_that_never_answers_is_ended_at_its_deadline() {
     assert_eq!(worker.active_sessions(), 0);
     assert!(!temp.path().join("sessions").join("stuck").exists());
 }
+
+#[tokio::test]
+async fn each_session_gets_its_own_webrtc_range_in_the_command_and_its_environment() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let mut settings = settings(temp.path(), &body);
+    let records = temp.path().join("records");
+    std::fs::create_dir_all(&records).unwrap();
+    // The operator's template names the range; a shell in front records what it was given
+    // (as argv), then execs the stand-in, which records its environment.
+    let mut command: Vec<String> = [
+        "sh",
+        "-c",
+        "printf '%s %s' \"$1\" \"$2\" > \"$3.argv\"; shift 3; exec \"$0\" \"$@\"",
+    ]
+    .map(String::from)
+    .to_vec();
+    command.push(crate::support::STANDIN.to_owned());
+    command.extend(
+        [
+            "{webrtc_port_start}",
+            "{webrtc_port_end}",
+            &format!("{}/{{session_id}}", records.display()),
+        ]
+        .map(String::from),
+    );
+    command.extend(standin_command().into_iter().skip(1));
+    command.extend([
+        "--record-env".to_owned(),
+        format!("{}/{{session_id}}.env", records.display()),
+    ]);
+    settings.command = command;
+    settings.webrtc_port_start = 41_000;
+    settings.webrtc_ports_per_session = 20;
+    let port_range_start = settings.port_range_start;
+    let worker = Worker::new(settings);
+
+    let mut ranges = Vec::new();
+    for id in ["alpha", "beta"] {
+        let session = worker.start_session(spec(id)).await.unwrap();
+        let argv = std::fs::read_to_string(records.join(format!("{id}.argv"))).unwrap();
+        let (first, last) = argv.split_once(' ').unwrap();
+        let (first, last): (u16, u16) = (first.parse().unwrap(), last.parse().unwrap());
+        let slot = session.port - port_range_start;
+        assert_eq!(
+            (first, last),
+            (41_000 + 20 * slot, 41_000 + 20 * slot + 19),
+            "session {id} on port {} (slot {slot})",
+            session.port
+        );
+        assert_eq!(worker.webrtc_ports(session.port), Some((first, last)));
+        let env = crate::support::recorded_env(&records.join(format!("{id}.env")));
+        assert_eq!(
+            crate::support::value_of(&env, "HYDRA_WEBRTC_PORT_START"),
+            Some(first.to_string().as_str())
+        );
+        assert_eq!(
+            crate::support::value_of(&env, "HYDRA_WEBRTC_PORT_END"),
+            Some(last.to_string().as_str())
+        );
+        ranges.push((first, last));
+    }
+    let [(a_first, a_last), (b_first, b_last)] = ranges[..] else {
+        unreachable!()
+    };
+    assert!(
+        a_last < b_first || b_last < a_first,
+        "two sessions share WebRTC ports: {ranges:?}"
+    );
+    worker.shutdown().await;
+}

@@ -39,6 +39,12 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium headless on a loopback DevTools port and opens a blank page (at most 30 s).
     pub async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with `extra` command-line flags (the agent's microphone test adds the
+    /// fake media device flags).
+    pub async fn start_with(extra: &[&str]) -> Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         let mut command = Command::new(chromium_binary());
         command
@@ -55,6 +61,7 @@ impl Browser {
                 "--remote-debugging-port=0",
                 "--window-size=1280,900",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
