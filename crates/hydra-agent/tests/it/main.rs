@@ -1,6 +1,7 @@
 //! Integration tests of the agent: real session processes, real signals, real sockets on
 //! 127.0.0.1.
 
+mod body;
 mod captures;
 mod colocated;
 mod fleet;
@@ -10,6 +11,7 @@ mod mesh;
 mod monitor;
 mod proxy;
 mod rating_forward;
+mod reports;
 mod session_start;
 mod support;
 mod turn;
