@@ -108,6 +108,25 @@ pub async fn serve(
         worker.clone(),
         proxy.clone(),
     );
+    if config.node.roles.iter().any(|role| role == "body") {
+        state.set_body(crate::body::BodyRole::new(
+            crate::body::BodySettings::from_config(&config),
+        ));
+    }
+    let records = match &worker {
+        Some(_) => {
+            state.set_body_link(crate::sunshine::BodyLink::new(
+                crate::sunshine::BodyLinkSettings {
+                    sunshine_scheme: config.sunshine.api_scheme.clone(),
+                    sunshine_port: config.sessions.body_port,
+                    agent_port: config.body.agent_port,
+                    worker_token: config.body.worker_token.clone(),
+                },
+            ));
+            open_records(&config, &state)
+        }
+        None => None,
+    };
     // The write journal: what the agent owes the control plane from before a restart is
     // replayed once a master answers; a corrupt file is set aside and named.
     match crate::journal::Journal::open(
@@ -169,6 +188,16 @@ pub async fn serve(
             Ok(())
         });
     }
+    if let (Some(records), Some(worker)) = (records.clone(), worker.clone()) {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::join!(
+                records.clone().watch(worker, stop.clone()),
+                records.send(stop)
+            );
+            Ok(())
+        });
+    }
     {
         let state = state.clone();
         let stop = shutdown.clone();
@@ -184,6 +213,9 @@ pub async fn serve(
                 }
             };
             state.update_heartbeat(|seen| seen.node_id = Some(identity.node_id.clone()));
+            if let Some(records) = state.records() {
+                records.set_node_id(&identity.node_id);
+            }
             let settings = HeartbeatSettings {
                 node_id: identity.node_id.clone(),
                 interval: Duration::from_secs_f64(config.heartbeat.interval),
@@ -231,6 +263,12 @@ pub async fn serve(
     shutdown.cancel();
     if let Some(worker) = &worker {
         worker.shutdown().await;
+        if let Some(records) = &records {
+            records.after_shutdown(worker);
+        }
+    }
+    if let Some(body) = state.body() {
+        body.shutdown().await;
     }
     proxy.closed().await;
     while tasks.join_next().await.is_some() {}
@@ -238,5 +276,34 @@ pub async fn serve(
     match failure {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+/// The session records with their journal (records from before a restart are sent again); a
+/// corrupt journal is set aside and named, an unusable one leaves records unsent.
+fn open_records(
+    config: &AgentConfig,
+    state: &AgentState,
+) -> Option<std::sync::Arc<crate::reports::Records>> {
+    let settings = crate::reports::RecordSettings::from_config(config);
+    match crate::reports::Records::open(settings, hydra_api::now_ms()) {
+        Ok((records, corrupt)) => {
+            if let Some(error) = corrupt {
+                tracing::error!(%error, "[report] the session records' journal is not used");
+            }
+            let waiting = records.pending().len();
+            if waiting > 0 {
+                tracing::info!(
+                    records = waiting,
+                    "[report] session records from before this start wait for the endpoint"
+                );
+            }
+            state.set_records(records.clone());
+            Some(records)
+        }
+        Err(error) => {
+            tracing::error!(%error, "[report] no session records' journal: session records are not sent");
+            None
+        }
     }
 }

@@ -128,9 +128,11 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     }
 }
 
-/// Reads the journal's lines; the first line that is not an entry (a torn or edited file) makes
-/// the whole file corrupt: replaying part of it could reorder what the server sees.
-fn read_entries(text: &[u8]) -> Result<Vec<Entry>, String> {
+/// Reads a JSON-lines file of this journal's format (also the session records' journal,
+/// `crate::reports`): every line one `T`, the file ending with a newline, else an error naming
+/// the line. The first line that is not an entry (a torn or edited file) makes the whole file
+/// corrupt: replaying part of it could reorder what the server sees.
+pub(crate) fn read_lines<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<Vec<T>, String> {
     if !text.is_empty() && !text.ends_with(b"\n") {
         return Err("the last line is cut short".to_owned());
     }
@@ -138,10 +140,95 @@ fn read_entries(text: &[u8]) -> Result<Vec<Entry>, String> {
     text.lines()
         .enumerate()
         .map(|(index, line)| {
-            serde_json::from_str::<Entry>(line)
-                .map_err(|error| format!("line {}: {error}", index + 1))
+            serde_json::from_str::<T>(line).map_err(|error| format!("line {}: {error}", index + 1))
         })
         .collect()
+}
+
+/// Opens the JSON-lines file `file_name` of `dir` (creating both when missing): its entries and
+/// the file open for appending. A file that does not read back is renamed to
+/// `<file_name>.corrupt-<now_ms>` and reported beside the empty list that replaces it.
+pub(crate) fn open_lines<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    file_name: &str,
+    now_ms: i64,
+) -> Result<(Vec<T>, File, Option<JournalError>), JournalError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let path = dir.join(file_name);
+    let (entries, corrupt) = match std::fs::read(&path) {
+        Ok(text) => match read_lines(&text) {
+            Ok(entries) => (entries, None),
+            Err(detail) => {
+                let set_aside = dir.join(format!("{file_name}.corrupt-{now_ms}"));
+                std::fs::rename(&path, &set_aside).map_err(io_error(&path))?;
+                (
+                    Vec::new(),
+                    Some(JournalError::Corrupt {
+                        path: path.clone(),
+                        detail,
+                        set_aside,
+                    }),
+                )
+            }
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
+        Err(error) => return Err(JournalError::Io { path, error }),
+    };
+    let file = open_append(&path)?;
+    Ok((entries, file, corrupt))
+}
+
+/// Appends `entry` as one line to `file` (at `path`) and fsyncs it before returning.
+pub(crate) fn append_line<T: Serialize>(
+    file: &mut File,
+    path: &Path,
+    entry: &T,
+) -> Result<(), JournalError> {
+    let mut line = serde_json::to_vec(entry).map_err(|error| JournalError::Io {
+        path: path.to_owned(),
+        error: std::io::Error::other(error),
+    })?;
+    line.push(b'\n');
+    file.write_all(&line)
+        .and_then(|()| file.sync_data())
+        .map_err(io_error(path))
+}
+
+/// Replaces `file_name` in `dir` with `entries` atomically (temp file, fsync, rename, fsync of
+/// the dir); answers the new file open for appending.
+pub(crate) fn replace_lines<'a, T: Serialize + 'a>(
+    dir: &Path,
+    file_name: &str,
+    entries: impl IntoIterator<Item = &'a T>,
+) -> Result<File, JournalError> {
+    let temp = dir.join(format!("{file_name}.tmp"));
+    let path = dir.join(file_name);
+    let mut text = Vec::new();
+    for entry in entries {
+        serde_json::to_writer(&mut text, entry).map_err(|error| JournalError::Io {
+            path: temp.clone(),
+            error: std::io::Error::other(error),
+        })?;
+        text.push(b'\n');
+    }
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(io_error(&temp))?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(&temp))?;
+    }
+    std::fs::rename(&temp, &path).map_err(io_error(&path))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error(dir))?;
+    open_append(&path)
 }
 
 impl Journal {
@@ -153,28 +240,8 @@ impl Journal {
         max_entries: usize,
         now_ms: i64,
     ) -> Result<(Journal, Option<JournalError>), JournalError> {
-        std::fs::create_dir_all(state_dir).map_err(io_error(state_dir))?;
+        let (entries, file, corrupt) = open_lines::<Entry>(state_dir, JOURNAL_FILE, now_ms)?;
         let path = state_dir.join(JOURNAL_FILE);
-        let (entries, corrupt) = match std::fs::read(&path) {
-            Ok(text) => match read_entries(&text) {
-                Ok(entries) => (entries, None),
-                Err(detail) => {
-                    let set_aside = state_dir.join(format!("{JOURNAL_FILE}.corrupt-{now_ms}"));
-                    std::fs::rename(&path, &set_aside).map_err(io_error(&path))?;
-                    (
-                        Vec::new(),
-                        Some(JournalError::Corrupt {
-                            path: path.clone(),
-                            detail,
-                            set_aside,
-                        }),
-                    )
-                }
-            },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
-            Err(error) => return Err(JournalError::Io { path, error }),
-        };
-        let file = open_append(&path)?;
         let journal = Journal {
             dir: state_dir.to_owned(),
             path,
@@ -243,16 +310,7 @@ impl Journal {
             .collect();
         let dropped = make_room(&kinds, entry.write.kind(), self.max_entries);
         if dropped.is_empty() {
-            let mut line = serde_json::to_vec(&entry).map_err(|error| JournalError::Io {
-                path: self.path.clone(),
-                error: std::io::Error::other(error),
-            })?;
-            line.push(b'\n');
-            inner
-                .file
-                .write_all(&line)
-                .and_then(|()| inner.file.sync_data())
-                .map_err(io_error(&self.path))?;
+            append_line(&mut inner.file, &self.path, &entry)?;
             inner.entries.push_back(entry);
             return Ok(());
         }
@@ -275,33 +333,7 @@ impl Journal {
     /// Replaces the file with `entries` atomically (temp file, fsync, rename, fsync of the dir)
     /// and reopens it for appending.
     fn rewrite(&self, inner: &mut Inner, entries: VecDeque<Entry>) -> Result<(), JournalError> {
-        let temp = self.dir.join(format!("{JOURNAL_FILE}.tmp"));
-        let mut text = Vec::new();
-        for entry in &entries {
-            serde_json::to_writer(&mut text, entry).map_err(|error| JournalError::Io {
-                path: temp.clone(),
-                error: std::io::Error::other(error),
-            })?;
-            text.push(b'\n');
-        }
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)
-                .map_err(io_error(&temp))?;
-            file.write_all(&text)
-                .and_then(|()| file.sync_all())
-                .map_err(io_error(&temp))?;
-        }
-        std::fs::rename(&temp, &self.path).map_err(io_error(&self.path))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(&self.dir))?;
-        inner.file = open_append(&self.path)?;
+        inner.file = replace_lines(&self.dir, JOURNAL_FILE, &entries)?;
         inner.entries = entries;
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! Architecture invariant: talks to the control plane only through `hydra-client`; every child
 //! process runs in its own process group and is ended with it.
 
+pub mod body;
 pub mod bundle;
 pub mod cluster;
 pub mod config;
@@ -21,7 +22,9 @@ pub mod layering;
 pub mod local_api;
 pub mod mic;
 pub mod monitor;
+pub mod reports;
 pub mod ride_out;
 pub mod standin;
+pub mod sunshine;
 pub mod turn;
 pub mod worker;

@@ -127,6 +127,15 @@ pub struct StartSessionRequest {
     /// Executable of the experience on the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe_path: Option<String>,
+    /// The district it was placed in (for the session record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub district: Option<String>,
+    /// The head it was asked for (for the session record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_id: Option<String>,
+    /// The body's node id, when chosen for a head (for the session record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_id: Option<String>,
 }
 
 /// A session as its worker's agent reports it.

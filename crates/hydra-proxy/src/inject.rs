@@ -1,9 +1,11 @@
 //! What the proxy adds to a session's HTML pages, with a streaming rewriter (lol_html): a script
-//! that shows a "Stream ended" overlay when the WebRTC connection drops (a link back to
-//! `sessions.return_url`, a "Report a problem" link carrying the session's context, a star
-//! rating), that turns the page's exit button into `POST /session/{id}/quit` before leaving, and
-//! that adds a microphone toggle (bottom-right): on, the viewer's microphone goes over a send-only
-//! WebRTC connection signalled with `POST /session/{id}/mic/offer`.
+//! that shows a "Stream ended" overlay when the WebRTC connection drops (a "Start new stream"
+//! link back to `sessions.return_url`, a "Report a problem" link opening in a new tab with the
+//! field's parameters, a star rating), counts disconnects and reads the ICE candidate type from
+//! WebRTC stats (sent to `POST /session/{id}/stats` for the session record), turns the
+//! page's exit button into `POST /session/{id}/quit` before leaving, and adds a microphone
+//! toggle (bottom-right): on, the viewer's microphone goes over a send-only WebRTC connection
+//! signalled with `POST /session/{id}/mic/offer`.
 //!
 //! Nothing is buffered beyond what lol_html holds for an unfinished tag.
 
@@ -49,16 +51,55 @@ pub struct PageContext {
     pub ice_servers: Vec<serde_json::Value>,
     /// Force `iceTransportPolicy: 'relay'` (`turn.force_relay`): media only through TURN.
     pub force_relay: bool,
+    /// `project` of the report link (`report.project`).
+    pub project: String,
+    /// `category` of the report link (`report.category`).
+    pub category: String,
+    /// The district the session was placed in.
+    pub district: Option<String>,
+    /// The body's node id.
+    pub body: Option<String>,
+    /// The head's id.
+    pub head: Option<String>,
+    /// When the session started (unix ms), for `duration_ms`.
+    pub started_ms: i64,
 }
 
+/// The report link's parameters the page adds when it shows the overlay, in this order.
+pub const PAGE_REPORT_PARAMETERS: &[&str] = &[
+    "disconnect_count",
+    "duration_ms",
+    "end_reason",
+    "ice_candidate_type",
+];
+
 impl PageContext {
-    /// The report link with the session's context.
+    /// The report's title.
+    pub fn report_title(&self) -> String {
+        match &self.experience {
+            Some(experience) => {
+                format!("Stream problem: {experience} (session {})", self.session_id)
+            }
+            None => format!("Stream problem (session {})", self.session_id),
+        }
+    }
+
+    /// The report link with what the agent knows of the session; the page appends
+    /// [`PAGE_REPORT_PARAMETERS`] (each `&key=value`, or a `key=value` line of a `mailto:`
+    /// body) when it shows the overlay.
     pub fn report_link(&self) -> String {
+        let title = self.report_title();
         let context = [
+            ("project", self.project.as_str()),
+            ("category", self.category.as_str()),
+            ("title", title.as_str()),
             ("session_id", self.session_id.as_str()),
-            ("worker_id", self.worker_id.as_str()),
-            ("body_ip", self.body_ip.as_str()),
             ("experience", self.experience.as_deref().unwrap_or("")),
+            ("district", self.district.as_deref().unwrap_or("")),
+            ("body", self.body.as_deref().unwrap_or("")),
+            ("head", self.head.as_deref().unwrap_or("")),
+            ("body_ip", self.body_ip.as_str()),
+            ("worker_id", self.worker_id.as_str()),
         ];
         let encoded: Vec<String> = context
             .iter()
@@ -95,6 +136,9 @@ impl PageContext {
             rating_url: String,
             notice_url: String,
             mic_url: String,
+            stats_url: String,
+            started_ms: i64,
+            report_mailto: bool,
             return_url: &'a str,
             report_link: String,
             ice_servers: &'a [serde_json::Value],
@@ -106,6 +150,9 @@ impl PageContext {
             rating_url: format!("/session/{}/rating", self.session_id),
             notice_url: format!("/session/{}/notice", self.session_id),
             mic_url: format!("/session/{}/mic/offer", self.session_id),
+            stats_url: format!("/session/{}/stats", self.session_id),
+            started_ms: self.started_ms,
+            report_mailto: self.report_url.starts_with("mailto:"),
             return_url: &self.return_url,
             report_link: self.report_link(),
             ice_servers: &self.ice_servers,
@@ -147,13 +194,51 @@ const SCRIPT: &str = r#"
       body: JSON.stringify({stars: stars}), keepalive: true});
     box.textContent = "Thank you for your rating";
   }
+  var stats = {disconnects: 0, candidate: null, reason: null};
+  function beacon(body) {
+    try {
+      fetch(ctx.stats_url, {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify(body), keepalive: true}).catch(function () {});
+    } catch (e) {}
+  }
+  function readCandidateType(pc) {
+    if (!pc.getStats) { return; }
+    pc.getStats().then(function (report) {
+      var pairs = {}, locals = {}, selected = null;
+      report.forEach(function (s) {
+        if (s.type === "transport" && s.selectedCandidatePairId) { selected = s.selectedCandidatePairId; }
+        if (s.type === "candidate-pair") { pairs[s.id] = s; }
+        if (s.type === "local-candidate") { locals[s.id] = s; }
+      });
+      var pair = selected ? pairs[selected] : null;
+      if (!pair) {
+        for (var id in pairs) { if (pairs[id].nominated && pairs[id].state === "succeeded") { pair = pairs[id]; } }
+      }
+      var local = pair && locals[pair.localCandidateId];
+      if (local && local.candidateType && local.candidateType !== stats.candidate) {
+        stats.candidate = local.candidateType;
+        beacon({ice_candidate_type: stats.candidate});
+      }
+    }).catch(function () {});
+  }
+  function reportLink() {
+    var values = {disconnect_count: String(stats.disconnects),
+      duration_ms: String(Math.max(0, Date.now() - ctx.started_ms)),
+      end_reason: stats.reason || "", ice_candidate_type: stats.candidate || ""};
+    var link = ctx.report_link;
+    ["disconnect_count", "duration_ms", "end_reason", "ice_candidate_type"].forEach(function (key) {
+      link += ctx.report_mailto ? encodeURIComponent("\n" + key + "=" + values[key])
+        : "&" + key + "=" + encodeURIComponent(values[key]);
+    });
+    return link;
+  }
   function showEnded() {
     if (document.getElementById("hydra-stream-ended")) { return; }
     var overlay = el("div", {id: "hydra-stream-ended", style:
       "position:fixed;inset:0;z-index:2147483647;background:rgba(0,0,0,.85);color:#fff;" +
       "display:flex;flex-direction:column;align-items:center;justify-content:center;font:18px sans-serif"});
     overlay.appendChild(el("h2", {}, "Stream ended"));
-    var back = el("a", {href: ctx.return_url, id: "hydra-return", style: "color:#9cf"}, "Return");
+    var back = el("a", {href: ctx.return_url, id: "hydra-return", style: "color:#9cf"}, "Start new stream");
     overlay.appendChild(back);
     var stars = el("div", {id: "hydra-rating", style: "margin:1em;font-size:32px"});
     for (var i = 1; i <= 5; i++) {
@@ -165,8 +250,8 @@ const SCRIPT: &str = r#"
       })(i);
     }
     overlay.appendChild(stars);
-    overlay.appendChild(el("a", {href: ctx.report_link, id: "hydra-report", style: "color:#9cf"},
-      "Report a problem"));
+    overlay.appendChild(el("a", {href: reportLink(), id: "hydra-report", target: "_blank",
+      rel: "noopener noreferrer", style: "color:#9cf"}, "Report a problem"));
     (document.body || document.documentElement).appendChild(overlay);
   }
   window.__hydraShowEnded = showEnded;
@@ -209,7 +294,16 @@ const SCRIPT: &str = r#"
     var Watched = function (config, constraints) {
       var pc = new Native(withIce(config), constraints);
       pc.addEventListener("connectionstatechange", function () {
-        if (["disconnected", "failed", "closed"].indexOf(pc.connectionState) >= 0) { showEnded(); }
+        var state = pc.connectionState;
+        if (state === "connected") { readCandidateType(pc); }
+        if (state === "disconnected" || state === "failed") {
+          stats.disconnects += 1;
+          beacon({disconnects: 1});
+        }
+        if (["disconnected", "failed", "closed"].indexOf(state) >= 0) {
+          stats.reason = stats.reason || state;
+          showEnded();
+        }
       });
       return pc;
     };
@@ -307,6 +401,7 @@ const SCRIPT: &str = r#"
     if (!target) { return; }
     event.preventDefault();
     event.stopImmediatePropagation();
+    stats.reason = "quit";
     fetch(ctx.quit_url, {method: "POST", keepalive: true}).finally(function () {
       location.href = ctx.return_url;
     });
@@ -420,6 +515,12 @@ mod tests {
             report_url: "https://support.example/report".into(),
             ice_servers: Vec::new(),
             force_relay: false,
+            project: "venue-ops".into(),
+            category: "stream".into(),
+            district: Some("bxl1".into()),
+            body: Some("b-7".into()),
+            head: None,
+            started_ms: 1_700_000_000_000,
         }
     }
 
@@ -500,11 +601,78 @@ mod tests {
         let mut context = context();
         assert_eq!(
             context.report_link(),
-            "https://support.example/report?session_id=s-1&worker_id=w1&body_ip=10.0.0.2&experience=demo%3C%2Fscript%3E"
+            "https://support.example/report?project=venue-ops&category=stream&title=Stream%20problem%3A%20demo%3C%2Fscript%3E%20%28session%20s-1%29&session_id=s-1&experience=demo%3C%2Fscript%3E&district=bxl1&body=b-7&head=&body_ip=10.0.0.2&worker_id=w1"
         );
         context.report_url = "mailto:ops@example.org".into();
         assert!(context.report_link().starts_with(
-            "mailto:ops@example.org?subject=Hydra%20session%20s-1&body=session_id%3Ds-1%0A"
+            "mailto:ops@example.org?subject=Hydra%20session%20s-1&body=project%3Dvenue-ops%0A"
         ));
+    }
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+
+    /// The field's report parameters (relay.md, issue 14), written out here.
+    const FIELD_PARAMETERS: &[&str] = &[
+        "project",
+        "category",
+        "title",
+        "session_id",
+        "experience",
+        "district",
+        "body",
+        "head",
+        "body_ip",
+        "disconnect_count",
+        "duration_ms",
+        "end_reason",
+        "ice_candidate_type",
+    ];
+
+    /// The overlay says "Start new stream"; the report link opens in a new tab and, with what the
+    /// page appends, carries every parameter of the field; the stats beacon goes to the
+    /// session's own route.
+    #[test]
+    fn the_overlay_says_start_new_stream_and_the_report_link_has_every_field_parameter() {
+        let context = PageContext {
+            session_id: "s-9".into(),
+            worker_id: "w1".into(),
+            body_ip: "10.0.0.2".into(),
+            experience: None,
+            return_url: "https://kiosk.example/home".into(),
+            report_url: "https://support.example/report".into(),
+            ice_servers: Vec::new(),
+            force_relay: false,
+            project: "hydra".into(),
+            category: "stream".into(),
+            district: None,
+            body: None,
+            head: Some("h-1".into()),
+            started_ms: 5,
+        };
+        let script = context.script();
+        assert!(script.contains(r#""Start new stream""#), "{script}");
+        assert!(!script.contains(r#""Return")"#));
+        assert!(script.contains(r#"target: "_blank""#));
+        assert!(script.contains(r#""stats_url":"/session/s-9/stats""#));
+        assert!(script.contains(r#""started_ms":5"#));
+        let link = context.report_link();
+        let query = link.split_once('?').unwrap().1;
+        let mut keys: Vec<&str> = query
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap().0)
+            .collect();
+        for key in PAGE_REPORT_PARAMETERS {
+            assert!(
+                script.contains(&format!("\"{key}\"")),
+                "{key} is not added by the page"
+            );
+            keys.push(key);
+        }
+        for key in FIELD_PARAMETERS {
+            assert!(keys.contains(key), "{key} is missing from {keys:?}");
+        }
     }
 }

@@ -34,6 +34,8 @@ const SECTIONS: &[&str] = &[
     "cluster",
     "report",
     "mic",
+    "body",
+    "nps",
 ];
 
 /// Everything `hydra agent` runs with.
@@ -70,8 +72,12 @@ pub struct AgentConfig {
     pub api_token: Option<String>,
     /// The peer mesh (issue 11).
     pub cluster: ClusterSection,
-    /// Where session records go (the field's `nps:`).
+    /// The body role's launch and stop (and the bodies' agent port, for a worker).
+    pub body: BodySection,
+    /// Session records (`report.url`, `report.token`).
     pub report: ReportSection,
+    /// The field's name for `report:`; used when `report.url` is not set.
+    pub nps: ReportSection,
     /// The browser microphone relay.
     pub mic: MicSection,
 }
@@ -94,7 +100,9 @@ impl Default for AgentConfig {
             wireguard_optional: false,
             api_token: None,
             cluster: ClusterSection::default(),
+            body: BodySection::default(),
             report: ReportSection::default(),
+            nps: ReportSection::default(),
             mic: MicSection::default(),
         }
     }
@@ -240,6 +248,7 @@ impl AgentConfig {
             return fail("bundle.poll_interval must be between 1 and 3600 seconds".into());
         }
         self.validate_cluster()?;
+        self.validate_body_and_report()?;
         let health_ms = (self.health.interval * 1_000.0).round();
         if !(health_ms.is_finite() && health_ms <= 3_600_000.0) {
             return fail("health.interval must be at most 3600 seconds".into());
@@ -287,6 +296,69 @@ impl AgentConfig {
                 if !(value > 0.0 && value <= 86_400.0) {
                     return fail(format!("{key} must be between 0 and 86400 seconds"));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The session-record settings: `report:`, else the field's `nps:` when only it names a URL.
+    pub fn report_settings(&self) -> &ReportSection {
+        if self.report.url.is_none() && self.nps.url.is_some() {
+            &self.nps
+        } else {
+            &self.report
+        }
+    }
+
+    /// The `body:` and `report:` keys; the message names the key.
+    fn validate_body_and_report(&self) -> Result<(), ConfigError> {
+        use crate::body::PLACEHOLDERS;
+        use crate::worker::process::check_template_for;
+        let fail = |message: String| Err(ConfigError(message));
+        if !self.body.launch_command.is_empty() {
+            check_template_for(
+                "body.launch_command",
+                &self.body.launch_command,
+                PLACEHOLDERS,
+            )
+            .map_err(ConfigError)?;
+        }
+        if !self.body.stop_command.is_empty() {
+            check_template_for("body.stop_command", &self.body.stop_command, PLACEHOLDERS)
+                .map_err(ConfigError)?;
+        }
+        if !(self.body.stop_grace > 0.0 && self.body.stop_grace <= 600.0) {
+            return fail("body.stop_grace must be between 0 and 600 seconds".into());
+        }
+        if let Some(token) = &self.body.worker_token
+            && (token.chars().count() < 16 || token.chars().any(char::is_control))
+        {
+            return fail(
+                "body.worker_token must be at least 16 characters, without control characters"
+                    .into(),
+            );
+        }
+        if !matches!(self.sunshine.api_scheme.as_str(), "http" | "https") {
+            return fail("sunshine.api_scheme must be http or https".into());
+        }
+        for (key, section) in [("report", &self.report), ("nps", &self.nps)] {
+            if let Some(url) = &section.url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return fail(format!(
+                    "{key}.url {url:?} must start with http:// or https://"
+                ));
+            }
+            if section.max_entries == 0 {
+                return fail(format!("{key}.max_entries must be at least 1"));
+            }
+            if !(section.retry_base > 0.0
+                && section.retry_base <= section.retry_max
+                && section.retry_max <= 86_400.0)
+            {
+                return fail(format!(
+                    "{key}.retry_base must be above 0 and at most {key}.retry_max (at most 86400 seconds)"
+                ));
             }
         }
         Ok(())
@@ -503,6 +575,46 @@ mod tests {
                 "cluster.key_file is required when cluster.enabled (datagrams are sealed)",
                 "cluster.discovery_mode must be list or dns",
                 "cluster.dns_service_name is required with discovery_mode dns",
+            ]
+        "#]]
+        .assert_debug_eq(&errors);
+    }
+
+    #[test]
+    fn the_body_and_report_keys_are_checked_and_nps_is_an_alias_of_report() {
+        let nps = load_yaml("nps:\n  url: https://nps.example/records\n  token: t\n").unwrap();
+        assert_eq!(
+            nps.report_settings().url.as_deref(),
+            Some("https://nps.example/records")
+        );
+        assert_eq!(nps.report_settings().token.as_deref(), Some("t"));
+        let both = load_yaml(
+            "nps: {url: 'https://nps.example/a'}\nreport: {url: 'https://reports.example/b'}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            both.report_settings().url.as_deref(),
+            Some("https://reports.example/b")
+        );
+        let errors: Vec<String> = [
+            "body:\n  launch_command: [/bin/launch, '{exe}']\n",
+            "body:\n  stop_command: ['']\n",
+            "body:\n  worker_token: short\n",
+            "report:\n  url: ftp://x\n",
+            "nps:\n  retry_base: 0\n",
+            "sunshine:\n  api_scheme: ftp\n",
+        ]
+        .iter()
+        .map(|yaml| load_yaml(yaml).unwrap_err().0)
+        .collect();
+        expect_test::expect![[r#"
+            [
+                "body.launch_command: unknown placeholder {exe} in \"{exe}\" (known: {exe_path}, {experience}, {session_id})",
+                "body.stop_command must name a program",
+                "body.worker_token must be at least 16 characters, without control characters",
+                "report.url \"ftp://x\" must start with http:// or https://",
+                "nps.retry_base must be above 0 and at most nps.retry_max (at most 86400 seconds)",
+                "sunshine.api_scheme must be http or https",
             ]
         "#]]
         .assert_debug_eq(&errors);

@@ -253,13 +253,26 @@ impl std::fmt::Debug for TurnSection {
 }
 
 /// `sunshine:`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SunshineSection {
     /// User.
     pub username: String,
     /// Password.
     pub password: String,
+    /// Scheme of the bodies' Sunshine API on `sessions.body_port` (`https`, Sunshine's own
+    /// self-signed certificate, which the worker does not check; `http` for a stand-in).
+    pub api_scheme: String,
+}
+
+impl Default for SunshineSection {
+    fn default() -> Self {
+        SunshineSection {
+            username: String::new(),
+            password: String::new(),
+            api_scheme: "https".into(),
+        }
+    }
 }
 
 impl Default for NodeSection {
@@ -335,15 +348,83 @@ impl Default for SessionsSection {
     }
 }
 
-/// `report:` (the field's `nps:`): where session records go. Only loaded here; the sending is
-/// the session-records work of issue 14.
-#[derive(Clone, Default, Serialize, Deserialize)]
+/// `body:` (the body role's launch and stop, and what a worker needs to reach a body's agent).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BodySection {
+    /// On a body: argv run by `POST /api/v1/launch` (never a shell); placeholders
+    /// `{exe_path}`, `{experience}`, `{session_id}`.
+    pub launch_command: Vec<String>,
+    /// On a body: argv run by `POST /api/v1/stop` after the launched process group is ended
+    /// (empty: ending the group is all); same placeholders.
+    pub stop_command: Vec<String>,
+    /// The token workers present to bodies' launch and stop: accepted on a body, sent by a
+    /// worker (one fleet secret; the agent's `api_token` is accepted too).
+    pub worker_token: Option<String>,
+    /// On a worker: the port of the bodies' agents (7071).
+    pub agent_port: u16,
+    /// Seconds between SIGTERM and SIGKILL when a launched experience is ended, and the
+    /// longest `stop_command` may run.
+    pub stop_grace: f64,
+}
+
+impl Default for BodySection {
+    fn default() -> Self {
+        BodySection {
+            launch_command: Vec::new(),
+            stop_command: Vec::new(),
+            worker_token: None,
+            agent_port: 7071,
+            stop_grace: 5.0,
+        }
+    }
+}
+
+impl std::fmt::Debug for BodySection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BodySection")
+            .field("launch_command", &self.launch_command)
+            .field("stop_command", &self.stop_command)
+            .field("worker_token", &self.worker_token.as_ref().map(|_| "(set)"))
+            .field("agent_port", &self.agent_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `report:` (session records sent at the end of every session; the field's `nps:` is read as
+/// an alias).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportSection {
-    /// The reporting endpoint (the field's `nps.url`).
+    /// Where each session's record is POSTed; none: no records are sent.
     pub url: Option<String>,
-    /// Its bearer token (the field's `nps.token`); never shown by `Debug`.
+    /// Bearer token for `url`; never logged.
     pub token: Option<String>,
+    /// Records kept on disk at most while the endpoint does not take them (oldest dropped).
+    pub max_entries: usize,
+    /// Seconds of the first retry's backoff ceiling (doubling, full jitter).
+    pub retry_base: f64,
+    /// Seconds of the longest backoff ceiling.
+    pub retry_max: f64,
+    /// `project` of the overlay's "Report a problem" link.
+    pub project: String,
+    /// `category` of the overlay's "Report a problem" link.
+    pub category: String,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        ReportSection {
+            url: None,
+            token: None,
+            max_entries: 10_000,
+            retry_base: 1.0,
+            retry_max: 300.0,
+            project: "hydra".into(),
+            category: "stream".into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ReportSection {
@@ -352,6 +433,7 @@ impl std::fmt::Debug for ReportSection {
             .debug_struct("ReportSection")
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "(set)"))
-            .finish()
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
     }
 }

@@ -99,6 +99,12 @@ struct Inner {
     ride_out: crate::ride_out::RideOut,
     notices: notice::Notices,
     mic: Arc<crate::mic::MicRelay>,
+    /// The body role, when the node has it (`set_body`).
+    body: std::sync::OnceLock<Arc<crate::body::BodyRole>>,
+    /// The worker's calls to its sessions' bodies (`set_body_link`).
+    body_link: std::sync::OnceLock<Arc<crate::sunshine::BodyLink>>,
+    /// Session records (`set_records`).
+    records: std::sync::OnceLock<Arc<crate::reports::Records>>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -149,6 +155,9 @@ impl AgentState {
                 ride_out: crate::ride_out::RideOut::default(),
                 notices: notice::Notices::default(),
                 mic: Arc::default(),
+                body: std::sync::OnceLock::new(),
+                body_link: std::sync::OnceLock::new(),
+                records: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -166,6 +175,34 @@ impl AgentState {
     /// The browser microphone peers (`POST /session/{id}/mic/offer`).
     pub fn mic(&self) -> &Arc<crate::mic::MicRelay> {
         &self.inner.mic
+    /// Gives the agent its body role (once; later calls change nothing).
+    pub fn set_body(&self, body: Arc<crate::body::BodyRole>) {
+        let _ = self.inner.body.set(body);
+    }
+
+    /// The body role, if the agent runs it.
+    pub fn body(&self) -> Option<&Arc<crate::body::BodyRole>> {
+        self.inner.body.get()
+    }
+
+    /// Gives the worker its link to bodies (once).
+    pub fn set_body_link(&self, link: Arc<crate::sunshine::BodyLink>) {
+        let _ = self.inner.body_link.set(link);
+    }
+
+    /// The worker's link to bodies, if set.
+    pub fn body_link(&self) -> Option<&Arc<crate::sunshine::BodyLink>> {
+        self.inner.body_link.get()
+    }
+
+    /// Gives the worker its session records (once).
+    pub fn set_records(&self, records: Arc<crate::reports::Records>) {
+        let _ = self.inner.records.set(records);
+    }
+
+    /// The session records, if set.
+    pub fn records(&self) -> Option<&Arc<crate::reports::Records>> {
+        self.inner.records.get()
     }
 
     /// The worker role, if the agent runs it.
@@ -359,7 +396,7 @@ pub fn api_error(code: ErrorCode, message: &str) -> Response {
 /// Parses a JSON request body, or answers 400 with serde's message (which names the field); a
 /// string with a control character is refused naming its field (`hydra_api::text`, the server's
 /// rule).
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
     let parsed = serde_json::from_slice(body).map_err(|error| {
         Box::new(api_error(
             ErrorCode::InvalidRequest,
@@ -400,6 +437,9 @@ pub fn router(state: AgentState) -> Router {
         .route("/session/{id}/quit", post(sessions::quit))
         .route("/session/{id}/rating", post(sessions::rate))
         .route("/session/{id}/mic/offer", post(sessions::mic_offer))
+        .route("/session/{id}/stats", post(sessions::page_stats))
+        .route("/api/v1/launch", post(crate::body::launch_route))
+        .route("/api/v1/stop", post(crate::body::stop_route))
         .route("/session/{id}", any(viewer::add_slash))
         .route("/session/{id}/", any(viewer::proxy_root))
         .route("/session/{id}/{*rest}", any(viewer::proxy_path))

@@ -28,6 +28,28 @@ pub(super) async fn start_session(
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
+    let records_context = crate::reports::SessionContext {
+        district: request.district.clone(),
+        head: request.head_id.clone(),
+        body: request.body_id.clone(),
+    };
+    let body_call = request
+        .exe_path
+        .clone()
+        .map(|exe_path| crate::sunshine::BodyStart {
+            session_id: String::new(),
+            body_ip: request.body_ip.trim().to_owned(),
+            exe_path,
+            experience: request.experience.clone(),
+            sunshine_user: request
+                .sunshine_user
+                .clone()
+                .unwrap_or_else(|| worker.settings().sunshine_username.clone()),
+            sunshine_pass: request
+                .sunshine_pass
+                .clone()
+                .unwrap_or_else(|| worker.settings().sunshine_password.clone()),
+        });
     let spec = SessionSpec {
         id: request.session_id,
         body_ip: request.body_ip,
@@ -40,6 +62,15 @@ pub(super) async fn start_session(
     state.report_now().notify_one();
     match outcome {
         Ok(session) => {
+            if let Some(records) = state.records() {
+                records.session_started(&session.id, records_context);
+            }
+            if let (Some(link), Some(call)) = (state.body_link(), body_call) {
+                link.session_started(crate::sunshine::BodyStart {
+                    session_id: session.id.clone(),
+                    ..call
+                });
+            }
             let mut answer = session.to_wire();
             answer.stream_url = state.viewer_url(&session.id, &answer.stream_url);
             (StatusCode::CREATED, axum::Json(answer)).into_response()
@@ -76,9 +107,13 @@ pub(super) async fn stop_session(
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
     };
+    if let Some(records) = state.records() {
+        records.session_ending(&id, "deleted", hydra_api::now_ms());
+    }
     match worker.stop_session(&id, "ended by the control plane").await {
         Some(session) => {
             state.report_now().notify_one();
+            stop_on_body(&state, &id);
             axum::Json(session.to_wire()).into_response()
         }
         None => api_error(
@@ -101,9 +136,13 @@ pub(super) async fn quit(
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
     };
+    if let Some(records) = state.records() {
+        records.session_ending(&id, "quit", hydra_api::now_ms());
+    }
     match worker.stop_session(&id, "quit from the page").await {
         Some(session) => {
             state.report_now().notify_one();
+            stop_on_body(&state, &id);
             axum::Json(serde_json::json!({
                 "session_id": session.id,
                 "status": session.status.as_str(),
@@ -257,4 +296,46 @@ pub(super) async fn mic_offer(
             api_error(error.code(), &error.to_string())
         }
     }
+}
+
+/// Asks the session's body to stop its experience, in a task of its own (bounded by the link's
+/// call timeouts), so neither `DELETE` nor quit waits for the body.
+fn stop_on_body(state: &AgentState, id: &str) {
+    if let Some(link) = state.body_link() {
+        let link = link.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move { link.session_stopped(&id).await });
+    }
+}
+
+/// `POST /session/{id}/stats`: the page's beacon (disconnects, ICE candidate type) for the
+/// session record; the viewer capability opens it.
+pub(super) async fn page_stats(
+    State(state): State<AgentState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
+        return *refused;
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    let stats: crate::reports::PageStats = match parse_body(&body) {
+        Ok(stats) => stats,
+        Err(refusal) => return *refusal,
+    };
+    if let Err(message) = stats.check() {
+        return api_error(ErrorCode::InvalidRequest, &message);
+    }
+    if worker.session(&id).is_none() {
+        return not_known(&id);
+    }
+    if let Some(records) = state.records() {
+        records.page_stats(&id, &stats);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }

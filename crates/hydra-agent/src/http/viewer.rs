@@ -65,7 +65,27 @@ pub(super) async fn proxy(state: AgentState, id: String, mut request: Request) -
         .unwrap_or_default();
     let path_and_query = format!("{}{query}", raw_rest(request.uri()));
     capability::strip_cookie(request.headers_mut());
+    let known = state
+        .records()
+        .map(|records| records.context(&id))
+        .unwrap_or_default();
+    let (project, category) = state.records().map_or_else(
+        || ("hydra".to_owned(), "stream".to_owned()),
+        |records| {
+            (
+                records.settings().project.clone(),
+                records.settings().category.clone(),
+            )
+        },
+    );
+    let age_ms = i64::try_from(session.age.as_millis()).unwrap_or(0);
     let context = PageContext {
+        project,
+        category,
+        district: known.district,
+        body: known.body,
+        head: known.head,
+        started_ms: hydra_api::now_ms().saturating_sub(age_ms),
         session_id: id.clone(),
         worker_id: state.heartbeat().node_id.unwrap_or_default(),
         body_ip: session.body_ip.clone(),

@@ -32,23 +32,33 @@ pub const PLACEHOLDERS: &[&str] = &[
 /// Checks a command template: at least a program, and no `{...}` other than [`PLACEHOLDERS`].
 /// The error names the offending word.
 pub fn check_template(template: &[String]) -> Result<(), String> {
+    check_template_for("sessions.command", template, PLACEHOLDERS)
+}
+
+/// Checks the command template of config key `key`: at least a program, and no `{...}` other
+/// than `placeholders`. The error names the key and the offending word.
+pub fn check_template_for(
+    key: &str,
+    template: &[String],
+    placeholders: &[&str],
+) -> Result<(), String> {
     let Some(program) = template.first() else {
-        return Err("sessions.command must name a program".into());
+        return Err(format!("{key} must name a program"));
     };
     if program.trim().is_empty() {
-        return Err("sessions.command must name a program".into());
+        return Err(format!("{key} must name a program"));
     }
     for word in template {
         let mut rest = word.as_str();
         while let Some(open) = rest.find('{') {
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("sessions.command: unclosed '{{' in {word:?}"))?;
+                .ok_or_else(|| format!("{key}: unclosed '{{' in {word:?}"))?;
             let placeholder = &rest[open..open + close + 1];
-            if !PLACEHOLDERS.contains(&placeholder) {
+            if !placeholders.contains(&placeholder) {
                 return Err(format!(
-                    "sessions.command: unknown placeholder {placeholder} in {word:?} (known: {})",
-                    PLACEHOLDERS.join(", ")
+                    "{key}: unknown placeholder {placeholder} in {word:?} (known: {})",
+                    placeholders.join(", ")
                 ));
             }
             rest = &rest[open + close + 1..];
@@ -89,6 +99,12 @@ pub fn expand(template: &[String], values: &Substitutions<'_>) -> Vec<String> {
         ("{webrtc_port_start}", &webrtc_start),
         ("{webrtc_port_end}", &webrtc_end),
     ];
+    expand_pairs(template, &pairs)
+}
+
+/// The template with each `(placeholder, value)` of `pairs` replaced, word by word (argv, never
+/// a shell: a value is never split or interpreted).
+pub fn expand_pairs(template: &[String], pairs: &[(&str, &str)]) -> Vec<String> {
     template
         .iter()
         .map(|word| {
@@ -183,10 +199,21 @@ impl SessionProcess {
         data_dir: &Path,
         env: &HashMap<&'static str, String>,
     ) -> std::io::Result<SessionProcess> {
+        SessionProcess::spawn_logged(argv, data_dir, LOG_FILE, env)
+    }
+
+    /// As [`SessionProcess::spawn`], with the output appended to `log_name` in `data_dir` (the
+    /// body role's launched experiences use the same group handling as sessions).
+    pub fn spawn_logged(
+        argv: &[String],
+        data_dir: &Path,
+        log_name: &str,
+        env: &HashMap<&'static str, String>,
+    ) -> std::io::Result<SessionProcess> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.join(LOG_FILE))?;
+            .open(data_dir.join(log_name))?;
         let log_err = log.try_clone()?;
         if argv.is_empty() {
             return Err(std::io::Error::other("empty command"));

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 #[path = "../../../hydra/tests/it/browser.rs"]
 mod browser;
+mod body;
 mod captures;
 mod colocated;
 mod fleet;
@@ -14,6 +15,7 @@ mod mic;
 mod monitor;
 mod proxy;
 mod rating_forward;
+mod reports;
 mod session_start;
 mod support;
 mod turn;

@@ -750,6 +750,9 @@ async fn the_agent_client_starts_lists_and_ends_sessions_and_decodes_refusals() 
         sunshine_pass: None,
         experience: None,
         exe_path: None,
+        district: None,
+        head_id: None,
+        body_id: None,
     };
     let started = worker_key
         .start_session(&start("via-client", "127.0.0.1"))

@@ -22,6 +22,7 @@ mod metrics;
 mod node_config;
 mod replicas;
 mod replicas_feed;
+mod reports;
 mod sdk_failover;
 mod server_api;
 mod serving;
