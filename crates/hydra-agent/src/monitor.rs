@@ -40,22 +40,26 @@ const MAX_OUTPUT_LINE: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct MonitorFeed {
     next_seq: Mutex<u64>,
-    sender: broadcast::Sender<Arc<MonitorLine>>,
+    /// Made by the first reader: the ring's [`CAPACITY`] slots (about 640 KiB) are allocated and
+    /// written up front, and a node nobody captures never needs them. Before it, a line has no
+    /// reader and is not kept, as a broadcast without receivers does not keep it either.
+    sender: OnceLock<broadcast::Sender<Arc<MonitorLine>>>,
 }
 
 impl MonitorFeed {
     /// A feed numbering its lines from 1.
     pub fn new() -> Arc<MonitorFeed> {
-        let (sender, _) = broadcast::channel(CAPACITY);
         Arc::new(MonitorFeed {
             next_seq: Mutex::new(1),
-            sender,
+            sender: OnceLock::new(),
         })
     }
 
     /// Whether anyone reads the feed now (nothing is formatted otherwise).
     pub fn has_readers(&self) -> bool {
-        self.sender.receiver_count() > 0
+        self.sender
+            .get()
+            .is_some_and(|sender| sender.receiver_count() > 0)
     }
 
     /// Emits a line now; never waits. Lines are numbered in the order readers get them.
@@ -81,12 +85,16 @@ impl MonitorFeed {
         };
         *next += 1;
         // No reader is not an error: the line is simply not kept.
-        let _ = self.sender.send(Arc::new(line));
+        if let Some(sender) = self.sender.get() {
+            let _ = sender.send(Arc::new(line));
+        }
     }
 
     /// A new reader, from the next line on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<MonitorLine>> {
-        self.sender.subscribe()
+        self.sender
+            .get_or_init(|| broadcast::channel(CAPACITY).0)
+            .subscribe()
     }
 }
 
@@ -451,4 +459,27 @@ async fn publish_new_output(feed: &MonitorFeed, session_id: &str, log: &PathBuf,
         feed.publish(MonitorKind::Output, None, Some(session_id.to_owned()), text);
     }
     *offset += u64::try_from(last_newline + 1).unwrap_or(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_before_the_first_reader_are_numbered_not_kept_and_a_reader_gets_what_follows() {
+        let feed = MonitorFeed::new();
+        assert!(!feed.has_readers());
+        feed.publish(MonitorKind::Log, Some("INFO"), None, "before".into());
+        let mut reader = feed.subscribe();
+        assert!(feed.has_readers());
+        feed.publish(MonitorKind::Log, Some("INFO"), None, "after".into());
+        let line = reader.try_recv().expect("the line after subscribing");
+        assert_eq!((line.seq, line.message.as_str()), (2, "after"));
+        assert!(
+            reader.try_recv().is_err(),
+            "nothing else, the line before is not kept"
+        );
+        drop(reader);
+        assert!(!feed.has_readers());
+    }
 }
