@@ -5,16 +5,19 @@
 # server is back. A measurement, not a test. Needs `serf` (apt-get install serf, as root).
 #
 # Run: cargo build --release -p hydra && bash crates/hydra-agent/benches/ride-out.sh [SECONDS]
-# (HYDRA_BIN=target/debug/hydra measures a debug build.)
+# (HYDRA_BIN=target/debug/hydra measures a debug build. HYDRA_BIN_BEFORE=/path/to/an/older/hydra
+# runs that binary's agent beside it, same server, same time, so a change is measured in one run.)
 set -euo pipefail
 seconds=${1:-30}
 bin=${HYDRA_BIN:-target/release/hydra}
+bin_before=${HYDRA_BIN_BEFORE:-}
 dir=$(mktemp -d)
 server_pid=""
 agent_pid=""
+before_pid=""
 serf_pid=""
 cleanup() {
-  for pid in "$serf_pid" "$agent_pid" "$server_pid"; do
+  for pid in "$serf_pid" "$agent_pid" "$before_pid" "$server_pid"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -43,17 +46,31 @@ wait_log() { # FILE TEXT SECONDS
 }
 rss() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 hwm() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# Where it goes: anonymous memory (heap, stacks, buffers) and pages of the binary and libraries.
+split() { awk '/^RssAnon:/ {a = $2} /^RssFile:/ {f = $2} END {printf "anon %.1f, file %.1f", a / 1024, f / 1024}' "/proc/$1/status"; }
+
+start_agent() { # BIN NAME PORT: starts it in the background (the caller reads $!)
+  HYDRA_CONTROLLER__TOKEN=bench-admin HYDRA_HEARTBEAT__INTERVAL=1 HYDRA_HEALTH__INTERVAL=1 \
+    HYDRA_BUNDLE__POLL_INTERVAL=1 RUST_LOG=info "$1" agent --listen "127.0.0.1:$3" \
+    --server http://127.0.0.1:27070 --state-dir "$dir/$2" --node-id "ride-out-$2" \
+    2>"$dir/$2.log" &
+}
+wait_heartbeat() { # PORT
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$1/api/v1/status" 2>/dev/null | grep -q '"last_heartbeat":"' && return 0
+    sleep 0.1
+  done
+}
 
 start_server
-HYDRA_CONTROLLER__TOKEN=bench-admin HYDRA_HEARTBEAT__INTERVAL=1 HYDRA_HEALTH__INTERVAL=1 \
-  HYDRA_BUNDLE__POLL_INTERVAL=1 RUST_LOG=info "$bin" agent --listen 127.0.0.1:27071 \
-  --server http://127.0.0.1:27070 --state-dir "$dir/agent" --node-id ride-out-worker \
-  2>"$dir/agent.log" &
+start_agent "$bin" agent 27071
 agent_pid=$!
-for _ in $(seq 1 100); do
-  curl -fsS http://127.0.0.1:27071/api/v1/status 2>/dev/null | grep -q '"last_heartbeat":"' && break
-  sleep 0.1
-done
+if [ -n "$bin_before" ]; then
+  start_agent "$bin_before" before 27072
+  before_pid=$!
+  wait_heartbeat 27072
+fi
+wait_heartbeat 27071
 
 kill -9 "$server_pid"
 wait "$server_pid" 2>/dev/null || true
@@ -62,7 +79,13 @@ wait_log "$dir/agent.log" "[health] no master reachable" 10
 sleep "$seconds"
 agent_rss=$(rss "$agent_pid")
 agent_hwm=$(hwm "$agent_pid")
+agent_split=$(split "$agent_pid")
 journal=$(wc -l < "$dir/agent/journal.jsonl")
+if [ -n "$before_pid" ]; then
+  before_rss=$(rss "$before_pid")
+  before_hwm=$(hwm "$before_pid")
+  before_split=$(split "$before_pid")
+fi
 
 serf agent -node=ride-out-bench -bind=127.0.0.1:27946 -rpc-addr=127.0.0.1:27373 \
   >"$dir/serf.log" 2>&1 &
@@ -70,12 +93,16 @@ serf_pid=$!
 sleep "$seconds"
 serf_rss=$(rss "$serf_pid")
 serf_hwm=$(hwm "$serf_pid")
+serf_split=$(split "$serf_pid")
 
 start_server
 wait_log "$dir/agent.log" "[journal] replayed journaled writes" 30
 line=$(grep -F "[journal] replayed journaled writes" "$dir/agent.log" | head -1)
 sent=$(sed -E 's/.*sent=([0-9]+).*/\1/' <<<"$line")
 elapsed=$(sed -E 's/.*elapsed_ms=([0-9]+).*/\1/' <<<"$line")
-echo "hydra agent degraded for ${seconds} s (health checker, bundle poller, journal of ${journal} writes): RSS ${agent_rss} MiB (peak ${agent_hwm} MiB)"
-echo "serf agent ($(serf version | head -1)) after ${seconds} s: RSS ${serf_rss} MiB (peak ${serf_hwm} MiB)"
+echo "hydra agent degraded for ${seconds} s (health checker, bundle poller, journal of ${journal} writes): RSS ${agent_rss} MiB (${agent_split}; peak ${agent_hwm} MiB)"
+if [ -n "$before_pid" ]; then
+  echo "hydra agent of $bin_before beside it, same ${seconds} s: RSS ${before_rss} MiB (${before_split}; peak ${before_hwm} MiB)"
+fi
+echo "serf agent ($(serf version | head -1)) after ${seconds} s: RSS ${serf_rss} MiB (${serf_split}; peak ${serf_hwm} MiB)"
 python3 -c "import sys; s, e = int(sys.argv[1]), int(sys.argv[2]); print(f'journal replay: {s} writes in {e} ms = {1000 * s / max(e, 1):.0f} writes/s')" "$sent" "$elapsed"

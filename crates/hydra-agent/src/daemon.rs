@@ -96,7 +96,7 @@ pub async fn serve(
     let state = AgentState::new(
         HttpSettings {
             roles: config.node.roles.clone(),
-            servers: client.replica_urls().to_vec(),
+            servers: client.replica_urls(),
             return_url: config.sessions.return_url.clone(),
             report_url: config.sessions.report_url.clone(),
             rating_url: config.sessions.rating_url.clone(),

@@ -1,14 +1,17 @@
 //! The health checker task: every `health.interval` it asks every replica's `check-master`,
 //! hands the answers to `hydra_core::health` and carries out what it says (point the SDK's
 //! cached master at a new master, log the field's WARN on entering degraded mode and the INFO on
-//! recovery, resync the config bundle when a master is back). Nothing it does stops a session
-//! or the proxy: degraded mode only means the agent runs on the config it has.
+//! recovery, resync the config bundle when a master is back, read `GET /api/v1/replicas` into
+//! the SDK's replica set on a failure and every few rounds). Nothing it does stops a session or
+//! the proxy: degraded mode only means the agent runs on the config it has.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hydra_client::Client;
-use hydra_core::health::{HealthChecker, HealthState, Output, ReplicaAnswer, ReplicaCheck};
+use hydra_client::{Client, RetryPolicy};
+use hydra_core::health::{
+    HealthChecker, HealthState, Output, REFRESH_EVERY_ROUNDS, ReplicaAnswer, ReplicaCheck,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::bundle::Bundles;
@@ -18,7 +21,7 @@ use crate::ride_out::ReplicaSeen;
 /// One round of `check-master` over every replica, at once: each answer for the checker, and
 /// the lease term each replica named (for `hydra status`; the checker does not need it).
 async fn ask_replicas(client: &Client) -> (Vec<ReplicaCheck>, Vec<Option<u64>>) {
-    let urls = client.replica_urls().to_vec();
+    let urls = client.replica_urls();
     let answers = futures::future::join_all(urls.iter().map(|url| client.check_master(url))).await;
     urls.into_iter()
         .zip(answers)
@@ -62,8 +65,25 @@ fn carry_out(output: &Output, client: &Client) {
         Output::Recovered { degraded_for_ms } => {
             tracing::info!(degraded_for_ms, "{output}");
         }
-        // No replica list route yet (issue "Control-plane replicas"): the configured list stays.
+        // The refresh is carried out by the round (it awaits an answer).
         Output::RefreshReplicas { .. } | Output::Resync => tracing::debug!("{output}"),
+    }
+}
+
+/// Reads the replica list (one try, no retries: the next round tries again) and applies it to
+/// the SDK's replica set, logging each replica learned or forgotten once.
+async fn refresh_replica_list(client: &Client) {
+    match client.with_retry(RetryPolicy::once()).list_replicas().await {
+        Ok(listed) => {
+            let change = client.apply_replica_list(&listed);
+            for url in &change.added {
+                tracing::info!(replica = %url, "[health] learned replica {url} from the replica list");
+            }
+            for url in &change.removed {
+                tracing::info!(replica = %url, "[health] forgot replica {url}: the replica list no longer names it healthy");
+            }
+        }
+        Err(error) => tracing::debug!(%error, "[health] cannot read the replica list"),
     }
 }
 
@@ -75,12 +95,20 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut checker = HealthChecker::new(client.master_url());
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let mut checker = HealthChecker::new(client.master_url())
+        .with_refresh_every(interval_ms.saturating_mul(REFRESH_EVERY_ROUNDS));
     loop {
         let (checks, terms) = ask_replicas(&client).await;
         let outputs = checker.round(&checks, hydra_api::now_ms(), bundles.version());
         for output in &outputs {
             carry_out(output, &client);
+        }
+        if outputs
+            .iter()
+            .any(|output| matches!(output, Output::RefreshReplicas { .. }))
+        {
+            refresh_replica_list(&client).await;
         }
         let health = checker.state();
         state.ride_out().update(|view| {

@@ -87,7 +87,7 @@ pub async fn beat(
             {
                 tracing::error!(error = %journal_error, "[journal] cannot journal a write; it is lost");
                 return Err(error.unwrap_or(ClientError::NoMaster {
-                    replicas: client.replica_urls().to_vec(),
+                    replicas: client.replica_urls(),
                 }));
             }
         }

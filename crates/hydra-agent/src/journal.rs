@@ -5,7 +5,9 @@
 //! when a replay is cut short (a lost answer, a kill -9) and repeated.
 //!
 //! Beyond `journal.max_entries` the oldest coalescible writes go first (`hydra_core::journal`)
-//! and are counted. A file that does not read back is named in an error and set aside
+//! and are counted. A replay first drops the writes older than the server's memory of write ids
+//! (`hydra_core::journal::expired`: a week less an hour), with one WARN and their count, since
+//! replaying them could apply them twice. A file that does not read back is named in an error and set aside
 //! (`journal.jsonl.corrupt-<unix ms>`), never used and never deleted.
 
 use std::collections::VecDeque;
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use hydra_api::{HeartbeatRequest, WorkerReport};
 use hydra_client::{Client, ClientError};
-use hydra_core::journal::{DeferredWrite, make_room};
+use hydra_core::journal::{DeferredWrite, expired, make_room};
 use serde::{Deserialize, Serialize};
 
 /// The journal's file in the state dir.
@@ -271,7 +273,7 @@ impl Journal {
         self.len() == 0
     }
 
-    /// Writes dropped to keep within the bound since the agent started.
+    /// Writes dropped since the agent started: to keep within the bound, or too old to replay.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
     }
@@ -338,12 +340,42 @@ impl Journal {
         Ok(())
     }
 
+    /// Drops the writes too old to replay at `now_ms` ([`expired`]): the file is rewritten
+    /// without them, one WARN names how many, and they count as dropped. Returns how many.
+    pub fn drop_expired(&self, now_ms: i64) -> Result<usize, JournalError> {
+        let mut inner = self.lock();
+        let deferred_at: Vec<i64> = inner.entries.iter().map(|entry| entry.at_ms).collect();
+        let too_old = expired(&deferred_at, now_ms);
+        if too_old.is_empty() {
+            return Ok(0);
+        }
+        let kept: VecDeque<Entry> = inner
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(position, _)| too_old.binary_search(position).is_err())
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        self.rewrite(&mut inner, kept)?;
+        inner.dropped += too_old.len() as u64;
+        tracing::warn!(
+            count = too_old.len(),
+            oldest_at = %hydra_api::rfc3339(deferred_at[too_old[0]]),
+            path = %self.path.display(),
+            "[journal] dropping journaled writes older than the control plane remembers write ids; replaying them could apply them twice"
+        );
+        Ok(too_old.len())
+    }
+
     /// Sends every waiting write in order, each with its write id, and forgets those the server
     /// took. Stops at the first write the control plane could not take now (unreachable, no
     /// master, a server error), keeping it and everything after it; a write refused for good
     /// (a 4xx: the node was removed, the write no longer fits) is logged and not kept.
     pub async fn replay(&self, client: &Client) -> Result<Replayed, ClientError> {
         let _one_at_a_time = self.replaying.lock().await;
+        if let Err(error) = self.drop_expired(hydra_api::now_ms()) {
+            tracing::error!(%error, "[journal] cannot drop the journaled writes too old to replay");
+        }
         let started = Instant::now();
         let mut replayed = Replayed {
             sent: 0,
@@ -496,6 +528,34 @@ mod tests {
             &std::fs::metadata(journal.path()).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600, "a worker report holds the agent key");
+    }
+
+    #[test]
+    fn writes_older_than_a_week_less_an_hour_are_dropped_not_replayed() {
+        const HOUR: i64 = 3_600_000;
+        let now = 1_000 * 24 * HOUR;
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), 10, 0).unwrap();
+        // (write, hours before now it was deferred)
+        for (index, (write, hours_ago)) in [
+            (heartbeat(1), 8 * 24),
+            (report(1), 7 * 24 - 1),
+            (heartbeat(2), 7 * 24 - 2),
+            (report(2), 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            journal
+                .append("w-1", write, now - hours_ago * HOUR, index as u128)
+                .unwrap();
+        }
+        assert_eq!(journal.drop_expired(now).unwrap(), 2);
+        let (in_memory, on_disk) = words(&journal, dir.path());
+        assert_eq!(in_memory, "hb2 rep2");
+        assert_eq!(on_disk, "hb2 rep2", "the file says the same");
+        assert_eq!(journal.dropped(), 2);
+        assert_eq!(journal.drop_expired(now).unwrap(), 0, "nothing more");
     }
 
     #[test]

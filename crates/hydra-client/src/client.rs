@@ -91,7 +91,7 @@ impl fmt::Debug for ClientConfig {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    replicas: Arc<Replicas>,
+    pub(crate) replicas: Arc<Replicas>,
     token: Option<Arc<str>>,
     request_timeout: Duration,
     retry: RetryPolicy,
@@ -166,8 +166,8 @@ impl Client {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The configured replica base URLs, normalised, in configured order.
-    pub fn replica_urls(&self) -> &[String] {
+    /// Every replica base URL: the configured ones, then the learned ones (see `replicas.rs`).
+    pub fn replica_urls(&self) -> Vec<String> {
         self.replicas.urls()
     }
 
@@ -263,7 +263,7 @@ impl Client {
     }
 
     async fn discover_master_within(&self, timeout: Duration) -> Result<String, ClientError> {
-        let urls = self.replicas.urls().to_vec();
+        let urls = self.replicas.urls();
         let answers =
             futures::future::join_all(urls.iter().map(|base| self.check_master_at(base, timeout)))
                 .await;
@@ -432,7 +432,7 @@ impl Client {
         }
         self.replicas.forget_master();
         Err(Failure::retryable(ClientError::NoMaster {
-            replicas: self.replicas.urls().to_vec(),
+            replicas: self.replicas.urls(),
         }))
     }
 

@@ -27,5 +27,5 @@ pub use error::ClientError;
 /// The eligible-bodies question and the connect times a head reports, one wire type shared with
 /// the server (`hydra-api`).
 pub use hydra_api::{EligibleQuery, Measurement};
-pub use replicas::ReplicaStatus;
+pub use replicas::{ReplicaChange, ReplicaStatus};
 pub use retry::RetryPolicy;

@@ -1,9 +1,11 @@
-//! What the client knows about the replicas: their base URLs, the cached master, which one
-//! answered reads last, and when each last answered or failed.
+//! What the client knows about the replicas: their base URLs (the configured seeds, plus those
+//! learned from `GET /api/v1/replicas` at run time), the cached master, which one answered reads
+//! last, and when each last answered or failed.
 //!
 //! Plain state behind one `std::sync::Mutex`, held only to read or update a few fields, never
 //! across an `.await`.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,16 @@ pub struct ReplicaStatus {
     pub is_healthy: bool,
 }
 
+/// What applying a replica list changed: base URLs learned and forgotten (seeds are never
+/// forgotten).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaChange {
+    /// Replicas the client did not know and now asks too.
+    pub added: Vec<String>,
+    /// Learned replicas the list no longer names (or names as neither healthy nor master).
+    pub removed: Vec<String>,
+}
+
 #[derive(Debug, Default, Clone)]
 struct Contact {
     last_ok: Option<Instant>,
@@ -30,15 +42,17 @@ struct Contact {
 
 #[derive(Debug)]
 struct State {
+    /// The seeds first, in configured order, then the learned replicas in listed order.
+    urls: Vec<String>,
     master: Option<String>,
-    preferred_read: usize,
-    contacts: Vec<Contact>,
+    preferred_read: Option<String>,
+    contacts: HashMap<String, Contact>,
 }
 
-/// The replica set: fixed URLs plus mutable knowledge about them.
+/// The replica set: the configured seeds, the learned replicas, and knowledge about them.
 #[derive(Debug)]
 pub(crate) struct Replicas {
-    urls: Vec<String>,
+    seeds: Vec<String>,
     healthy_window: Duration,
     state: Mutex<State>,
 }
@@ -58,21 +72,58 @@ impl Replicas {
                 normalised.push(base);
             }
         }
-        let contacts = vec![Contact::default(); normalised.len()];
+        let contacts = normalised
+            .iter()
+            .map(|url| (url.clone(), Contact::default()))
+            .collect();
         Ok(Replicas {
-            urls: normalised,
+            seeds: normalised.clone(),
             healthy_window,
             state: Mutex::new(State {
+                urls: normalised,
                 master: None,
-                preferred_read: 0,
+                preferred_read: None,
                 contacts,
             }),
         })
     }
 
-    /// Every configured base URL, in configured order.
-    pub(crate) fn urls(&self) -> &[String] {
-        &self.urls
+    /// Every known base URL: the configured ones in configured order, then the learned ones.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.lock().urls.clone()
+    }
+
+    /// Makes the set the seeds plus `listed` (normalised base URLs, in the order the control
+    /// plane lists them): replicas not known yet are added, learned ones not listed any more
+    /// are forgotten with what was known of them. Seeds stay whatever the list says, so a
+    /// control plane that answers with a wrong list cannot make the client forget its config.
+    pub(crate) fn apply_list(&self, listed: &[String]) -> ReplicaChange {
+        let wanted = replica_set(&self.seeds, listed);
+        let mut state = self.lock();
+        let change = ReplicaChange {
+            added: wanted
+                .iter()
+                .filter(|url| !state.urls.contains(url))
+                .cloned()
+                .collect(),
+            removed: state
+                .urls
+                .iter()
+                .filter(|url| !wanted.contains(url))
+                .cloned()
+                .collect(),
+        };
+        for url in &change.removed {
+            state.contacts.remove(url);
+            if state.preferred_read.as_deref() == Some(url.as_str()) {
+                state.preferred_read = None;
+            }
+        }
+        for url in &change.added {
+            state.contacts.insert(url.clone(), Contact::default());
+        }
+        state.urls = wanted;
+        change
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -118,36 +169,39 @@ impl Replicas {
 
     /// The order to try reads in: the replica that answered last, then the others.
     pub(crate) fn read_order(&self) -> Vec<String> {
-        let preferred = self.lock().preferred_read % self.urls.len();
-        let mut order = Vec::with_capacity(self.urls.len());
-        order.extend_from_slice(&self.urls[preferred..]);
-        order.extend_from_slice(&self.urls[..preferred]);
+        let state = self.lock();
+        let preferred = state
+            .preferred_read
+            .as_ref()
+            .and_then(|preferred| state.urls.iter().position(|url| url == preferred))
+            .unwrap_or(0);
+        let mut order = Vec::with_capacity(state.urls.len());
+        order.extend_from_slice(&state.urls[preferred..]);
+        order.extend_from_slice(&state.urls[..preferred]);
         order
     }
 
     /// Records that `url` answered (any HTTP answer counts); reads start there next time.
     pub(crate) fn mark_ok(&self, url: &str, is_read: bool) {
-        let Some(index) = self.urls.iter().position(|known| known == url) else {
+        let mut state = self.lock();
+        let Some(contact) = state.contacts.get_mut(url) else {
             return;
         };
-        let mut state = self.lock();
-        state.contacts[index] = Contact {
+        *contact = Contact {
             last_ok: Some(Instant::now()),
             failing_since: None,
         };
         if is_read {
-            state.preferred_read = index;
+            state.preferred_read = Some(url.to_owned());
         }
     }
 
     /// Records a transport failure of `url`.
     pub(crate) fn mark_failed(&self, url: &str) {
-        let Some(index) = self.urls.iter().position(|known| known == url) else {
-            return;
-        };
         let mut state = self.lock();
-        let contact = &mut state.contacts[index];
-        if contact.failing_since.is_none() {
+        if let Some(contact) = state.contacts.get_mut(url)
+            && contact.failing_since.is_none()
+        {
             contact.failing_since = Some(Instant::now());
         }
     }
@@ -155,20 +209,75 @@ impl Replicas {
     /// The current view of every replica.
     pub(crate) fn statuses(&self) -> Vec<ReplicaStatus> {
         let state = self.lock();
-        self.urls
+        state
+            .urls
             .iter()
-            .zip(&state.contacts)
-            .map(|(url, contact)| ReplicaStatus {
-                id: replica_id(url),
-                base_url: url.clone(),
-                is_master: state.master.as_deref() == Some(url.as_str()),
-                is_healthy: contact.failing_since.is_none()
-                    && contact
-                        .last_ok
-                        .is_some_and(|last_ok| last_ok.elapsed() < self.healthy_window),
+            .map(|url| {
+                let contact = state.contacts.get(url).cloned().unwrap_or_default();
+                ReplicaStatus {
+                    id: replica_id(url),
+                    base_url: url.clone(),
+                    is_master: state.master.as_deref() == Some(url.as_str()),
+                    is_healthy: contact.failing_since.is_none()
+                        && contact
+                            .last_ok
+                            .is_some_and(|last_ok| last_ok.elapsed() < self.healthy_window),
+                }
             })
             .collect()
     }
+}
+
+/// The replica set after a list: every seed, in configured order, then each listed URL not
+/// already in it, in listed order.
+fn replica_set(seeds: &[String], listed: &[String]) -> Vec<String> {
+    let mut set = seeds.to_vec();
+    for url in listed {
+        if !set.contains(url) {
+            set.push(url.clone());
+        }
+    }
+    set
+}
+
+impl crate::Client {
+    /// Learns the replicas a `GET /api/v1/replicas` answer names healthy or master, and forgets
+    /// learned ones it no longer names that way; the configured replicas always stay. A URL that
+    /// cannot be reached from elsewhere (no host, `0.0.0.0`) is skipped.
+    pub fn apply_replica_list(&self, listed: &[hydra_api::ReplicaInfo]) -> ReplicaChange {
+        self.replicas.apply_list(&learnable(listed))
+    }
+}
+
+/// The base URLs of a `GET /api/v1/replicas` answer worth asking: rows healthy or master,
+/// normalised; a URL that is not http(s) or names an unspecified host (a replica advertising
+/// its `0.0.0.0` listen address) is skipped with a WARN, since no one else reaches it there.
+pub(crate) fn learnable(listed: &[hydra_api::ReplicaInfo]) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|row| row.is_healthy || row.is_master)
+        .filter_map(|row| {
+            let reachable = normalise_base_url(&row.base_url).and_then(|url| {
+                match reqwest::Url::parse(&url).ok().and_then(|parsed| {
+                    parsed
+                        .host_str()
+                        .map(|host| host.trim_matches(['[', ']']).parse::<std::net::IpAddr>())
+                }) {
+                    Some(Ok(ip)) if ip.is_unspecified() => Err(ClientError::Config(format!(
+                        "replica URL `{url}` names an unspecified address"
+                    ))),
+                    _ => Ok(url),
+                }
+            });
+            match reachable {
+                Ok(url) => Some(url),
+                Err(error) => {
+                    tracing::warn!(replica = %row.id, %error, "[client] not learning a listed replica");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// `http://host:port/` -> `http://host:port`; rejects what is not an http(s) base URL.
@@ -308,6 +417,89 @@ mod tests {
         assert_eq!(replicas.master().as_deref(), Some("http://a:1"));
         replicas.forget_master_if("http://a:1");
         assert_eq!(replicas.master(), None);
+    }
+
+    #[test]
+    fn a_list_adds_replicas_and_forgets_learned_ones_never_seeds() {
+        let replicas =
+            Replicas::new(&["http://a:1".into()], Duration::from_secs(120)).expect("a seed");
+        let mut trace = Vec::new();
+        for listed in [
+            vec!["http://a:1", "http://b:2"],
+            vec!["http://b:2", "http://c:3"],
+            vec!["http://c:3"],
+            vec![],
+        ] {
+            let listed: Vec<String> = listed.into_iter().map(str::to_owned).collect();
+            let change = replicas.apply_list(&listed);
+            trace.push(format!(
+                "{listed:?} -> {:?} (added {:?}, removed {:?})",
+                replicas.urls(),
+                change.added,
+                change.removed
+            ));
+        }
+        expect_test::expect![[r#"
+            ["http://a:1", "http://b:2"] -> ["http://a:1", "http://b:2"] (added ["http://b:2"], removed [])
+            ["http://b:2", "http://c:3"] -> ["http://a:1", "http://b:2", "http://c:3"] (added ["http://c:3"], removed [])
+            ["http://c:3"] -> ["http://a:1", "http://c:3"] (added [], removed ["http://b:2"])
+            [] -> ["http://a:1"] (added [], removed ["http://c:3"])"#]]
+        .assert_eq(&trace.join("\n"));
+    }
+
+    #[test]
+    fn a_learned_replica_is_asked_and_its_health_forgotten_with_it() {
+        let replicas =
+            Replicas::new(&["http://a:1".into()], Duration::from_secs(120)).expect("a seed");
+        replicas.apply_list(&["http://b:2".into()]);
+        replicas.mark_ok("http://b:2", true);
+        assert_eq!(replicas.read_order(), ["http://b:2", "http://a:1"]);
+        assert!(replicas.statuses()[1].is_healthy);
+        replicas.apply_list(&[]);
+        assert_eq!(replicas.read_order(), ["http://a:1"]);
+        replicas.mark_ok("http://b:2", true);
+        assert_eq!(
+            replicas.statuses().len(),
+            1,
+            "a forgotten replica is not marked"
+        );
+        replicas.apply_list(&["http://b:2".into()]);
+        assert!(
+            !replicas.statuses()[1].is_healthy,
+            "learned again, it starts unknown"
+        );
+    }
+
+    #[test]
+    fn only_healthy_or_master_rows_at_reachable_urls_are_learned() {
+        let row =
+            |id: &str, base_url: &str, is_master: bool, is_healthy: bool| hydra_api::ReplicaInfo {
+                id: id.into(),
+                base_url: base_url.into(),
+                is_master,
+                is_healthy,
+                revision: None,
+                lag_ms: None,
+            };
+        let listed = [
+            row("r1", "http://10.0.0.1:7070/", true, true),
+            row("r2", "http://10.0.0.2:7070", false, true),
+            row("r3", "http://10.0.0.3:7070", false, false),
+            row("r4", "http://10.0.0.4:7070", true, false),
+            row("r5", "http://0.0.0.0:7070", false, true),
+            row("r6", "http://[::]:7070", false, true),
+            row("r7", "10.0.0.7:7070", false, true),
+            row("r8", "https://hydra-8.example", false, true),
+        ];
+        expect_test::expect![[r#"
+            [
+                "http://10.0.0.1:7070",
+                "http://10.0.0.2:7070",
+                "http://10.0.0.4:7070",
+                "https://hydra-8.example",
+            ]
+        "#]]
+        .assert_debug_eq(&learnable(&listed));
     }
 
     #[test]

@@ -14,6 +14,10 @@ use std::fmt;
 pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
 /// The shortest period the configuration may ask for: one round of `check-master` a second.
 pub const MIN_INTERVAL_MS: u64 = 1_000;
+/// The replica list is read again every this many rounds even when nothing failed, so an agent
+/// learns a replica added after it started before the replicas it knows are gone (5 minutes at
+/// the field's 60 s timer).
+pub const REFRESH_EVERY_ROUNDS: u64 = 5;
 
 /// Checks a configured health-check period: `None` is the default (60 s); below 1 s is refused
 /// with a message naming the bound (the caller names the key).
@@ -134,6 +138,10 @@ impl fmt::Display for Output {
 pub struct HealthChecker {
     state: HealthState,
     master: Option<String>,
+    /// Read the replica list at least this often (ms), failure or not; `None`: only on failure.
+    refresh_every_ms: Option<i64>,
+    /// When the last [`Output::RefreshReplicas`] was asked for.
+    last_refresh_ms: Option<i64>,
 }
 
 impl Default for HealthChecker {
@@ -149,6 +157,18 @@ impl HealthChecker {
         HealthChecker {
             state: HealthState::Healthy,
             master,
+            refresh_every_ms: None,
+            last_refresh_ms: None,
+        }
+    }
+
+    /// The same checker, also asking for the replica list in its first round and then at least
+    /// every `every_ms` (the agent passes [`REFRESH_EVERY_ROUNDS`] intervals), not only when a
+    /// replica failed: a replica added later is learned while the known ones still answer.
+    pub fn with_refresh_every(self, every_ms: u64) -> HealthChecker {
+        HealthChecker {
+            refresh_every_ms: Some(i64::try_from(every_ms).unwrap_or(i64::MAX)),
+            ..self
         }
     }
 
@@ -205,7 +225,15 @@ impl HealthChecker {
             || outputs
                 .iter()
                 .any(|output| matches!(output, Output::FollowMaster { from: Some(_), .. }));
-        if failure && let Some(from) = self.refresh_source(checks) {
+        // And now and then without a failure, to learn replicas added since.
+        let due = self.refresh_every_ms.is_some_and(|every_ms| {
+            self.last_refresh_ms
+                .is_none_or(|last_ms| now_ms.saturating_sub(last_ms) >= every_ms)
+        });
+        if (failure || due)
+            && let Some(from) = self.refresh_source(checks)
+        {
+            self.last_refresh_ms = Some(now_ms);
             outputs.push(Output::RefreshReplicas { from });
         }
         outputs

@@ -2,6 +2,33 @@
 //! for one more. The oldest coalescible write goes first: a heartbeat (a later one says the same,
 //! fresher) or a worker report superseded by a later report (the journal's or the incoming one);
 //! only when none is coalescible does the oldest write go. The caller counts what was dropped.
+//!
+//! And which writes are too old to replay at all ([`expired`]): the control plane forgets a
+//! write id [`WRITE_ID_RETENTION_MS`] after applying it, so a write replayed later than that
+//! could be applied a second time.
+
+/// How long the control plane remembers an applied write id (`Idempotency-Key`); the server's
+/// retention duty prunes older ones. One constant for both sides, so they cannot drift apart.
+pub const WRITE_ID_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
+
+/// Taken off the retention before a journaled write counts as too old: the agent's and the
+/// server's clocks may differ, and a replay takes time.
+pub const REPLAY_MARGIN_MS: i64 = 3_600_000;
+
+/// The positions (ascending) of the journaled writes, deferred at `deferred_at_ms` (oldest
+/// first), that must not be replayed at `now_ms`. A write's id may have been applied as early as
+/// when it was deferred (a replay whose answer was lost); once the server may have forgotten
+/// that id (retention less the margin), replaying it could apply the write twice, so it is
+/// dropped instead. A write stamped in the future (the clock went back) is kept.
+pub fn expired(deferred_at_ms: &[i64], now_ms: i64) -> Vec<usize> {
+    let limit_ms = WRITE_ID_RETENTION_MS - REPLAY_MARGIN_MS;
+    deferred_at_ms
+        .iter()
+        .enumerate()
+        .filter(|(_, at_ms)| now_ms.saturating_sub(**at_ms) >= limit_ms)
+        .map(|(position, _)| position)
+        .collect()
+}
 
 /// What a deferred write is, as far as dropping goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +151,41 @@ mod tests {
         check("hb", "rep", 0, expect!["keep [] + rep; dropped [0]"]);
     }
 
+    #[test]
+    fn writes_older_than_the_servers_write_id_memory_are_not_replayed() {
+        const HOUR: i64 = 3_600_000;
+        const DAY: i64 = 24 * HOUR;
+        let now = 100 * DAY;
+        // (how long ago each write was deferred)
+        let cases: &[(&str, &[i64])] = &[
+            ("nothing journaled", &[]),
+            ("a minute", &[60_000]),
+            ("6 days 22 h: kept", &[6 * DAY + 22 * HOUR]),
+            ("6 days 23 h less 1 ms: kept", &[6 * DAY + 23 * HOUR - 1]),
+            ("6 days 23 h: the margin reached", &[6 * DAY + 23 * HOUR]),
+            ("7 days", &[7 * DAY]),
+            ("30 days, 8 days, 1 day", &[30 * DAY, 8 * DAY, DAY]),
+            ("stamped an hour in the future", &[-HOUR]),
+        ];
+        let table: Vec<String> = cases
+            .iter()
+            .map(|(case, ages)| {
+                let at: Vec<i64> = ages.iter().map(|age| now - age).collect();
+                format!("{case}: expired {:?}", expired(&at, now))
+            })
+            .collect();
+        expect![[r#"
+            nothing journaled: expired []
+            a minute: expired []
+            6 days 22 h: kept: expired []
+            6 days 23 h less 1 ms: kept: expired []
+            6 days 23 h: the margin reached: expired [0]
+            7 days: expired [0]
+            30 days, 8 days, 1 day: expired [0, 1]
+            stamped an hour in the future: expired []"#]]
+        .assert_eq(&table.join("\n"));
+    }
+
     fn writes() -> impl Strategy<Value = Vec<DeferredWrite>> {
         prop::collection::vec(
             prop_oneof![
@@ -135,6 +197,22 @@ mod tests {
     }
 
     proptest! {
+        /// A write is expired exactly when it is at least retention less margin old, whatever
+        /// the order of the journal (an oracle written from the rule, not from `expired`).
+        #[test]
+        fn expired_writes_are_exactly_the_old_ones(
+            ages in prop::collection::vec(-WRITE_ID_RETENTION_MS..3 * WRITE_ID_RETENTION_MS, 0..30),
+            now in 0i64..1_000_000_000_000,
+        ) {
+            let at: Vec<i64> = ages.iter().map(|age| now - age).collect();
+            let dropped = expired(&at, now);
+            for (position, age) in ages.iter().enumerate() {
+                let too_old = *age > 6 * 24 * 3_600_000 + 23 * 3_600_000 - 1;
+                prop_assert_eq!(dropped.contains(&position), too_old, "age {}", age);
+            }
+            prop_assert!(dropped.windows(2).all(|pair| pair[0] < pair[1]));
+        }
+
         /// Room is made exactly, and the last report (the one that says what the worker runs
         /// now) survives whenever the bound leaves room for it.
         #[test]

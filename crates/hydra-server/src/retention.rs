@@ -16,8 +16,10 @@ const BATCH: u32 = 1_000;
 /// Most batches per run; what is left waits for the next run.
 const MAX_BATCHES: usize = 100;
 /// How long an applied write id is remembered: a journal replayed later than this (an agent cut
-/// off from every master for a week) may apply a write twice.
-pub const WRITE_ID_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// off from every master for a week) may apply a write twice, so the agent drops such writes at
+/// replay (`hydra_core::journal::expired`, from the same constant).
+pub const WRITE_ID_RETENTION: Duration =
+    Duration::from_millis(hydra_core::journal::WRITE_ID_RETENTION_MS.unsigned_abs());
 
 /// Runs until `shutdown`: every [`EVERY`], deletes ended sessions past their retention.
 pub async fn prune_ended_sessions(state: AppState, shutdown: CancellationToken) {

@@ -46,7 +46,15 @@ fn describe(state: HealthState) -> String {
 /// `@<ms> caught up`) on a checker that starts following `master`, printing each step, its
 /// outputs (log lines as they are logged) and the state after it.
 fn check(master: Option<&str>, script: &[&str], expected: Expect) {
-    let mut checker = HealthChecker::new(master.map(|name| format!("http://{name}")));
+    check_on(
+        HealthChecker::new(master.map(|name| format!("http://{name}"))),
+        script,
+        expected,
+    );
+}
+
+/// As [`check`], on a given checker (e.g. one that refreshes the replica list on a timer).
+fn check_on(mut checker: HealthChecker, script: &[&str], expected: Expect) {
     let mut trace = Vec::new();
     for step in script {
         let mut words = step.split_whitespace();
@@ -290,6 +298,54 @@ fn two_claimants_do_not_flip_the_followed_master() {
               [health] master changed from http://b to http://a
               [health] refreshing the replica list from http://a
               = healthy"#]],
+    );
+}
+
+#[test]
+fn the_replica_list_is_read_first_then_on_a_timer_and_on_failure() {
+    // Every 5 s (5 rounds of 1 s): an agent configured with `a` alone learns replicas added
+    // later while `a` still answers; a failure asks at once and starts the timer again.
+    check_on(
+        HealthChecker::new(None).with_refresh_every(5_000),
+        &[
+            "@0 v1 a=master",
+            "@1000 v1 a=master",
+            "@4999 v1 a=master",
+            "@5000 v1 a=master b=replica->a",
+            "@6000 v1 a=master b=silent",
+            "@7000 v1 a=master b=replica->a",
+            "@11000 v1 a=master b=replica->a",
+            "@12000 v1 a=silent b=silent",
+            "@13000 v1 a=silent b=master",
+        ],
+        expect![[r#"
+            @0 v1 a=master
+              [health] following master http://a
+              [health] refreshing the replica list from http://a
+              = healthy
+            @1000 v1 a=master
+              = healthy
+            @4999 v1 a=master
+              = healthy
+            @5000 v1 a=master b=replica->a
+              [health] refreshing the replica list from http://a
+              = healthy
+            @6000 v1 a=master b=silent
+              [health] refreshing the replica list from http://a
+              = healthy
+            @7000 v1 a=master b=replica->a
+              = healthy
+            @11000 v1 a=master b=replica->a
+              [health] refreshing the replica list from http://a
+              = healthy
+            @12000 v1 a=silent b=silent
+              [health] no master reachable; degraded mode, running on config version 1
+              = degraded since 12000
+            @13000 v1 a=silent b=master
+              [health] master changed from http://a to http://b
+              [health] master back; resyncing
+              [health] refreshing the replica list from http://b
+              = recovering (degraded since 12000)"#]],
     );
 }
 

@@ -40,7 +40,7 @@ pub(crate) struct Fleet {
     pub(crate) agent_port: u16,
     sessions_root: PathBuf,
     /// Declared last, so it is removed after the server stopped.
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Fleet {
@@ -150,7 +150,7 @@ sessions:
     }
 
     /// Creates a session through the server on the stand-in body; returns its id.
-    async fn create_session(&self) -> String {
+    pub(crate) async fn create_session(&self) -> String {
         let (status, session) = call(
             Method::POST,
             &self.server.api("/sessions"),
@@ -243,7 +243,7 @@ impl Agent {
         self.child.try_wait().expect("poll the agent").is_none()
     }
 
-    fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().expect("poll the agent") {
             panic!("the agent exited ({status}); its log:\n{}", self.log());
         }
@@ -302,7 +302,7 @@ impl Drop for Agent {
 /// The process group of one session's stand-in process, read from its data dir's marker. On drop
 /// the group is ended if its leader is still the same process (same start time, so a reused pid
 /// is never signalled) and alive.
-struct SessionGroup {
+pub(crate) struct SessionGroup {
     pgid: i32,
     /// The leader's start time (field 22 of `/proc/<pid>/stat`).
     started: String,
@@ -310,7 +310,7 @@ struct SessionGroup {
 }
 
 impl SessionGroup {
-    fn of(fleet: &Fleet, id: &str) -> SessionGroup {
+    pub(crate) fn of(fleet: &Fleet, id: &str) -> SessionGroup {
         let dir = fleet.sessions_root.join(id);
         let text = std::fs::read_to_string(dir.join(MARKER_FILE)).expect("the session's marker");
         let marker: Value = serde_json::from_str(&text).expect("marker JSON");
@@ -332,7 +332,7 @@ impl SessionGroup {
     }
 
     /// Whether the leader the marker named still runs (not a zombie, not a reused pid).
-    fn leader_alive(&self) -> bool {
+    pub(crate) fn leader_alive(&self) -> bool {
         stat(self.pgid).is_some_and(|fields| fields[0] != "Z" && fields[19] == self.started)
     }
 }
@@ -756,13 +756,13 @@ async fn an_acknowledged_session_survives_a_postgres_server_sigkill() {
 }
 
 /// The field's WARN and INFO lines (hydra-core/src/health.rs), written out so a changed word fails.
-const DEGRADED_WARN: &str =
+pub(crate) const DEGRADED_WARN: &str =
     "[health] no master reachable; degraded mode, running on config version";
-const RECOVERED_INFO: &str = "[health] master reachable again; recovered after";
+pub(crate) const RECOVERED_INFO: &str = "[health] master reachable again; recovered after";
 
 impl Fleet {
     /// Polls the bundle and checks health every second (the defaults are 30 s and 60 s).
-    fn fast_ride_out(&self) {
+    pub(crate) fn fast_ride_out(&self) {
         let mut yaml = std::fs::read_to_string(&self.config).expect("agent config");
         yaml.push_str("bundle: {poll_interval: 1}\nhealth: {interval: 1}\n");
         std::fs::write(&self.config, yaml).expect("write the agent config");
@@ -970,7 +970,7 @@ async fn a_server_killed_degrades_the_agent_once_its_session_keeps_running_and_i
 
 /// `hydra status --json` against the fleet's agent: the exit code and the JSON (Null when the
 /// agent does not answer).
-fn hydra_status(fleet: &Fleet) -> (i32, Value) {
+pub(crate) fn hydra_status(fleet: &Fleet) -> (i32, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_hydra"))
         .args(["status", "--json", "--agent"])
         .arg(format!("http://127.0.0.1:{}", fleet.agent_port))

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
 
 mod agent;
+mod agent_failover;
 mod browser;
 mod captures;
 mod cli;
