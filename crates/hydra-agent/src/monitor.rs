@@ -64,6 +64,7 @@ struct Numbered {
 impl MonitorFeed {
     /// A feed numbering its lines from 1.
     pub fn new() -> Arc<MonitorFeed> {
+        let (sender, _) = broadcast::channel(CAPACITY);
         Arc::new(MonitorFeed {
             numbered: Mutex::new(Numbered {
                 next_seq: 1,
@@ -119,9 +120,7 @@ impl MonitorFeed {
 
     /// A new reader, from the next line on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<MonitorLine>> {
-        self.sender
-            .get_or_init(|| broadcast::channel(CAPACITY).0)
-            .subscribe()
+        self.sender.subscribe()
     }
 
     /// A reader coming back after line `after`: the kept lines past it, how many lines past it

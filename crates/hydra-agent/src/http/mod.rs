@@ -175,6 +175,8 @@ impl AgentState {
     /// The browser microphone peers (`POST /session/{id}/mic/offer`).
     pub fn mic(&self) -> &Arc<crate::mic::MicRelay> {
         &self.inner.mic
+    }
+
     /// Gives the agent its body role (once; later calls change nothing).
     pub fn set_body(&self, body: Arc<crate::body::BodyRole>) {
         let _ = self.inner.body.set(body);
