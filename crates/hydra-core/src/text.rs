@@ -48,5 +48,28 @@ pub fn clean_free_text(text: &str) -> Cow<'_, str> {
     Cow::Owned(cleaned)
 }
 
+/// Longest fleet word (id, district, venue, owner, org).
+pub const MAX_WORD_LEN: usize = 64;
+
+/// Checks a fleet word (id, district, venue, owner, org): 1 to [`MAX_WORD_LEN`] of
+/// `[A-Za-z0-9._-]`; the message names `field`.
+pub fn check_word(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if value.len() > MAX_WORD_LEN {
+        return Err(format!("{field} is longer than {MAX_WORD_LEN} characters"));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{field} may hold only letters, digits, '.', '_' and '-' (found {bad:?})"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

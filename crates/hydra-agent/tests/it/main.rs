@@ -2,10 +2,10 @@
 //! 127.0.0.1.
 
 // The DevTools client of the `hydra` crate's dashboard tests, shared rather than copied.
+mod body;
 #[allow(dead_code)]
 #[path = "../../../hydra/tests/it/browser.rs"]
 mod browser;
-mod body;
 mod captures;
 mod colocated;
 mod fleet;

@@ -75,3 +75,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_fleet_word_is_1_to_64_of_letters_digits_dot_underscore_and_dash() {
+    let long = "a".repeat(65);
+    let refused = |found: &str| {
+        Err(format!(
+            "district may hold only letters, digits, '.', '_' and '-' (found {found})"
+        ))
+    };
+    let cases = [
+        ("bxl1", Ok(())),
+        ("w-01.a_b", Ok(())),
+        ("", Err("district must not be empty".to_owned())),
+        (
+            long.as_str(),
+            Err("district is longer than 64 characters".to_owned()),
+        ),
+        ("bx l", refused("' '")),
+        ("\u{e9}", refused("'\u{e9}'")),
+    ];
+    for (value, expected) in cases {
+        assert_eq!(super::check_word("district", value), expected, "{value:?}");
+    }
+    assert_eq!(super::check_word("district", &"a".repeat(64)), Ok(()));
+}

@@ -16,31 +16,14 @@ use crate::extract::{Json, Path};
 use crate::state::{AppState, now_ms};
 
 /// Longest id, name, district, venue, owner or org accepted.
-const MAX_WORD_LEN: usize = 64;
 /// Most organisations in `allowed_orgs`.
 const MAX_ALLOWED_ORGS: usize = 64;
 /// Prefix of one-time enrolment tokens; any other token must be the admin token to enrol.
 const ENROLMENT_TOKEN_PREFIX: &str = "hye_";
 
-/// Checks a fleet word (id, district, venue, owner, org): 1 to 64 of `[A-Za-z0-9._-]`.
-pub fn check_word(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.is_empty() {
-        return Err(ApiError::invalid(format!("{field} must not be empty")));
-    }
-    if value.len() > MAX_WORD_LEN {
-        return Err(ApiError::invalid(format!(
-            "{field} is longer than {MAX_WORD_LEN} characters"
-        )));
-    }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(ApiError::invalid(format!(
-            "{field} may hold only letters, digits, '.', '_' and '-' (found {bad:?})"
-        )));
-    }
-    Ok(())
+/// Checks a fleet word (`hydra_core::text::check_word`), refusing it with a 400 naming `field`.
+pub(crate) fn check_word(field: &str, value: &str) -> Result<(), ApiError> {
+    hydra_core::text::check_word(field, value).map_err(ApiError::invalid)
 }
 
 fn view(state: &AppState, node: &Node) -> NodeView {

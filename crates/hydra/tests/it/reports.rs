@@ -266,7 +266,10 @@ async fn the_page_counts_a_disconnect_and_the_report_link_carries_every_field_pa
     browser.open(&stream_url).await;
     assert!(
         browser
-            .until(Duration::from_secs(10), "typeof window.__hydraShowEnded === 'function'")
+            .until(
+                Duration::from_secs(10),
+                "typeof window.__hydraShowEnded === 'function'"
+            )
             .await,
         "the page script did not run"
     );
@@ -283,7 +286,10 @@ async fn the_page_counts_a_disconnect_and_the_report_link_carries_every_field_pa
         .await;
     assert!(
         browser
-            .until(Duration::from_secs(10), "document.getElementById('hydra-report')")
+            .until(
+                Duration::from_secs(10),
+                "document.getElementById('hydra-report')"
+            )
             .await
     );
     let overlay = browser
