@@ -3,7 +3,7 @@
 //! HTML rewriter that injects the session page script, the browser's access to a session
 //! (the viewer capability, the session id and raw path of a `/session/{id}/...` request), and
 //! `serve`, which serves a router with the limits both daemons need (header and idle timeouts, a
-//! connection cap, a shutdown deadline).
+//! connection cap, a shutdown deadline), and the Prometheus text both daemons serve at `/metrics`.
 //!
 //! Used by the agent (worker sessions) and by the server (colocated `/session/` paths).
 //! Architecture invariant: no knowledge of sessions' lifecycle, the store or the control plane;
@@ -11,6 +11,7 @@
 
 pub mod capability;
 pub mod inject;
+pub mod metrics_text;
 pub mod proxy;
 pub mod serve;
 pub mod session_path;

@@ -124,6 +124,11 @@ sessions:
         }
     }
 
+    /// The agent's own base URL plus `path` (e.g. `/metrics`).
+    pub(crate) fn agent_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.agent_port)
+    }
+
     fn agent_api(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/api/v1{path}", self.agent_port)
     }
@@ -150,7 +155,7 @@ sessions:
     }
 
     /// Creates a session through the server on the stand-in body; returns its id.
-    async fn create_session(&self) -> String {
+    pub(crate) async fn create_session(&self) -> String {
         let (status, session) = call(
             Method::POST,
             &self.server.api("/sessions"),
