@@ -3,7 +3,8 @@
 //! HTML rewriter that injects the session page script, the browser's access to a session
 //! (the viewer capability, the session id and raw path of a `/session/{id}/...` request), and
 //! `serve`, which serves a router with the limits both daemons need (header and idle timeouts, a
-//! connection cap, a shutdown deadline), over TLS from PEM files when configured (`tls`).
+//! connection cap, a shutdown deadline), over TLS from PEM files when configured (`tls`), and the
+//! Prometheus text both daemons serve at `/metrics`.
 //!
 //! Used by the agent (worker sessions) and by the server (colocated `/session/` paths).
 //! Architecture invariant: no knowledge of sessions' lifecycle, the store or the control plane;
@@ -11,6 +12,7 @@
 
 pub mod capability;
 pub mod inject;
+pub mod metrics_text;
 pub mod proxy;
 pub mod serve;
 pub mod session_path;

@@ -273,6 +273,11 @@ async fn apply(state: &AppState, kind: ChangeKind, key: &str) -> Result<(), Stor
             state
                 .workers()
                 .follow_session(key, live.map(|session| session.worker_id.as_str()));
+            // Another replica's write reaches this replica's event stream here (its own was
+            // announced by its writer, and is skipped).
+            if let Some(session) = session {
+                state.fleet().events().publish_session(session);
+            }
         }
         // Bundles are read from the store on each request.
         ChangeKind::NodeConfig => {}

@@ -166,14 +166,29 @@ impl Fleet {
         let node = self.inner.store.get_node(id).await?;
         let token = self.inner.store.node_token_hash(id).await?;
         let mut view = self.inner.view.write().expect("registry lock poisoned");
-        match (node, token) {
+        let before = view.get(id).cloned();
+        // What the view did not know yet is another replica's write (this replica's own were
+        // patched in and announced by the writer): announced here, once, so every replica's
+        // event stream shows every write.
+        let change = match (node, token) {
             (Some(node), Some(token)) => {
+                let change = match &before {
+                    None => Some(Change::NodeEnrolled(node.clone())),
+                    Some(known) if *known != node => Some(Change::NodeChanged(node.clone())),
+                    Some(_) => None,
+                };
                 view.put(node);
                 view.set_token(id, token);
+                change
             }
             _ => {
                 view.remove(id);
+                before.map(|_| Change::NodeRemoved(id.to_owned()))
             }
+        };
+        drop(view);
+        if let Some(change) = change {
+            self.inner.events.publish(change);
         }
         Ok(())
     }

@@ -213,7 +213,7 @@ impl SessionWriter {
                 for (write, applied) in batch.iter().zip(&applied) {
                     if *applied {
                         let (SessionWrite::Insert(record) | SessionWrite::Update(record)) = write;
-                        events.publish(crate::events::Change::Session(record.clone()));
+                        events.publish_session(record.clone());
                     }
                 }
                 Ok(applied)

@@ -27,7 +27,6 @@ pub mod workers;
 pub mod write_ids;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -200,21 +199,12 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
 }
 
 async fn metrics_text() -> impl IntoResponse {
-    metrics_handle()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default()
+    hydra_proxy::metrics_text::render()
 }
 
-/// The process-wide Prometheus recorder, installed on first use.
+/// The process-wide Prometheus recorder (one home for both daemons: `hydra_proxy::metrics_text`).
 fn metrics_handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|()| handle)
-        })
-        .as_ref()
+    hydra_proxy::metrics_text::handle()
 }
 
 /// Serves `state` on `listener` until `shutdown` is cancelled, with the default connection

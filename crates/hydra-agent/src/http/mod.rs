@@ -416,6 +416,7 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
 
 mod local;
 mod notice;
+mod metrics;
 mod sessions;
 mod viewer;
 
@@ -423,6 +424,7 @@ mod viewer;
 pub fn router(state: AgentState) -> Router {
     Router::new()
         .route("/api/v1/health", get(local::health))
+        .route("/metrics", metrics::route())
         .route("/api/v1/status", get(local::status))
         .route("/api/v1/cluster", get(local::cluster))
         .route("/api/v1/monitor", get(local::monitor))

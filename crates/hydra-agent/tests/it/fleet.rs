@@ -1211,3 +1211,72 @@ async fn a_session_ended_while_it_starts_stays_stopped() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A session asked for by a head is placed in the head's district (every selection stays inside
+/// one district): before, it went to the least-loaded worker anywhere, e.g. an `ams1` worker for a
+/// `bxl1` head. A `district` naming another district than the head's is refused, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heads_session_is_placed_in_the_heads_district() {
+    let temp = tempfile::tempdir().unwrap();
+    let body = Body::start().await;
+    let server = Server::start(Duration::from_secs(10)).await;
+    let bxl = Agent::start(&server, "w-bxl", &state_dir(temp.path(), "w-bxl"), &body, 3).await;
+    let ams = Agent::start_with(
+        &server,
+        "w-ams",
+        &state_dir(temp.path(), "w-ams"),
+        &body,
+        3,
+        |config| config.node.district = "ams1".into(),
+    )
+    .await;
+    healthy_workers(&server, 2).await;
+    let admin = server.admin();
+    for (id, role, lan_ip) in [
+        ("head-1", RoleWire::Head, None),
+        ("body-1", RoleWire::Body, Some("127.0.0.1")),
+    ] {
+        admin
+            .enrol(&EnrolRequest {
+                id: Some(id.into()),
+                roles: vec![role],
+                district: "bxl1".into(),
+                venue: "rupelmonde".into(),
+                owner: "acme".into(),
+                lan_ip: lan_ip.map(|ip| ip.parse().unwrap()),
+                ..EnrolRequest::default()
+            })
+            .await
+            .unwrap();
+    }
+    admin
+        .heartbeat(
+            "body-1",
+            &HeartbeatRequest {
+                idle: true,
+                ..HeartbeatRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    let for_head = || CreateSessionRequest {
+        head_id: Some("head-1".into()),
+        ..CreateSessionRequest::default()
+    };
+    // Least-loaded alone would alternate between the two workers.
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(admin.create_session(&for_head()).await.unwrap().worker_id);
+    }
+    assert_eq!(workers, ["w-bxl", "w-bxl", "w-bxl"]);
+    let refused = admin
+        .create_session(&CreateSessionRequest {
+            district: Some("ams1".into()),
+            ..for_head()
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("district"), "{refused}");
+    bxl.stop().await;
+    ams.stop().await;
+}

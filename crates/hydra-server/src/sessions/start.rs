@@ -26,11 +26,11 @@ use crate::workers::WorkerInfo;
 
 use super::{Relay, STOP_TIMEOUT, view};
 
-/// The body a session pairs with: `(body_ip, body_id)`.
+/// The body a session pairs with: `(body_ip, body_id, the head's district)`.
 fn resolve_body(
     state: &AppState,
     request: &CreateSessionRequest,
-) -> Result<(String, Option<String>), ApiError> {
+) -> Result<(String, Option<String>, Option<String>), ApiError> {
     match (&request.body_ip, &request.head_id) {
         (Some(_), Some(_)) => Err(ApiError::invalid("give body_ip or head_id, not both")),
         (None, None) => Err(ApiError::invalid("body_ip or head_id is required")),
@@ -38,7 +38,7 @@ fn resolve_body(
             let ip: IpAddr = body_ip.trim().parse().map_err(|_| {
                 ApiError::invalid(format!("body_ip {body_ip:?} is not an IP address"))
             })?;
-            Ok((ip.to_string(), None))
+            Ok((ip.to_string(), None, None))
         }
         (None, Some(head_id)) => {
             check_word("head_id", head_id)?;
@@ -69,9 +69,13 @@ fn resolve_body(
                 .iter()
                 .find_map(|candidate| {
                     let node = candidate.node;
-                    node.wg_ip
-                        .or(node.lan_ip)
-                        .map(|ip| (ip.to_string(), Some(node.id.clone())))
+                    node.wg_ip.or(node.lan_ip).map(|ip| {
+                        (
+                            ip.to_string(),
+                            Some(node.id.clone()),
+                            Some(head.district.clone()),
+                        )
+                    })
                 })
                 .ok_or_else(|| {
                     ApiError::new(
@@ -193,7 +197,19 @@ pub async fn create(
             )));
         }
     }
-    let (body_ip, body_id) = resolve_body(&state, &request)?;
+    let (body_ip, body_id, head_district) = resolve_body(&state, &request)?;
+    // Every selection stays inside one district (DESIGN.md): a head's session is placed on a
+    // worker of the head's district, and a `district` naming another one is refused.
+    let district = match (&request.district, head_district) {
+        (Some(given), Some(head)) if *given != head => {
+            return Err(ApiError::invalid(format!(
+                "district {given:?} is not the district of head_id {:?} ({head:?})",
+                request.head_id.as_deref().unwrap_or_default()
+            )));
+        }
+        (Some(given), _) => Some(given.clone()),
+        (None, head) => head,
+    };
     let mut bytes = [0u8; 8];
     rand::rng().fill_bytes(&mut bytes);
     let session_id = format!("s-{}", hex::encode(bytes));
@@ -214,7 +230,7 @@ pub async fn create(
         body_id,
         head_id: request.head_id.clone(),
         experience: request.experience.clone(),
-        district: request.district.clone(),
+        district,
     };
     // The start runs in a task of its own: a client that hangs up drops this handler, not the
     // start, so the slot, the record and the worker's process always reach an outcome.

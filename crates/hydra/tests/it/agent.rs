@@ -124,6 +124,11 @@ sessions:
         }
     }
 
+    /// The agent's own base URL plus `path` (e.g. `/metrics`).
+    pub(crate) fn agent_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.agent_port)
+    }
+
     pub(crate) fn agent_api(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/api/v1{path}", self.agent_port)
     }

@@ -15,7 +15,7 @@ use crate::support::{ADMIN_TOKEN, ServerProcess, ServerSetup, call, call_as, htt
 
 /// Splits server-sent events out of the bytes read so far: `(event, data as JSON)` for every
 /// complete block, leaving an incomplete one in `buffer`.
-fn take_events(buffer: &mut String) -> Vec<(String, Value)> {
+pub(crate) fn take_events(buffer: &mut String) -> Vec<(String, Value)> {
     let mut events = Vec::new();
     while let Some(end) = buffer.find("\n\n") {
         let block: String = buffer.drain(..end + 2).collect();
@@ -40,7 +40,7 @@ fn take_events(buffer: &mut String) -> Vec<(String, Value)> {
 
 /// Reads `response` until an event satisfies `wanted` (at most 10 s); the events seen before it
 /// are kept in `seen`.
-async fn until(
+pub(crate) async fn until(
     response: &mut reqwest::Response,
     buffer: &mut String,
     seen: &mut Vec<(String, Value)>,

@@ -111,13 +111,65 @@ fn parse(text: &str) -> Scrape {
 }
 
 async fn scrape(server: &ServerProcess) -> Scrape {
-    let response = http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .expect("GET /metrics");
+    scrape_url(&format!("{}/metrics", server.url)).await
+}
+
+/// Scrapes `url` without a token, as Prometheus does (neither daemon asks for one).
+async fn scrape_url(url: &str) -> Scrape {
+    let response = http().get(url).send().await.expect("GET /metrics");
     assert_eq!(response.status(), 200);
     parse(&response.text().await.expect("metrics text"))
+}
+
+/// Issue 13: every agent serves `/metrics` too (sessions by state, degraded, heartbeat lag,
+/// journal), in the same text format as the server's; both scrapes parse, and the agent's
+/// session count follows a session placed through the server.
+#[tokio::test]
+async fn an_agent_serves_its_metrics_in_the_servers_text_format() {
+    let fleet = crate::agent::Fleet::start_with_room(None, 2);
+    let mut agent = crate::agent::Agent::start(&fleet, "metrics");
+    fleet.wait_worker(&mut agent).await;
+
+    let server = scrape(&fleet.server).await;
+    assert!(server.value("hydra_heartbeats_total", &[]) >= 1.0);
+    let metrics_url = fleet.agent_url("/metrics");
+    let before = scrape_url(&metrics_url).await;
+    for (name, kind) in [
+        ("hydra_agent_sessions", "gauge"),
+        ("hydra_agent_sessions_max", "gauge"),
+        ("hydra_agent_degraded", "gauge"),
+        ("hydra_agent_heartbeat_lag_seconds", "gauge"),
+        ("hydra_agent_uptime_seconds", "gauge"),
+    ] {
+        assert_eq!(
+            before.types.get(name).map(String::as_str),
+            Some(kind),
+            "{name}: {:?}",
+            before.types
+        );
+    }
+    assert_eq!(before.value("hydra_agent_sessions_max", &[]), 2.0);
+    assert_eq!(before.value("hydra_agent_degraded", &[]), 0.0);
+    assert_eq!(
+        before.value("hydra_agent_sessions", &[("state", "running")]),
+        0.0
+    );
+    // The heartbeat interval is 0.5 s: a healthy agent's lag stays far below a minute.
+    let lag = before.value("hydra_agent_heartbeat_lag_seconds", &[]);
+    assert!((0.0..60.0).contains(&lag), "heartbeat lag {lag}");
+
+    fleet.create_session().await;
+    let counted = crate::support::eventually(std::time::Duration::from_secs(20), async || {
+        let after = scrape_url(&metrics_url).await;
+        after.value("hydra_agent_sessions", &[("state", "running")]) == 1.0
+            && after.value("hydra_agent_session_processes", &[]) == 1.0
+    })
+    .await;
+    assert!(
+        counted,
+        "the agent's metrics never counted the running session"
+    );
+    drop(agent);
 }
 
 #[test]

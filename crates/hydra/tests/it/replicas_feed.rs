@@ -419,3 +419,67 @@ async fn eventually_fast(timeout: Duration, mut condition: impl AsyncFnMut() -> 
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+/// Issue 13: `/api/v1/events` is fed by the change feed, so every replica's stream (a
+/// follower's dashboard too) shows every write once, whichever replica took it.
+#[tokio::test]
+async fn every_replicas_event_stream_shows_every_write_once() {
+    let (_url, servers, _dirs) = replicas("events_feed", 2).await;
+    let mut streams = Vec::new();
+    for server in &servers {
+        let mut response = http()
+            .get(server.api("/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("subscribe");
+        assert_eq!(response.status(), 200);
+        let (mut buffer, mut seen) = (String::new(), Vec::new());
+        crate::events::until(&mut response, &mut buffer, &mut seen, |name, _| {
+            name == "snapshot"
+        })
+        .await;
+        streams.push((response, buffer));
+    }
+    // Written through the first replica (forwarded to the master if it is not).
+    let (status, answer, _) = write(Method::POST, &servers[0].api("/nodes"), body("b-ev")).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer, _) = write(
+        Method::POST,
+        &servers[0].api("/nodes/b-ev/drain"),
+        json!({"drained": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer, _) =
+        write(Method::DELETE, &servers[0].api("/nodes/b-ev"), json!({})).await;
+    assert_eq!(status, 204, "{answer}");
+    for (index, (response, buffer)) in streams.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        crate::events::until(response, buffer, &mut seen, |name, data| {
+            name == "node_removed" && data["id"] == "b-ev"
+        })
+        .await;
+        let count = |wanted: &str, drained: Option<bool>| {
+            seen.iter()
+                .filter(|(name, data)| {
+                    name == wanted
+                        && data["id"] == "b-ev"
+                        && drained.is_none_or(|drained| data["drained"] == drained)
+                })
+                .count()
+        };
+        assert_eq!(count("node_enrolled", None), 1, "replica {index}: {seen:?}");
+        assert_eq!(
+            count("node_changed", Some(true)),
+            1,
+            "replica {index}: {seen:?}"
+        );
+        assert_eq!(
+            count("node_changed", Some(false)),
+            0,
+            "replica {index}: {seen:?}"
+        );
+    }
+}

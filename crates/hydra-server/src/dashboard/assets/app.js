@@ -164,6 +164,7 @@ const REASONS = {
   drained: "drained",
   other_owner: "other owner, not in allowed_orgs",
   named_unreachable: "named unreachable by the head",
+  learned_unreachable: "reported unreachable on both paths by the head (remembered)",
   quickroute_open: "quickroute has a body in the head's venue",
 };
 
@@ -191,7 +192,7 @@ async function explain(headId) {
       el("th", { scope: "row" }, entry.id),
       el("td", {}, entry.venue),
       el("td", {}, entry.rank ? "kept #" + entry.rank : "left out"),
-      el("td", { "data-field": "why" }, entry.rank ? entry.keys.map(keyText).join(", ") : REASONS[entry.reason] || entry.reason))));
+      el("td", { "data-field": "why" }, entry.rank ? (entry.wg_only ? "WireGuard only, " : "") + entry.keys.map(keyText).join(", ") : REASONS[entry.reason] || entry.reason))));
     panel.hidden = false;
     panel.setAttribute("tabindex", "-1");
     panel.focus();
