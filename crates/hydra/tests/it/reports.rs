@@ -147,6 +147,7 @@ sessions:
   root: "{root}"
   body_port: {body_port}
   ready_timeout: 20
+  report_url: "https://support.example/report"
   command: ["{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
 nps: {{url: "{url}", token: "nps-token-for-the-test", retry_base: {retry_base}, retry_max: {retry_max}, project: venue-ops}}
 "#,
@@ -266,7 +267,10 @@ async fn the_page_counts_a_disconnect_and_the_report_link_carries_every_field_pa
     browser.open(&stream_url).await;
     assert!(
         browser
-            .until(Duration::from_secs(10), "typeof window.__hydraShowEnded === 'function'")
+            .until(
+                Duration::from_secs(10),
+                "typeof window.__hydraShowEnded === 'function'"
+            )
             .await,
         "the page script did not run"
     );
@@ -283,7 +287,10 @@ async fn the_page_counts_a_disconnect_and_the_report_link_carries_every_field_pa
         .await;
     assert!(
         browser
-            .until(Duration::from_secs(10), "document.getElementById('hydra-report')")
+            .until(
+                Duration::from_secs(10),
+                "document.getElementById('hydra-report')"
+            )
             .await
     );
     let overlay = browser
