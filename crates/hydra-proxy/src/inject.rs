@@ -101,12 +101,14 @@ impl PageContext {
             ("body_ip", self.body_ip.as_str()),
             ("worker_id", self.worker_id.as_str()),
         ];
-        let encoded: Vec<String> = context
-            .iter()
-            .map(|(key, value)| format!("{key}={}", percent_encode(value)))
-            .collect();
         if self.report_url.starts_with("mailto:") {
-            let body = percent_encode(&encoded.join("\n"));
+            // The body's lines are encoded once, as a whole (each value encoded first would
+            // reach the reader as `%20`).
+            let lines: Vec<String> = context
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            let body = percent_encode(&lines.join("\n"));
             let separator = if self.report_url.contains('?') {
                 '&'
             } else {
@@ -118,6 +120,10 @@ impl PageContext {
                 percent_encode(&format!("Hydra session {}", self.session_id))
             )
         } else {
+            let encoded: Vec<String> = context
+                .iter()
+                .map(|(key, value)| format!("{key}={}", percent_encode(value)))
+                .collect();
             let separator = if self.report_url.contains('?') {
                 '&'
             } else {
@@ -604,9 +610,20 @@ mod tests {
             "https://support.example/report?project=venue-ops&category=stream&title=Stream%20problem%3A%20demo%3C%2Fscript%3E%20%28session%20s-1%29&session_id=s-1&experience=demo%3C%2Fscript%3E&district=bxl1&body=b-7&head=&body_ip=10.0.0.2&worker_id=w1"
         );
         context.report_url = "mailto:ops@example.org".into();
-        assert!(context.report_link().starts_with(
-            "mailto:ops@example.org?subject=Hydra%20session%20s-1&body=project%3Dvenue-ops%0A"
-        ));
+        let mail = context.report_link();
+        assert!(
+            mail.starts_with(
+                "mailto:ops@example.org?subject=Hydra%20session%20s-1&body=project%3Dvenue-ops%0A"
+            ),
+            "{mail}"
+        );
+        // Each value is encoded once: a space is %20 in the link, a space in the mail.
+        assert!(
+            mail.contains(
+                "title%3DStream%20problem%3A%20demo%3C%2Fscript%3E%20%28session%20s-1%29%0A"
+            ),
+            "{mail}"
+        );
     }
 }
 

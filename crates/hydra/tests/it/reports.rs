@@ -147,6 +147,7 @@ sessions:
   root: "{root}"
   body_port: {body_port}
   ready_timeout: 20
+  report_url: "https://support.example/report"
   command: ["{standin}", --bind, "{{bind}}", --port, "{{port}}", --data-dir, "{{data_dir}}"]
 nps: {{url: "{url}", token: "nps-token-for-the-test", retry_base: {retry_base}, retry_max: {retry_max}, project: venue-ops}}
 "#,
