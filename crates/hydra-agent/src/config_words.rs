@@ -40,8 +40,14 @@ const MOVES: &[(Daemon, &str, &str)] = &[
         "heartbeat_timeout",
     ),
     (Daemon::Agent, "server.admin_token", "api_token"),
+    // The field's `nps:` is `report:` key for key.
     (Daemon::Agent, "nps.url", "report.url"),
     (Daemon::Agent, "nps.token", "report.token"),
+    (Daemon::Agent, "nps.project", "report.project"),
+    (Daemon::Agent, "nps.category", "report.category"),
+    (Daemon::Agent, "nps.max_entries", "report.max_entries"),
+    (Daemon::Agent, "nps.retry_base", "report.retry_base"),
+    (Daemon::Agent, "nps.retry_max", "report.retry_max"),
 ];
 
 /// Field keys (and likely slips) that Hydra does not read, with what Hydra calls the setting:
@@ -310,7 +316,7 @@ mod tests {
                 Daemon::Server,
                 "mode: controller\nserver:\n  listen: \":1\"\n  port: 47990\n",
             ),
-            (Daemon::Agent, "nps:\n  url: x\n  project: p\n"),
+            (Daemon::Agent, "nps:\n  url: x\n  colour: p\n"),
             (
                 Daemon::Server,
                 "workers:\n  heartbeat_timeout: 60\n  heartbeat_interval: 30\n",
@@ -329,7 +335,7 @@ mod tests {
                 "error: config file field.yaml: mode worker but node.roles does not name worker",
                 "error: config file field.yaml: both server.listen (the field's name) and listen are set; keep one",
                 "error: unknown key \"server.port\" in config file field.yaml line 4 (Hydra calls it listen)",
-                "error: unknown key \"nps.project\" in config file field.yaml line 3",
+                "error: unknown key \"nps.colour\" in config file field.yaml line 3",
                 "error: unknown key \"workers.heartbeat_interval\" in config file field.yaml line 3 (Hydra calls it heartbeat.interval in each agent's config)",
             ]
         "#]]

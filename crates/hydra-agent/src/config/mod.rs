@@ -35,7 +35,6 @@ const SECTIONS: &[&str] = &[
     "report",
     "mic",
     "body",
-    "nps",
 ];
 
 /// Everything `hydra agent` runs with.
@@ -76,8 +75,6 @@ pub struct AgentConfig {
     pub body: BodySection,
     /// Session records (`report.url`, `report.token`).
     pub report: ReportSection,
-    /// The field's name for `report:`; used when `report.url` is not set.
-    pub nps: ReportSection,
     /// The browser microphone relay.
     pub mic: MicSection,
 }
@@ -102,7 +99,6 @@ impl Default for AgentConfig {
             cluster: ClusterSection::default(),
             body: BodySection::default(),
             report: ReportSection::default(),
-            nps: ReportSection::default(),
             mic: MicSection::default(),
         }
     }
@@ -301,13 +297,10 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// The session-record settings: `report:`, else the field's `nps:` when only it names a URL.
+    /// The session-record settings (`report:`; the field's `nps:` is moved onto it when the file
+    /// is read, `crate::config_words`).
     pub fn report_settings(&self) -> &ReportSection {
-        if self.report.url.is_none() && self.nps.url.is_some() {
-            &self.nps
-        } else {
-            &self.report
-        }
+        &self.report
     }
 
     /// The `body:` and `report:` keys; the message names the key.
@@ -341,7 +334,7 @@ impl AgentConfig {
         if !matches!(self.sunshine.api_scheme.as_str(), "http" | "https") {
             return fail("sunshine.api_scheme must be http or https".into());
         }
-        for (key, section) in [("report", &self.report), ("nps", &self.nps)] {
+        for (key, section) in [("report", &self.report)] {
             if let Some(url) = &section.url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
@@ -591,10 +584,11 @@ mod tests {
         let both = load_yaml(
             "nps: {url: 'https://nps.example/a'}\nreport: {url: 'https://reports.example/b'}\n",
         )
-        .unwrap();
-        assert_eq!(
-            both.report_settings().url.as_deref(),
-            Some("https://reports.example/b")
+        .unwrap_err();
+        assert!(
+            both.0
+                .contains("both nps.url (the field's name) and report.url are set"),
+            "{both}"
         );
         let errors: Vec<String> = [
             "body:\n  launch_command: [/bin/launch, '{exe}']\n",
@@ -613,7 +607,7 @@ mod tests {
                 "body.stop_command must name a program",
                 "body.worker_token must be at least 16 characters, without control characters",
                 "report.url \"ftp://x\" must start with http:// or https://",
-                "nps.retry_base must be above 0 and at most nps.retry_max (at most 86400 seconds)",
+                "report.retry_base must be above 0 and at most report.retry_max (at most 86400 seconds)",
                 "sunshine.api_scheme must be http or https",
             ]
         "#]]
@@ -721,7 +715,7 @@ mod tests {
             "mode: worker\nsessions:\n  max: 3\n  port_range_end: 8095\n",
             "controller:\n  url: http://127.0.0.1:1\nheartbeat_interval: 30\n",
             "server:\n  listen: \":8090\"\n  port: 8090\n",
-            "nps:\n  url: https://nps.example\n  project: relay\n",
+            "nps:\n  url: https://nps.example\n  colour: relay\n",
             "sessions:\n  maximum: 3\n",
             "tls_cert: /etc/cert.pem\n",
             "server: {tls_cert: /etc/cert.pem}\n",
@@ -745,7 +739,7 @@ mod tests {
                 "unknown key \"sessions.port_range_end\" in config file <dir>/agent.yaml line 4 (Hydra calls it sessions.max (ports run from sessions.port_range_start to start + max))",
                 "unknown key \"heartbeat_interval\" in config file <dir>/agent.yaml line 3 (Hydra calls it heartbeat.interval)",
                 "unknown key \"server.port\" in config file <dir>/agent.yaml line 3 (Hydra calls it server.listen)",
-                "unknown key \"nps.project\" in config file <dir>/agent.yaml line 3",
+                "unknown key \"nps.colour\" in config file <dir>/agent.yaml line 3",
                 "unknown key \"sessions.maximum\" in config file <dir>/agent.yaml line 2",
                 "unknown key \"tls_cert\" in config file <dir>/agent.yaml line 1",
                 "server.tls_cert and server.tls_key go together: set both or neither",

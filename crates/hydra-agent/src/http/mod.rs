@@ -415,8 +415,8 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
 }
 
 mod local;
-mod notice;
 mod metrics;
+mod notice;
 mod sessions;
 mod viewer;
 
