@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod enrol;
+pub mod forward;
 pub mod head;
 pub mod health;
 pub mod heartbeat;

@@ -96,6 +96,7 @@ struct Inner {
     monitor: Arc<crate::monitor::MonitorFeed>,
     monitor_closed: tokio_util::sync::CancellationToken,
     ride_out: crate::ride_out::RideOut,
+    peers: crate::forward::Peers,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -144,6 +145,7 @@ impl AgentState {
                 monitor: crate::monitor::MonitorFeed::new(),
                 monitor_closed: tokio_util::sync::CancellationToken::new(),
                 ride_out: crate::ride_out::RideOut::default(),
+                peers: crate::forward::Peers::default(),
             }),
         }
     }
@@ -151,6 +153,16 @@ impl AgentState {
     /// The mesh's snapshot, which the mesh driver fills (disabled until it runs).
     pub fn cluster(&self) -> &crate::cluster::driver::ClusterHandle {
         &self.inner.cluster
+    }
+
+    /// The pooled connections to peers that requests are forwarded to (`crate::forward`).
+    pub fn peers(&self) -> &crate::forward::Peers {
+        &self.inner.peers
+    }
+
+    /// Whether `headers` carry a bearer token the session API accepts.
+    pub fn token_accepted(&self, headers: &HeaderMap) -> bool {
+        self.check_token(headers).is_ok()
     }
 
     /// What the agent knows while it rides out the loss of the control plane.
@@ -260,6 +272,16 @@ impl AgentState {
         } else {
             Err("too many ratings; try again later")
         }
+    }
+
+    /// A new session id naming this node (`<node_id>:<uuid>`); `None` before enrolment (the
+    /// worker then makes an `s-` id).
+    fn new_session_id(&self) -> Option<String> {
+        use rand::RngCore;
+        let node_id = self.heartbeat().node_id?;
+        let mut random = [0u8; 16];
+        rand::rng().fill_bytes(&mut random);
+        hydra_core::session_id::owned_session_id(&node_id, random)
     }
 
     /// `stream_url` with a fresh viewer capability for `session_id`.
@@ -382,7 +404,7 @@ pub fn router(state: AgentState) -> Router {
         )
         .route(
             "/api/v1/sessions/{id}",
-            axum::routing::delete(sessions::stop_session),
+            axum::routing::delete(sessions::stop_session).get(sessions::show_session),
         )
         .route("/session/{id}/quit", post(sessions::quit))
         .route("/session/{id}/rating", post(sessions::rate))
@@ -390,6 +412,11 @@ pub fn router(state: AgentState) -> Router {
         .route("/session/{id}/", any(viewer::proxy_root))
         .route("/session/{id}/{*rest}", any(viewer::proxy_path))
         .fallback(|| async { api_error(ErrorCode::NotFound, "no such route") })
+        // A request about another node's session goes one hop to it (issue 11).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::one_hop,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -8,6 +8,7 @@ mod heartbeat_backoff;
 mod input;
 mod mesh;
 mod monitor;
+mod peers;
 mod proxy;
 mod rating_forward;
 mod session_start;
