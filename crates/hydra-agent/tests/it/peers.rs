@@ -240,7 +240,7 @@ async fn while_the_server_is_away_a_session_lands_on_the_least_loaded_peer_and_i
         let session_id = session["session_id"].as_str().unwrap().to_owned();
         poll(
             &format!("the server shows {session_id}"),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             async || {
                 admin.session(&session_id).await.is_ok_and(|view| {
                     view.worker_id == worker && view.status == hydra_api::SessionState::Running

@@ -186,11 +186,15 @@ async fn reconcile_worker(
                 updates.push(state.session_writes().update(record));
             }
             Change::EndOnWorker { id } => {
-                if let Some(record) = adoptable(state, worker_id, report, &id, now).await? {
+                let taken = adoptable(state, worker_id, report, &id, now).await?;
+                if let Some(Adoption::WhenRunning) = taken {
+                    // Reported still starting: taken on once a report shows it running (a
+                    // starting record would wait for a start answer that never comes).
+                } else if let Some(Adoption::Take(record)) = taken {
                     // Started by the worker itself while no control plane answered: it is
                     // this worker's (the id says so) and is now recorded like a placed one.
                     tracing::info!(session_id = %id, %worker_id, "[controller] took on a session the worker started while the control plane was away");
-                    adopted.push(state.session_writes().insert(record));
+                    adopted.push(state.session_writes().insert(*record));
                 } else if let Some(info) = state.workers().get(worker_id) {
                     end_on_worker(info, worker_id.to_owned(), id);
                 }
@@ -209,6 +213,14 @@ async fn reconcile_worker(
     Ok(())
 }
 
+/// What becomes of a reported session the worker started itself.
+enum Adoption {
+    /// Recorded as the worker's, running.
+    Take(Box<SessionRecord>),
+    /// Neither recorded nor ended yet: it is still starting.
+    WhenRunning,
+}
+
 /// The record of reported session `id` when the control plane takes it on
 /// (`hydra_core::session::adopt_unplaced`): its id names `worker_id` and nothing was ever
 /// recorded under it.
@@ -218,7 +230,7 @@ async fn adoptable(
     report: &WorkerReport,
     id: &str,
     now: i64,
-) -> Result<Option<SessionRecord>, ApiError> {
+) -> Result<Option<Adoption>, ApiError> {
     let Some(reported) = report
         .sessions
         .iter()
@@ -233,7 +245,12 @@ async fn adoptable(
     if !adopt_unplaced(worker_id, id, recorded) {
         return Ok(None);
     }
-    Ok(Some(SessionRecord {
+    if reported.status != hydra_api::SessionState::Running {
+        return Ok(
+            (reported.status == hydra_api::SessionState::Starting).then_some(Adoption::WhenRunning)
+        );
+    }
+    Ok(Some(Adoption::Take(Box::new(SessionRecord {
         id: id.to_owned(),
         worker_id: worker_id.to_owned(),
         body_ip: reported.body_ip.clone(),
@@ -242,14 +259,11 @@ async fn adoptable(
         experience: None,
         port: Some(reported.port),
         stream_url: Some(reported.stream_url.clone()),
-        status: match reported.status {
-            hydra_api::SessionState::Starting => SessionStatus::Starting,
-            _ => SessionStatus::Running,
-        },
+        status: SessionStatus::Running,
         error: None,
         created_at: now,
         updated_at: now,
-    }))
+    }))))
 }
 
 /// Asks a worker's agent, in the background, to end a session the control plane does not hold

@@ -47,12 +47,19 @@ async fn a_session_started_by_a_worker_is_taken_on(setup: ServerSetup) {
     assert_eq!(status, 201, "{enrolled}");
     let token = enrolled["token"].as_str().unwrap().to_owned();
     let own = format!("w-1:{UUID}");
+    // Still starting: not taken on yet (a starting record would wait for an answer that never
+    // comes), and not ended either.
+    let mut starting = live(&own);
+    starting["status"] = json!("starting");
+    report(&server, &token, 1, vec![starting]).await;
+    let (status, answer) = session(&server, &own).await;
+    assert_eq!(status, 404, "not taken on while starting: {answer}");
     let foreign = format!("w-2:{OTHER_UUID}");
     let legacy = "s-0123456789abcdef";
     report(
         &server,
         &token,
-        1,
+        2,
         vec![live(&own), live(&foreign), live(legacy)],
     )
     .await;
@@ -75,7 +82,7 @@ async fn a_session_started_by_a_worker_is_taken_on(setup: ServerSetup) {
     )
     .await;
     assert_eq!(status, 200, "{ended}");
-    report(&server, &token, 2, vec![live(&own)]).await;
+    report(&server, &token, 3, vec![live(&own)]).await;
     let (_, after) = session(&server, &own).await;
     assert_ne!(
         after["status"], "running",
