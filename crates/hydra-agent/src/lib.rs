@@ -13,6 +13,7 @@ pub mod config_values;
 pub mod config_words;
 pub mod daemon;
 pub mod enrol;
+pub mod forward;
 pub mod head;
 pub mod health;
 pub mod heartbeat;

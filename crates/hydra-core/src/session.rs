@@ -223,5 +223,19 @@ pub fn reconcile(
     changes
 }
 
+/// Whether a live session a worker reports, which the control plane does not hold live, is
+/// taken on as that worker's rather than ended there: a session the worker started while no
+/// control plane answered (issue 11). Its id must name the reporting worker
+/// (`<node_id>:<uuid>`, [`crate::session_id`]) and the control plane must never have recorded
+/// it (`recorded`: a stored record of any state), so a session the control plane ended or gave
+/// up stays ended.
+pub fn adopt_unplaced(worker_id: &str, session_id: &str, recorded: bool) -> bool {
+    !recorded
+        && crate::session_id::parse_session_id(session_id)
+            .ok()
+            .and_then(|id| id.owner())
+            == Some(worker_id)
+}
+
 #[cfg(test)]
 mod tests;

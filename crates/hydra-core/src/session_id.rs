@@ -22,9 +22,9 @@ pub enum SessionId<'a> {
     Legacy(&'a str),
 }
 
-impl SessionId<'_> {
+impl<'a> SessionId<'a> {
     /// The node that owns the session, when the id says.
-    pub fn owner(&self) -> Option<&str> {
+    pub fn owner(&self) -> Option<&'a str> {
         match self {
             SessionId::Owned { node_id, .. } => Some(node_id),
             SessionId::Legacy(_) => None,

@@ -3,6 +3,7 @@
 //! `Path` wildcard formatted back, which turned `..%2F` into `../` and `%2541` into `%41`).
 
 use axum::http::Uri;
+use hydra_core::session_id::{SessionId, parse_session_id};
 
 /// Why a session id in a path is refused (both answer 400 naming the id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,17 +22,23 @@ impl BadSessionId {
                 "session id in the path must not contain control characters"
             }
             BadSessionId::Malformed => {
-                "session id in the path must be 1 to 64 of letters, digits, '-' and '_'"
+                "session id in the path must be <node_id>:<uuid> or 1 to 64 of letters, digits, '-' and '_'"
             }
         }
     }
 }
 
-/// Session ids an agent runs: 1 to 64 of `[A-Za-z0-9_-]` (they become a directory name and a
-/// URL segment).
+/// Session ids an agent runs (they become a directory name and a URL segment): `<node_id>:<uuid>`
+/// as `hydra_core::session_id` parses it, or, from before the mesh, 1 to 64 of `[A-Za-z0-9_-]`.
 pub fn check_session_id(id: &str) -> Result<(), BadSessionId> {
     if id.chars().any(char::is_control) {
         return Err(BadSessionId::ControlCharacter);
+    }
+    if id.contains(':') {
+        return match parse_session_id(id) {
+            Ok(SessionId::Owned { .. }) => Ok(()),
+            _ => Err(BadSessionId::Malformed),
+        };
     }
     let valid = !id.is_empty()
         && id.len() <= 64
@@ -45,8 +52,12 @@ pub fn check_session_id(id: &str) -> Result<(), BadSessionId> {
     }
 }
 
-/// Whether `id` is of the form the server makes: `s-` and 16 lowercase hex digits.
+/// Whether `id` is of a form the server makes: `<node_id>:<uuid>`, or (before the mesh) `s-` and
+/// 16 lowercase hex digits.
 pub fn is_server_session_id(id: &str) -> bool {
+    if matches!(parse_session_id(id), Ok(SessionId::Owned { .. })) {
+        return true;
+    }
     id.strip_prefix("s-").is_some_and(|hex| {
         hex.len() == 16
             && hex
@@ -100,6 +111,23 @@ mod tests {
         assert!(!is_server_session_id("s-0123456789ABCDEF"));
         assert!(!is_server_session_id("s-0123456789abcde"));
         assert!(!is_server_session_id("page"));
+    }
+
+    #[test]
+    fn ids_that_carry_their_node_are_accepted_in_both_checks() {
+        let owned = "w-1.venue_a:0f8fad5b-d9cb-469f-a165-70867728950e";
+        assert_eq!(check_session_id(owned), Ok(()));
+        assert!(is_server_session_id(owned));
+        for bad in [
+            "w-1:0F8FAD5B-D9CB-469F-A165-70867728950E",
+            "w 1:0f8fad5b-d9cb-469f-a165-70867728950e",
+            ":0f8fad5b-d9cb-469f-a165-70867728950e",
+            "w-1:0f8fad5b-d9cb-469f-a165-70867728950e/..",
+            "w-1:x",
+        ] {
+            assert_eq!(check_session_id(bad), Err(BadSessionId::Malformed), "{bad}");
+            assert!(!is_server_session_id(bad), "{bad}");
+        }
     }
 
     #[test]

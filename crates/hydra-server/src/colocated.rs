@@ -52,7 +52,7 @@ fn check_server_session_id(id: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid(
-            "session id in the path must be s- and 16 lowercase hex digits",
+            "session id in the path must be <node_id>:<uuid> or s- and 16 lowercase hex digits",
         ))
     }
 }

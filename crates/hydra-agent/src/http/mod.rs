@@ -105,6 +105,7 @@ struct Inner {
     body_link: std::sync::OnceLock<Arc<crate::sunshine::BodyLink>>,
     /// Session records (`set_records`).
     records: std::sync::OnceLock<Arc<crate::reports::Records>>,
+    peers: crate::forward::Peers,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -158,6 +159,7 @@ impl AgentState {
                 body: std::sync::OnceLock::new(),
                 body_link: std::sync::OnceLock::new(),
                 records: std::sync::OnceLock::new(),
+                peers: crate::forward::Peers::default(),
             }),
         }
     }
@@ -165,6 +167,16 @@ impl AgentState {
     /// The mesh's snapshot, which the mesh driver fills (disabled until it runs).
     pub fn cluster(&self) -> &crate::cluster::driver::ClusterHandle {
         &self.inner.cluster
+    }
+
+    /// The pooled connections to peers that requests are forwarded to (`crate::forward`).
+    pub fn peers(&self) -> &crate::forward::Peers {
+        &self.inner.peers
+    }
+
+    /// Whether `headers` carry a bearer token the session API accepts.
+    pub fn token_accepted(&self, headers: &HeaderMap) -> bool {
+        self.check_token(headers).is_ok()
     }
 
     /// What the agent knows while it rides out the loss of the control plane.
@@ -311,6 +323,16 @@ impl AgentState {
         }
     }
 
+    /// A new session id naming this node (`<node_id>:<uuid>`); `None` before enrolment (the
+    /// worker then makes an `s-` id).
+    fn new_session_id(&self) -> Option<String> {
+        use rand::RngCore;
+        let node_id = self.heartbeat().node_id?;
+        let mut random = [0u8; 16];
+        rand::rng().fill_bytes(&mut random);
+        hydra_core::session_id::owned_session_id(&node_id, random)
+    }
+
     /// `stream_url` with a fresh viewer capability for `session_id`.
     fn viewer_url(&self, session_id: &str, stream_url: &str) -> String {
         let token = capability::mint_for(
@@ -434,7 +456,7 @@ pub fn router(state: AgentState) -> Router {
         )
         .route(
             "/api/v1/sessions/{id}",
-            axum::routing::delete(sessions::stop_session),
+            axum::routing::delete(sessions::stop_session).get(sessions::show_session),
         )
         .route("/api/v1/sessions/{id}/notice", post(notice::give))
         .route("/session/{id}/notice", get(notice::read))
@@ -448,6 +470,11 @@ pub fn router(state: AgentState) -> Router {
         .route("/session/{id}/", any(viewer::proxy_root))
         .route("/session/{id}/{*rest}", any(viewer::proxy_path))
         .fallback(|| async { api_error(ErrorCode::NotFound, "no such route") })
+        // A request about another node's session goes one hop to it (issue 11).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::one_hop,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -28,6 +28,11 @@ pub(super) async fn start_session(
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
+    if request.session_id.is_none()
+        && let Some(answer) = crate::forward::place_while_degraded(&state, &headers, &body).await
+    {
+        return answer;
+    }
     let records_context = crate::reports::SessionContext {
         district: request.district.clone(),
         head: request.head_id.clone(),
@@ -51,7 +56,7 @@ pub(super) async fn start_session(
                 .unwrap_or_else(|| worker.settings().sunshine_password.clone()),
         });
     let spec = SessionSpec {
-        id: request.session_id,
+        id: request.session_id.or_else(|| state.new_session_id()),
         body_ip: request.body_ip,
         sunshine_user: request.sunshine_user,
         sunshine_pass: request.sunshine_pass,
@@ -93,6 +98,25 @@ pub(super) async fn list_sessions(State(state): State<AgentState>, headers: Head
         .map(|session| session.to_wire())
         .collect();
     axum::Json(WorkerSessionList { sessions }).into_response()
+}
+
+/// `GET /api/v1/sessions/{id}`: one session as the agent reports it.
+pub(super) async fn show_session(
+    State(state): State<AgentState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(refusal) = state.check_token(&headers) {
+        return refusal.into_response();
+    }
+    let worker = match state.worker_or_404() {
+        Ok(worker) => worker,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match worker.session(&id) {
+        Some(session) => axum::Json(session.to_wire()).into_response(),
+        None => not_known(&id),
+    }
 }
 
 pub(super) async fn stop_session(

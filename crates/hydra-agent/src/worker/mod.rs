@@ -450,20 +450,14 @@ impl Worker {
     }
 }
 
-/// Session ids: 1 to 64 of `[A-Za-z0-9_-]` (they become a directory name and a URL segment).
+/// Session ids (they become a directory name and a URL segment): `<node_id>:<uuid>`, or from
+/// before the mesh 1 to 64 of `[A-Za-z0-9_-]`; the proxy's check, so both accept the same ids.
 pub fn check_session_id(id: &str) -> Result<(), StartError> {
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(StartError::Invalid(format!(
-            "session_id {id:?} must be 1 to 64 of letters, digits, '-' and '_'"
-        )))
-    }
+    hydra_proxy::session_path::check_session_id(id).map_err(|_| {
+        StartError::Invalid(format!(
+            "session_id {id:?} must be <node_id>:<uuid> or 1 to 64 of letters, digits, '-' and '_'"
+        ))
+    })
 }
 
 /// A new random session id (`s-` and 16 hex digits).

@@ -40,10 +40,19 @@ impl Server {
 
     /// A server (new state, new port) on the store in `dir`.
     async fn start_in(dir: tempfile::TempDir, heartbeat_timeout: Duration) -> Server {
+        Server::start_in_at(dir, heartbeat_timeout, "127.0.0.1:0").await
+    }
+
+    /// A server (new state) on the store in `dir`, listening on `address`.
+    async fn start_in_at(
+        dir: tempfile::TempDir,
+        heartbeat_timeout: Duration,
+        address: &str,
+    ) -> Server {
         let store = Store::open_sqlite(&dir.path().join("hydra.db"))
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let settings = Settings {
             heartbeat_timeout,
@@ -79,6 +88,24 @@ impl Server {
             .unwrap();
         let dir = self.dir.take().unwrap();
         Server::start_in(dir, self.heartbeat_timeout).await
+    }
+
+    /// Stops this server (the control plane is away) and gives what brings it back on the same
+    /// store and address with [`Server::come_back`].
+    pub(crate) async fn go_away(mut self) -> (tempfile::TempDir, Duration, String) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the server stops within 10 s")
+            .unwrap();
+        let address = self.url.trim_start_matches("http://").to_owned();
+        (self.dir.take().unwrap(), self.heartbeat_timeout, address)
+    }
+
+    /// A server back on the store and address [`Server::go_away`] left.
+    pub(crate) async fn come_back(away: (tempfile::TempDir, Duration, String)) -> Server {
+        let (dir, heartbeat_timeout, address) = away;
+        Server::start_in_at(dir, heartbeat_timeout, &address).await
     }
 
     pub(crate) fn admin(&self) -> Client {

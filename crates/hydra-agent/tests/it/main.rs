@@ -13,6 +13,7 @@ mod heartbeat_backoff;
 mod input;
 mod mic;
 mod monitor;
+mod peers;
 mod proxy;
 mod rating_forward;
 mod reports;

@@ -86,6 +86,14 @@ fn refusing_command(asked: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// The node a session id names (`<node_id>:<uuid>`).
+fn owner_of(session_id: &str) -> &str {
+    hydra_core::session_id::parse_session_id(session_id)
+        .ok()
+        .and_then(|id| id.owner())
+        .unwrap_or_else(|| panic!("{session_id} does not name its node"))
+}
+
 fn asked_ids(asked: &Path) -> Vec<String> {
     std::fs::read_to_string(asked)
         .unwrap_or_default()
@@ -124,7 +132,8 @@ fn slots_taken(server: &Server, worker_id: &str) -> u32 {
 }
 
 /// `sessions/start.rs` retries the next-best worker once: w-a refuses because its command exits
-/// at once; the session lands on w-b, and w-a's slot is free again.
+/// at once; the session lands on w-b, and w-a's slot is free again. Each attempt's id names its
+/// worker (`<worker_id>:<uuid>`), so the refused attempt stays recorded `error` on w-a.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_refused_by_one_worker_lands_on_the_other() {
     let temp = tempfile::tempdir().unwrap();
@@ -134,10 +143,19 @@ async fn a_start_refused_by_one_worker_lands_on_the_other() {
     let moved = server.admin().create_session(&for_body()).await.unwrap();
     assert_eq!(moved.worker_id, "w-b");
     assert_eq!(moved.status, SessionState::Running);
+    assert_eq!(owner_of(&moved.session_id), "w-b");
+    let asked_a = asked_ids(&temp.path().join("asked-w-a"));
+    assert_eq!(asked_a.len(), 1, "w-a was asked first, once: {asked_a:?}");
+    assert_eq!(owner_of(&asked_a[0]), "w-a");
+    let listed = server.admin().list_sessions().await.unwrap();
+    let refused = listed
+        .sessions
+        .iter()
+        .find(|session| session.session_id == asked_a[0])
+        .expect("w-a's attempt is recorded");
     assert_eq!(
-        asked_ids(&temp.path().join("asked-w-a")),
-        [moved.session_id.as_str()],
-        "w-a was asked first"
+        (refused.worker_id.as_str(), refused.status),
+        ("w-a", SessionState::Error)
     );
     assert_eq!(slots_taken(&server, "w-a"), 0);
     assert_eq!(slots_taken(&server, "w-b"), 1);
@@ -155,13 +173,31 @@ async fn a_start_refused_by_both_workers_names_both() {
 
     let refused = admin.create_session(&for_body()).await.unwrap_err();
     let listed = admin.list_sessions().await.unwrap();
-    assert_eq!(listed.sessions.len(), 1, "{listed:?}");
-    let failed = &listed.sessions[0];
-    assert_eq!(failed.status, SessionState::Error);
-    assert_eq!(failed.worker_id, "w-b", "recorded on the last worker tried");
+    assert_eq!(
+        listed.sessions.len(),
+        2,
+        "one attempt per worker: {listed:?}"
+    );
+    assert!(
+        listed
+            .sessions
+            .iter()
+            .all(|session| session.status == SessionState::Error
+                && owner_of(&session.session_id) == session.worker_id),
+        "{listed:?}"
+    );
+    let on = |worker_id: &str| {
+        listed
+            .sessions
+            .iter()
+            .find(|session| session.worker_id == worker_id)
+            .unwrap_or_else(|| panic!("an attempt on {worker_id}: {listed:?}"))
+    };
+    // The last worker tried holds the answer's message, naming both.
+    let failed = on("w-b");
     assert_eq!(
         asked_ids(&temp.path().join("asked-w-a")),
-        [failed.session_id.as_str()]
+        [on("w-a").session_id.as_str()]
     );
     assert_eq!(
         asked_ids(&temp.path().join("asked-w-b")),

@@ -515,3 +515,33 @@ proptest! {
         prop_assert_eq!(live_in_store, live_on_agent);
     }
 }
+
+#[test]
+fn a_worker_keeps_only_its_own_unrecorded_sessions() {
+    let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let cases = [
+        ("w-1", format!("w-1:{uuid}"), false),
+        ("w-1", format!("w-1:{uuid}"), true),
+        ("w-1", format!("w-2:{uuid}"), false),
+        ("w-1", "s-0123456789abcdef".to_owned(), false),
+        ("w-1", format!("w-1:{}", uuid.to_uppercase()), false),
+    ];
+    let answers: Vec<String> = cases
+        .iter()
+        .map(|(worker, id, recorded)| {
+            let verdict = if super::adopt_unplaced(worker, id, *recorded) {
+                "adopt"
+            } else {
+                "end on worker"
+            };
+            format!("{worker} reports {id} (recorded: {recorded}) -> {verdict}")
+        })
+        .collect();
+    expect_test::expect![[r#"
+        w-1 reports w-1:0f8fad5b-d9cb-469f-a165-70867728950e (recorded: false) -> adopt
+        w-1 reports w-1:0f8fad5b-d9cb-469f-a165-70867728950e (recorded: true) -> end on worker
+        w-1 reports w-2:0f8fad5b-d9cb-469f-a165-70867728950e (recorded: false) -> end on worker
+        w-1 reports s-0123456789abcdef (recorded: false) -> end on worker
+        w-1 reports w-1:0F8FAD5B-D9CB-469F-A165-70867728950E (recorded: false) -> end on worker"#]]
+    .assert_eq(&answers.join("\n"));
+}

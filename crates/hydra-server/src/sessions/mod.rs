@@ -70,6 +70,32 @@ impl Relay {
             &settings,
         )
     }
+
+    /// As [`Relay::place`], for a new session whose id names the worker chosen:
+    /// `<worker_id>:<uuid>` from `random` (`hydra_core::session_id`), or an `s-` id when the
+    /// worker's id cannot be carried in one.
+    pub fn place_new(
+        &self,
+        state: &AppState,
+        district: Option<&str>,
+        excluded: &[String],
+        random: [u8; 16],
+    ) -> Result<SlotReservation, hydra_core::placement::PlacementError> {
+        let settings = PlacementSettings {
+            heartbeat_timeout_ms: state.heartbeat_timeout_ms(),
+        };
+        state.workers().reserve_named(
+            state.registry(),
+            district,
+            excluded,
+            |worker_id| {
+                hydra_core::session_id::owned_session_id(worker_id, random)
+                    .unwrap_or_else(|| format!("s-{}", hex::encode(&random[..8])))
+            },
+            now_ms(),
+            &settings,
+        )
+    }
 }
 
 /// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy

@@ -210,22 +210,18 @@ pub async fn create(
         (Some(given), _) => Some(given.clone()),
         (None, head) => head,
     };
-    let mut bytes = [0u8; 8];
-    rand::rng().fill_bytes(&mut bytes);
-    let session_id = format!("s-{}", hex::encode(bytes));
     let plan = StartPlan {
         start: StartSessionRequest {
-            session_id: Some(session_id.clone()),
+            session_id: None,
             body_ip: body_ip.clone(),
             sunshine_user: request.sunshine_user.clone(),
             sunshine_pass: request.sunshine_pass.clone(),
             experience: request.experience.clone(),
             exe_path: request.exe_path.clone(),
-            district: request.district.clone(),
+            district: district.clone(),
             head_id: request.head_id.clone(),
             body_id: body_id.clone(),
         },
-        session_id,
         body_ip,
         body_id,
         head_id: request.head_id.clone(),
@@ -242,7 +238,6 @@ pub async fn create(
 
 /// What a session start needs, owned by its task.
 struct StartPlan {
-    session_id: String,
     body_ip: String,
     body_id: Option<String>,
     head_id: Option<String>,
@@ -253,29 +248,26 @@ struct StartPlan {
 
 /// Places the session, records it `starting`, asks the worker to start it and records the
 /// answer; a worker that fails is replaced by the next-best one once
-/// (`hydra_core::session::retry_on_next_worker`). The slot is a [`SlotReservation`]: committed
-/// only when the worker started the session, given back on every other way out.
+/// (`hydra_core::session::retry_on_next_worker`). Each attempt's id names its worker
+/// (`<worker_id>:<uuid>`, so any worker can forward a request about it to its owner): a retry
+/// is a new session, and the refused attempt stays recorded `error` with its reason. The slot
+/// is a [`SlotReservation`]: committed only when the worker started the session, given back on
+/// every other way out.
 async fn start_session(
     state: AppState,
     relay: Relay,
     plan: StartPlan,
 ) -> Result<SessionView, ApiError> {
-    let session_id = &plan.session_id;
     let mut excluded: Vec<String> = Vec::new();
-    let mut record: Option<SessionRecord> = None;
     let mut first_failure: Option<(String, WorkerFailure)> = None;
     for attempt in 1..=2 {
-        let reservation = match relay.place(&state, plan.district.as_deref(), &excluded, session_id)
+        let mut random = [0u8; 16];
+        rand::rng().fill_bytes(&mut random);
+        let reservation = match relay.place_new(&state, plan.district.as_deref(), &excluded, random)
         {
             Ok(reservation) => reservation,
             Err(placement) => {
                 if let Some((worker_id, failure)) = first_failure {
-                    if let Some(mut failed) = record.take() {
-                        failed.status = SessionStatus::Error;
-                        failed.error = Some(failure.message());
-                        failed.updated_at = now_ms();
-                        state.session_writes().update(failed).await?;
-                    }
                     return Err(failure.into_api_error(&worker_id));
                 }
                 tracing::warn!(error = %placement, "[controller] session not placed");
@@ -283,49 +275,44 @@ async fn start_session(
             }
         };
         let chosen = reservation.worker_id().to_owned();
+        let session_id = reservation.session_id().to_owned();
         let Some(info) = state.workers().get(&chosen) else {
             excluded.push(chosen);
             continue;
         };
         let now = now_ms();
-        let stored = match record.take() {
-            None => {
-                let fresh = SessionRecord {
-                    id: session_id.clone(),
-                    worker_id: chosen.clone(),
-                    body_ip: plan.body_ip.clone(),
-                    body_id: plan.body_id.clone(),
-                    head_id: plan.head_id.clone(),
-                    experience: plan.experience.clone(),
-                    port: None,
-                    stream_url: None,
-                    status: SessionStatus::Starting,
-                    error: None,
-                    created_at: now,
-                    updated_at: now,
-                };
-                state.session_writes().insert(fresh.clone()).await?;
-                fresh
-            }
-            Some(mut moved) => {
-                moved.worker_id = chosen.clone();
-                moved.updated_at = now;
-                state.session_writes().update(moved.clone()).await?;
-                moved
-            }
+        let stored = SessionRecord {
+            id: session_id.clone(),
+            worker_id: chosen.clone(),
+            body_ip: plan.body_ip.clone(),
+            body_id: plan.body_id.clone(),
+            head_id: plan.head_id.clone(),
+            experience: plan.experience.clone(),
+            port: None,
+            stream_url: None,
+            status: SessionStatus::Starting,
+            error: None,
+            created_at: now,
+            updated_at: now,
         };
+        state.session_writes().insert(stored.clone()).await?;
         tracing::info!(%session_id, worker_id = %chosen, body_ip = %plan.body_ip, "[controller] session placed");
-        match start_on(&info, &plan.start).await {
+        let start = StartSessionRequest {
+            session_id: Some(session_id.clone()),
+            ..plan.start.clone()
+        };
+        match start_on(&info, &start).await {
             Ok(started) => {
                 // The worker runs it: the slot stays taken until the session ends.
                 reservation.commit();
-                if let Some(ended) = state
-                    .store()
-                    .get_session(session_id)
-                    .await?
-                    .filter(|record| {
-                        hydra_core::session::SessionState::from(record.status).is_final()
-                    })
+                if let Some(ended) =
+                    state
+                        .store()
+                        .get_session(&session_id)
+                        .await?
+                        .filter(|record| {
+                            hydra_core::session::SessionState::from(record.status).is_final()
+                        })
                 {
                     // Ended (`DELETE`) while it started: `end` stopped it on the worker too.
                     return Ok(view(&ended));
@@ -349,9 +336,9 @@ async fn start_session(
                 if matches!(failure, WorkerFailure::Unreachable(_)) {
                     // It may still start it after the wait: ask it to end it (its report would
                     // otherwise lead to the same).
-                    end_quietly(&info, session_id);
+                    end_quietly(&info, &session_id);
                 }
-                let current = state.store().get_session(session_id).await?;
+                let current = state.store().get_session(&session_id).await?;
                 if current.is_some_and(|record| {
                     hydra_core::session::SessionState::from(record.status).is_final()
                 }) {
@@ -359,46 +346,37 @@ async fn start_session(
                     // nothing left to start elsewhere.
                     return Err(failure.into_api_error(&chosen));
                 }
+                // When both workers refused, the last answer and record name both.
+                let message = match &first_failure {
+                    Some((first_worker, first)) => format!(
+                        "worker {chosen}: {}; worker {first_worker}: {}",
+                        failure.message(),
+                        first.message()
+                    ),
+                    None => failure.message(),
+                };
+                let mut failed = stored;
+                failed.status = SessionStatus::Error;
+                failed.error = Some(message.clone());
+                failed.updated_at = now_ms();
+                state.session_writes().update(failed).await?;
                 if first_failure.is_none() && retry_on_next_worker(failure.kind(), attempt) {
-                    // Still `starting`: it moves to the next worker, which restarts its clock.
-                    record = Some(stored);
                     excluded.push(chosen.clone());
-                } else {
-                    // When both workers refused, the answer and the record name both.
-                    let message = match &first_failure {
-                        Some((first_worker, first)) => format!(
-                            "worker {chosen}: {}; worker {first_worker}: {}",
-                            failure.message(),
-                            first.message()
-                        ),
-                        None => failure.message(),
-                    };
-                    let mut failed = stored;
-                    failed.status = SessionStatus::Error;
-                    failed.error = Some(message.clone());
-                    failed.updated_at = now_ms();
-                    state.session_writes().update(failed).await?;
-                    let both = first_failure.is_some();
-                    let mut error = failure.into_api_error(&chosen);
-                    if both {
-                        error.message = message;
-                    }
-                    return Err(error);
+                    first_failure = Some((chosen, failure));
+                    continue;
                 }
-                first_failure = Some((chosen, failure));
+                let both = first_failure.is_some();
+                let mut error = failure.into_api_error(&chosen);
+                if both {
+                    error.message = message;
+                }
+                return Err(error);
             }
         }
     }
-    let error = first_failure
+    Err(first_failure
         .map(|(worker_id, failure)| failure.into_api_error(&worker_id))
-        .unwrap_or_else(|| ApiError::new(ErrorCode::Unavailable, "no healthy workers available"));
-    if let Some(mut failed) = record {
-        failed.status = SessionStatus::Error;
-        failed.error = Some(error.message.clone());
-        failed.updated_at = now_ms();
-        state.session_writes().update(failed).await?;
-    }
-    Err(error)
+        .unwrap_or_else(|| ApiError::new(ErrorCode::Unavailable, "no healthy workers available")))
 }
 
 /// Asks the worker, in the background, to end `session_id`; failures are only logged.

@@ -7,10 +7,10 @@ use std::time::Duration;
 use hydra_api::WorkerReport;
 use hydra_core::Role;
 use hydra_core::session::{
-    Change, DEFAULT_AGENT_START_MS, ReportContext, ReportedSession, StoredSession, reconcile,
-    start_deadline_ms,
+    Change, DEFAULT_AGENT_START_MS, ReportContext, ReportedSession, StoredSession, adopt_unplaced,
+    reconcile, start_deadline_ms,
 };
-use hydra_store::WorkerReportRecord;
+use hydra_store::{SessionRecord, SessionStatus, WorkerReportRecord};
 
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
@@ -161,6 +161,7 @@ async fn reconcile_worker(
         .collect();
     let changes = reconcile(&stored, &reported, now, context);
     let mut updates = Vec::new();
+    let mut adopted = Vec::new();
     let mut released = Vec::new();
     for change in changes {
         match change {
@@ -181,18 +182,84 @@ async fn reconcile_worker(
                 updates.push(state.session_writes().update(record));
             }
             Change::EndOnWorker { id } => {
-                if let Some(info) = state.workers().get(worker_id) {
+                let taken = adoptable(state, worker_id, report, &id, now).await?;
+                if let Some(Adoption::WhenRunning) = taken {
+                    // Reported still starting: taken on once a report shows it running (a
+                    // starting record would wait for a start answer that never comes).
+                } else if let Some(Adoption::Take(record)) = taken {
+                    // Started by the worker itself while no control plane answered: it is
+                    // this worker's (the id says so) and is now recorded like a placed one.
+                    tracing::info!(session_id = %id, %worker_id, "[controller] took on a session the worker started while the control plane was away");
+                    adopted.push(state.session_writes().insert(*record));
+                } else if let Some(info) = state.workers().get(worker_id) {
                     end_on_worker(info, worker_id.to_owned(), id);
                 }
             }
         }
     }
     // Submitted together, so they share one transaction.
-    futures::future::try_join_all(updates).await?;
+    futures::future::try_join(
+        futures::future::try_join_all(updates),
+        futures::future::try_join_all(adopted),
+    )
+    .await?;
     for session_id in released {
         state.workers().release(worker_id, &session_id);
     }
     Ok(())
+}
+
+/// What becomes of a reported session the worker started itself.
+enum Adoption {
+    /// Recorded as the worker's, running.
+    Take(Box<SessionRecord>),
+    /// Neither recorded nor ended yet: it is still starting.
+    WhenRunning,
+}
+
+/// The record of reported session `id` when the control plane takes it on
+/// (`hydra_core::session::adopt_unplaced`): its id names `worker_id` and nothing was ever
+/// recorded under it.
+async fn adoptable(
+    state: &AppState,
+    worker_id: &str,
+    report: &WorkerReport,
+    id: &str,
+    now: i64,
+) -> Result<Option<Adoption>, ApiError> {
+    let Some(reported) = report
+        .sessions
+        .iter()
+        .find(|session| session.session_id == id)
+    else {
+        return Ok(None);
+    };
+    if !adopt_unplaced(worker_id, id, false) {
+        return Ok(None);
+    }
+    let recorded = state.store().get_session(id).await?.is_some();
+    if !adopt_unplaced(worker_id, id, recorded) {
+        return Ok(None);
+    }
+    if reported.status != hydra_api::SessionState::Running {
+        return Ok(
+            (reported.status == hydra_api::SessionState::Starting).then_some(Adoption::WhenRunning)
+        );
+    }
+    Ok(Some(Adoption::Take(Box::new(SessionRecord {
+        id: id.to_owned(),
+        worker_id: worker_id.to_owned(),
+        body_ip: reported.body_ip.clone(),
+        body_id: None,
+        head_id: None,
+        experience: None,
+        port: Some(reported.port),
+        stream_url: Some(reported.stream_url.clone()),
+        status: SessionStatus::Running,
+        error: None,
+        created_at: now,
+        updated_at: now,
+    }))))
 }
 
 /// Asks a worker's agent, in the background, to end a session the control plane does not hold

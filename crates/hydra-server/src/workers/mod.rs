@@ -173,6 +173,11 @@ impl SlotReservation {
         &self.worker_id
     }
 
+    /// The session the slot is for.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
     /// Keeps the slot: the session was acknowledged.
     pub fn commit(mut self) {
         self.committed = true;
@@ -319,6 +324,27 @@ impl WorkerDirectory {
         now: i64,
         settings: &PlacementSettings,
     ) -> Result<SlotReservation, PlacementError> {
+        self.reserve_named(
+            registry,
+            district,
+            excluded,
+            |_| session_id.to_owned(),
+            now,
+            settings,
+        )
+    }
+
+    /// As [`WorkerDirectory::reserve`], for a session whose id is made from the chosen worker's
+    /// id (`session_id_for`), so the id can carry its node (`<node_id>:<uuid>`).
+    pub fn reserve_named(
+        &self,
+        registry: &RwLock<Registry>,
+        district: Option<&str>,
+        excluded: &[String],
+        session_id_for: impl FnOnce(&str) -> String,
+        now: i64,
+        settings: &PlacementSettings,
+    ) -> Result<SlotReservation, PlacementError> {
         let mut reports = self.inner.write().expect("worker directory poisoned");
         let rows: Vec<WorkerRow> = {
             let registry = registry.read().expect("registry lock poisoned");
@@ -329,13 +355,14 @@ impl WorkerDirectory {
         };
         let loads: Vec<WorkerLoad<'_>> = rows.iter().map(WorkerRow::load).collect();
         let chosen = least_loaded_worker(&loads, now, settings)?.to_owned();
+        let session_id = session_id_for(&chosen);
         if let Some(info) = reports.get_mut(&chosen) {
-            info.placed.insert(session_id.to_owned());
+            info.placed.insert(session_id.clone());
         }
         Ok(SlotReservation {
             directory: self.clone(),
             worker_id: chosen,
-            session_id: session_id.to_owned(),
+            session_id,
             committed: false,
         })
     }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `hydra` binary: real processes, real sockets, real databases.
 
+mod adopted_sessions;
 mod agent;
 mod agent_failover;
 mod browser;
