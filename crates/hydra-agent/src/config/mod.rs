@@ -334,25 +334,25 @@ impl AgentConfig {
         if !matches!(self.sunshine.api_scheme.as_str(), "http" | "https") {
             return fail("sunshine.api_scheme must be http or https".into());
         }
-        for (key, section) in [("report", &self.report)] {
-            if let Some(url) = &section.url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return fail(format!(
-                    "{key}.url {url:?} must start with http:// or https://"
-                ));
-            }
-            if section.max_entries == 0 {
-                return fail(format!("{key}.max_entries must be at least 1"));
-            }
-            if !(section.retry_base > 0.0
-                && section.retry_base <= section.retry_max
-                && section.retry_max <= 86_400.0)
-            {
-                return fail(format!(
-                    "{key}.retry_base must be above 0 and at most {key}.retry_max (at most 86400 seconds)"
-                ));
-            }
+        let section = &self.report;
+        if let Some(url) = &section.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return fail(format!(
+                "report.url {url:?} must start with http:// or https://"
+            ));
+        }
+        if section.max_entries == 0 {
+            return fail("report.max_entries must be at least 1".into());
+        }
+        if !(section.retry_base > 0.0
+            && section.retry_base <= section.retry_max
+            && section.retry_max <= 86_400.0)
+        {
+            return fail(
+                "report.retry_base must be above 0 and at most report.retry_max (at most 86400 seconds)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -150,11 +150,11 @@ async fn a_session_record_reaches_the_endpoint_once_after_two_failures_with_the_
         &body,
         2,
         |config| {
-            // The field's names: `nps.url` / `nps.token`.
-            config.nps.url = Some(url);
-            config.nps.token = Some(REPORT_TOKEN.into());
-            config.nps.retry_base = 0.05;
-            config.nps.retry_max = 0.2;
+            // The field's `nps:` is moved onto `report:` when a file is read (config_words).
+            config.report.url = Some(url);
+            config.report.token = Some(REPORT_TOKEN.into());
+            config.report.retry_base = 0.05;
+            config.report.retry_max = 0.2;
         },
     )
     .await;
