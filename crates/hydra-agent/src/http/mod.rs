@@ -302,6 +302,20 @@ impl AgentState {
         })
     }
 
+    /// The worker role for a browser's request about session `id`: the viewer capability first
+    /// (without it, the same 404 as for an unknown session), then the role.
+    fn viewer_worker(
+        &self,
+        id: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Worker>, Box<Response>> {
+        self.viewer_access(id, uri, headers)?;
+        self.worker_or_404()
+            .cloned()
+            .map_err(|refusal| Box::new(refusal.into_response()))
+    }
+
     /// A place among the rating forwards in flight and a token of their rate, or why not.
     fn rating_forward_slot(&self) -> Result<OwnedSemaphorePermit, &'static str> {
         let permit = self

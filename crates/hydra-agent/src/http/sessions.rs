@@ -153,12 +153,9 @@ pub(super) async fn quit(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
-        return *refused;
-    }
-    let worker = match state.worker_or_404() {
-        Ok(worker) => worker.clone(),
-        Err(refusal) => return refusal.into_response(),
+    let worker = match state.viewer_worker(&id, &uri, &headers) {
+        Ok(worker) => worker,
+        Err(refused) => return *refused,
     };
     if let Some(records) = state.records() {
         records.session_ending(&id, "quit", hydra_api::now_ms());
@@ -187,12 +184,9 @@ pub(super) async fn rate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
-        return *refused;
-    }
-    let worker = match state.worker_or_404() {
-        Ok(worker) => worker.clone(),
-        Err(refusal) => return refusal.into_response(),
+    let worker = match state.viewer_worker(&id, &uri, &headers) {
+        Ok(worker) => worker,
+        Err(refused) => return *refused,
     };
     let rating: RatingRequest = match parse_body(&body) {
         Ok(rating) => rating,
@@ -278,12 +272,9 @@ pub(super) async fn mic_offer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
-        return *refused;
-    }
-    let worker = match state.worker_or_404() {
-        Ok(worker) => worker.clone(),
-        Err(refusal) => return refusal.into_response(),
+    let worker = match state.viewer_worker(&id, &uri, &headers) {
+        Ok(worker) => worker,
+        Err(refused) => return *refused,
     };
     // SDP lines end in CRLF, which the text rule (`parse_body`) refuses everywhere but free
     // text: `sdp` may hold CR and LF, and no other control character.
@@ -341,12 +332,9 @@ pub(super) async fn page_stats(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = state.viewer_access(&id, &uri, &headers) {
-        return *refused;
-    }
-    let worker = match state.worker_or_404() {
-        Ok(worker) => worker.clone(),
-        Err(refusal) => return refusal.into_response(),
+    let worker = match state.viewer_worker(&id, &uri, &headers) {
+        Ok(worker) => worker,
+        Err(refused) => return *refused,
     };
     let stats: crate::reports::PageStats = match parse_body(&body) {
         Ok(stats) => stats,
