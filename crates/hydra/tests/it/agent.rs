@@ -773,12 +773,19 @@ impl Fleet {
         std::fs::write(&self.config, yaml).expect("write the agent config");
     }
 
-    /// The agent's `max_sessions` now, if it answers.
+    /// The agent's `max_sessions` now, if it answers (a restarted agent may not listen yet: no
+    /// answer is `None`, not a failure).
     async fn agent_max_sessions(&self) -> Option<u64> {
-        let (status, health) = call(Method::GET, &self.agent_api("/health"), None).await;
-        (status == 200)
-            .then(|| health["extra"]["max_sessions"].as_u64())
-            .flatten()
+        let answer = crate::support::http()
+            .get(self.agent_api("/health"))
+            .send()
+            .await
+            .ok()?;
+        if answer.status() != 200 {
+            return None;
+        }
+        let health: serde_json::Value = answer.json().await.ok()?;
+        health["extra"]["max_sessions"].as_u64()
     }
 }
 
