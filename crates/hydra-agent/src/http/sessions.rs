@@ -131,20 +131,38 @@ pub(super) async fn stop_session(
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
     };
-    if let Some(records) = state.records() {
-        records.session_ending(&id, "deleted", hydra_api::now_ms());
-    }
-    match worker.stop_session(&id, "ended by the control plane").await {
-        Some(session) => {
-            state.report_now().notify_one();
-            stop_on_body(&state, &id);
-            axum::Json(session.to_wire()).into_response()
-        }
+    match end_session(&state, worker, &id, "deleted", "ended by the control plane").await {
+        Some(session) => axum::Json(session.to_wire()).into_response(),
         None => api_error(
             ErrorCode::NotFound,
             &format!("session {id} is not known here"),
         ),
     }
+}
+
+/// Ends session `id` on request (`DELETE`, quit) in a task of its own: the record's end, the
+/// process, the report and the body's stop all happen even when the client hangs up mid-way, so
+/// no session is left stopped here and still running on its body. `None` for an unknown id.
+async fn end_session(
+    state: &AgentState,
+    worker: std::sync::Arc<crate::worker::Worker>,
+    id: &str,
+    end_reason: &'static str,
+    why: &'static str,
+) -> Option<crate::worker::SessionSnapshot> {
+    let (state, id) = (state.clone(), id.to_owned());
+    tokio::spawn(async move {
+        if let Some(records) = state.records() {
+            records.session_ending(&id, end_reason, hydra_api::now_ms());
+        }
+        let session = worker.stop_session(&id, why).await?;
+        state.report_now().notify_one();
+        stop_on_body(&state, &id);
+        Some(session)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 pub(super) async fn quit(
@@ -157,19 +175,12 @@ pub(super) async fn quit(
         Ok(worker) => worker,
         Err(refused) => return *refused,
     };
-    if let Some(records) = state.records() {
-        records.session_ending(&id, "quit", hydra_api::now_ms());
-    }
-    match worker.stop_session(&id, "quit from the page").await {
-        Some(session) => {
-            state.report_now().notify_one();
-            stop_on_body(&state, &id);
-            axum::Json(serde_json::json!({
-                "session_id": session.id,
-                "status": session.status.as_str(),
-            }))
-            .into_response()
-        }
+    match end_session(&state, worker, &id, "quit", "quit from the page").await {
+        Some(session) => axum::Json(serde_json::json!({
+            "session_id": session.id,
+            "status": session.status.as_str(),
+        }))
+        .into_response(),
         None => api_error(
             ErrorCode::NotFound,
             &format!("session {id} is not known here"),
