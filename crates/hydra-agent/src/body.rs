@@ -25,7 +25,10 @@ use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{AgentState, api_error, parse_body};
+use hydra_proxy::api_error::ApiError;
+use hydra_proxy::extract::parse_json;
+
+use crate::http::AgentState;
 use crate::worker::process::{SessionProcess, expand_pairs};
 
 /// Placeholders `body.launch_command` and `body.stop_command` may use.
@@ -386,7 +389,7 @@ fn environment(request: &LaunchRequest) -> HashMap<&'static str, String> {
 }
 
 fn refusal(refused: Refused) -> Response {
-    api_error(refused.0, &refused.1)
+    ApiError::new(refused.0, &refused.1).into_response()
 }
 
 /// `POST /api/v1/launch`.
@@ -396,14 +399,14 @@ pub(crate) async fn launch_route(
     body: Bytes,
 ) -> Response {
     let Some(role) = state.body() else {
-        return api_error(ErrorCode::NotFound, "this agent has no body role");
+        return ApiError::new(ErrorCode::NotFound, "this agent has no body role").into_response();
     };
     if let Err(refused) = role.authorised(&headers) {
         return refusal(refused);
     }
-    let request: LaunchRequest = match parse_body(&body) {
+    let request: LaunchRequest = match parse_json(&body) {
         Ok(request) => request,
-        Err(refused) => return *refused,
+        Err(refused) => return refused.into_response(),
     };
     match role.launch(request).await {
         Ok(answer) => (StatusCode::CREATED, axum::Json(answer)).into_response(),
@@ -418,7 +421,7 @@ pub(crate) async fn stop_route(
     body: Bytes,
 ) -> Response {
     let Some(role) = state.body() else {
-        return api_error(ErrorCode::NotFound, "this agent has no body role");
+        return ApiError::new(ErrorCode::NotFound, "this agent has no body role").into_response();
     };
     if let Err(refused) = role.authorised(&headers) {
         return refusal(refused);
@@ -426,9 +429,9 @@ pub(crate) async fn stop_route(
     let request: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
-        match parse_body(&body) {
+        match parse_json(&body) {
             Ok(request) => request,
-            Err(refused) => return *refused,
+            Err(refused) => return refused.into_response(),
         }
     };
     match role.stop(request).await {

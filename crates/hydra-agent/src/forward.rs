@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::driver::ClusterHandle;
 use crate::cluster::mesh::MeshEvent;
-use crate::http::{AgentState, api_error};
+use hydra_proxy::api_error::ApiError;
+
+use crate::http::AgentState;
 
 /// The header that marks a request one worker forwarded to another (its value: the sender's
 /// node id).
@@ -217,10 +219,11 @@ pub async fn one_hop(State(state): State<AgentState>, request: Request, next: Ne
     };
     if request.headers().contains_key(&FORWARDED) {
         // Never a second hop: the sender thought it ours, and it is not.
-        return api_error(
+        return ApiError::new(
             ErrorCode::NotFound,
-            &format!("session {id} is not known here"),
-        );
+            format!("session {id} is not known here"),
+        )
+        .into_response();
     }
     if path.starts_with("/api/v1/") && !state.token_accepted(request.headers()) {
         // The handler refuses it (401); nothing goes out for a caller without a token.
@@ -233,10 +236,11 @@ pub async fn one_hop(State(state): State<AgentState>, request: Request, next: Ne
         .find(|member| member.node_id == owner && !member.api_url.is_empty())
     else {
         state.peers().forget(&owner);
-        return api_error(
+        return ApiError::new(
             ErrorCode::Unavailable,
-            &format!("session {id} runs on {owner}, which is not a live member of the mesh"),
-        );
+            format!("session {id} runs on {owner}, which is not a live member of the mesh"),
+        )
+        .into_response();
     };
     let Some(link) = state
         .peers()
@@ -248,10 +252,11 @@ pub async fn one_hop(State(state): State<AgentState>, request: Request, next: Ne
         )
         .await
     else {
-        return api_error(
+        return ApiError::new(
             ErrorCode::BadGateway,
-            &format!("cannot resolve {owner}'s address {}", member.api_url),
-        );
+            format!("cannot resolve {owner}'s address {}", member.api_url),
+        )
+        .into_response();
     };
     let mut request = request;
     if let Some(own) = own
@@ -321,7 +326,9 @@ pub async fn place_while_degraded(
             Ok(PeerChoice::Peer(id)) => id.to_owned(),
             Err(full) => {
                 tracing::warn!(node_id = %own, "[forward] every worker of the mesh is full; start refused");
-                return Some(api_error(ErrorCode::Unavailable, &full.to_string()));
+                return Some(
+                    ApiError::new(ErrorCode::Unavailable, full.to_string()).into_response(),
+                );
             }
         };
         let member = members.iter().find(|member| member.node_id == chosen)?;
@@ -360,19 +367,22 @@ pub async fn place_while_degraded(
             Err(error) => {
                 // It may have started the session: never sent again.
                 tracing::warn!(peer = %chosen, %error, "[forward] peer did not answer a session start");
-                return Some(api_error(
+                return Some(ApiError::new(
                     ErrorCode::BadGateway,
-                    &format!(
+                    format!(
                         "worker {chosen} did not answer the session start; it may have started it"
                     ),
-                ));
+                ).into_response());
             }
         }
     }
-    Some(api_error(
-        ErrorCode::BadGateway,
-        "the peers chosen for the session start could not be reached",
-    ))
+    Some(
+        ApiError::new(
+            ErrorCode::BadGateway,
+            "the peers chosen for the session start could not be reached",
+        )
+        .into_response(),
+    )
 }
 
 /// A peer's answer, passed on with its status, content type and body.
@@ -389,10 +399,11 @@ async fn relay_answer(answer: reqwest::Response) -> Response {
             }
             response
         }
-        Err(error) => api_error(
+        Err(error) => ApiError::new(
             ErrorCode::BadGateway,
-            &format!("the peer's answer to the session start broke off: {error}"),
-        ),
+            format!("the peer's answer to the session start broke off: {error}"),
+        )
+        .into_response(),
     }
 }
 

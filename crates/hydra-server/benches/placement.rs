@@ -20,9 +20,7 @@ use hydra_store::{SessionRecord, SessionStatus, Store};
 const WORKERS: usize = 1_000;
 const REQUESTS: usize = 5_000;
 
-fn now_ms() -> i64 {
-    hydra_server::state::now_ms()
-}
+use hydra_api::system::now_ms;
 
 fn report(name: &str, histogram: &Histogram<u64>, count: usize, elapsed: Duration) {
     println!(

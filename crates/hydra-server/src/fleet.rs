@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLockReadGuard};
 use hydra_core::Node;
 use hydra_store::{Heartbeat, Store};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, store_error};
 use crate::events::{Change, EventBus};
 use crate::group_commit::HeartbeatWriter;
 use crate::registry::{NodeLocks, Registry, SharedRegistry};
@@ -115,7 +115,12 @@ impl Fleet {
     pub async fn enrol(&self, node: Node, token_digest: String) -> Result<Node, ApiError> {
         self.owned(move |fleet| async move {
             let _guard = fleet.inner.locks.lock(&node.id).await;
-            fleet.inner.store.insert_node(&node, &token_digest).await?;
+            fleet
+                .inner
+                .store
+                .insert_node(&node, &token_digest)
+                .await
+                .map_err(store_error)?;
             Ok(fleet.show_enrolled(node, token_digest))
         })
         .await
@@ -135,7 +140,8 @@ impl Fleet {
             let store = &fleet.inner.store;
             if !store
                 .enrol_with_token(&node, &token_digest, &enrolment_digest, now)
-                .await?
+                .await
+                .map_err(store_error)?
             {
                 return Err(ApiError::unauthorized(
                     "the enrolment token is unknown, used or expired",
@@ -199,7 +205,12 @@ impl Fleet {
         self.owned(move |fleet| {
             let store = fleet.inner.store.clone();
             let (key, to_district, to_venue) = (id.clone(), district.clone(), venue.clone());
-            let write = async move { Ok(store.move_node(&key, &to_district, &to_venue).await?) };
+            let write = async move {
+                store
+                    .move_node(&key, &to_district, &to_venue)
+                    .await
+                    .map_err(store_error)
+            };
             fleet.change_node(id, write, move |node| {
                 node.district = district;
                 node.venue = venue;
@@ -214,7 +225,7 @@ impl Fleet {
         self.owned(move |fleet| {
             let store = fleet.inner.store.clone();
             let key = id.clone();
-            let write = async move { Ok(store.set_drained(&key, drained).await?) };
+            let write = async move { store.set_drained(&key, drained).await.map_err(store_error) };
             fleet.change_node(id, write, move |node| node.drained = drained)
         })
         .await
@@ -287,7 +298,13 @@ impl Fleet {
         let id = id.to_owned();
         self.owned(move |fleet| async move {
             let _guard = fleet.inner.locks.lock(&id).await;
-            if !fleet.inner.store.delete_node(&id).await? {
+            if !fleet
+                .inner
+                .store
+                .delete_node(&id)
+                .await
+                .map_err(store_error)?
+            {
                 return Err(unknown_node(&id));
             }
             fleet

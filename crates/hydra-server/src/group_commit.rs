@@ -16,6 +16,8 @@ use hydra_store::{Heartbeat, SessionRecord, SessionWrite, Store, StoreError, Wor
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::error::ApiError;
+
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer before callers wait for room.
@@ -253,6 +255,23 @@ impl ReportWriter {
     }
 }
 
+/// How a failed commit is answered: store failures as the store maps them, a shutdown as 503.
+impl From<CommitError> for ApiError {
+    fn from(error: CommitError) -> ApiError {
+        match error {
+            CommitError::Store(store) => crate::error::store_error(store),
+            CommitError::ShuttingDown => ApiError::new(
+                hydra_api::ErrorCode::Unavailable,
+                "the server is shutting down",
+            ),
+            CommitError::ShortAnswer { .. } => {
+                tracing::error!(%error, "[store] group commit answered short");
+                ApiError::new(hydra_api::ErrorCode::Internal, error.to_string())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -425,9 +444,6 @@ mod tests {
         let _ = task.await;
         let error = writer.submit(1).await.unwrap_err();
         assert!(matches!(error, CommitError::ShuttingDown), "{error:?}");
-        assert_eq!(
-            crate::error::ApiError::from(error).message,
-            "the server is shutting down"
-        );
+        assert_eq!(ApiError::from(error).message, "the server is shutting down");
     }
 }

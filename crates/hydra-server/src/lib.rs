@@ -6,11 +6,10 @@
 
 pub mod auth;
 pub mod captures;
-pub mod colocated;
 pub mod dashboard;
+pub mod duties;
 pub mod error;
 pub mod events;
-pub mod extract;
 pub mod feed;
 pub mod fleet;
 pub mod group_commit;
@@ -18,7 +17,6 @@ pub mod mesh;
 pub mod registry;
 pub mod replica;
 pub mod report_checks;
-pub mod retention;
 pub mod routes;
 pub mod sealing;
 pub mod sessions;
@@ -71,7 +69,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::system::health))
         .routes(routes!(routes::system::check_master))
         .routes(routes!(routes::system::replicas))
-        .routes(routes!(mesh::cluster))
+        .routes(routes!(routes::system::cluster))
         .routes(routes!(routes::nodes::enrol, routes::nodes::list))
         .routes(routes!(routes::nodes::show, routes::nodes::remove))
         .routes(routes!(routes::nodes::heartbeat))
@@ -84,9 +82,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(routes::bodies::eligible))
         .routes(routes!(routes::bodies::what_if))
-        .routes(routes!(events::events))
-        .merge(sessions::router())
-        .merge(captures::router())
+        .routes(routes!(routes::events::events))
+        .merge(routes::sessions::router())
+        .merge(routes::captures::router())
 }
 
 /// The whole application: API, OpenAPI document, metrics, JSON 404s, body limit.
@@ -113,13 +111,13 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            feed::read_your_writes,
+            routes::layers::read_your_writes,
         ))
         // Outside the read-your-writes layer: a write a follower forwards is answered, with its
         // revision, by the master's own layers.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            replica::forward_writes,
+            routes::layers::forward_writes,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -245,29 +243,32 @@ pub async fn serve_with_tls(
     // On PostgreSQL: follow the lease. The first round runs before serving, so a replica that
     // can take the lease (the first one, or one whose previous run was killed) answers its
     // first request as master.
-    if let Some(mut mastership) = replica::start_mastership(&state) {
+    if let Some(mut mastership) = duties::mastership::start_mastership(&state) {
         let _ = tokio::time::timeout(Duration::from_secs(5), mastership.round()).await;
-        duties.spawn(replica::run_mastership(mastership, shutdown.clone()));
+        duties.spawn(duties::mastership::run_mastership(
+            mastership,
+            shutdown.clone(),
+        ));
     } else {
         metrics::gauge!("hydra_replica_is_master").set(1.0);
     }
     duties.spawn(probe_store(state.clone(), shutdown.clone()));
     duties.spawn(metrics_upkeep(shutdown.clone()));
-    duties.spawn(retention::prune_ended_sessions(
+    duties.spawn(duties::retention::prune_ended_sessions(
         state.clone(),
         shutdown.clone(),
     ));
     duties.spawn(sessions::sweep(state.clone(), shutdown.clone()));
-    duties.spawn(feed::follow(state.clone(), shutdown.clone()));
-    duties.spawn(feed::prune_changes(state.clone(), shutdown.clone()));
+    duties.spawn(duties::feed::follow(state.clone(), shutdown.clone()));
+    duties.spawn(duties::feed::prune_changes(state.clone(), shutdown.clone()));
     if let Some(start) = state.take_mesh_start() {
-        duties.spawn(mesh::run(state.clone(), start, shutdown.clone()));
+        duties.spawn(duties::mesh::run(state.clone(), start, shutdown.clone()));
     }
-    duties.spawn(captures::retention::prune_ended_captures(
+    duties.spawn(duties::capture_retention::prune_ended_captures(
         state.clone(),
         shutdown.clone(),
     ));
-    duties.spawn(captures::resume::follow_mastership(
+    duties.spawn(duties::capture_resume::follow_mastership(
         state.clone(),
         shutdown.clone(),
     ));

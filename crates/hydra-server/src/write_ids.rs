@@ -91,6 +91,6 @@ pub async fn dedup(State(state): State<AppState>, mut request: Request, next: Ne
             request.extensions_mut().insert(WriteKey(id));
             next.run(request).await
         }
-        Err(error) => ApiError::from(error).into_response(),
+        Err(error) => crate::error::store_error(error).into_response(),
     }
 }

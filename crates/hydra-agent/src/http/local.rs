@@ -5,7 +5,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
 
-use super::{AgentState, api_error, details_allowed};
+use hydra_proxy::api_error::ApiError;
+
+use super::{AgentState, details_allowed};
 use crate::local_api::{AgentHealth, AgentStatus, HealthExtra, wireguard_up};
 
 pub(super) async fn health(State(state): State<AgentState>, headers: HeaderMap) -> Response {
@@ -77,10 +79,11 @@ pub(super) async fn monitor(
     let filters = match query {
         Ok(axum::extract::Query(filters)) => filters,
         Err(rejection) => {
-            return api_error(
+            return ApiError::new(
                 ErrorCode::InvalidRequest,
-                &format!("invalid query: {}", rejection.body_text()),
-            );
+                format!("invalid query: {}", rejection.body_text()),
+            )
+            .into_response();
         }
     };
     for (name, value) in [
@@ -92,10 +95,8 @@ pub(super) async fn monitor(
             .as_deref()
             .map(|value| hydra_api::text::check_parameter(name, value))
         {
-            return api_error(
-                ErrorCode::InvalidRequest,
-                &format!("invalid query: {error}"),
-            );
+            return ApiError::new(ErrorCode::InvalidRequest, format!("invalid query: {error}"))
+                .into_response();
         }
     }
     match crate::monitor::feed_filter(&filters.filters()) {
@@ -105,7 +106,7 @@ pub(super) async fn monitor(
             filters.after,
             state.inner.monitor_closed.clone(),
         ),
-        Err(message) => api_error(ErrorCode::InvalidRequest, &message),
+        Err(message) => ApiError::new(ErrorCode::InvalidRequest, &message).into_response(),
     }
 }
 

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hydra_api::ErrorCode;
+use hydra_api::system::now_ms;
+use hydra_proxy::api_error::ApiError;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -22,7 +24,7 @@ use crate::local_api::{SessionHealth, wireguard_up};
 use crate::worker::Worker;
 use hydra_core::rate_limit::TokenBucket;
 use hydra_proxy::capability::{self, Access};
-use hydra_proxy::proxy::{Proxy, error_answer};
+use hydra_proxy::proxy::Proxy;
 use hydra_proxy::session_path::check_session_id;
 use hydra_proxy::token;
 
@@ -284,10 +286,9 @@ impl AgentState {
         headers: &HeaderMap,
     ) -> Result<Access, Box<Response>> {
         if let Err(bad) = check_session_id(id) {
-            return Err(Box::new(api_error(
-                ErrorCode::InvalidRequest,
-                bad.message(),
-            )));
+            return Err(Box::new(
+                ApiError::new(ErrorCode::InvalidRequest, bad.message()).into_response(),
+            ));
         }
         capability::check(
             self.inner.agent_key.as_bytes(),
@@ -358,25 +359,25 @@ impl AgentState {
         capability::viewer_url(stream_url, &token)
     }
 
-    fn check_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or(Refusal(
+            .ok_or(ApiError::new(
                 ErrorCode::Unauthorized,
                 "missing Authorization: Bearer <token> header",
             ))?;
         if token::matches_any(token, &self.inner.accepted_digests) {
             Ok(())
         } else {
-            Err(Refusal(ErrorCode::Unauthorized, "unknown token"))
+            Err(ApiError::new(ErrorCode::Unauthorized, "unknown token"))
         }
     }
 
-    fn worker_or_404(&self) -> Result<&Arc<Worker>, Refusal> {
-        self.worker().ok_or(Refusal(
+    fn worker_or_404(&self) -> Result<&Arc<Worker>, ApiError> {
+        self.worker().ok_or(ApiError::new(
             ErrorCode::NotFound,
             "this agent has no worker role",
         ))
@@ -397,57 +398,13 @@ impl AgentState {
     }
 }
 
-/// Unix milliseconds now (capabilities expire on the wall clock, which the server shares).
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
-}
-
 /// The one answer a browser gets for a session it may not see, known or not.
 fn not_known(id: &str) -> Response {
-    api_error(
+    ApiError::new(
         ErrorCode::NotFound,
-        &format!("session {id} is not known here"),
+        format!("session {id} is not known here"),
     )
-}
-
-/// A request refused before any work, with a fixed message.
-#[derive(Debug, Clone, Copy)]
-struct Refusal(ErrorCode, &'static str);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        api_error(self.0, self.1)
-    }
-}
-
-/// `{"error": code, "message": message}` with the code's status.
-pub fn api_error(code: ErrorCode, message: &str) -> Response {
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    error_answer(status, code.as_str(), message)
-}
-
-/// Parses a JSON request body, or answers 400 with serde's message (which names the field); a
-/// string with a control character is refused naming its field (`hydra_api::text`, the server's
-/// rule).
-pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
-    let parsed = serde_json::from_slice(body).map_err(|error| {
-        Box::new(api_error(
-            ErrorCode::InvalidRequest,
-            &format!("invalid request body: {error}"),
-        ))
-    })?;
-    hydra_api::text::check_json_text(body).map_err(|error| {
-        Box::new(api_error(
-            ErrorCode::InvalidRequest,
-            &format!("invalid request body: {error}"),
-        ))
-    })?;
-    Ok(parsed)
+    .into_response()
 }
 
 mod local;
@@ -483,7 +440,7 @@ pub fn router(state: AgentState) -> Router {
         .route("/session/{id}", any(viewer::add_slash))
         .route("/session/{id}/", any(viewer::proxy_root))
         .route("/session/{id}/{*rest}", any(viewer::proxy_path))
-        .fallback(|| async { api_error(ErrorCode::NotFound, "no such route") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route").into_response() })
         // A request about another node's session goes one hop to it (issue 11).
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -495,7 +452,7 @@ pub fn router(state: AgentState) -> Router {
 
 /// Whether a local-API request may see session details: no token gives counts only, a wrong
 /// token is refused (so `hydra status --token` says so rather than printing less).
-fn details_allowed(state: &AgentState, headers: &HeaderMap) -> Result<bool, Refusal> {
+fn details_allowed(state: &AgentState, headers: &HeaderMap) -> Result<bool, ApiError> {
     if !headers.contains_key(header::AUTHORIZATION) {
         return Ok(false);
     }

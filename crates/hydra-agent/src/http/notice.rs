@@ -12,7 +12,11 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use hydra_api::{ErrorCode, PageNotice, SessionNotice};
 
-use super::{AgentState, api_error, not_known, now_ms, parse_body};
+use hydra_api::system::now_ms;
+use hydra_proxy::api_error::ApiError;
+use hydra_proxy::extract::parse_json;
+
+use super::{AgentState, not_known};
 
 /// Longest notice accepted (a day).
 const MAX_NOTICE_S: u32 = 86_400;
@@ -53,15 +57,16 @@ pub(super) async fn give(
     if let Err(refusal) = state.check_token(&headers) {
         return refusal.into_response();
     }
-    let notice: SessionNotice = match parse_body(&body) {
+    let notice: SessionNotice = match parse_json(&body) {
         Ok(notice) => notice,
-        Err(refused) => return *refused,
+        Err(refused) => return refused.into_response(),
     };
     if !(1..=MAX_NOTICE_S).contains(&notice.ends_in_s) {
-        return api_error(
+        return ApiError::new(
             ErrorCode::InvalidRequest,
             "ends_in_s must be between 1 and 86400",
-        );
+        )
+        .into_response();
     }
     let worker = match state.worker_or_404() {
         Ok(worker) => worker.clone(),

@@ -9,7 +9,10 @@ use hydra_api::{
     ErrorCode, MicAnswer, MicOffer, RatingRequest, StartSessionRequest, WorkerSessionList,
 };
 
-use super::{AgentState, MAX_COMMENT, api_error, not_known, parse_body};
+use hydra_proxy::api_error::ApiError;
+use hydra_proxy::extract::parse_json;
+
+use super::{AgentState, MAX_COMMENT, not_known};
 use crate::worker::{Rated, SessionSpec};
 
 pub(super) async fn start_session(
@@ -24,9 +27,9 @@ pub(super) async fn start_session(
         Ok(worker) => worker.clone(),
         Err(refusal) => return refusal.into_response(),
     };
-    let request: StartSessionRequest = match parse_body(&body) {
+    let request: StartSessionRequest = match parse_json(&body) {
         Ok(request) => request,
-        Err(refusal) => return *refusal,
+        Err(refused) => return refused.into_response(),
     };
     if request.session_id.is_none()
         && let Some(answer) = crate::forward::place_while_degraded(&state, &headers, &body).await
@@ -80,7 +83,7 @@ pub(super) async fn start_session(
             answer.stream_url = state.viewer_url(&session.id, &answer.stream_url);
             (StatusCode::CREATED, axum::Json(answer)).into_response()
         }
-        Err(error) => api_error(error.code(), &error.to_string()),
+        Err(error) => ApiError::new(error.code(), error.to_string()).into_response(),
     }
 }
 
@@ -133,10 +136,11 @@ pub(super) async fn stop_session(
     };
     match end_session(&state, worker, &id, "deleted", "ended by the control plane").await {
         Some(session) => axum::Json(session.to_wire()).into_response(),
-        None => api_error(
+        None => ApiError::new(
             ErrorCode::NotFound,
-            &format!("session {id} is not known here"),
-        ),
+            format!("session {id} is not known here"),
+        )
+        .into_response(),
     }
 }
 
@@ -181,10 +185,11 @@ pub(super) async fn quit(
             "status": session.status.as_str(),
         }))
         .into_response(),
-        None => api_error(
+        None => ApiError::new(
             ErrorCode::NotFound,
-            &format!("session {id} is not known here"),
-        ),
+            format!("session {id} is not known here"),
+        )
+        .into_response(),
     }
 }
 
@@ -199,31 +204,33 @@ pub(super) async fn rate(
         Ok(worker) => worker,
         Err(refused) => return *refused,
     };
-    let rating: RatingRequest = match parse_body(&body) {
+    let rating: RatingRequest = match parse_json(&body) {
         Ok(rating) => rating,
-        Err(refusal) => return *refusal,
+        Err(refused) => return refused.into_response(),
     };
     if !(1..=5).contains(&rating.stars) {
-        return api_error(ErrorCode::InvalidRequest, "stars must be 1 to 5");
+        return ApiError::new(ErrorCode::InvalidRequest, "stars must be 1 to 5").into_response();
     }
     if rating
         .comment
         .as_ref()
         .is_some_and(|c| c.chars().count() > MAX_COMMENT)
     {
-        return api_error(
+        return ApiError::new(
             ErrorCode::InvalidRequest,
             "comment is longer than 2000 characters",
-        );
+        )
+        .into_response();
     }
     let Some(session) = worker.session(&id) else {
         return not_known(&id);
     };
     let already_rated = || {
-        api_error(
+        ApiError::new(
             ErrorCode::Conflict,
-            &format!("session {id} is already rated"),
+            format!("session {id} is already rated"),
         )
+        .into_response()
     };
     if session.rating.is_some() {
         return already_rated();
@@ -234,7 +241,7 @@ pub(super) async fn rate(
             Ok(permit) => Some((url, permit)),
             Err(message) => {
                 tracing::warn!(session_id = %id, "[rating] {message}");
-                return api_error(ErrorCode::Unavailable, message);
+                return ApiError::new(ErrorCode::Unavailable, message).into_response();
             }
         },
         None => None,
@@ -287,15 +294,16 @@ pub(super) async fn mic_offer(
         Ok(worker) => worker,
         Err(refused) => return *refused,
     };
-    // SDP lines end in CRLF, which the text rule (`parse_body`) refuses everywhere but free
+    // SDP lines end in CRLF, which the text rule (`parse_json`) refuses everywhere but free
     // text: `sdp` may hold CR and LF, and no other control character.
     let offer: MicOffer = match serde_json::from_slice(&body) {
         Ok(offer) => offer,
         Err(error) => {
-            return api_error(
+            return ApiError::new(
                 ErrorCode::InvalidRequest,
-                &format!("invalid request body: {error}"),
-            );
+                format!("invalid request body: {error}"),
+            )
+            .into_response();
         }
     };
     if let Some(bad) = offer
@@ -303,13 +311,14 @@ pub(super) async fn mic_offer(
         .chars()
         .find(|c| c.is_control() && *c != '\r' && *c != '\n')
     {
-        return api_error(
+        return ApiError::new(
             ErrorCode::InvalidRequest,
-            &format!(
+            format!(
                 "invalid request body: sdp contains a control character (U+{:04X})",
                 u32::from(bad)
             ),
-        );
+        )
+        .into_response();
     }
     match state.mic().offer(&worker, &id, &offer.sdp).await {
         Ok(sdp) => axum::Json(MicAnswer {
@@ -319,7 +328,7 @@ pub(super) async fn mic_offer(
         .into_response(),
         Err(error) => {
             tracing::warn!(session_id = %id, %error, "[mic] session {id}: offer refused");
-            api_error(error.code(), &error.to_string())
+            ApiError::new(error.code(), error.to_string()).into_response()
         }
     }
 }
@@ -347,12 +356,12 @@ pub(super) async fn page_stats(
         Ok(worker) => worker,
         Err(refused) => return *refused,
     };
-    let stats: crate::reports::PageStats = match parse_body(&body) {
+    let stats: crate::reports::PageStats = match parse_json(&body) {
         Ok(stats) => stats,
-        Err(refusal) => return *refusal,
+        Err(refused) => return refused.into_response(),
     };
     if let Err(message) = stats.check() {
-        return api_error(ErrorCode::InvalidRequest, &message);
+        return ApiError::new(ErrorCode::InvalidRequest, &message).into_response();
     }
     if worker.session(&id).is_none() {
         return not_known(&id);

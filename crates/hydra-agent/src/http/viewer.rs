@@ -10,12 +10,14 @@ use hydra_proxy::inject::PageContext;
 use hydra_proxy::proxy::Forward;
 use hydra_proxy::session_path::{check_session_id, raw_rest};
 
-use super::{AgentState, api_error, not_known};
+use hydra_proxy::api_error::ApiError;
+
+use super::{AgentState, not_known};
 
 /// `/session/{id}` to `/session/{id}/`, keeping the query (which may carry the capability).
 pub(super) async fn add_slash(Path(id): Path<String>, uri: Uri) -> Response {
     if let Err(bad) = check_session_id(&id) {
-        return api_error(ErrorCode::InvalidRequest, bad.message());
+        return ApiError::new(ErrorCode::InvalidRequest, bad.message()).into_response();
     }
     Response::builder()
         .status(StatusCode::PERMANENT_REDIRECT)
@@ -24,7 +26,9 @@ pub(super) async fn add_slash(Path(id): Path<String>, uri: Uri) -> Response {
             hydra_proxy::session_path::slash_location(&id, &uri),
         )
         .body(Body::empty())
-        .unwrap_or_else(|_| api_error(ErrorCode::InvalidRequest, "invalid query"))
+        .unwrap_or_else(|_| {
+            ApiError::new(ErrorCode::InvalidRequest, "invalid query").into_response()
+        })
 }
 
 pub(super) async fn proxy_root(

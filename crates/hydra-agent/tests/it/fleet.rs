@@ -738,7 +738,7 @@ async fn a_report_cannot_lose_a_placement_in_flight() {
             None,
             &[],
             "s-in-flight",
-            hydra_server::state::now_ms(),
+            hydra_api::system::now_ms(),
             &settings,
         )
         .unwrap();
@@ -1093,7 +1093,7 @@ async fn a_start_past_its_deadline_is_swept_even_without_reports() {
     // online; the store is the server's own SQLite file.
     let db = server.dir.as_ref().unwrap().path().join("hydra.db");
     let store = Store::open_sqlite(&db).await.unwrap();
-    let long_ago = hydra_server::state::now_ms() - 600_000;
+    let long_ago = hydra_api::system::now_ms() - 600_000;
     let record = hydra_store::SessionRecord {
         id: "s-stuck".into(),
         worker_id: "w-mute".into(),

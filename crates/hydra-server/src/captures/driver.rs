@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::captures::writer::{ResumePoint, Writer};
-use crate::state::now_ms;
+use hydra_api::system::now_ms;
 
 /// A node to capture.
 pub struct Target {

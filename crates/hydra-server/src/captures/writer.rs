@@ -19,7 +19,7 @@ use hydra_core::capture::{
 use hydra_store::{ChunkRecord, Store, StoreError};
 use tokio::sync::{broadcast, watch};
 
-use crate::state::now_ms;
+use hydra_api::system::now_ms;
 
 /// A chunk is written once it holds this many bytes.
 pub const CHUNK_BYTES: usize = 64 * 1024;

@@ -18,9 +18,11 @@ use hydra_core::{LatencySample, Role, Transport};
 use hydra_store::LatencyRecord;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{Json, Query};
-use crate::state::{AppState, now_ms};
+use crate::error::{ApiError, store_error};
+use hydra_api::system::now_ms;
+use hydra_proxy::extract::{Json, Query};
+
+use crate::state::AppState;
 
 /// The bodies a head may use, best first, with the policy that chose them.
 ///
@@ -110,7 +112,11 @@ pub async fn eligible(
         let owner = state.clone();
         let head_of_samples = head_id.clone();
         crate::error::run_to_completion("recording measured latencies", async move {
-            owner.store().record_latencies(&samples).await?;
+            owner
+                .store()
+                .record_latencies(&samples)
+                .await
+                .map_err(store_error)?;
             let mut registry = owner.registry().write().expect("registry lock poisoned");
             for sample in &samples {
                 registry.set_latency(

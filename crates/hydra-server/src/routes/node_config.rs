@@ -10,9 +10,11 @@ use hydra_api::{ConfigBundle, ErrorBody, NodeConfig};
 use hydra_store::NodeConfigRecord;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{Json, Path};
-use crate::state::{AppState, now_ms};
+use crate::error::{ApiError, store_error};
+use hydra_api::system::now_ms;
+use hydra_proxy::extract::{Json, Path};
+
+use crate::state::AppState;
 
 /// Most ICE servers in a bundle.
 const MAX_ICE_SERVERS: usize = 32;
@@ -187,8 +189,19 @@ pub async fn show(
             )));
         }
     }
-    let record = state.store().get_node_config(&id).await?;
-    if record.is_none() && state.store().get_node(&id).await?.is_none() {
+    let record = state
+        .store()
+        .get_node_config(&id)
+        .await
+        .map_err(store_error)?;
+    if record.is_none()
+        && state
+            .store()
+            .get_node(&id)
+            .await
+            .map_err(store_error)?
+            .is_none()
+    {
         return Err(unknown_node(&id));
     }
     let config = answer(record, id)?;
@@ -231,7 +244,8 @@ pub async fn replace(
     let record = state
         .store()
         .put_node_config(&id, &text, now_ms())
-        .await?
+        .await
+        .map_err(store_error)?
         .ok_or_else(|| unknown_node(&id))?;
     // The bundle itself is not logged: it may hold TURN credentials.
     tracing::info!(node_id = %id, version = record.version, "[controller] node config replaced");

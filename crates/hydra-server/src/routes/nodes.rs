@@ -11,20 +11,18 @@ use hydra_store::Heartbeat;
 use rand::RngCore;
 
 use crate::auth::{Caller, bearer, generate_token, hash_token};
-use crate::error::ApiError;
-use crate::extract::{Json, Path};
-use crate::state::{AppState, now_ms};
+use crate::error::{ApiError, store_error};
+use hydra_api::system::now_ms;
+use hydra_proxy::extract::{Json, Path};
+
+use crate::state::AppState;
+use hydra_proxy::extract::check_word;
 
 /// Longest id, name, district, venue, owner or org accepted.
 /// Most organisations in `allowed_orgs`.
 const MAX_ALLOWED_ORGS: usize = 64;
 /// Prefix of one-time enrolment tokens; any other token must be the admin token to enrol.
 const ENROLMENT_TOKEN_PREFIX: &str = "hye_";
-
-/// Checks a fleet word (`hydra_core::text::check_word`), refusing it with a 400 naming `field`.
-pub(crate) fn check_word(field: &str, value: &str) -> Result<(), ApiError> {
-    hydra_core::text::check_word(field, value).map_err(ApiError::invalid)
-}
 
 fn view(state: &AppState, node: &Node) -> NodeView {
     NodeView::from_node(node, now_ms(), state.heartbeat_timeout_ms())
@@ -166,7 +164,8 @@ pub async fn create_enrolment_token(
     state
         .store()
         .create_enrolment_token(&hash_token(&token), now, expires_at)
-        .await?;
+        .await
+        .map_err(store_error)?;
     let expires_at = hydra_api::rfc3339(expires_at);
     tracing::info!(%expires_at, "[controller] one-time enrolment token created");
     Ok((

@@ -1,12 +1,14 @@
 //! Health, master discovery and the OpenAPI document.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
+use hydra_api::cluster::ClusterStatus;
 use hydra_api::{CheckMaster, Health, ReplicaInfo};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, store_error};
 
-use crate::extract::Json;
 use crate::state::AppState;
+use hydra_proxy::extract::Json;
 
 /// Liveness and storage status of this replica; no token needed. Never touches the database,
 /// so it is the server's own throughput ceiling in benchmarks.
@@ -22,8 +24,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         .to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         storage: state.store().engine().as_str().to_owned(),
-        revision: crate::feed::view_revision(&state),
-        lag_ms: state.feed().lag_ms(crate::state::now_ms()),
+        revision: crate::feed::view_revision(state.feed(), state.store()),
+        lag_ms: state.feed().lag_ms(hydra_api::system::now_ms()),
     })
 }
 
@@ -56,8 +58,8 @@ pub async fn replicas(
 ) -> Result<Json<Vec<ReplicaInfo>>, ApiError> {
     state.caller(&headers)?;
     let replica = state.replica();
-    let own_revision = u64::try_from(crate::feed::view_revision(&state)).ok();
-    let own_lag_ms = Some(state.feed().lag_ms(crate::state::now_ms()));
+    let own_revision = u64::try_from(crate::feed::view_revision(state.feed(), state.store())).ok();
+    let own_lag_ms = Some(state.feed().lag_ms(hydra_api::system::now_ms()));
     if !replica.view().replicated {
         return Ok(Json(vec![ReplicaInfo {
             id: replica.id().to_owned(),
@@ -68,13 +70,13 @@ pub async fn replicas(
             lag_ms: own_lag_ms,
         }]));
     }
-    let lease = state.store().lease().await?;
+    let lease = state.store().lease().await.map_err(store_error)?;
     let master = lease
         .filter(|lease| lease.remaining_ms > 0)
         .map(|lease| lease.holder);
     let healthy_below_ms =
         i64::try_from(replica.timing().renew_ms.saturating_mul(2)).unwrap_or(i64::MAX);
-    let rows = state.store().list_replicas().await?;
+    let rows = state.store().list_replicas().await.map_err(store_error)?;
     Ok(Json(
         rows.into_iter()
             .map(|row| {
@@ -90,4 +92,21 @@ pub async fn replicas(
             })
             .collect(),
     ))
+}
+
+/// `GET /api/v1/cluster`: the mesh as this replica sees it. Counts without a token; each
+/// member with the admin token (who is where is a map of the fleet).
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "system",
+    responses((status = 200, description = "The peer mesh as this replica sees it", body = ClusterStatus),
+        (status = 401, description = "A token that is not valid", body = hydra_api::ErrorBody),
+        (status = 403, description = "A node's token: members need the admin token", body = hydra_api::ErrorBody)))]
+pub async fn cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let detailed = headers.contains_key(axum::http::header::AUTHORIZATION);
+    if detailed {
+        state.require_admin(&headers)?;
+    }
+    Ok(Json(state.cluster().status(detailed)))
 }

@@ -8,9 +8,11 @@ use hydra_core::Role;
 use hydra_core::placement::{PlacementSettings, WorkerLoad};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{Json, Path};
-use crate::state::{AppState, now_ms};
+use crate::error::{ApiError, store_error};
+use hydra_api::system::now_ms;
+use hydra_proxy::extract::{Json, Path};
+
+use crate::state::AppState;
 
 use crate::sessions::apply_report;
 
@@ -119,7 +121,8 @@ pub async fn report(
     let bundle_max = state
         .store()
         .get_node_config(&id)
-        .await?
+        .await
+        .map_err(store_error)?
         .and_then(|record| serde_json::from_str::<hydra_api::ConfigBundle>(&record.bundle).ok())
         .and_then(|bundle| bundle.sessions.max);
     let cap = bundle_max.map_or(settings.max_sessions_per_worker, |max| {

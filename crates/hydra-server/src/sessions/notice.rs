@@ -7,9 +7,9 @@ use axum::http::HeaderMap;
 use hydra_api::{ErrorBody, ErrorCode, SessionNotice};
 use hydra_store::SessionStatus;
 
-use crate::error::ApiError;
-use crate::extract::{Json, Path};
+use crate::error::{ApiError, store_error};
 use crate::state::AppState;
+use hydra_proxy::extract::{Json, Path};
 
 use super::{STOP_TIMEOUT, unknown_session};
 
@@ -32,7 +32,8 @@ pub async fn notice(
     let record = state
         .store()
         .get_session(&id)
-        .await?
+        .await
+        .map_err(store_error)?
         .ok_or_else(|| unknown_session(&id))?;
     if record.status != SessionStatus::Running {
         return Err(ApiError::new(

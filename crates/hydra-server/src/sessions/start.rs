@@ -18,10 +18,12 @@ use hydra_proxy::capability::without_capability;
 use hydra_store::{SessionRecord, SessionStatus};
 use rand::RngCore;
 
-use crate::error::ApiError;
-use crate::extract::Json;
-use crate::routes::nodes::check_word;
-use crate::state::{AppState, now_ms};
+use crate::error::{ApiError, store_error};
+use hydra_api::system::now_ms;
+use hydra_proxy::extract::Json;
+use hydra_proxy::extract::check_word;
+
+use crate::state::AppState;
 use crate::workers::WorkerInfo;
 
 use super::{Relay, STOP_TIMEOUT, view};
@@ -305,14 +307,14 @@ async fn start_session(
             Ok(started) => {
                 // The worker runs it: the slot stays taken until the session ends.
                 reservation.commit();
-                if let Some(ended) =
-                    state
-                        .store()
-                        .get_session(&session_id)
-                        .await?
-                        .filter(|record| {
-                            hydra_core::session::SessionState::from(record.status).is_final()
-                        })
+                if let Some(ended) = state
+                    .store()
+                    .get_session(&session_id)
+                    .await
+                    .map_err(store_error)?
+                    .filter(|record| {
+                        hydra_core::session::SessionState::from(record.status).is_final()
+                    })
                 {
                     // Ended (`DELETE`) while it started: `end` stopped it on the worker too.
                     return Ok(view(&ended));
@@ -338,7 +340,11 @@ async fn start_session(
                     // otherwise lead to the same).
                     end_quietly(&info, &session_id);
                 }
-                let current = state.store().get_session(&session_id).await?;
+                let current = state
+                    .store()
+                    .get_session(&session_id)
+                    .await
+                    .map_err(store_error)?;
                 if current.is_some_and(|record| {
                     hydra_core::session::SessionState::from(record.status).is_final()
                 }) {

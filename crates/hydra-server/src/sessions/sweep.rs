@@ -7,8 +7,10 @@ use hydra_core::NodeStatus;
 use hydra_core::session::{DEFAULT_AGENT_START_MS, SessionState, start_deadline_ms};
 use hydra_store::{SessionRecord, SessionStatus};
 
-use crate::error::ApiError;
-use crate::state::{AppState, now_ms};
+use crate::error::{ApiError, store_error};
+use hydra_api::system::now_ms;
+
+use crate::state::AppState;
 
 /// The background duty that cleans up after workers that are gone: every live session of a
 /// worker that was removed or is offline past the heartbeat timeout, and every `starting`
@@ -37,7 +39,11 @@ pub async fn sweep(state: AppState, shutdown: tokio_util::sync::CancellationToke
 /// One round of [`sweep`] at `now`; returns the sessions it marked `error`.
 pub async fn sweep_once(state: &AppState, now: i64) -> Result<Vec<String>, ApiError> {
     let timeout_ms = state.heartbeat_timeout_ms();
-    let live = state.store().list_live_sessions().await?;
+    let live = state
+        .store()
+        .list_live_sessions()
+        .await
+        .map_err(store_error)?;
     let start_bounds: HashMap<String, i64> = state
         .workers()
         .all()

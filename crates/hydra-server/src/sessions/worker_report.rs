@@ -12,8 +12,10 @@ use hydra_core::session::{
 };
 use hydra_store::{SessionRecord, SessionStatus, WorkerReportRecord};
 
-use crate::error::ApiError;
-use crate::state::{AppState, now_ms};
+use crate::error::{ApiError, store_error};
+use hydra_api::system::now_ms;
+
+use crate::state::AppState;
 
 use crate::workers::{MAX_AGENT_START_MS, RETIRED_KEYS, WorkerInfo};
 
@@ -141,7 +143,8 @@ async fn reconcile_worker(
     let records = state
         .store()
         .list_live_sessions_of_worker(worker_id)
-        .await?;
+        .await
+        .map_err(store_error)?;
     let stored: Vec<StoredSession<'_>> = records
         .iter()
         .map(|record| StoredSession {
@@ -237,7 +240,12 @@ async fn adoptable(
     if !adopt_unplaced(worker_id, id, false) {
         return Ok(None);
     }
-    let recorded = state.store().get_session(id).await?.is_some();
+    let recorded = state
+        .store()
+        .get_session(id)
+        .await
+        .map_err(store_error)?
+        .is_some();
     if !adopt_unplaced(worker_id, id, recorded) {
         return Ok(None);
     }

@@ -208,7 +208,7 @@ async fn a_slow_subscriber_is_told_lagged_and_resynced_and_writers_never_wait() 
     use hydra_server::events::{Change, SUBSCRIBER_BUFFER};
     let dir = tempfile::tempdir().expect("temp dir");
     let state = state_in(dir.path()).await;
-    let response = hydra_server::events::events(State(state.clone()), admin_headers())
+    let response = hydra_server::routes::events::events(State(state.clone()), admin_headers())
         .await
         .expect("subscribe")
         .into_response();
@@ -238,7 +238,7 @@ async fn a_slow_subscriber_is_told_lagged_and_resynced_and_writers_never_wait() 
 async fn a_committed_session_write_is_announced() {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = state_in(dir.path()).await;
-    let response = hydra_server::events::events(State(state.clone()), admin_headers())
+    let response = hydra_server::routes::events::events(State(state.clone()), admin_headers())
         .await
         .expect("subscribe")
         .into_response();

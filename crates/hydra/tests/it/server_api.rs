@@ -425,7 +425,8 @@ async fn tokens_admin_node_and_wrong() {
 async fn a_node_goes_offline_when_heartbeats_stop() {
     let dir = tempfile::tempdir().unwrap();
     let mut setup = ServerSetup::sqlite(dir.path());
-    setup.extra = vec!["--heartbeat-timeout".into(), "1".into()];
+    // 3 s, not 1: the GET right after the heartbeat must land inside it on a loaded machine.
+    setup.extra = vec!["--heartbeat-timeout".into(), "3".into()];
     let server = ServerProcess::start(&setup);
     enrol(
         &server,
@@ -441,7 +442,7 @@ async fn a_node_goes_offline_when_heartbeats_stop() {
     let (_, node) = call(Method::GET, &server.api("/nodes/b1"), None).await;
     assert_eq!(node["status"], "online");
     assert!(node["last_heartbeat"].as_str().unwrap().ends_with('Z'));
-    let went_offline = eventually(Duration::from_secs(5), async || {
+    let went_offline = eventually(Duration::from_secs(15), async || {
         call(Method::GET, &server.api("/nodes/b1"), None).await.1["status"] == "offline"
     })
     .await;

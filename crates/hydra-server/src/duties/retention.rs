@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{AppState, now_ms};
+use hydra_api::system::now_ms;
+
+use crate::state::AppState;
 
 /// How often the duty runs (the first run is at start).
 const EVERY: Duration = Duration::from_secs(600);

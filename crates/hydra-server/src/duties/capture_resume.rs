@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::captures::driver::{Driver, Resumed, Target};
 use crate::captures::writer::ResumePoint;
-use crate::state::{AppState, now_ms};
+use hydra_api::system::now_ms;
+
+use crate::state::AppState;
 
 /// How often mastership is looked at: a takeover resumes the captures within this.
 const EVERY: Duration = Duration::from_millis(500);

@@ -1,4 +1,5 @@
-//! Extractors whose rejections are `ApiError`s, so that bad input always gets the JSON error body.
+//! Extractors whose rejections are [`ApiError`]s, so that bad input always gets the JSON error
+//! body, from the server and the agent alike.
 //!
 //! Every text that enters through them is checked against the text rule first
 //! (`hydra_api::text`: no control character; `\n` and `\t` only in free-text fields), so no
@@ -11,7 +12,7 @@ use axum::http::request::Parts;
 use hydra_api::text::{ControlCharacter, check_json_text, check_parameter};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::api_error::ApiError;
 
 /// `axum::Json` with a JSON error body naming the bad field; refuses a control character in any
 /// string of the body.
@@ -105,4 +106,19 @@ where
 
 fn refused(context: &str, error: &ControlCharacter) -> ApiError {
     ApiError::invalid(format!("{context}: {error}"))
+}
+
+/// Checks a fleet word (`hydra_core::text::check_word`), refusing it with a 400 naming `field`.
+pub fn check_word(field: &str, value: &str) -> Result<(), ApiError> {
+    hydra_core::text::check_word(field, value).map_err(ApiError::invalid)
+}
+
+/// Parses a JSON body already read (the agent reads bodies itself to forward them), or answers
+/// 400 with serde's message (which names the field); a string with a control character is
+/// refused naming its field (`hydra_api::text`, the rule [`Json`] applies).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let parsed = serde_json::from_slice(body)
+        .map_err(|error| ApiError::invalid(format!("invalid request body: {error}")))?;
+    check_json_text(body).map_err(|error| refused("invalid request body", &error))?;
+    Ok(parsed)
 }

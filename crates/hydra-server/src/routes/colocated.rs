@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
-use crate::state::{AppState, now_ms};
+use hydra_api::system::now_ms;
+
+use crate::state::AppState;
 
 /// What the colocated routes share besides `AppState`: the forwarding client.
 #[derive(Clone)]
@@ -27,7 +29,7 @@ struct Colocated {
     proxy: Proxy,
 }
 
-/// The colocated `/session/` routes; merged into the relay routes (`crate::sessions::router`).
+/// The colocated `/session/` routes; merged into the relay routes (`crate::routes::sessions::router`).
 pub fn router() -> OpenApiRouter<AppState> {
     let colocated = Colocated {
         proxy: Proxy::new(CancellationToken::new()),
@@ -107,7 +109,7 @@ async fn colocated(state: AppState, shared: Colocated, id: String, request: Requ
     let record = match state.store().get_session(&id).await {
         Ok(Some(record)) => record,
         Ok(None) => return no_access(&id).into_response(),
-        Err(error) => return ApiError::from(error).into_response(),
+        Err(error) => return crate::error::store_error(error).into_response(),
     };
     let Some(info) = state.workers().get(&record.worker_id) else {
         return no_access(&id).into_response();
