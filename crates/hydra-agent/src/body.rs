@@ -23,10 +23,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
-use serde::{Deserialize, Serialize};
-
 use hydra_proxy::api_error::ApiError;
 use hydra_proxy::extract::parse_json;
+use serde::{Deserialize, Serialize};
 
 use crate::http::AgentState;
 use crate::worker::process::{SessionProcess, expand_pairs};

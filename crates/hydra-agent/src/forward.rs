@@ -22,13 +22,12 @@ use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
 use hydra_core::peer::{PeerChoice, PeerLoad, best_peer};
 use hydra_core::session_id::{SessionId, parse_session_id};
+use hydra_proxy::api_error::ApiError;
 use hydra_proxy::proxy::{Forward, Proxy};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::driver::ClusterHandle;
 use crate::cluster::mesh::MeshEvent;
-use hydra_proxy::api_error::ApiError;
-
 use crate::http::AgentState;
 
 /// The header that marks a request one worker forwarded to another (its value: the sender's

@@ -14,10 +14,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use hydra_api::system::now_ms;
 use hydra_store::{Engine, Store, StoreError};
 use tokio::sync::{Notify, watch};
-
-use hydra_api::system::now_ms;
 
 /// How often the follower catches up without a wake-up (the bound on a lost notification).
 pub(crate) const FOLLOW_EVERY: Duration = Duration::from_secs(1);

@@ -37,10 +37,10 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::error::ApiError;
+
 pub use hydra_proxy::serve::ServeSettings;
 pub use state::{AppState, Settings};
-
-use crate::error::ApiError;
 
 /// The OpenAPI document's fixed parts; paths are collected from the routers.
 #[derive(OpenApi)]

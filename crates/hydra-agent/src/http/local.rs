@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
-
 use hydra_proxy::api_error::ApiError;
 
 use super::{AgentState, details_allowed};

@@ -16,17 +16,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use hydra_api::ErrorCode;
 use hydra_api::system::now_ms;
+use hydra_core::rate_limit::TokenBucket;
 use hydra_proxy::api_error::ApiError;
+use hydra_proxy::capability::{self, Access};
+use hydra_proxy::proxy::Proxy;
+use hydra_proxy::session_path::check_session_id;
+use hydra_proxy::token;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::local_api::{SessionHealth, wireguard_up};
 use crate::worker::Worker;
-use hydra_core::rate_limit::TokenBucket;
-use hydra_proxy::capability::{self, Access};
-use hydra_proxy::proxy::Proxy;
-use hydra_proxy::session_path::check_session_id;
-use hydra_proxy::token;
 
 /// Largest request body the agent reads.
 const BODY_LIMIT: usize = 64 * 1024;

@@ -10,9 +10,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use hydra_api::{ErrorCode, PageNotice, SessionNotice};
-
 use hydra_api::system::now_ms;
+use hydra_api::{ErrorCode, PageNotice, SessionNotice};
 use hydra_proxy::api_error::ApiError;
 use hydra_proxy::extract::parse_json;
 

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use hydra_api::{
     ErrorCode, MicAnswer, MicOffer, RatingRequest, StartSessionRequest, WorkerSessionList,
 };
-
 use hydra_proxy::api_error::ApiError;
 use hydra_proxy::extract::parse_json;
 

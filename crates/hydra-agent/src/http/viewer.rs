@@ -5,12 +5,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
+use hydra_proxy::api_error::ApiError;
 use hydra_proxy::capability;
 use hydra_proxy::inject::PageContext;
 use hydra_proxy::proxy::Forward;
 use hydra_proxy::session_path::{check_session_id, raw_rest};
-
-use hydra_proxy::api_error::ApiError;
 
 use super::{AgentState, not_known};
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hydra_api::captures::MonitorFilters;
+use hydra_api::system::now_ms;
 use hydra_core::capture::{
     CaptureAction, CaptureLimits, Orchestrator, SegmentEnd, TerminationReason, WriterEvent,
 };
@@ -16,7 +17,6 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::captures::writer::{ResumePoint, Writer};
-use hydra_api::system::now_ms;
 
 /// A node to capture.
 pub struct Target {

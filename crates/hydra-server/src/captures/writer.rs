@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hydra_api::captures::{MonitorFilters, MonitorKind};
+use hydra_api::system::now_ms;
 use hydra_core::capture::{
     Admit, CaptureLimits, CaptureStatus, SegmentBudget, SegmentEnd, TerminationReason,
 };
 use hydra_store::{ChunkRecord, Store, StoreError};
 use tokio::sync::{broadcast, watch};
-
-use hydra_api::system::now_ms;
 
 /// A chunk is written once it holds this many bytes.
 pub const CHUNK_BYTES: usize = 64 * 1024;

@@ -7,14 +7,13 @@
 use std::time::Duration;
 
 use hydra_api::captures::MonitorFilters;
+use hydra_api::system::now_ms;
 use hydra_core::capture::{CaptureLimits, CaptureStatus, SegmentEnd};
 use hydra_store::{CaptureRecord, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::captures::driver::{Driver, Resumed, Target};
 use crate::captures::writer::ResumePoint;
-use hydra_api::system::now_ms;
-
 use crate::state::AppState;
 
 /// How often mastership is looked at: a takeover resumes the captures within this.

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use hydra_api::system::now_ms;
+use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 

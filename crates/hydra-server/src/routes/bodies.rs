@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use hydra_api::system::now_ms;
 use hydra_api::{
     EligibleParams, EligibleQuery, EligibleResponse, ErrorBody, ExplainedEligible, HeadWhatIf,
     Measurement, SessionWhatIf, WhatIfParams, WhatIfResponse, WithoutQuery,
@@ -15,13 +16,11 @@ use hydra_core::learning::{HeadReport, explain_learning, select_learning};
 use hydra_core::selection::{Head, Observations, strict_venue};
 use hydra_core::what_if::what_if as heads_what_if;
 use hydra_core::{LatencySample, Role, Transport};
+use hydra_proxy::extract::{Json, Query};
 use hydra_store::LatencyRecord;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, store_error};
-use hydra_api::system::now_ms;
-use hydra_proxy::extract::{Json, Query};
-
 use crate::state::AppState;
 
 /// The bodies a head may use, best first, with the policy that chose them.

@@ -12,6 +12,7 @@ use hydra_api::system::now_ms;
 use hydra_api::{ErrorBody, ErrorCode};
 use hydra_core::NodeStatus;
 use hydra_core::capture::CaptureStatus;
+use hydra_proxy::extract::{Json, Path, Query};
 use hydra_store::{CaptureRecord, SegmentRecord};
 use tokio::sync::broadcast;
 use utoipa_axum::router::OpenApiRouter;
@@ -20,7 +21,6 @@ use utoipa_axum::routes;
 use crate::captures::{CHUNKS_PER_PAGE, TAIL_LINES_PER_CHUNK, checked_limits, driver, view};
 use crate::error::{ApiError, store_error};
 use crate::state::AppState;
-use hydra_proxy::extract::{Json, Path, Query};
 
 /// The capture routes.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -12,6 +12,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use hydra_api::ErrorCode;
+use hydra_api::system::now_ms;
 use hydra_proxy::capability;
 use hydra_proxy::proxy::{Forward, Proxy};
 use hydra_proxy::session_path::{check_session_id, is_server_session_id};
@@ -19,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
-use hydra_api::system::now_ms;
-
 use crate::state::AppState;
 
 /// What the colocated routes share besides `AppState`: the forwarding client.

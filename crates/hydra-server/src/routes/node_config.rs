@@ -6,14 +6,13 @@ use axum::extract::State;
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use hydra_api::system::now_ms;
 use hydra_api::{ConfigBundle, ErrorBody, NodeConfig};
+use hydra_proxy::extract::{Json, Path};
 use hydra_store::NodeConfigRecord;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, store_error};
-use hydra_api::system::now_ms;
-use hydra_proxy::extract::{Json, Path};
-
 use crate::state::AppState;
 
 /// Most ICE servers in a bundle.

@@ -2,21 +2,20 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use hydra_api::system::now_ms;
 use hydra_api::{
     DrainRequest, EnrolRequest, EnrolResponse, EnrolmentTokenRequest, EnrolmentTokenResponse,
     ErrorBody, HeartbeatRequest, MoveRequest, NodeList, NodeView,
 };
 use hydra_core::{Node, Role, Roles};
+use hydra_proxy::extract::check_word;
+use hydra_proxy::extract::{Json, Path};
 use hydra_store::Heartbeat;
 use rand::RngCore;
 
 use crate::auth::{Caller, bearer, generate_token, hash_token};
 use crate::error::{ApiError, store_error};
-use hydra_api::system::now_ms;
-use hydra_proxy::extract::{Json, Path};
-
 use crate::state::AppState;
-use hydra_proxy::extract::check_word;
 
 /// Longest id, name, district, venue, owner or org accepted.
 /// Most organisations in `allowed_orgs`.

@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use hydra_api::system::now_ms;
 use hydra_api::{ErrorBody, SessionCursor, SessionList, SessionQuery, SessionState, SessionView};
 use hydra_client::ClientError;
+use hydra_proxy::extract::{Json, Path, Query};
 use hydra_store::{SessionFilter, SessionRecord, SessionStatus};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,7 +16,6 @@ use utoipa_axum::routes;
 use crate::error::{ApiError, store_error};
 use crate::sessions::{Relay, STOP_TIMEOUT, unknown_session, view};
 use crate::state::AppState;
-use hydra_proxy::extract::{Json, Path, Query};
 
 /// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -4,11 +4,10 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use hydra_api::cluster::ClusterStatus;
 use hydra_api::{CheckMaster, Health, ReplicaInfo};
+use hydra_proxy::extract::Json;
 
 use crate::error::{ApiError, store_error};
-
 use crate::state::AppState;
-use hydra_proxy::extract::Json;
 
 /// Liveness and storage status of this replica; no token needed. Never touches the database,
 /// so it is the server's own throughput ceiling in benchmarks.

@@ -3,18 +3,16 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use hydra_api::system::now_ms;
 use hydra_api::{ErrorBody, WorkerList, WorkerReport, WorkerView};
 use hydra_core::Role;
 use hydra_core::placement::{PlacementSettings, WorkerLoad};
+use hydra_proxy::extract::{Json, Path};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, store_error};
-use hydra_api::system::now_ms;
-use hydra_proxy::extract::{Json, Path};
-
-use crate::state::AppState;
-
 use crate::sessions::apply_report;
+use crate::state::AppState;
 
 /// Every worker with its health and load.
 #[utoipa::path(get, path = "/api/v1/workers", tag = "sessions", security(("bearer" = [])),

@@ -5,13 +5,12 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use hydra_api::{ErrorBody, ErrorCode, SessionNotice};
+use hydra_proxy::extract::{Json, Path};
 use hydra_store::SessionStatus;
 
+use super::{STOP_TIMEOUT, unknown_session};
 use crate::error::{ApiError, store_error};
 use crate::state::AppState;
-use hydra_proxy::extract::{Json, Path};
-
-use super::{STOP_TIMEOUT, unknown_session};
 
 /// Tells the session's page its stream ends in `ends_in_s` (1 to 86400) seconds.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/notice", tag = "sessions", request_body = SessionNotice,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use hydra_api::system::now_ms;
 use hydra_api::{
     CreateSessionRequest, ErrorBody, ErrorCode, SessionView, StartSessionRequest, WorkerSession,
 };
@@ -15,18 +16,15 @@ use hydra_core::Role;
 use hydra_core::selection::{Head, Observations, select_bodies};
 use hydra_core::session::{StartFailure, retry_on_next_worker, start_wait_ms};
 use hydra_proxy::capability::without_capability;
+use hydra_proxy::extract::Json;
+use hydra_proxy::extract::check_word;
 use hydra_store::{SessionRecord, SessionStatus};
 use rand::RngCore;
 
+use super::{Relay, STOP_TIMEOUT, view};
 use crate::error::{ApiError, store_error};
-use hydra_api::system::now_ms;
-use hydra_proxy::extract::Json;
-use hydra_proxy::extract::check_word;
-
 use crate::state::AppState;
 use crate::workers::WorkerInfo;
-
-use super::{Relay, STOP_TIMEOUT, view};
 
 /// The body a session pairs with: `(body_ip, body_id, the head's district)`.
 fn resolve_body(

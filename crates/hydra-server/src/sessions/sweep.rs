@@ -3,13 +3,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use hydra_api::system::now_ms;
 use hydra_core::NodeStatus;
 use hydra_core::session::{DEFAULT_AGENT_START_MS, SessionState, start_deadline_ms};
 use hydra_store::{SessionRecord, SessionStatus};
 
 use crate::error::{ApiError, store_error};
-use hydra_api::system::now_ms;
-
 use crate::state::AppState;
 
 /// The background duty that cleans up after workers that are gone: every live session of a

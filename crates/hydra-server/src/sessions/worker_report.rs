@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use hydra_api::WorkerReport;
+use hydra_api::system::now_ms;
 use hydra_core::Role;
 use hydra_core::session::{
     Change, DEFAULT_AGENT_START_MS, ReportContext, ReportedSession, StoredSession, adopt_unplaced,
@@ -13,10 +14,7 @@ use hydra_core::session::{
 use hydra_store::{SessionRecord, SessionStatus, WorkerReportRecord};
 
 use crate::error::{ApiError, store_error};
-use hydra_api::system::now_ms;
-
 use crate::state::AppState;
-
 use crate::workers::{MAX_AGENT_START_MS, RETIRED_KEYS, WorkerInfo};
 
 /// Applies a valid report of worker `id`: ignored when older than the last one applied for the
