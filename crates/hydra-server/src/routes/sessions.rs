@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, store_error};
-use crate::sessions::{Relay, STOP_TIMEOUT, unknown_session, view};
+use crate::sessions::{Relay, STOP_TIMEOUT, view};
 use crate::state::AppState;
 
 /// The relay routes: sessions, workers, worker reports and the colocated `/session/` proxy.
@@ -97,12 +97,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     state.require_admin(&headers)?;
-    let record = state
-        .store()
-        .get_session(&id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| unknown_session(&id))?;
+    let record = crate::sessions::stored(&state, &id).await?;
     let mut answer = view(&record);
     answer.stream_url = viewer_stream_url(&state, &record);
     Ok(Json(answer))
@@ -141,12 +136,7 @@ pub async fn end(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     state.require_admin(&headers)?;
-    let mut record = state
-        .store()
-        .get_session(&id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| unknown_session(&id))?;
+    let mut record = crate::sessions::stored(&state, &id).await?;
     let was_active = matches!(
         record.status,
         SessionStatus::Starting | SessionStatus::Running

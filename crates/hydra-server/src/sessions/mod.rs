@@ -118,6 +118,16 @@ pub fn view(record: &SessionRecord) -> SessionView {
     }
 }
 
+/// The stored record of session `id`, or 404 naming it.
+pub(crate) async fn stored(state: &AppState, id: &str) -> Result<SessionRecord, ApiError> {
+    state
+        .store()
+        .get_session(id)
+        .await
+        .map_err(crate::error::store_error)?
+        .ok_or_else(|| unknown_session(id))
+}
+
 pub(crate) fn unknown_session(id: &str) -> ApiError {
     ApiError::not_found(format!("session {id:?} does not exist"))
 }

@@ -8,8 +8,8 @@ use hydra_api::{ErrorBody, ErrorCode, SessionNotice};
 use hydra_proxy::extract::{Json, Path};
 use hydra_store::SessionStatus;
 
-use super::{STOP_TIMEOUT, unknown_session};
-use crate::error::{ApiError, store_error};
+use super::STOP_TIMEOUT;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Tells the session's page its stream ends in `ends_in_s` (1 to 86400) seconds.
@@ -28,12 +28,7 @@ pub async fn notice(
     if !(1..=86_400).contains(&notice.ends_in_s) {
         return Err(ApiError::invalid("ends_in_s must be between 1 and 86400"));
     }
-    let record = state
-        .store()
-        .get_session(&id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| unknown_session(&id))?;
+    let record = crate::sessions::stored(&state, &id).await?;
     if record.status != SessionStatus::Running {
         return Err(ApiError::new(
             ErrorCode::Conflict,
