@@ -204,9 +204,17 @@ fn resolve(args: &Args) -> anyhow::Result<ServerConfig> {
     )
 }
 
-/// Runs the server until interrupted.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = resolve(&args)?;
+/// What `run` checked of the resolved config before opening anything: each bad value is refused
+/// naming its flag, and nothing was created yet.
+struct Checked {
+    session_retention: Duration,
+    capture_retention: Duration,
+    lease: hydra_core::mastership::LeaseTiming,
+    limits: hydra_server::ServeSettings,
+}
+
+/// Checks the resolved config's numbers and the mesh section.
+fn check(config: &ServerConfig) -> anyhow::Result<Checked> {
     anyhow::ensure!(
         config.heartbeat_timeout >= 1.0,
         "--heartbeat-timeout must be at least 1 second"
@@ -237,21 +245,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
     config.cluster.validate().map_err(anyhow::Error::msg)?;
-    let unreachable_for = Duration::from_secs_f64(config.unreachable_for);
     let limits = hydra_server::ServeSettings {
         header_read_timeout: Duration::from_secs_f64(config.header_read_timeout),
         idle_timeout: Duration::from_secs_f64(config.idle_timeout),
         max_connections: config.max_connections,
         shutdown_timeout: Duration::from_secs_f64(config.shutdown_timeout),
     };
-    // HTTPS when configured (the field's server.tls_cert/tls_key): a bad PEM names the file.
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            hydra_proxy::tls::acceptor(cert, key).map_err(|error| anyhow::anyhow!("{error}"))?,
-        ),
-        (None, None) => None,
-        _ => anyhow::bail!("tls_cert and tls_key go together: set both or neither"),
-    };
+    Ok(Checked {
+        session_retention,
+        capture_retention,
+        lease,
+        limits,
+    })
+}
+
+/// The data dir, the admin token (given, stored there, or generated and stored; the log says
+/// which, never the token) and the replica id.
+fn prepare_data_dir(config: &ServerConfig) -> anyhow::Result<(String, String)> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (--data-dir)",
@@ -282,32 +292,39 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config.data_dir.display()
             )
         })?;
-    // Held for the whole run: the kernel releases it when the process ends, however it ends.
-    let mut _sqlite_lock = None;
-    let store = match &config.database_url {
-        Some(url) => Store::open_postgres(url)
-            .await
-            .context("cannot open PostgreSQL (--database-url)")?,
+    Ok((admin_token, replica_id))
+}
+
+/// Opens PostgreSQL (`--database-url`) or the data dir's SQLite file, with the lock that keeps a
+/// second server off that file (held as long as the returned guard lives).
+async fn open_store(config: &ServerConfig) -> anyhow::Result<(Store, Option<std::fs::File>)> {
+    match &config.database_url {
+        Some(url) => Ok((
+            Store::open_postgres(url)
+                .await
+                .context("cannot open PostgreSQL (--database-url)")?,
+            None,
+        )),
         None => {
             let path = config.data_dir.join("hydra.db");
-            _sqlite_lock = Some(lock_sqlite(&path)?);
-            Store::open_sqlite(&path)
+            let lock = lock_sqlite(&path)?;
+            let store = Store::open_sqlite(&path)
                 .await
-                .with_context(|| format!("cannot open SQLite database {}", path.display()))?
+                .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
+            Ok((store, Some(lock)))
         }
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--listen): is another hydra server running?",
-                config.listen
-            )
-        })?;
-    let bound = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-    let settings = Settings {
+    }
+}
+
+/// The running server's settings from the config, the checked values and the bound address
+/// (which makes the public URL when none is configured).
+fn settings(
+    config: &ServerConfig,
+    checked: &Checked,
+    bound: SocketAddr,
+    replica_id: String,
+) -> Settings {
+    Settings {
         heartbeat_timeout: Duration::from_secs_f64(config.heartbeat_timeout),
         public_url: config
             .public_url
@@ -329,12 +346,41 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .filter(|host| !host.is_empty())
             .map(str::to_owned)
             .collect(),
-        session_retention,
-        replica_id: replica_id.clone(),
-        lease,
-        capture_retention,
-        unreachable_for,
+        session_retention: checked.session_retention,
+        replica_id,
+        lease: checked.lease,
+        capture_retention: checked.capture_retention,
+        unreachable_for: Duration::from_secs_f64(config.unreachable_for),
+    }
+}
+
+/// Runs the server until interrupted.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = resolve(&args)?;
+    let checked = check(&config)?;
+    // HTTPS when configured (the field's server.tls_cert/tls_key): a bad PEM names the file.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            hydra_proxy::tls::acceptor(cert, key).map_err(|error| anyhow::anyhow!("{error}"))?,
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!("tls_cert and tls_key go together: set both or neither"),
     };
+    let (admin_token, replica_id) = prepare_data_dir(&config)?;
+    // Held for the whole run: the kernel releases it when the process ends, however it ends.
+    let (store, _sqlite_lock) = open_store(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen): is another hydra server running?",
+                config.listen
+            )
+        })?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let settings = settings(&config, &checked, bound, replica_id.clone());
     let state = AppState::new(store.clone(), settings, &admin_token)
         .await
         .context("cannot load the registry from the store")?;
@@ -357,7 +403,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
         "[controller] shutting down: finishing in-flight requests (a second signal exits at once)",
     ));
-    hydra_server::serve_with_tls(listener, state, shutdown, limits, tls)
+    hydra_server::serve_with_tls(listener, state, shutdown, checked.limits, tls)
         .await
         .context("server failed")?;
     store.close().await;

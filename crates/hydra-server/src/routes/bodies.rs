@@ -81,77 +81,15 @@ pub async fn eligible(
         .iter()
         .map(|measurement| (measurement.body_id.clone(), measurement.transport))
         .collect();
-    let reported_unreachable = unreachable.clone();
-    let unreachable: HashSet<String> = unreachable.into_iter().collect();
-    // One lookup of the head, under one lock: its place is kept for the selection, and the
-    // samples naming a body that is not enrolled (removed since the head probed it) dropped.
-    let (district, venue, owner, samples) = {
-        let registry = state.registry().read().expect("registry lock poisoned");
-        let head = registry
-            .get(&head_id)
-            .ok_or_else(|| ApiError::not_found(format!("head {head_id:?} is not enrolled")))?;
-        if !head.roles.contains(Role::Head) {
-            return Err(ApiError::invalid(format!(
-                "node {head_id:?} does not have the head role"
-            )));
-        }
-        let samples = latest_samples(&head_id, measured, now, |body_id| {
-            registry.get(body_id).is_some()
-        });
-        (
-            head.district.clone(),
-            head.venue.clone(),
-            head.owner.clone(),
-            samples,
-        )
-    };
-    // Durably, in one transaction, then the view, in a task that runs to its end even if the
-    // client hangs up (a restart must not lose what was answered; the view must not lag).
-    if !samples.is_empty() {
-        let owner = state.clone();
-        let head_of_samples = head_id.clone();
-        crate::error::run_to_completion("recording measured latencies", async move {
-            owner
-                .store()
-                .record_latencies(&samples)
-                .await
-                .map_err(store_error)?;
-            let mut registry = owner.registry().write().expect("registry lock poisoned");
-            for sample in &samples {
-                registry.set_latency(
-                    &head_of_samples,
-                    &sample.body_id,
-                    LatencySample {
-                        rtt_ms: sample.rtt_ms,
-                        measured_at: sample.measured_at,
-                    },
-                );
-            }
-            Ok(())
-        })
-        .await?;
-    }
+    let (place, samples) = head_place(&state, &head_id, measured, now)?;
+    record_measured(&state, &head_id, samples).await?;
     let head = Head {
-        district: &district,
-        venue: &venue,
-        owner: &owner,
+        district: &place.district,
+        venue: &place.venue,
+        owner: &place.owner,
     };
-    // This replica's memory of what the head said (not stored: a failure is worth remembering
-    // for a minute, and a restarted replica relearns it from the next discovery).
-    let view = {
-        let mut memory = state.head_memory();
-        if !reached.is_empty() || !reported_unreachable.is_empty() {
-            memory.record(
-                &head_id,
-                HeadReport {
-                    unreachable: &reported_unreachable,
-                    reached: &reached,
-                },
-                now,
-            );
-        }
-        memory.view(&head_id, now)
-    };
+    let view = learn(&state, &head_id, &reached, &unreachable, now);
+    let unreachable: HashSet<String> = unreachable.into_iter().collect();
     let registry = state.registry().read().expect("registry lock poisoned");
     let observations = Observations {
         latency: registry.latency_of(&head_id),
@@ -168,6 +106,100 @@ pub async fn eligible(
     // The same view, time and observations as the answer, under the same lock.
     let explanation = explain_learning(&head, &bodies, now, &settings, &observations, &view);
     Ok(Json(ExplainedEligible::new(answer, &explanation)).into_response())
+}
+
+/// Where a head is: what selection needs of it.
+struct HeadPlace {
+    district: String,
+    venue: String,
+    owner: String,
+}
+
+/// One lookup of the head, under one lock: its place is kept for the selection, and the samples
+/// naming a body that is not enrolled (removed since the head probed it) dropped.
+fn head_place(
+    state: &AppState,
+    head_id: &str,
+    measured: Vec<Measurement>,
+    now: i64,
+) -> Result<(HeadPlace, Vec<LatencyRecord>), ApiError> {
+    let registry = state.registry().read().expect("registry lock poisoned");
+    let head = registry
+        .get(head_id)
+        .ok_or_else(|| ApiError::not_found(format!("head {head_id:?} is not enrolled")))?;
+    if !head.roles.contains(Role::Head) {
+        return Err(ApiError::invalid(format!(
+            "node {head_id:?} does not have the head role"
+        )));
+    }
+    let samples = latest_samples(head_id, measured, now, |body_id| {
+        registry.get(body_id).is_some()
+    });
+    let place = HeadPlace {
+        district: head.district.clone(),
+        venue: head.venue.clone(),
+        owner: head.owner.clone(),
+    };
+    Ok((place, samples))
+}
+
+/// Records the head's measured latencies durably, in one transaction, then in the view, in a
+/// task that runs to its end even if the client hangs up (a restart must not lose what was
+/// answered; the view must not lag).
+async fn record_measured(
+    state: &AppState,
+    head_id: &str,
+    samples: Vec<LatencyRecord>,
+) -> Result<(), ApiError> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let owner = state.clone();
+    let head_of_samples = head_id.to_owned();
+    crate::error::run_to_completion("recording measured latencies", async move {
+        owner
+            .store()
+            .record_latencies(&samples)
+            .await
+            .map_err(store_error)?;
+        let mut registry = owner.registry().write().expect("registry lock poisoned");
+        for sample in &samples {
+            registry.set_latency(
+                &head_of_samples,
+                &sample.body_id,
+                LatencySample {
+                    rtt_ms: sample.rtt_ms,
+                    measured_at: sample.measured_at,
+                },
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// This replica's memory of what the head said (not stored: a failure is worth remembering for
+/// a minute, and a restarted replica relearns it from the next discovery), and what it knows of
+/// the head now.
+fn learn(
+    state: &AppState,
+    head_id: &str,
+    reached: &[(String, Transport)],
+    unreachable: &[String],
+    now: i64,
+) -> hydra_core::learning::HeadView {
+    let mut memory = state.head_memory();
+    if !reached.is_empty() || !unreachable.is_empty() {
+        memory.record(
+            head_id,
+            HeadReport {
+                unreachable,
+                reached,
+            },
+            now,
+        );
+    }
+    memory.view(head_id, now)
 }
 
 /// For every head of the districts that would lose a node: the first body it gets now and the
