@@ -236,7 +236,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         u64::try_from(lease_renew.as_millis()).unwrap_or(u64::MAX),
     )
     .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
-    config.cluster.validate().map_err(anyhow::Error::msg)?;
+    config
+        .cluster
+        .validate_for_server()
+        .map_err(anyhow::Error::msg)?;
     let unreachable_for = Duration::from_secs_f64(config.unreachable_for);
     let limits = hydra_server::ServeSettings {
         header_read_timeout: Duration::from_secs_f64(config.header_read_timeout),
