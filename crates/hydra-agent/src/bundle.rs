@@ -202,6 +202,9 @@ impl Bundles {
                 ConfigSource::LocalYaml
             };
         });
+        if let Some(mesh) = start.kept.as_ref().and_then(|kept| kept.mesh.as_ref()) {
+            apply_mesh(&state, mesh);
+        }
         Arc::new(Bundles {
             state,
             local: start.local,
@@ -259,6 +262,9 @@ impl Bundles {
         if let Some(worker) = &self.worker {
             worker.set_max_sessions(effective.sessions.max);
         }
+        if let Some(mesh) = &config.mesh {
+            apply_mesh(&self.state, mesh);
+        }
         if let Err(error) = keep(&self.local.state_dir, &config) {
             tracing::error!(path = %self.local.state_dir.join(KEPT_FILE).display(), %error, "[bundle] cannot keep the config bundle on disk");
         }
@@ -280,6 +286,24 @@ impl Bundles {
             };
         });
     }
+}
+
+/// Hands the mesh the keys and peers a bundle carries (applied at once, no restart). Keys that
+/// do not parse are refused by position, never shown; the keys in use stay.
+fn apply_mesh(state: &AgentState, mesh: &hydra_api::MeshBundle) {
+    let cluster = state.cluster();
+    match hydra_mesh::seal::Keyring::from_hex(&mesh.keys) {
+        Ok(keyring) => cluster.set_keyring(keyring),
+        Err(error) => {
+            tracing::error!(%error, "[bundle] the bundle's mesh keys are refused; keeping the keys in use");
+        }
+    }
+    let peers: Vec<std::net::SocketAddr> = mesh
+        .peers
+        .iter()
+        .filter_map(|peer| peer.parse().ok())
+        .collect();
+    cluster.set_bundle_peers(peers);
 }
 
 /// Polls every `interval` (each wait drawn from `interval * (1 ± 0.1)`) until `shutdown`.

@@ -115,6 +115,33 @@ pub struct NodeConfig {
     pub updated_at: Option<String>,
     /// The bundle.
     pub bundle: ConfigBundle,
+    /// The peer mesh's keys and a few members, from the server's own `cluster:` section and
+    /// mesh view (never stored, never set by `PUT`); absent while the server runs no mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshBundle>,
+}
+
+/// What the server hands a node about the peer mesh, so an operator sets the key once, on the
+/// server (issue 11).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshBundle {
+    /// The cluster keys, 64 hex digits each: the first seals, all open (rotation: a new key is
+    /// added, then put first, then the old one removed). Secrets: `Debug` does not show them.
+    pub keys: Vec<String>,
+    /// Members to join (`ip:port`), the server's own mesh address first, for
+    /// `cluster.discovery_mode: server`.
+    pub peers: Vec<String>,
+}
+
+impl fmt::Debug for MeshBundle {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("MeshBundle")
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("peers", &self.peers)
+            .finish()
+    }
 }
 
 impl NodeConfig {
@@ -133,7 +160,17 @@ impl NodeConfig {
             etag: format!("\"v{version}-{}\"", updated_at_ms.unwrap_or(0)),
             updated_at: updated_at_ms.map(crate::system::rfc3339),
             bundle,
+            mesh: None,
         }
+    }
+
+    /// The answer with the mesh's keys and peers; the key ids (public) join the entity tag, so
+    /// a rotation reaches every node at its next poll while the peers alone never do.
+    pub fn with_mesh(mut self, mesh: MeshBundle, key_ids: &[String]) -> NodeConfig {
+        let base = self.etag.trim_end_matches('"');
+        self.etag = format!("{base}-k{}\"", key_ids.join("."));
+        self.mesh = Some(mesh);
+        self
     }
 }
 
@@ -162,6 +199,31 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(decoded, config);
         assert_eq!(config.etag, "\"v3-1795392000123\"");
+    }
+
+    #[test]
+    fn the_mesh_part_hides_its_keys_and_joins_the_tag_by_key_ids_only() {
+        let key = "07".repeat(32);
+        let config = NodeConfig::new("w-1".into(), 3, Some(5), ConfigBundle::default());
+        let plain: NodeConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap())
+            .expect("an answer without mesh decodes");
+        assert_eq!(plain.mesh, None);
+        let with_mesh = config.with_mesh(
+            MeshBundle {
+                keys: vec![key.clone()],
+                peers: vec!["127.0.0.1:7946".into()],
+            },
+            &["a1b2c3d4".to_owned(), "00ff00ff".to_owned()],
+        );
+        assert_eq!(with_mesh.etag, "\"v3-5-ka1b2c3d4.00ff00ff\"");
+        let shown = format!("{with_mesh:?}");
+        assert!(
+            !shown.contains(&key) && shown.contains("127.0.0.1:7946"),
+            "{shown}"
+        );
+        let decoded: NodeConfig =
+            serde_json::from_str(&serde_json::to_string(&with_mesh).unwrap()).unwrap();
+        assert_eq!(decoded, with_mesh);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! that gossips but does not heartbeat stays offline.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use crate::node::{Node, NodeStatus, UnixMillis};
 
@@ -34,6 +35,9 @@ pub enum KeepReason {
     AgentAnswers,
     /// Up: it becomes eligible again at its next heartbeat, not on the mesh's word.
     BackAtNextHeartbeat,
+    /// The member gossips from an address the node did not enrol with (LAN or WireGuard): a
+    /// member may not speak for a node by naming its id.
+    AddressNotEnrolled,
 }
 
 impl KeepReason {
@@ -45,6 +49,7 @@ impl KeepReason {
             KeepReason::AlreadyMarked => "already_marked",
             KeepReason::AgentAnswers => "agent_answers",
             KeepReason::BackAtNextHeartbeat => "back_at_next_heartbeat",
+            KeepReason::AddressNotEnrolled => "address_not_enrolled",
         }
     }
 }
@@ -95,6 +100,49 @@ pub fn mesh_verdict(
         }
         NodeStatus::Online => MeshVerdict::MarkUnreachable { since: now },
     }
+}
+
+/// Whether the member gossiping from `member_ip` may speak for `node`: its mesh address must
+/// be one the node enrolled with (`lan_ip` or `wg_ip`). A node that enrolled neither cannot be
+/// matched, so the mesh's word about it is not taken (heartbeats still are).
+pub fn member_matches_node(member_ip: IpAddr, node: &Node) -> bool {
+    [node.lan_ip, node.wg_ip].contains(&Some(member_ip))
+}
+
+/// The agent URL the control plane may ask about `node`: the one its worker report gave (the
+/// node's own authenticated word), else the one the mesh published only when its host is an
+/// address the node enrolled with; `None` when neither is usable (the agent is not asked).
+pub fn agent_check_url(
+    reported: Option<&str>,
+    published: Option<&str>,
+    node: &Node,
+) -> Option<String> {
+    if let Some(reported) = reported {
+        return Some(reported.to_owned());
+    }
+    let published = published?;
+    let host = url_host(published)?;
+    let ip: IpAddr = host.parse().ok()?;
+    member_matches_node(ip, node).then(|| published.to_owned())
+}
+
+/// The host of an `http(s)://host[:port][/...]` URL, brackets of an IPv6 address removed.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.contains('@') {
+        return None;
+    }
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        return bracketed.split_once(']').map(|(host, _)| host);
+    }
+    Some(
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    )
 }
 
 #[cfg(test)]

@@ -21,13 +21,16 @@ pub struct ClusterSection {
     /// Address the others reach this node at; detected when empty (the address the route to
     /// the first peer leaves from, else `node.lan_ip`, else 127.0.0.1). The socket binds to it.
     pub advertise_addr: Option<IpAddr>,
-    /// How peers are found: `list` (`join_peers`) or `dns` (`dns_service_name`).
+    /// How peers are found: `list` (`join_peers`), `dns` (`dns_service_name`) or `server`
+    /// (the members the control plane names in this node's config bundle; agents only).
     pub discovery_mode: String,
     /// Peers to join, `host:port` or `ip` (port `bind_port`), for `list`.
     pub join_peers: Vec<String>,
     /// A name whose every A/AAAA record is a peer, for `dns`.
     pub dns_service_name: Option<String>,
-    /// The cluster key file (0600): one key per line, 64 hex digits, the sealing key first.
+    /// The cluster key file (0600): one key per line, 64 hex digits, the sealing key first;
+    /// re-read when it changes. Optional on an agent: the config bundle brings the server's keys
+    /// (and they win over the file).
     pub key_file: Option<PathBuf>,
     /// An optional tag published with this node's state.
     pub tag: Option<String>,
@@ -65,11 +68,35 @@ impl ClusterSection {
             "dns" => {
                 return Err("cluster.dns_service_name is required with discovery_mode dns".into());
             }
-            _ => return Err("cluster.discovery_mode must be list or dns".into()),
+            // The keys come with the peers, in the config bundle.
+            "server" => return Ok(()),
+            _ => return Err("cluster.discovery_mode must be list, dns or server".into()),
         }
         if self.key_file.is_none() {
             return Err(
-                "cluster.key_file is required when cluster.enabled (datagrams are sealed)".into(),
+                "cluster.key_file is required when cluster.enabled (datagrams are sealed), \
+                 unless cluster.discovery_mode is server (the keys come in the config bundle)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The checks of a server replica: it is where the keys come from, so it needs
+    /// `cluster.key_file`, and it discovers by `list` or `dns` (it hands out `server`).
+    pub fn validate_for_server(&self) -> Result<(), String> {
+        self.validate()?;
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.discovery_mode == "server" {
+            return Err(
+                "cluster.discovery_mode server is for agents; a server uses list or dns".into(),
+            );
+        }
+        if self.key_file.is_none() {
+            return Err(
+                "cluster.key_file is required on a server (it hands the keys to the nodes)".into(),
             );
         }
         Ok(())
@@ -79,6 +106,7 @@ impl ClusterSection {
     pub fn discovery(&self) -> Discovery {
         match self.discovery_mode.as_str() {
             "dns" => Discovery::Dns(self.dns_service_name.clone().unwrap_or_default()),
+            "server" => Discovery::Server,
             _ => Discovery::List(self.join_peers.clone()),
         }
     }

@@ -30,6 +30,9 @@ pub enum Discovery {
     List(Vec<String>),
     /// `cluster.dns_service_name`: every A/AAAA record is a peer.
     Dns(String),
+    /// `server`: the members the control plane named in this node's config bundle
+    /// ([`ClusterHandle::set_bundle_peers`]).
+    Server,
 }
 
 /// What the driver runs with.
@@ -56,7 +59,27 @@ pub struct ClusterSettings {
 pub struct ClusterHandle(
     Arc<Mutex<ClusterSnapshot>>,
     tokio::sync::broadcast::Sender<MeshEvent>,
+    Arc<Control>,
 );
+
+/// What the rest of the node hands the running mesh: a new keyring (rotation, or the keys of a
+/// config bundle) and the peers a bundle names.
+#[derive(Debug)]
+struct Control {
+    keyring: tokio::sync::watch::Sender<Option<Keyring>>,
+    bundle_peers: Mutex<Vec<SocketAddr>>,
+}
+
+/// What the server hands a node about the mesh in its config bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleOffer {
+    /// The keys, 64 hex digits each, the sealing key first (a secret: never log it).
+    pub keys: Vec<String>,
+    /// The key ids, the sealing key first (public: what `GET /api/v1/cluster` shows).
+    pub key_ids: Vec<String>,
+    /// This member's address first, then a few live members'.
+    pub peers: Vec<String>,
+}
 
 /// A plain snapshot of the mesh's counters (what `/metrics` renders; issue 13 owns that route).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,6 +108,32 @@ pub struct MeshMetrics {
     pub datagrams_sent: u64,
     /// Datagrams received.
     pub datagrams_received: u64,
+}
+
+impl MeshMetrics {
+    /// Sets the `hydra_mesh_*` series of the process's recorder (rendered at `/metrics` by
+    /// `hydra_proxy::metrics_text`, the same names on agents and servers). The driver calls it
+    /// with each snapshot (every second), so a scrape is at most a second behind.
+    pub fn record(&self) {
+        if !self.enabled {
+            return;
+        }
+        for (state, count) in [
+            ("alive", self.members_alive),
+            ("suspect", self.members_suspect),
+            ("down", self.members_down),
+        ] {
+            metrics::gauge!("hydra_mesh_members", "state" => state).set(count as f64);
+        }
+        metrics::counter!("hydra_mesh_probes_total").absolute(self.probes);
+        metrics::counter!("hydra_mesh_indirect_probes_total").absolute(self.indirect_probes);
+        metrics::counter!("hydra_mesh_suspicions_total").absolute(self.suspicions);
+        metrics::counter!("hydra_mesh_downs_total").absolute(self.downs);
+        metrics::counter!("hydra_mesh_datagrams_dropped_bad_seal_total")
+            .absolute(self.dropped_bad_seal);
+        metrics::counter!("hydra_mesh_datagrams_sent_total").absolute(self.datagrams_sent);
+        metrics::counter!("hydra_mesh_datagrams_received_total").absolute(self.datagrams_received);
+    }
 }
 
 /// Membership changes kept for a slow subscriber before it starts missing some (it then sees
@@ -119,6 +168,10 @@ impl Default for ClusterHandle {
                 live: Vec::new(),
             })),
             tokio::sync::broadcast::channel(EVENTS_KEPT).0,
+            Arc::new(Control {
+                keyring: tokio::sync::watch::channel(None).0,
+                bundle_peers: Mutex::new(Vec::new()),
+            }),
         )
     }
 }
@@ -157,6 +210,77 @@ impl ClusterHandle {
             datagrams_sent: status.datagrams_sent,
             datagrams_received: status.datagrams_received,
         }
+    }
+
+    /// Hands the mesh a new keyring (the first key seals, all open); a running mesh uses it
+    /// from its next datagram, one still waiting for keys starts with it. The same keys again
+    /// change nothing.
+    pub fn set_keyring(&self, keyring: Keyring) {
+        self.2.keyring.send_if_modified(|current| {
+            if current
+                .as_ref()
+                .is_some_and(|known| known.key_ids() == keyring.key_ids())
+            {
+                return false;
+            }
+            *current = Some(keyring);
+            true
+        });
+    }
+
+    /// The keyring in use (or handed over), if any.
+    pub fn keyring(&self) -> Option<Keyring> {
+        self.2.keyring.borrow().clone()
+    }
+
+    /// Waits until a keyring was handed over; `None` when `stop` comes first.
+    pub async fn wait_keyring(&self, stop: &CancellationToken) -> Option<Keyring> {
+        let mut keys = self.2.keyring.subscribe();
+        tokio::select! {
+            () = stop.cancelled() => None,
+            found = keys.wait_for(Option::is_some) => found.ok().and_then(|keyring| keyring.clone()),
+        }
+    }
+
+    /// The peers a config bundle named (`discovery_mode: server`); the mesh joins them when it
+    /// starts or finds itself alone.
+    pub fn set_bundle_peers(&self, peers: Vec<SocketAddr>) {
+        *self
+            .2
+            .bundle_peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = peers;
+    }
+
+    fn bundle_peers(&self) -> Vec<SocketAddr> {
+        self.2
+            .bundle_peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What the server hands `node_id` in its bundle: the keys in use, this member's address
+    /// and up to `few` other live members' (not `node_id` itself); `None` while the mesh does
+    /// not run here.
+    pub fn bundle_offer(&self, node_id: &str, few: usize) -> Option<BundleOffer> {
+        let keyring = self.keyring()?;
+        let snapshot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let own = snapshot.status.addr.clone()?;
+        let mut peers = vec![own];
+        peers.extend(
+            snapshot
+                .members
+                .iter()
+                .filter(|member| member.state == "alive" && member.node_id != node_id)
+                .take(few)
+                .map(|member| member.addr.clone()),
+        );
+        Some(BundleOffer {
+            keys: keyring.to_hex(),
+            key_ids: keyring.key_ids().iter().map(ToString::to_string).collect(),
+            peers,
+        })
     }
 
     /// Membership changes from now on (up, down, this node declared down or rejoined).
@@ -199,6 +323,8 @@ pub async fn discover(discovery: &Discovery, port: u16) -> Vec<SocketAddr> {
             })
             .collect(),
         Discovery::Dns(name) => vec![format!("{name}:{port}")],
+        // Named by the bundle as addresses: nothing to look up.
+        Discovery::Server => Vec::new(),
     };
     let mut found = Vec::new();
     for name in names {
@@ -241,10 +367,13 @@ pub async fn run(
     (state.pending, state.capacity) = load();
     let rng: rand_foca::rngs::StdRng = rand_foca::make_rng();
     let mut mesh = Mesh::new(id.clone(), state, mesh_settings, rng, now_ms());
+    handle.set_keyring(keyring.clone());
+    let mut keyrings = handle.2.keyring.subscribe();
+    keyrings.mark_unchanged();
     let mut sealer = Sealer::new(keyring);
     let mut traffic = Traffic::default();
-    tracing::info!(node_id = %id.node_id, addr = %id.addr, generation = id.generation, key_ids = %sealer.keyring().key_ids().iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "[mesh] joining the mesh");
-    for peer in discover(&discovery, port).await {
+    tracing::info!(node_id = %id.node_id, addr = %id.addr, generation = id.generation, key_ids = %key_ids(sealer.keyring()), "[mesh] joining the mesh");
+    for peer in peers(&discovery, port, &handle).await {
         mesh.join(peer, now_ms());
     }
     let mut buffer = vec![0u8; 65_536];
@@ -279,9 +408,17 @@ pub async fn run(
             }
             _ = rejoin.tick() => {
                 if mesh.num_members() == 0 {
-                    for peer in discover(&discovery, port).await {
+                    for peer in peers(&discovery, port, &handle).await {
                         mesh.join(peer, now_ms());
                     }
+                }
+            }
+            Ok(()) = keyrings.changed() => {
+                let replaced = keyrings.borrow_and_update().clone();
+                if let Some(keyring) = replaced {
+                    tracing::info!(key_ids = %key_ids(&keyring), "[mesh] cluster keys replaced");
+                    sealer.set_keyring(keyring);
+                    publish_snapshot(&handle, &mesh, &sealer, &traffic);
                 }
             }
         }
@@ -298,6 +435,24 @@ pub async fn run(
         "[mesh] left the mesh"
     );
     handle.update(|snapshot| snapshot.live.clear());
+}
+
+/// The peers to join: discovered, or those the bundle named.
+async fn peers(discovery: &Discovery, port: u16, handle: &ClusterHandle) -> Vec<SocketAddr> {
+    match discovery {
+        Discovery::Server => handle.bundle_peers(),
+        other => discover(other, port).await,
+    }
+}
+
+/// The key ids, the sealing key first, comma-separated (public; the keys never are).
+fn key_ids(keyring: &Keyring) -> String {
+    keyring
+        .key_ids()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 async fn flush(mesh: &mut Mesh, sealer: &mut Sealer, socket: &UdpSocket, traffic: &mut Traffic) {
@@ -403,4 +558,5 @@ fn publish_snapshot(handle: &ClusterHandle, mesh: &Mesh, sealer: &Sealer, traffi
         snapshot.members = members;
         snapshot.live = live;
     });
+    handle.metrics().record();
 }

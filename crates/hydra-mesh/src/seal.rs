@@ -59,6 +59,8 @@ impl fmt::Debug for KeyId {
 struct ClusterKey {
     id: KeyId,
     aead: LessSafeKey,
+    /// Kept so the server can hand the keyring out in nodes' bundles; never logged.
+    raw: [u8; KEY_LEN],
 }
 
 impl ClusterKey {
@@ -70,6 +72,7 @@ impl ClusterKey {
         ClusterKey {
             id: KeyId(id),
             aead: LessSafeKey::new(unbound),
+            raw: *bytes,
         }
     }
 }
@@ -115,6 +118,13 @@ impl fmt::Debug for Keyring {
     }
 }
 
+impl Clone for Keyring {
+    fn clone(&self) -> Keyring {
+        let raw: Vec<[u8; KEY_LEN]> = self.keys.iter().map(|key| key.raw).collect();
+        Keyring::new(&raw).expect("a keyring is never empty")
+    }
+}
+
 impl Keyring {
     /// A keyring of raw keys, the first one primary.
     pub fn new(keys: &[[u8; KEY_LEN]]) -> Result<Keyring, KeyringError> {
@@ -157,6 +167,24 @@ impl Keyring {
         }
         let text = std::fs::read_to_string(path).map_err(unreadable)?;
         Keyring::parse(&text)
+    }
+
+    /// The keys as the key file writes them (64 hex digits each, the primary first): what the
+    /// server hands a node in its bundle. A secret: never log it.
+    pub fn to_hex(&self) -> Vec<String> {
+        self.keys.iter().map(|key| hex::encode(key.raw)).collect()
+    }
+
+    /// A keyring from a bundle's list (as [`Keyring::to_hex`] writes it).
+    pub fn from_hex(keys: &[String]) -> Result<Keyring, KeyringError> {
+        let mut raw = Vec::with_capacity(keys.len());
+        for (index, text) in keys.iter().enumerate() {
+            let mut key = [0u8; KEY_LEN];
+            hex::decode_to_slice(text.trim(), &mut key)
+                .map_err(|_| KeyringError::Malformed { line: index + 1 })?;
+            raw.push(key);
+        }
+        Keyring::new(&raw)
     }
 
     /// The ids of the keys in use, the primary first.

@@ -22,7 +22,8 @@ pub struct StartError(pub String);
 #[derive(Debug)]
 pub struct Prepared {
     socket: UdpSocket,
-    keyring: Keyring,
+    /// `None` without `cluster.key_file`: the keys come from the config bundle.
+    keyring: Option<Keyring>,
 }
 
 impl Prepared {
@@ -42,11 +43,13 @@ pub async fn prepare(
     if !section.enabled {
         return Ok(None);
     }
-    let key_file = section
-        .key_file
-        .as_deref()
-        .ok_or_else(|| StartError("cluster.key_file is required".into()))?;
-    let keyring = Keyring::load(key_file).map_err(|error| StartError(error.to_string()))?;
+    let keyring = match section.key_file.as_deref() {
+        Some(key_file) => {
+            Some(Keyring::load(key_file).map_err(|error| StartError(error.to_string()))?)
+        }
+        // `ClusterSection::validate` allows it only where a bundle brings the keys.
+        None => None,
+    };
     let advertise = match section.advertise_addr {
         Some(addr) => addr,
         None => detect_advertise_addr(section, fallback_ip).await,
@@ -110,6 +113,17 @@ pub async fn run(
     let Ok(addr) = socket.local_addr() else {
         return;
     };
+    // Keys a bundle already handed over win over the key file, as a bundle wins over the YAML.
+    let keyring = match handle.keyring().or(keyring) {
+        Some(keyring) => keyring,
+        None => {
+            tracing::info!("[mesh] waiting for the cluster keys from the config bundle");
+            match handle.wait_keyring(&stop).await {
+                Some(keyring) => keyring,
+                None => return,
+            }
+        }
+    };
     let node_id = section
         .node_id
         .clone()
@@ -143,5 +157,46 @@ pub async fn run(
         keyring,
         mesh: MeshSettings::default(),
     };
-    driver::run(socket, settings, handle, load, stop).await;
+    let reload = watch_key_file(section.key_file.clone(), handle.clone(), stop.clone());
+    tokio::join!(driver::run(socket, settings, handle, load, stop), reload);
+}
+
+/// How often `cluster.key_file` is checked for a change.
+pub const KEY_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-reads `cluster.key_file` when its modification time or size changes and hands the new
+/// keyring to the mesh (rotation without a restart: add the new key, then put it first, then
+/// remove the old one). A file that does not load is logged (without its content) and the keys
+/// in use stay.
+async fn watch_key_file(
+    key_file: Option<std::path::PathBuf>,
+    handle: ClusterHandle,
+    stop: CancellationToken,
+) {
+    let Some(key_file) = key_file else {
+        return;
+    };
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|metadata| (metadata.modified().ok(), metadata.len()))
+    };
+    let mut seen = stamp(&key_file);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(KEY_FILE_CHECK) => {}
+        }
+        let now = stamp(&key_file);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match Keyring::load(&key_file) {
+            Ok(keyring) => handle.set_keyring(keyring),
+            Err(error) => {
+                tracing::error!(%error, "[mesh] cluster.key_file changed but does not load; keeping the keys in use");
+            }
+        }
+    }
 }

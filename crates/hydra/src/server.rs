@@ -244,7 +244,10 @@ fn check(config: &ServerConfig) -> anyhow::Result<Checked> {
         u64::try_from(lease_renew.as_millis()).unwrap_or(u64::MAX),
     )
     .map_err(|error| anyhow::anyhow!("--lease-ttl/--lease-renew: {error}"))?;
-    config.cluster.validate().map_err(anyhow::Error::msg)?;
+    config
+        .cluster
+        .validate_for_server()
+        .map_err(anyhow::Error::msg)?;
     let limits = hydra_server::ServeSettings {
         header_read_timeout: Duration::from_secs_f64(config.header_read_timeout),
         idle_timeout: Duration::from_secs_f64(config.idle_timeout),

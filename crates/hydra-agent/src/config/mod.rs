@@ -555,9 +555,13 @@ mod tests {
             set.cluster.advertise_addr,
             Some("10.0.0.1".parse().unwrap())
         );
+        // `server`: the keys and peers come in the config bundle, so no key file is needed.
+        let from_server =
+            load_yaml("cluster:\n  enabled: true\n  discovery_mode: server\n").unwrap();
+        assert_eq!(from_server.cluster.key_file, None);
         let errors: Vec<String> = [
             "cluster:\n  enabled: true\n",
-            "cluster:\n  enabled: true\n  key_file: k\n  discovery_mode: server\n",
+            "cluster:\n  enabled: true\n  key_file: k\n  discovery_mode: gossip\n",
             "cluster:\n  enabled: true\n  key_file: k\n  discovery_mode: dns\n",
         ]
         .iter()
@@ -565,8 +569,8 @@ mod tests {
         .collect();
         expect_test::expect![[r#"
             [
-                "cluster.key_file is required when cluster.enabled (datagrams are sealed)",
-                "cluster.discovery_mode must be list or dns",
+                "cluster.key_file is required when cluster.enabled (datagrams are sealed), unless cluster.discovery_mode is server (the keys come in the config bundle)",
+                "cluster.discovery_mode must be list, dns or server",
                 "cluster.dns_service_name is required with discovery_mode dns",
             ]
         "#]]

@@ -141,3 +141,50 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_an_enrolled_address_speaks_for_a_node() {
+    let mut node = Node::new("w1", Roles::default());
+    node.lan_ip = Some("10.0.0.5".parse().unwrap());
+    node.wg_ip = Some("fd00::5".parse().unwrap());
+    let mut bare = Node::new("w2", Roles::default());
+    bare.lan_ip = None;
+    let mut out = String::new();
+    for member in ["10.0.0.5", "fd00::5", "10.0.0.6", "127.0.0.1"] {
+        let ip: IpAddr = member.parse().unwrap();
+        out.push_str(&format!(
+            "member {member:<10} w1 {} w2 {}\n",
+            member_matches_node(ip, &node),
+            member_matches_node(ip, &bare)
+        ));
+    }
+    for (reported, published) in [
+        (Some("http://10.9.9.9:7070"), Some("http://10.0.0.6:7070")),
+        (None, Some("http://10.0.0.5:7070/x")),
+        (None, Some("https://[fd00::5]:7070")),
+        (None, Some("http://10.0.0.6:7070")),
+        (None, Some("http://10.0.0.6@10.0.0.5:7070")),
+        (None, Some("http://agent.example:7070")),
+        (None, Some("ftp://10.0.0.5")),
+        (None, None),
+    ] {
+        out.push_str(&format!(
+            "reported {reported:?} published {published:?} -> {:?}\n",
+            agent_check_url(reported, published, &node)
+        ));
+    }
+    expect![[r#"
+        member 10.0.0.5   w1 true w2 false
+        member fd00::5    w1 true w2 false
+        member 10.0.0.6   w1 false w2 false
+        member 127.0.0.1  w1 false w2 false
+        reported Some("http://10.9.9.9:7070") published Some("http://10.0.0.6:7070") -> Some("http://10.9.9.9:7070")
+        reported None published Some("http://10.0.0.5:7070/x") -> Some("http://10.0.0.5:7070/x")
+        reported None published Some("https://[fd00::5]:7070") -> Some("https://[fd00::5]:7070")
+        reported None published Some("http://10.0.0.6:7070") -> None
+        reported None published Some("http://10.0.0.6@10.0.0.5:7070") -> None
+        reported None published Some("http://agent.example:7070") -> None
+        reported None published Some("ftp://10.0.0.5") -> None
+        reported None published None -> None
+    "#]].assert_eq(&out);
+}

@@ -178,3 +178,26 @@ fn the_key_file_is_parsed_checked_for_0600_and_never_shown() {
     );
     assert_eq!(Keyring::parse("# none\n").unwrap_err(), KeyringError::Empty);
 }
+
+#[test]
+fn a_keyring_handed_out_as_hex_opens_what_the_original_sealed_and_refuses_bad_lists() {
+    let original = Keyring::new(&[NEW, OLD]).unwrap();
+    let listed = original.to_hex();
+    assert_eq!(listed, [hex::encode(NEW), hex::encode(OLD)]);
+    let copy = Keyring::from_hex(&listed).unwrap();
+    assert_eq!(copy.key_ids(), original.key_ids());
+    let mut sender = Sealer::new(original.clone());
+    let mut receiver = Sealer::new(copy);
+    let datagram = sender.seal(b"hello", NOW);
+    assert_eq!(receiver.open(&datagram, NOW).unwrap(), b"hello");
+    assert_eq!(
+        Keyring::from_hex(&[hex::encode(NEW), "zz".into()]).unwrap_err(),
+        KeyringError::Malformed { line: 2 }
+    );
+    assert_eq!(
+        Keyring::from_hex(&[format!("{}\n{}", hex::encode(NEW), hex::encode(OLD))]).unwrap_err(),
+        KeyringError::Malformed { line: 1 },
+        "one entry is one key, never several lines"
+    );
+    assert_eq!(Keyring::from_hex(&[]).unwrap_err(), KeyringError::Empty);
+}

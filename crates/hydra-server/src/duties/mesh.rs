@@ -1,7 +1,7 @@
 //! The mesh duty: runs this replica's member of the peer mesh and, on the master, turns a member
 //! declared down into an `unreachable` node (after asking its agent).
 
-use hydra_core::liveness::{MeshSignal, MeshVerdict};
+use hydra_core::liveness::{KeepReason, MeshSignal, MeshVerdict};
 use hydra_mesh::mesh::MeshEvent;
 use hydra_mesh::start::Publication;
 use tokio::sync::broadcast::error::RecvError;
@@ -50,7 +50,7 @@ async fn watch(
         };
         match event {
             Ok(MeshEvent::Down(id)) => {
-                checks.spawn(on_down(state.clone(), id.node_id));
+                checks.spawn(on_down(state.clone(), id));
             }
             Ok(_) => {}
             Err(RecvError::Lagged(missed)) => {
@@ -65,39 +65,49 @@ async fn watch(
     checks.abort_all();
 }
 
-/// A member went down: asks its agent (the URL its worker report gave, else the one it
-/// published in the mesh) whether it still answers, then lets the fleet apply the verdict.
-async fn on_down(state: AppState, node_id: String) {
-    let agent_url = state
-        .workers()
-        .all()
-        .get(&node_id)
-        .map(|info| info.agent_url.clone())
-        .or_else(|| {
-            state
-                .cluster()
-                .status(true)
-                .members
-                .unwrap_or_default()
-                .into_iter()
-                .find(|member| member.node_id == node_id)
-                .and_then(|member| member.api_url)
-        });
-    let known = state
+/// A member went down: when the member's mesh address is one the node enrolled with, asks
+/// its agent (the URL its worker report gave, else the one it published in the mesh when that
+/// is an enrolled address too) whether it still answers, then lets the fleet apply the
+/// verdict. A member gossiping from another address cannot get the node marked.
+async fn on_down(state: AppState, member: hydra_mesh::member::MemberId) {
+    let node_id = member.node_id;
+    let node = state
         .registry()
         .read()
         .expect("registry lock poisoned")
         .get(&node_id)
-        .is_some();
+        .cloned();
+    if let Some(node) = &node
+        && !hydra_core::liveness::member_matches_node(member.addr.ip(), node)
+    {
+        tracing::warn!(%node_id, member_addr = %member.addr, reason = KeepReason::AddressNotEnrolled.as_str(), "[mesh] member down: node kept as it is");
+        return;
+    }
+    let reported = state
+        .workers()
+        .all()
+        .get(&node_id)
+        .map(|info| info.agent_url.clone());
+    let published = state
+        .cluster()
+        .status(true)
+        .members
+        .unwrap_or_default()
+        .into_iter()
+        .find(|known| known.node_id == node_id && known.addr == member.addr.to_string())
+        .and_then(|known| known.api_url);
+    let agent_url = node.as_ref().and_then(|node| {
+        hydra_core::liveness::agent_check_url(reported.as_deref(), published.as_deref(), node)
+    });
     let agent_answered = match agent_url {
-        Some(url) if known => Some(
+        Some(url) => Some(
             hydra_client::AgentClient::new(&url, None)
                 .with_timeout(AGENT_CHECK_TIMEOUT)
                 .health()
                 .await
                 .is_ok(),
         ),
-        _ => None,
+        None => None,
     };
     let timeout_ms =
         i64::try_from(state.settings().heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);

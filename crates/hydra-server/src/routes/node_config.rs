@@ -21,6 +21,8 @@ const MAX_ICE_SERVERS: usize = 32;
 const MAX_ICE_URLS: usize = 16;
 /// Longest URL, user name or credential accepted.
 const MAX_TEXT_LEN: usize = 2_048;
+/// Live mesh members handed out in a bundle besides this replica (a joiner needs one).
+const MESH_PEERS_OFFERED: usize = 3;
 
 /// Checks what types alone do not; the message names the field (`sessions.max`,
 /// `ice_servers[2].urls[0]`, ...).
@@ -166,7 +168,8 @@ fn with_etag(config: NodeConfig) -> Response {
 }
 
 /// A node's config bundle (version 0 and an empty bundle when none was set): the node's own
-/// token or the admin token. `304` when `If-None-Match` names the current `ETag`.
+/// token or the admin token. `304` when `If-None-Match` names the current `ETag`. When this
+/// replica runs the mesh, `mesh` carries its keys and a few live members.
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/config", tag = "nodes", security(("bearer" = [])),
     params(("id" = String, Path, description = "Node id"),
         ("If-None-Match" = Option<String>, Header, description = "The `etag` of the bundle the caller has")),
@@ -203,7 +206,16 @@ pub async fn show(
     {
         return Err(unknown_node(&id));
     }
-    let config = answer(record, id)?;
+    // The mesh's keys and a few live members, from this replica's own mesh (issue 11).
+    let offer = state.cluster().bundle_offer(&id, MESH_PEERS_OFFERED);
+    let mut config = answer(record, id)?;
+    if let Some(offer) = offer {
+        let mesh = hydra_api::MeshBundle {
+            keys: offer.keys,
+            peers: offer.peers,
+        };
+        config = config.with_mesh(mesh, &offer.key_ids);
+    }
     let hit = headers
         .get(IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())

@@ -19,6 +19,7 @@ mod field_words;
 mod fleet;
 mod head_ride_out;
 mod lab;
+mod mesh_bundle;
 mod mesh_server;
 mod metrics;
 mod node_config;

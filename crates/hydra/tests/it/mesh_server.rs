@@ -1,7 +1,8 @@
 //! The server as a member of the peer mesh (issue 11): a real `hydra server` with a `cluster:`
-//! section and three mesh members on 127.0.0.1 standing for enrolled bodies. A member killed
+//! section and four mesh members on 127.0.0.1 standing for enrolled bodies. A member killed
 //! without leaving is `unreachable` and out of the eligible list within seconds, and back at
 //! its next heartbeat; a member whose agent still answers is kept (heartbeats win);
+//! a member gossiping from an address its node did not enrol with cannot get it marked;
 //! `GET /api/v1/cluster` gives counts without a token and members with the admin token only.
 
 use std::os::unix::fs::PermissionsExt;
@@ -146,12 +147,19 @@ async fn a_member_killed_without_leaving_is_unreachable_within_seconds_and_back_
     assert_eq!(status, 200, "{admin}");
     let server_mesh = admin["addr"].as_str().expect("mesh address").to_owned();
 
-    for id in ["b-dead", "b-live", "b-udp-lost"] {
+    // The members gossip from 127.0.0.1, the address these nodes enrolled with; b-impostor
+    // enrolled with another one, so a member taking its name cannot get it marked.
+    for (id, lan_ip) in [
+        ("b-dead", "127.0.0.1"),
+        ("b-live", "127.0.0.1"),
+        ("b-udp-lost", "127.0.0.1"),
+        ("b-impostor", "10.9.9.9"),
+    ] {
         let (status, answer) = call(
             Method::POST,
             &server.api("/nodes"),
             Some(json!({"id": id, "roles": ["body"], "district": "bxl1",
-                        "venue": "rupelmonde", "owner": "acme"})),
+                        "venue": "rupelmonde", "owner": "acme", "lan_ip": lan_ip})),
         )
         .await;
         assert_eq!(status, 201, "{answer}");
@@ -182,12 +190,13 @@ async fn a_member_killed_without_leaving_is_unreachable_within_seconds_and_back_
     let dead = member("b-dead", "http://127.0.0.1:1", &server_mesh).await;
     let _live = member("b-live", "http://127.0.0.1:1", &server_mesh).await;
     let udp_lost = member("b-udp-lost", &answering_agent().await, &server_mesh).await;
+    let impostor = member("b-impostor", "http://127.0.0.1:1", &server_mesh).await;
     let all_alive = eventually(Duration::from_secs(20), async || {
         let (_, answer) = call(Method::GET, &server.api("/cluster"), None).await;
-        answer["members_by_state"]["alive"] == 3
+        answer["members_by_state"]["alive"] == 4
     })
     .await;
-    assert!(all_alive, "the three members joined the server's mesh");
+    assert!(all_alive, "the four members joined the server's mesh");
     assert!(dead.handle.status(false).members_by_state["alive"] >= 1);
     let eligible = async || {
         let (_, answer) = call(Method::GET, &server.api("/bodies/eligible?head_id=h"), None).await;
@@ -195,13 +204,34 @@ async fn a_member_killed_without_leaving_is_unreachable_within_seconds_and_back_
         found.sort();
         found
     };
-    assert_eq!(eligible().await, ["b-dead", "b-live", "b-udp-lost"]);
+    assert_eq!(
+        eligible().await,
+        ["b-dead", "b-impostor", "b-live", "b-udp-lost"]
+    );
+
+    // A member named after a node but gossiping from an address it did not enrol with: its
+    // down changes nothing (issue 11's gap: members were matched by node id only).
+    impostor.task.abort();
+    let ignored = eventually(Duration::from_secs(15), async || {
+        server
+            .log
+            .lock()
+            .expect("log")
+            .contains("address_not_enrolled")
+    })
+    .await;
+    assert!(
+        ignored,
+        "the impostor's down was seen and ignored: {}",
+        server.log.lock().expect("log")
+    );
+    assert_eq!(node_status(&server, "b-impostor").await, "online");
 
     // kill -9 stands for this: the member stops with no leave.
     let killed = Instant::now();
     dead.task.abort();
     let out = eventually(Duration::from_secs(15), async || {
-        eligible().await == ["b-live", "b-udp-lost"]
+        eligible().await == ["b-impostor", "b-live", "b-udp-lost"]
     })
     .await;
     let took = killed.elapsed();
@@ -227,5 +257,8 @@ async fn a_member_killed_without_leaving_is_unreachable_within_seconds_and_back_
     // The dead node's next heartbeat makes it eligible again.
     heartbeat(&server, "b-dead").await;
     assert_eq!(node_status(&server, "b-dead").await, "online");
-    assert_eq!(eligible().await, ["b-dead", "b-live", "b-udp-lost"]);
+    assert_eq!(
+        eligible().await,
+        ["b-dead", "b-impostor", "b-live", "b-udp-lost"]
+    );
 }

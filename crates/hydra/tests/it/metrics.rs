@@ -18,15 +18,15 @@ struct Sample {
 
 /// A scrape: the samples and the `# TYPE` of each metric family.
 #[derive(Debug, Default)]
-struct Scrape {
+pub(crate) struct Scrape {
     samples: Vec<Sample>,
-    types: BTreeMap<String, String>,
+    pub(crate) types: BTreeMap<String, String>,
 }
 
 impl Scrape {
     /// The value of `name` with exactly `labels`, 0 when the series does not exist yet (a
     /// counter that never moved is not exported).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let wanted: BTreeMap<String, String> = labels
             .iter()
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
@@ -115,7 +115,7 @@ async fn scrape(server: &ServerProcess) -> Scrape {
 }
 
 /// Scrapes `url` without a token, as Prometheus does (neither daemon asks for one).
-async fn scrape_url(url: &str) -> Scrape {
+pub(crate) async fn scrape_url(url: &str) -> Scrape {
     let response = http().get(url).send().await.expect("GET /metrics");
     assert_eq!(response.status(), 200);
     parse(&response.text().await.expect("metrics text"))
