@@ -224,7 +224,9 @@ pub struct Discoverer {
     client: Client,
     options: DiscoveryOptions,
     pending: Mutex<Vec<Measurement>>,
-    passed_over: Mutex<Vec<PassedOver>>,
+    /// Per head: a discoverer may serve several heads, and a body one head passed over says
+    /// nothing about another head's paths to it.
+    passed_over: Mutex<Vec<(String, PassedOver)>>,
 }
 
 impl Discoverer {
@@ -238,28 +240,48 @@ impl Discoverer {
         }
     }
 
-    /// Adds bodies passed over to report with the next request (e.g. kept by an earlier
-    /// process); those older than [`PASSED_OVER_MAX_AGE_MS`] when it is sent are dropped.
-    pub fn report_passed_over_later(&self, passed_over: impl IntoIterator<Item = PassedOver>) {
-        self.passed_over_lock().extend(passed_over);
+    /// Adds bodies `head_id` passed over, to report with its next request (e.g. kept by an
+    /// earlier process); those older than [`PASSED_OVER_MAX_AGE_MS`] when it is sent are dropped.
+    pub fn report_passed_over_later(
+        &self,
+        head_id: &str,
+        passed_over: impl IntoIterator<Item = PassedOver>,
+    ) {
+        self.passed_over_lock().extend(
+            passed_over
+                .into_iter()
+                .map(|report| (head_id.to_owned(), report)),
+        );
     }
 
-    /// Bodies passed over and not reported yet.
-    pub fn pending_passed_over(&self) -> Vec<PassedOver> {
-        self.passed_over_lock().clone()
+    /// Bodies `head_id` passed over and has not reported yet.
+    pub fn pending_passed_over(&self, head_id: &str) -> Vec<PassedOver> {
+        self.passed_over_lock()
+            .iter()
+            .filter(|(head, _)| head == head_id)
+            .map(|(_, report)| report.clone())
+            .collect()
     }
 
-    fn passed_over_lock(&self) -> std::sync::MutexGuard<'_, Vec<PassedOver>> {
+    fn passed_over_lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, PassedOver)>> {
         self.passed_over
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the pending reports of bodies passed over that are still fresh at `now_ms`, each
-    /// body once.
-    fn take_passed_over(&self, now_ms: i64) -> Vec<PassedOver> {
+    /// Takes `head_id`'s pending reports of bodies passed over that are still fresh at `now_ms`,
+    /// each body once.
+    fn take_passed_over(&self, head_id: &str, now_ms: i64) -> Vec<PassedOver> {
+        let mine: Vec<PassedOver> = {
+            let mut pending = self.passed_over_lock();
+            let (mine, others) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(head, _)| head == head_id);
+            *pending = others;
+            mine.into_iter().map(|(_, report)| report).collect()
+        };
         let mut taken: Vec<PassedOver> = Vec::new();
-        for report in std::mem::take(&mut *self.passed_over_lock()) {
+        for report in mine {
             if now_ms.saturating_sub(report.at_ms) > PASSED_OVER_MAX_AGE_MS {
                 continue;
             }
@@ -300,7 +322,7 @@ impl Discoverer {
         let started = Instant::now();
         let mut tried: Vec<BodyProbes> = Vec::new();
         // The first request reports the bodies an earlier discovery passed over.
-        let passed_over = self.take_passed_over(hydra_api::now_ms());
+        let passed_over = self.take_passed_over(head_id, hydra_api::now_ms());
         let mut unreachable: Vec<String> = passed_over
             .iter()
             .map(|report| report.body_id.clone())
@@ -323,7 +345,7 @@ impl Discoverer {
                 Err(error) => {
                     self.report_later(measured);
                     if round == 1 {
-                        self.report_passed_over_later(passed_over);
+                        self.report_passed_over_later(head_id, passed_over);
                     }
                     return Err(error.into());
                 }
@@ -343,7 +365,10 @@ impl Discoverer {
                 tracing::warn!(%head_id, "[discovery] the second answer lists no other body");
                 break;
             }
-            match self.probe_answer(&answer, round, &mut tried, started).await {
+            match self
+                .probe_answer(head_id, &answer, round, &mut tried, started)
+                .await
+            {
                 Some(found) => return Ok(found),
                 None => {
                     unreachable = answer.bodies.iter().map(|body| body.id.clone()).collect();
@@ -379,7 +404,10 @@ impl Discoverer {
                 policy: kept.policy,
             });
         }
-        match self.probe_answer(kept, 1, &mut tried, started).await {
+        match self
+            .probe_answer(head_id, kept, 1, &mut tried, started)
+            .await
+        {
             Some(found) => Ok(found),
             None => Err(DiscoveryError::NoBodyReachable {
                 head_id: head_id.to_owned(),
@@ -392,6 +420,7 @@ impl Discoverer {
     /// earliest body that answered, if any.
     async fn probe_answer(
         &self,
+        head_id: &str,
         answer: &EligibleResponse,
         round: u32,
         tried: &mut Vec<BodyProbes>,
@@ -400,10 +429,13 @@ impl Discoverer {
         let race = self.race(answer).await;
         self.report_later(measurements_of(answer, &race));
         let now_ms = hydra_api::now_ms();
-        self.report_passed_over_later(race.passed_over().into_iter().map(|body| PassedOver {
-            body_id: answer.bodies[body].id.clone(),
-            at_ms: now_ms,
-        }));
+        self.report_passed_over_later(
+            head_id,
+            race.passed_over().into_iter().map(|body| PassedOver {
+                body_id: answer.bodies[body].id.clone(),
+                at_ms: now_ms,
+            }),
+        );
         tried.extend(log_round(answer, &race, round));
         let Some(RaceOutcome::Reached { probe, rtt_ms }) = race.outcome() else {
             return None;

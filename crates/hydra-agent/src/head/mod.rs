@@ -87,7 +87,7 @@ impl Head {
     /// in `state_dir`; it first reports what an earlier process kept there.
     pub fn new(head_id: String, state_dir: PathBuf, discoverer: Discoverer) -> Head {
         discoverer.report_later(load_measurements(&state_dir));
-        discoverer.report_passed_over_later(load_passed_over(&state_dir));
+        discoverer.report_passed_over_later(&head_id, load_passed_over(&state_dir));
         Head {
             head_id,
             state_dir,
@@ -113,7 +113,10 @@ impl Head {
     /// Keeps what is still to report (connect times, bodies passed over) for the next process.
     fn save_pending(&self) {
         save_measurements(&self.state_dir, &self.discoverer.pending_measurements());
-        save_passed_over(&self.state_dir, &self.discoverer.pending_passed_over());
+        save_passed_over(
+            &self.state_dir,
+            &self.discoverer.pending_passed_over(&self.head_id),
+        );
     }
 
     /// Keeps the answer a route came from; a failure is logged, never fatal.

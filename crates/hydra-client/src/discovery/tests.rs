@@ -280,7 +280,11 @@ async fn bodies_passed_over_are_named_unreachable_with_the_next_request_once() {
     .await;
     let first = discoverer.discover("head-1").await.unwrap();
     assert_eq!(first.route.body_id, "b-live");
-    let pending = discoverer.pending_passed_over();
+    assert!(
+        discoverer.pending_passed_over("head-2").is_empty(),
+        "another head's report"
+    );
+    let pending = discoverer.pending_passed_over("head-1");
     assert_eq!(
         pending
             .iter()
@@ -319,16 +323,19 @@ async fn passed_over_bodies_that_leave_nothing_are_asked_for_again_and_old_repor
     )
     .await;
     let now = hydra_api::now_ms();
-    discoverer.report_passed_over_later([
-        PassedOver {
-            body_id: "b-back".into(),
-            at_ms: now,
-        },
-        PassedOver {
-            body_id: "b-old".into(),
-            at_ms: now - PASSED_OVER_MAX_AGE_MS - 1_000,
-        },
-    ]);
+    discoverer.report_passed_over_later(
+        "head-1",
+        [
+            PassedOver {
+                body_id: "b-back".into(),
+                at_ms: now,
+            },
+            PassedOver {
+                body_id: "b-old".into(),
+                at_ms: now - PASSED_OVER_MAX_AGE_MS - 1_000,
+            },
+        ],
+    );
     let found = discoverer.discover("head-1").await.unwrap();
     assert_eq!(found.route.body_id, "b-back");
     let queries = script.lock().unwrap().queries.clone();
