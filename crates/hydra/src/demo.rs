@@ -213,12 +213,17 @@ async fn run_fleet(
     let mut capture: Option<String> = None;
     let capture_after = tokio::time::Instant::now() + Duration::from_secs(args.cycle.max(2) * 2);
     let mut cycle = 0u64;
+    // A signal stops the fleet first, the control plane after it (the caller cancels
+    // `shutdown` once this returns): the capture is stopped and the agents' last reports land
+    // while the server still answers.
+    let stop = CancellationToken::new();
     tokio::spawn(crate::signals::stop_on_signal(
-        shutdown.clone(),
+        stop.clone(),
         "[demo] stopping: ending the fleet, the control plane and removing the data dir",
     ));
     loop {
         tokio::select! {
+            _ = stop.cancelled() => break,
             _ = shutdown.cancelled() => break,
             _ = heartbeat_tick.tick() => {
                 heartbeat_all(client, bodies, heads).await;
@@ -238,6 +243,13 @@ async fn run_fleet(
                 }
             }
         }
+    }
+    // The capture's writers hold a monitor stream open on each agent: stopped first, so an agent
+    // does not wait on it while shutting down.
+    if let Some(id) = capture
+        && let Err(error) = client.stop_capture(&id).await
+    {
+        tracing::warn!(%error, capture_id = %id, "[demo] cannot stop the capture");
     }
     for body in bodies.iter_mut() {
         if let Some(listener) = body.listener.take() {
