@@ -5,7 +5,10 @@
 //!
 //! When every body of an answer fails, it asks once more naming them (`unreachable=id1,id2`):
 //! the server leaves them out of that answer, so an emptied quickroute opens the cross-venue
-//! fallback. Connect times it measured go to the server with the next request (`measured=`).
+//! fallback. Connect times it measured go to the server with the next request (`measured=`),
+//! and so do the bodies a success was found past (each failed on both paths, or was silent past
+//! the preference delay): named `unreachable=`, the server leaves them out of this head's
+//! answers for its `--unreachable-for`, so the next discovery probes only what can work.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -173,13 +176,57 @@ fn list(tried: &[BodyProbes]) -> String {
         .join(", ")
 }
 
-/// Discovers bodies for heads through a [`Client`], carrying measured connect times from one
-/// discovery to the next request.
+/// A report of a body passed over older than this is not sent: the server's memory of an
+/// unreachable body lasts `--unreachable-for` (60 s by default), and an old failure must not
+/// keep a body that came back out of an answer.
+pub const PASSED_OVER_MAX_AGE_MS: i64 = 60_000;
+
+/// A body a discovery found a route past: it failed on both paths (or stayed silent past the
+/// preference delay) while a later body answered. Written `body_id@unix_ms` in a head's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedOver {
+    /// The body.
+    pub body_id: String,
+    /// When the discovery passed it over (unix ms).
+    pub at_ms: i64,
+}
+
+impl fmt::Display for PassedOver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.body_id, self.at_ms)
+    }
+}
+
+impl std::str::FromStr for PassedOver {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PassedOver, String> {
+        let (body_id, at_ms) = text
+            .rsplit_once('@')
+            .ok_or_else(|| format!("{text:?} is not body_id@unix_ms"))?;
+        if body_id.is_empty() {
+            return Err(format!("{text:?} has no body id"));
+        }
+        let at_ms = at_ms
+            .parse()
+            .map_err(|_| format!("{text:?}: {at_ms:?} is not unix milliseconds"))?;
+        Ok(PassedOver {
+            body_id: body_id.to_owned(),
+            at_ms,
+        })
+    }
+}
+
+/// Discovers bodies for heads through a [`Client`], carrying measured connect times and the
+/// bodies passed over from one discovery to the next request.
 #[derive(Debug)]
 pub struct Discoverer {
     client: Client,
     options: DiscoveryOptions,
     pending: Mutex<Vec<Measurement>>,
+    /// Per head: a discoverer may serve several heads, and a body one head passed over says
+    /// nothing about another head's paths to it.
+    passed_over: Mutex<Vec<(String, PassedOver)>>,
 }
 
 impl Discoverer {
@@ -189,7 +236,61 @@ impl Discoverer {
             client,
             options,
             pending: Mutex::new(Vec::new()),
+            passed_over: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds bodies `head_id` passed over, to report with its next request (e.g. kept by an
+    /// earlier process); those older than [`PASSED_OVER_MAX_AGE_MS`] when it is sent are dropped.
+    pub fn report_passed_over_later(
+        &self,
+        head_id: &str,
+        passed_over: impl IntoIterator<Item = PassedOver>,
+    ) {
+        self.passed_over_lock().extend(
+            passed_over
+                .into_iter()
+                .map(|report| (head_id.to_owned(), report)),
+        );
+    }
+
+    /// Bodies `head_id` passed over and has not reported yet.
+    pub fn pending_passed_over(&self, head_id: &str) -> Vec<PassedOver> {
+        self.passed_over_lock()
+            .iter()
+            .filter(|(head, _)| head == head_id)
+            .map(|(_, report)| report.clone())
+            .collect()
+    }
+
+    fn passed_over_lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, PassedOver)>> {
+        self.passed_over
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes `head_id`'s pending reports of bodies passed over that are still fresh at `now_ms`,
+    /// each body once.
+    fn take_passed_over(&self, head_id: &str, now_ms: i64) -> Vec<PassedOver> {
+        let mine: Vec<PassedOver> = {
+            let mut pending = self.passed_over_lock();
+            let (mine, others) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(head, _)| head == head_id);
+            *pending = others;
+            mine.into_iter().map(|(_, report)| report).collect()
+        };
+        let mut taken: Vec<PassedOver> = Vec::new();
+        for report in mine {
+            if now_ms.saturating_sub(report.at_ms) > PASSED_OVER_MAX_AGE_MS {
+                continue;
+            }
+            match taken.iter_mut().find(|kept| kept.body_id == report.body_id) {
+                Some(kept) => kept.at_ms = kept.at_ms.max(report.at_ms),
+                None => taken.push(report),
+            }
+        }
+        taken
     }
 
     /// The options in force.
@@ -220,21 +321,40 @@ impl Discoverer {
     pub async fn discover(&self, head_id: &str) -> Result<Discovery, DiscoveryError> {
         let started = Instant::now();
         let mut tried: Vec<BodyProbes> = Vec::new();
-        let mut unreachable: Vec<String> = Vec::new();
+        // The first request reports the bodies an earlier discovery passed over.
+        let passed_over = self.take_passed_over(head_id, hydra_api::now_ms());
+        let mut unreachable: Vec<String> = passed_over
+            .iter()
+            .map(|report| report.body_id.clone())
+            .collect();
+        if !unreachable.is_empty() {
+            tracing::debug!(%head_id, unreachable = %unreachable.join(","), "[discovery] reporting the bodies the last discovery passed over");
+        }
         for round in 1..=2u32 {
             let measured = std::mem::take(&mut *self.pending_lock());
-            let query = EligibleQuery::Head {
-                head_id: head_id.to_owned(),
-                unreachable: unreachable.clone(),
-                measured: measured.clone(),
+            let ask = |unreachable: Vec<String>, measured: Vec<Measurement>| {
+                let query = EligibleQuery::Head {
+                    head_id: head_id.to_owned(),
+                    unreachable,
+                    measured,
+                };
+                async move { self.client.eligible(&query).await }
             };
-            let answer = match self.client.eligible(&query).await {
+            let mut answer = match ask(unreachable.clone(), measured.clone()).await {
                 Ok(answer) => answer,
                 Err(error) => {
                     self.report_later(measured);
+                    if round == 1 {
+                        self.report_passed_over_later(head_id, passed_over);
+                    }
                     return Err(error.into());
                 }
             };
+            // The bodies passed over last time may be all this head has now: they are asked
+            // for once more rather than reported as no body at all (the server remembers them).
+            if round == 1 && answer.bodies.is_empty() && !passed_over.is_empty() {
+                answer = ask(Vec::new(), Vec::new()).await?;
+            }
             if answer.bodies.is_empty() {
                 if round == 1 {
                     return Err(DiscoveryError::NoEligibleBody {
@@ -245,7 +365,10 @@ impl Discoverer {
                 tracing::warn!(%head_id, "[discovery] the second answer lists no other body");
                 break;
             }
-            match self.probe_answer(&answer, round, &mut tried, started).await {
+            match self
+                .probe_answer(head_id, &answer, round, &mut tried, started)
+                .await
+            {
                 Some(found) => return Ok(found),
                 None => {
                     unreachable = answer.bodies.iter().map(|body| body.id.clone()).collect();
@@ -281,7 +404,10 @@ impl Discoverer {
                 policy: kept.policy,
             });
         }
-        match self.probe_answer(kept, 1, &mut tried, started).await {
+        match self
+            .probe_answer(head_id, kept, 1, &mut tried, started)
+            .await
+        {
             Some(found) => Ok(found),
             None => Err(DiscoveryError::NoBodyReachable {
                 head_id: head_id.to_owned(),
@@ -294,6 +420,7 @@ impl Discoverer {
     /// earliest body that answered, if any.
     async fn probe_answer(
         &self,
+        head_id: &str,
         answer: &EligibleResponse,
         round: u32,
         tried: &mut Vec<BodyProbes>,
@@ -301,6 +428,14 @@ impl Discoverer {
     ) -> Option<Discovery> {
         let race = self.race(answer).await;
         self.report_later(measurements_of(answer, &race));
+        let now_ms = hydra_api::now_ms();
+        self.report_passed_over_later(
+            head_id,
+            race.passed_over().into_iter().map(|body| PassedOver {
+                body_id: answer.bodies[body].id.clone(),
+                at_ms: now_ms,
+            }),
+        );
         tried.extend(log_round(answer, &race, round));
         let Some(RaceOutcome::Reached { probe, rtt_ms }) = race.outcome() else {
             return None;

@@ -437,6 +437,23 @@ impl ProbeRace {
             .collect()
     }
 
+    /// The bodies the winner was chosen past: every body before it in list order, each of
+    /// whose probes failed (refused, timed out, no address, or silent past the preference delay).
+    /// Empty until the race settled on a body. The head reports them as `unreachable=` with its
+    /// next request, so the next discovery does not probe them again.
+    pub fn passed_over(&self) -> Vec<usize> {
+        let Some(RaceOutcome::Reached { probe, .. }) = self.outcome else {
+            return Vec::new();
+        };
+        (0..probe.body)
+            .filter(|&body| {
+                self.slots[body * 2..body * 2 + 2]
+                    .iter()
+                    .all(|slot| matches!(slot.status, ProbeStatus::Failed(_)))
+            })
+            .collect()
+    }
+
     fn in_flight(&self) -> usize {
         self.slots
             .iter()

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use hydra_api::captures::{CaptureView, CreateCaptureRequest, MonitorFilters};
+use hydra_api::captures::{CaptureList, CaptureView, CreateCaptureRequest, MonitorFilters};
 
 use crate::client_args::{ClientArgs, parse_duration};
 use crate::output::{Table, key_values, or_dash, print, print_json};
@@ -123,10 +123,11 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         .list_captures()
         .await
         .map_err(|error| args.client.explain(error, "cannot list captures"))?;
-    if args.client.json {
-        print_json(&list)?;
-        return Ok(ExitCode::SUCCESS);
-    }
+    crate::output::listing(args.client.json, &list, captures_table)
+}
+
+/// The captures as a table, newest first.
+fn captures_table(list: &CaptureList) -> String {
     let mut table = Table::new(&["ID", "STATUS", "REASON", "NODES", "LINES", "CREATED"]);
     for capture in &list.captures {
         table.row(vec![
@@ -138,8 +139,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             capture.created_at.clone(),
         ]);
     }
-    print(&table.render());
-    Ok(ExitCode::SUCCESS)
+    table.render()
 }
 
 async fn show(args: IdArgs) -> anyhow::Result<ExitCode> {

@@ -3,7 +3,9 @@
 //! run the real discovery every few seconds) plus two real `hydra agent` workers whose sessions
 //! are the stand-in session process, with chaos every cycle: a body in use dies and its head
 //! fails over, a venue is parked in a spare district and comes back, a session is placed and
-//! ended. Ctrl-C stops everything it started and removes the temp dir.
+//! ended. Once both workers' agents are known it starts a fan-out capture of their monitor
+//! feeds, so the dashboard's captures panel has real data. Ctrl-C stops everything it started
+//! and removes the temp dir.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use hydra_api::captures::{CreateCaptureRequest, MonitorFilters, capture_limits};
 use hydra_api::{CreateSessionRequest, EnrolRequest, HeartbeatRequest, MoveRequest, RoleWire};
 use hydra_client::discovery::{Discoverer, DiscoveryOptions};
 use hydra_client::{Client, ClientConfig};
@@ -205,15 +208,29 @@ async fn run_fleet(
     chaos_tick.tick().await;
     let mut parked: Option<(String, String)> = None;
     let mut session: Option<String> = None;
+    // The demo's capture, once started (it runs as long as the demo); not before the first
+    // chaos cycles have played out, so their failover is not slowed by the capture's writes.
+    let mut capture: Option<String> = None;
+    let capture_after = tokio::time::Instant::now() + Duration::from_secs(args.cycle.max(2) * 2);
     let mut cycle = 0u64;
+    // A signal stops the fleet first, the control plane after it (the caller cancels
+    // `shutdown` once this returns): the capture is stopped and the agents' last reports land
+    // while the server still answers.
+    let stop = CancellationToken::new();
     tokio::spawn(crate::signals::stop_on_signal(
-        shutdown.clone(),
+        stop.clone(),
         "[demo] stopping: ending the fleet, the control plane and removing the data dir",
     ));
     loop {
         tokio::select! {
+            _ = stop.cancelled() => break,
             _ = shutdown.cancelled() => break,
-            _ = heartbeat_tick.tick() => heartbeat_all(client, bodies, heads).await,
+            _ = heartbeat_tick.tick() => {
+                heartbeat_all(client, bodies, heads).await;
+                if with_workers && capture.is_none() && tokio::time::Instant::now() >= capture_after {
+                    capture = start_capture(client).await;
+                }
+            }
             _ = discovery_tick.tick() => discover_all(&discoverer, heads, &mut routes).await,
             _ = chaos_tick.tick(), if !args.no_chaos => {
                 cycle += 1;
@@ -226,6 +243,13 @@ async fn run_fleet(
                 }
             }
         }
+    }
+    // The capture's writers hold a monitor stream open on each agent: stopped first, so an agent
+    // does not wait on it while shutting down.
+    if let Some(id) = capture
+        && let Err(error) = client.stop_capture(&id).await
+    {
+        tracing::warn!(%error, capture_id = %id, "[demo] cannot stop the capture");
     }
     for body in bodies.iter_mut() {
         if let Some(listener) = body.listener.take() {
@@ -525,6 +549,47 @@ async fn stop_workers(workers: &mut [Child]) {
 }
 
 /// Places a session for the first head that gets one, or ends the one placed before.
+/// Starts a fan-out capture of every worker's monitor feed once both demo workers' agents are
+/// known (each has reported); `None` until then.
+async fn start_capture(client: &Client) -> Option<String> {
+    let workers = client.list_workers().await.ok()?;
+    let known = workers
+        .workers
+        .iter()
+        .filter(|worker| {
+            worker.agent_url.is_some() && worker.status == hydra_api::NodeStatusWire::Online
+        })
+        .count();
+    if known < 2 {
+        return None;
+    }
+    let request = CreateCaptureRequest {
+        fan_out: true,
+        // Info and above: enough to watch, light enough not to slow the demo's own loop.
+        filters: MonitorFilters {
+            level: Some("info".to_owned()),
+            ..MonitorFilters::default()
+        },
+        duration: Some(capture_limits::MAX_DURATION_SECS),
+        max_lines: Some(100_000),
+        ..CreateCaptureRequest::default()
+    };
+    match client.create_capture(&request).await {
+        Ok(view) => {
+            print(&format!(
+                "[demo] capture {} started: fan-out across {} workers' monitor feeds\n",
+                view.capture_id,
+                view.node_segments.len()
+            ));
+            Some(view.capture_id)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "[demo] cannot start the capture");
+            None
+        }
+    }
+}
+
 async fn session_chaos(client: &Client, heads: &[String], session: &mut Option<String>) {
     if let Some(id) = session.take() {
         match client.end_session(&id).await {

@@ -248,12 +248,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         .list_nodes()
         .await
         .map_err(|error| args.client.explain(error, "cannot list nodes"))?;
-    if args.client.json {
-        print_json(&list)?;
-    } else {
-        print(&nodes_table(&list.nodes));
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::output::listing(args.client.json, &list, |list| nodes_table(&list.nodes))
 }
 
 async fn show(args: IdArgs) -> anyhow::Result<ExitCode> {

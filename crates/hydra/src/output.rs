@@ -82,6 +82,21 @@ pub fn print(text: &str) {
     print!("{text}");
 }
 
+/// Prints a listing: `value` as JSON with `--json`, else the table `render` makes of it. The one
+/// shape of every list command (`nodes`, `sessions`, `captures`, `workers`).
+pub fn listing<T: Serialize>(
+    json: bool,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<std::process::ExitCode> {
+    if json {
+        print_json(value)?;
+    } else {
+        print(&render(value));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Writes `value` as pretty JSON and a newline to standard output.
 #[allow(clippy::print_stdout)]
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -126,12 +126,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         .sessions_page(&query)
         .await
         .map_err(|error| args.client.explain(error, "cannot list sessions"))?;
-    if args.client.json {
-        print_json(&page)?;
-    } else {
-        print(&sessions_table(&page));
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::output::listing(args.client.json, &page, sessions_table)
 }
 
 async fn show(args: IdArgs) -> anyhow::Result<ExitCode> {

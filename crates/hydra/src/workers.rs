@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use hydra_api::WorkerView;
 
 use crate::client_args::ClientArgs;
-use crate::output::{Table, or_dash, print, print_json, yes_no};
+use crate::output::{Table, or_dash, yes_no};
 
 /// Subcommands of `hydra workers`.
 #[derive(Debug, clap::Subcommand)]
@@ -30,12 +30,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .list_workers()
                 .await
                 .map_err(|error| args.client.explain(error, "cannot list workers"))?;
-            if args.client.json {
-                print_json(&list)?;
-            } else {
-                print(&workers_table(&list.workers));
-            }
-            Ok(ExitCode::SUCCESS)
+            crate::output::listing(args.client.json, &list, |list| workers_table(&list.workers))
         }
     }
 }

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use hydra_api::EligibleResponse;
 use state::{
-    PairingState, keep_eligible, load_kept_eligible, load_measurements, save_measurements,
-    write_pairing,
+    PairingState, keep_eligible, load_kept_eligible, load_measurements, load_passed_over,
+    save_measurements, save_passed_over, write_pairing,
 };
 
 /// How a head runs its streams.
@@ -83,10 +83,11 @@ pub struct Head {
 }
 
 impl Head {
-    /// Head `head_id` keeping its pairing record and unreported connect times in `state_dir`;
-    /// it first reports the connect times an earlier process kept there.
+    /// Head `head_id` keeping its pairing record, unreported connect times and bodies passed over
+    /// in `state_dir`; it first reports what an earlier process kept there.
     pub fn new(head_id: String, state_dir: PathBuf, discoverer: Discoverer) -> Head {
         discoverer.report_later(load_measurements(&state_dir));
+        discoverer.report_passed_over_later(&head_id, load_passed_over(&state_dir));
         Head {
             head_id,
             state_dir,
@@ -98,15 +99,24 @@ impl Head {
     /// request (or the next process).
     pub async fn discover(&self) -> Result<Discovery, DiscoveryError> {
         let found = self.discoverer.discover(&self.head_id).await;
-        save_measurements(&self.state_dir, &self.discoverer.pending_measurements());
+        self.save_pending();
         found
     }
 
     /// Walks the eligible list kept from the control plane's last answer (no replica answers).
     async fn discover_kept(&self, kept: &EligibleResponse) -> Result<Discovery, DiscoveryError> {
         let found = self.discoverer.discover_kept(&self.head_id, kept).await;
-        save_measurements(&self.state_dir, &self.discoverer.pending_measurements());
+        self.save_pending();
         found
+    }
+
+    /// Keeps what is still to report (connect times, bodies passed over) for the next process.
+    fn save_pending(&self) {
+        save_measurements(&self.state_dir, &self.discoverer.pending_measurements());
+        save_passed_over(
+            &self.state_dir,
+            &self.discoverer.pending_passed_over(&self.head_id),
+        );
     }
 
     /// Keeps the answer a route came from; a failure is logged, never fatal.

@@ -1,20 +1,23 @@
 //! What a head keeps in its state dir between processes: the pairing record (which address its
 //! streaming client was given, and how that stream is doing), the connect times it measured
-//! but has not reported yet, and the last eligible list with the route it used (walked when no
-//! replica answers).
+//! but has not reported yet, the bodies a discovery passed over and has not reported yet, and the
+//! last eligible list with the route it used (walked when no replica answers).
 
 use std::io::Write;
 use std::path::Path;
 
 use hydra_api::EligibleResponse;
 use hydra_client::Measurement;
-use hydra_client::discovery::Route;
+use hydra_client::discovery::{PassedOver, Route};
 use serde::Serialize;
 
 /// The pairing record's file in the state dir.
 pub const PAIRING_FILE: &str = "pairing.json";
 /// The unreported connect times' file in the state dir (`body:transport:rtt_ms` per line).
 pub const MEASUREMENTS_FILE: &str = "measured";
+/// The unreported bodies passed over (`body_id@unix_ms` per line): a `hydra head discover`
+/// process reports them with the next process's first request.
+pub const PASSED_OVER_FILE: &str = "passed-over";
 
 /// How the stream on a route is doing, as the pairing record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -147,6 +150,31 @@ pub fn save_measurements(state_dir: &Path, measurements: &[Measurement]) {
     }
 }
 
+/// Bodies an earlier process passed over and has not reported yet; unreadable lines are skipped
+/// (the file is a cache: the worst a lost line costs is one probe).
+pub fn load_passed_over(state_dir: &Path) -> Vec<PassedOver> {
+    let Ok(text) = std::fs::read_to_string(state_dir.join(PASSED_OVER_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| line.trim().parse::<PassedOver>().ok())
+        .collect()
+}
+
+/// Keeps the bodies passed over still to report, for the next request or the next process; a
+/// failure is logged, never fatal.
+pub fn save_passed_over(state_dir: &Path, passed_over: &[PassedOver]) {
+    let text: String = passed_over
+        .iter()
+        .map(|report| format!("{report}\n"))
+        .collect();
+    let written = std::fs::create_dir_all(state_dir)
+        .and_then(|()| std::fs::write(state_dir.join(PASSED_OVER_FILE), text));
+    if let Err(error) = written {
+        tracing::warn!(dir = %state_dir.display(), "[head] cannot keep the bodies passed over: {error}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use hydra_core::Transport;
@@ -186,6 +214,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(load_measurements(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn bodies_passed_over_survive_a_round_trip_through_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let passed = vec![PassedOver {
+            body_id: "dead-01".into(),
+            at_ms: 1_700_000_000_000,
+        }];
+        save_passed_over(dir.path(), &passed);
+        assert_eq!(load_passed_over(dir.path()), passed);
+        std::fs::write(dir.path().join(PASSED_OVER_FILE), "junk\nb-3@12\n@5\n").unwrap();
+        assert_eq!(load_passed_over(dir.path()).len(), 1);
     }
 
     #[test]

@@ -263,3 +263,97 @@ async fn a_server_that_does_not_answer_is_a_server_error_and_keeps_pending_times
     assert!(matches!(error, DiscoveryError::Server(_)), "{error}");
     assert_eq!(discoverer.pending_measurements().len(), 1);
 }
+
+#[tokio::test]
+async fn bodies_passed_over_are_named_unreachable_with_the_next_request_once() {
+    let net = Net::listening(&[11]);
+    let list = answer(
+        "quickroute",
+        vec![body("b-dead", 21, 22), body("b-live", 11, 12)],
+    );
+    let without = answer("quickroute", vec![body("b-live", 11, 12)]);
+    let (discoverer, script) = discoverer(
+        vec![list, without.clone(), without],
+        &net,
+        ProbeMode::Concurrent,
+    )
+    .await;
+    let first = discoverer.discover("head-1").await.unwrap();
+    assert_eq!(first.route.body_id, "b-live");
+    assert!(
+        discoverer.pending_passed_over("head-2").is_empty(),
+        "another head's report"
+    );
+    let pending = discoverer.pending_passed_over("head-1");
+    assert_eq!(
+        pending
+            .iter()
+            .map(|report| report.body_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b-dead"]
+    );
+    let second = discoverer.discover("head-1").await.unwrap();
+    assert_eq!(
+        second.tried.len(),
+        1,
+        "the second discovery probes b-live alone"
+    );
+    let _ = discoverer.discover("head-1").await.unwrap();
+    let queries = script.lock().unwrap().queries.clone();
+    assert_eq!(queries[0], "head_id=head-1");
+    assert!(
+        queries[1].starts_with("head_id=head-1&unreachable=b-dead&measured=b-live%3Alan%3A"),
+        "{}",
+        queries[1]
+    );
+    // Reported once: the third request names no body.
+    assert!(!queries[2].contains("unreachable"), "{}", queries[2]);
+}
+
+#[tokio::test]
+async fn passed_over_bodies_that_leave_nothing_are_asked_for_again_and_old_reports_dropped() {
+    let net = Net::listening(&[11]);
+    let (discoverer, script) = discoverer(
+        vec![
+            answer("none", vec![]),
+            answer("quickroute", vec![body("b-back", 11, 12)]),
+        ],
+        &net,
+        ProbeMode::Concurrent,
+    )
+    .await;
+    let now = hydra_api::now_ms();
+    discoverer.report_passed_over_later(
+        "head-1",
+        [
+            PassedOver {
+                body_id: "b-back".into(),
+                at_ms: now,
+            },
+            PassedOver {
+                body_id: "b-old".into(),
+                at_ms: now - PASSED_OVER_MAX_AGE_MS - 1_000,
+            },
+        ],
+    );
+    let found = discoverer.discover("head-1").await.unwrap();
+    assert_eq!(found.route.body_id, "b-back");
+    let queries = script.lock().unwrap().queries.clone();
+    assert_eq!(
+        queries,
+        ["head_id=head-1&unreachable=b-back", "head_id=head-1"],
+        "an empty answer is asked again without the report; a report past the age is not sent"
+    );
+}
+
+#[test]
+fn a_passed_over_report_reads_back_from_its_text() {
+    let report = PassedOver {
+        body_id: "b-1.x".into(),
+        at_ms: 1_700_000_000_123,
+    };
+    assert_eq!(report.to_string().parse::<PassedOver>(), Ok(report));
+    assert!("b-1".parse::<PassedOver>().is_err());
+    assert!("@12".parse::<PassedOver>().is_err());
+    assert!("b@x".parse::<PassedOver>().is_err());
+}

@@ -407,6 +407,53 @@ fn with_a_preference_delay_sixteen_dead_bodies_cost_the_starts_and_the_delay() {
     assert_eq!(exact.settled_at, 31 * 2 + 1_000);
 }
 
+/// What the head reports as passed over (`unreachable=` with its next request), per race.
+#[test]
+fn the_bodies_passed_over_are_those_before_the_winner_failed_on_both_paths() {
+    let cases: [(&str, Vec<Body>, ProbeSettings); 5] = [
+        (
+            "16 silent ahead",
+            [vec![(Hang, Hang); 16], vec![(Reach(1), Reach(1))]].concat(),
+            ProbeSettings::preferring(),
+        ),
+        (
+            "refused and missing ahead",
+            vec![(Refuse(1), Missing), (Missing, Refuse(2)), (Reach(1), Hang)],
+            ProbeSettings::default(),
+        ),
+        (
+            "the winner's own LAN failed",
+            vec![(Refuse(1), Reach(3))],
+            ProbeSettings::default(),
+        ),
+        (
+            "first body wins",
+            vec![(Reach(1), Hang), (Hang, Hang)],
+            ProbeSettings::preferring(),
+        ),
+        (
+            "all failed",
+            vec![(Hang, Refuse(1)), (Refuse(1), Refuse(1))],
+            ProbeSettings::default(),
+        ),
+    ];
+    let table: String = cases
+        .iter()
+        .map(|(name, bodies, settings)| {
+            let run = simulate(bodies, *settings);
+            format!("{name}: {:?}\n", run.race.passed_over())
+        })
+        .collect();
+    expect![[r#"
+        16 silent ahead: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        refused and missing ahead: [0, 1]
+        the winner's own LAN failed: []
+        first body wins: []
+        all failed: []
+    "#]]
+    .assert_eq(&table);
+}
+
 #[test]
 fn a_later_body_wins_once_the_earlier_one_is_silent_for_the_delay() {
     check_preferring(
@@ -594,6 +641,9 @@ proptest! {
                 }
             }
         }
+        // The bodies the head reports passed over are exactly those before the winner.
+        let passed_over: Vec<usize> = winner(run.outcome).map_or_else(Vec::new, |won| (0..won.body).collect());
+        prop_assert_eq!(run.race.passed_over(), passed_over);
         let left_in_flight = run.started.iter().any(|probe| matches!(run.race.probe(*probe).1, ProbeStatus::InFlight { .. }));
         prop_assert!(!left_in_flight, "a probe is still in flight after settling");
         let probes = bodies.len() as u64 * 2;

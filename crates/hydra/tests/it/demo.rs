@@ -137,6 +137,29 @@ async fn the_demo_runs_a_fleet_fails_over_and_leaves_nothing_after_sigint() {
         .collect();
     assert_eq!(worker_pids.len(), 2, "two workers: {placed}");
 
+    // Once both workers' agents are known, a fan-out capture of their feeds runs (the
+    // dashboard's captures panel shows it).
+    let capture_id = wait_line(&output, |lines| {
+        lines.iter().find_map(|line| {
+            let rest = line.strip_prefix("[demo] capture ")?;
+            Some(rest.split_once(' ')?.0.to_owned())
+        })
+    });
+    let (status, capture) = call_as(
+        &token,
+        Method::GET,
+        &format!("{url}api/v1/captures/{capture_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{capture}");
+    assert_eq!(capture["fan_out"], true, "{capture}");
+    assert_eq!(
+        capture["node_segments"].as_array().map(Vec::len),
+        Some(2),
+        "{capture}"
+    );
+
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
     kill(pid, Signal::SIGINT).expect("SIGINT the demo");
     let deadline = Instant::now() + Duration::from_secs(30);

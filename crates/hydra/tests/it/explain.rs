@@ -125,6 +125,89 @@ async fn a_body_reported_unreachable_is_left_out_for_the_window_and_wg_only_is_s
     }
 }
 
+/// Issue 13, the second discovery: a head that found its body past a dead one reports the dead one
+/// (`unreachable=`) with its next request, from its state dir, so the next `hydra head discover`
+/// process probes only the live body; the trace shows the dead one `learned_unreachable`.
+#[tokio::test]
+async fn a_second_discovery_skips_the_dead_body_the_first_one_walked_past() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(&ServerSetup::sqlite(dir.path()));
+    // The live body listens on loopback; the dead one's two addresses refuse on the same port.
+    let live = std::net::TcpListener::bind("127.0.0.63:0").expect("bind the live body");
+    let port = live.local_addr().expect("port").port().to_string();
+    let body = |id: &str, lan: &str, wg: &str, vram_mb: u32| {
+        json!({"id": id, "roles": ["body"], "district": "bxl1", "venue": "rupelmonde",
+               "owner": "acme", "lan_ip": lan, "wg_ip": wg, "vram_mb": vram_mb})
+    };
+    // More VRAM: b-dead ranks ahead of b-live.
+    enrol(
+        &server,
+        body("b-dead", "127.0.0.61", "127.0.0.62", 24_576),
+        true,
+    )
+    .await;
+    enrol(
+        &server,
+        body("b-live", "127.0.0.63", "127.0.0.64", 8_192),
+        true,
+    )
+    .await;
+    enrol(
+        &server,
+        json!({"id": "h", "roles": ["head"], "district": "bxl1", "venue": "rupelmonde", "owner": "acme"}),
+        true,
+    )
+    .await;
+    let state_dir = dir.path().join("head-state");
+    let state = state_dir.display().to_string();
+    let args = [
+        "head",
+        "discover",
+        "--head-id",
+        "h",
+        "--server",
+        &server.url,
+        "--port",
+        &port,
+        "--state-dir",
+        &state,
+        "--json",
+    ];
+    let discover = || hydra(&[("HYDRA_TOKEN", ADMIN_TOKEN)], &args);
+    let tried = |stdout: &str| -> Vec<String> {
+        let found: Value = serde_json::from_str(stdout).expect("discover --json");
+        assert_eq!(found["body_id"], "b-live", "{found}");
+        found["tried"]
+            .as_array()
+            .expect("tried")
+            .iter()
+            .map(|probes| probes["body_id"].as_str().expect("body_id").to_owned())
+            .collect()
+    };
+    let first = discover().await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(tried(&first.stdout), ["b-dead", "b-live"]);
+    let second = discover().await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        tried(&second.stdout),
+        ["b-live"],
+        "the second discovery probes only the live body"
+    );
+    let (status, answer) = call(
+        Method::GET,
+        &server.api("/bodies/eligible?head_id=h&explain=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        reasons(&answer).contains(&"b-dead learned_unreachable".to_owned()),
+        "{answer}"
+    );
+    drop(live);
+}
+
 #[tokio::test]
 async fn explain_says_why_each_node_of_the_district_was_kept_or_left_out() {
     let dir = tempfile::tempdir().expect("temp dir");

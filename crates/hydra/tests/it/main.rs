@@ -8,6 +8,7 @@ mod captures;
 mod cli;
 mod config_sources;
 mod dashboard;
+mod dashboard_panels;
 mod demo;
 mod drain;
 mod durability;

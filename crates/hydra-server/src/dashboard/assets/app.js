@@ -1,6 +1,9 @@
 // Hydra dashboard: the fleet, live over GET /api/v1/events, with drain/undrain, move, explain
-// and what-if. The admin token is asked once and kept in sessionStorage, never in a URL: the
-// event stream is read with fetch() (which can send the Authorization header), not EventSource.
+// and what-if; each head's body now; captures and their segments; the control plane's replicas.
+// The admin token is asked once and kept in sessionStorage, never in a URL: the event stream is
+// read with fetch() (which can send the Authorization header), not EventSource. Nothing is
+// fetched before a token is given, and nothing but the token form is shown until an admin-only
+// call accepted it (a node token would read the replicas' addresses).
 "use strict";
 
 const TOKEN_KEY = "hydra-admin-token";
@@ -12,6 +15,10 @@ const COLLAPSE_ABOVE = 500;
 const openVenues = new Set();
 let heartbeatTimeoutMs = 60000;
 let connection = 0;
+// Each head's first body now: {id, wg_only} or {id: null} (none) or {error}; absent: not asked.
+const bodyNow = new Map();
+// Online workers with a known agent: what a capture can read.
+let captureNodes = [];
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
@@ -31,7 +38,9 @@ async function api(method, path, body) {
     headers: Object.assign({ Authorization: "Bearer " + token() }, body ? { "Content-Type": "application/json" } : {}),
     body: body ? JSON.stringify(body) : undefined,
   });
-  if (response.status === 401) { askToken("The token was refused; enter it again."); throw new Error("unauthorized"); }
+  if (response.status === 401) { askToken("The token was refused; enter it again."); throw Object.assign(new Error("unauthorized"), { auth: true }); }
+  // Every call of this page needs the admin token: a node's own token is asked again.
+  if (response.status === 403) { askToken("This is not the admin token; enter the admin token."); throw Object.assign(new Error("forbidden"), { auth: true }); }
   const data = response.status === 204 ? null : await response.json();
   if (!response.ok) throw new Error(data && data.message ? data.message : "HTTP " + response.status);
   return data;
@@ -39,8 +48,13 @@ async function api(method, path, body) {
 
 function setLive(text) { document.getElementById("live").textContent = text; }
 
+// A failed call, said in the live line; a refused token has already said why.
+function failed(prefix, error) { if (!error.auth) setLive(prefix + error.message); }
+
 function askToken(message) {
   sessionStorage.removeItem(TOKEN_KEY);
+  connection++;
+  clearAdminViews();
   const panel = document.getElementById("token-panel");
   panel.hidden = false;
   if (message) setLive(message);
@@ -84,7 +98,7 @@ function renderFleet() {
       table.append(el("thead", {}, el("tr", {},
         el("th", { scope: "col" }, "Node"), el("th", { scope: "col" }, "Roles"), el("th", { scope: "col" }, "Status"),
         el("th", { scope: "col", class: "wide" }, "Sessions"), el("th", { scope: "col", class: "wide" }, "VRAM"),
-        el("th", { scope: "col" }, "Last heartbeat"), el("th", { scope: "col" }, "Actions"))));
+        el("th", { scope: "col" }, "Last heartbeat"), el("th", { scope: "col" }, "Body now"), el("th", { scope: "col" }, "Actions"))));
       const body = el("tbody");
       const members = venues.get(venue);
       const fill = () => {
@@ -127,9 +141,6 @@ function nodeRow(node) {
     onclick: () => setDrained(node.id, !node.drained),
   }, node.drained ? "Undrain" : "Drain"));
   actions.append(el("button", { type: "button", "data-action": "move", "aria-label": "Move " + node.id, onclick: () => openMove(node) }, "Move"));
-  if (node.roles.includes("head")) {
-    actions.append(el("button", { type: "button", "data-action": "explain", "aria-label": "Why this body for head " + node.id, onclick: () => explain(node.id) }, "Why"));
-  }
   return el("tr", { "data-node-id": node.id },
     el("th", { scope: "row" }, node.name === node.id ? node.id : node.name + " (" + node.id + ")"),
     el("td", {}, node.roles.join(", ")),
@@ -137,7 +148,50 @@ function nodeRow(node) {
     el("td", { class: "wide" }, node.active_sessions),
     el("td", { class: "wide" }, node.vram_mb == null ? "-" : node.vram_mb + " MB"),
     el("td", {}, ago(node.last_heartbeat)),
+    el("td", { "data-field": "body-now" }, node.roles.includes("head") ? bodyNowButton(node.id) : "-"),
     el("td", {}, actions));
+}
+
+// A head's body now, as a button that opens its explain trace.
+function bodyNowButton(headId) {
+  const known = bodyNow.get(headId);
+  if (!known) wantBodies(headId);
+  const text = !known ? "…" : known.error ? "unknown" : known.id === null ? "none" : known.id + (known.wg_only ? " (WireGuard only)" : "");
+  return el("button", { type: "button", "data-action": "explain", "aria-label": "Why " + text + " for head " + headId, onclick: () => explain(headId) }, text);
+}
+
+// The heads whose body is asked for next, a few at a time, so a big fleet's first view is not
+// held up and the server gets a bounded number of questions.
+const bodiesWanted = new Set();
+let bodiesRunning = false;
+function wantBodies(headId) {
+  bodiesWanted.add(headId);
+  if (!bodiesRunning) { bodiesRunning = true; setTimeout(askBodies, 0); }
+}
+async function askBodies() {
+  while (bodiesWanted.size && token()) {
+    const batch = [...bodiesWanted].slice(0, 8);
+    for (const id of batch) bodiesWanted.delete(id);
+    await Promise.all(batch.map(async (headId) => {
+      try {
+        const answer = await api("GET", "/bodies/eligible?head_id=" + encodeURIComponent(headId));
+        const first = answer.bodies[0];
+        bodyNow.set(headId, first ? { id: first.id, wg_only: !!first.wg_only } : { id: null });
+      } catch (error) { bodyNow.set(headId, { error: error.message }); }
+      if (rows.has(headId)) queueRender(headId);
+    }));
+  }
+  bodiesRunning = false;
+}
+
+// Any node change can change a head's body: the shown heads are asked again, at most every 5 s.
+let bodiesStale = null;
+function bodiesChanged() {
+  if (bodiesStale) return;
+  bodiesStale = setTimeout(() => {
+    bodiesStale = null;
+    for (const [id, node] of nodes) if (rows.has(id) && node.roles.includes("head")) wantBodies(id);
+  }, 5000);
 }
 
 async function setDrained(id, drained) {
@@ -146,7 +200,7 @@ async function setDrained(id, drained) {
     nodes.set(node.id, node);
     renderFleet();
     setLive((drained ? "Drained " : "Undrained ") + id);
-  } catch (error) { setLive("Cannot change " + id + ": " + error.message); }
+  } catch (error) { failed("Cannot change " + id + ": ", error); }
 }
 
 let moving = null;
@@ -196,7 +250,7 @@ async function explain(headId) {
     panel.hidden = false;
     panel.setAttribute("tabindex", "-1");
     panel.focus();
-  } catch (error) { setLive("Cannot explain head " + headId + ": " + error.message); }
+  } catch (error) { failed("Cannot explain head " + headId + ": ", error); }
 }
 
 async function whatIf(without) {
@@ -212,12 +266,16 @@ async function whatIf(without) {
     panel.hidden = false;
     panel.setAttribute("tabindex", "-1");
     panel.focus();
-  } catch (error) { setLive("Cannot answer what-if: " + error.message); }
+  } catch (error) { failed("Cannot answer what-if: ", error); }
 }
 
-async function refreshSessions() {
+async function refreshSessions(rethrow) {
   try {
-    const [workers, sessions] = await Promise.all([api("GET", "/workers"), api("GET", "/sessions")]);
+    // One after the other: the workers' answer is the admin check before anything else is read.
+    const workers = await api("GET", "/workers");
+    const sessions = await api("GET", "/sessions");
+    captureNodes = workers.workers.filter((worker) => worker.status === "online" && worker.agent_url).map((worker) => worker.id);
+    renderCaptureForm();
     document.querySelector("#workers-table tbody").replaceChildren(...workers.workers.map((worker) => el("tr", { "data-worker-id": worker.id },
       el("th", { scope: "row" }, worker.id), el("td", {}, worker.venue),
       el("td", {}, worker.drained ? "drained" : worker.status + (worker.healthy ? "" : " (unhealthy)")),
@@ -229,12 +287,15 @@ async function refreshSessions() {
         el("td", {}, session.body_id || session.body_ip), el("td", {}, session.status), el("td", {}, ago(session.updated_at)),
         el("td", {}, live ? el("button", { type: "button", "aria-label": "End session " + session.session_id, onclick: () => endSession(session.session_id) }, "End") : "-"));
     }));
-  } catch (error) { setLive("Cannot list sessions: " + error.message); }
+  } catch (error) {
+    failed("Cannot list sessions: ", error);
+    if (rethrow) throw error;
+  }
 }
 
 async function endSession(id) {
   try { await api("DELETE", "/sessions/" + encodeURIComponent(id)); setLive("Ended session " + id); refreshSessions(); }
-  catch (error) { setLive("Cannot end session " + id + ": " + error.message); }
+  catch (error) { failed("Cannot end session " + id + ": ", error); }
 }
 
 let sessionsQueued = false;
@@ -284,10 +345,12 @@ function apply(name, data) {
       queueRender();
       break;
     case "node_enrolled":
+      queueSessions();
       nodes.set(data.id, data);
       queueRender();
       break;
     case "node_changed": {
+      bodiesChanged();
       const before = nodes.get(data.id);
       nodes.set(data.id, data);
       const moved = !before || before.district !== data.district || before.venue !== data.venue;
@@ -295,12 +358,15 @@ function apply(name, data) {
       break;
     }
     case "node_removed":
+      queueSessions();
       nodes.delete(data.id);
       queueRender();
       break;
     case "node_status": {
       const node = nodes.get(data.id);
-      if (node) { node.status = data.status; queueRender(data.id); }
+      if (node) { node.status = data.status; queueRender(data.id); bodiesChanged(); }
+      // A worker going on or off line changes what a capture can read.
+      queueSessions();
       break;
     }
     case "session":
@@ -329,6 +395,8 @@ async function listen() {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        // The token was asked again meanwhile: this stream's events are no longer shown.
+        if (mine !== connection) { reader.cancel(); return; }
         buffer += decoder.decode(value, { stream: true });
         let end;
         while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -343,17 +411,135 @@ async function listen() {
         }
       }
     } catch (error) {
-      setLive("Disconnected, retrying: " + error.message);
+      failed("Disconnected, retrying: ", error);
     }
     await new Promise((resolve) => setTimeout(resolve, delay));
     delay = Math.min(delay * 2, 10000);
   }
 }
 
-function start() {
+// The views that need the admin token: emptied and hidden whenever the token is asked again.
+function clearAdminViews() {
+  for (const id of ["captures-panel", "segments-panel", "replicas-panel", "explain-panel", "what-if-panel"]) document.getElementById(id).hidden = true;
+  for (const selector of ["#workers-table tbody", "#sessions-table tbody", "#captures-table tbody", "#segments-table tbody", "#replicas-table tbody"]) {
+    document.querySelector(selector).replaceChildren();
+  }
+  document.getElementById("replicas-summary").textContent = "";
+  nodes.clear();
+  bodyNow.clear();
+  captureNodes = [];
+  document.getElementById("districts").replaceChildren();
+}
+
+// Workers first: an admin-only call, so a wrong token is asked again before anything else
+// (replicas, captures) is read with it.
+async function start() {
   document.getElementById("token-panel").hidden = true;
+  try { await refreshSessions(true); } catch (error) { return; }
   listen();
-  refreshSessions();
+  refreshCaptures();
+  refreshReplicas();
+  if (!polling) polling = setInterval(poll, 5000);
+}
+
+// What sends no event is read again every 5 s: the replicas (mastership moves on its own) and
+// the workers (a worker's report, which makes its agent known to captures).
+let polling = null;
+function poll() {
+  if (!token() || !document.getElementById("token-panel").hidden) return;
+  refreshReplicas();
+  queueSessions();
+}
+
+async function refreshCaptures() {
+  try {
+    const answer = await api("GET", "/captures");
+    renderCaptures(answer.captures);
+  } catch (error) { failed("Cannot list captures: ", error); }
+}
+
+const capturesShown = new Map();
+let segmentsOf = null;
+function renderCaptures(captures) {
+  capturesShown.clear();
+  for (const capture of captures) capturesShown.set(capture.capture_id, capture);
+  document.getElementById("captures-panel").hidden = false;
+  document.querySelector("#captures-table tbody").replaceChildren(...captures.map((capture) => el("tr", { "data-capture-id": capture.capture_id },
+    el("th", { scope: "row" }, capture.capture_id),
+    el("td", { "data-field": "status" }, capture.status + (capture.termination_reason ? " (" + capture.termination_reason + ")" : "")),
+    el("td", { "data-field": "nodes" }, capture.node_segments.length),
+    el("td", { "data-field": "lines" }, capture.line_count),
+    el("td", {}, ago(capture.created_at)),
+    el("td", {}, el("div", { class: "actions" },
+      el("button", { type: "button", "data-action": "segments", "aria-label": "Segments of capture " + capture.capture_id, onclick: () => showSegments(capture.capture_id) }, "Segments"),
+      capture.status === "running" ? el("button", { type: "button", "data-action": "stop", "aria-label": "Stop capture " + capture.capture_id, onclick: () => stopCapture(capture.capture_id) }, "Stop") : "")))));
+  if (segmentsOf && capturesShown.has(segmentsOf)) showSegments(segmentsOf, false);
+  // Captures send no events: a running one is read again every 3 s.
+  if (captures.some((capture) => capture.status === "running")) queueCaptures(3000);
+}
+
+let capturesQueued = null;
+function queueCaptures(delay) {
+  if (capturesQueued) return;
+  capturesQueued = setTimeout(() => { capturesQueued = null; if (token()) refreshCaptures(); }, delay);
+}
+
+// The field's panel: "Fan-out segments (N nodes)", each node's address, status, line count and
+// termination reason.
+function showSegments(captureId, focus = true) {
+  const capture = capturesShown.get(captureId);
+  if (!capture) return;
+  segmentsOf = captureId;
+  const count = capture.node_segments.length;
+  document.getElementById("segments-title").textContent = "Fan-out segments (" + count + (count === 1 ? " node)" : " nodes)");
+  document.getElementById("segments-summary").textContent = "Capture " + captureId + ": " + capture.status +
+    (capture.fan_out ? ", fanned out" : ", one node") + ", " + capture.line_count + " lines.";
+  document.querySelector("#segments-table tbody").replaceChildren(...capture.node_segments.map((segment) => el("tr", { "data-segment-node": segment.node_id },
+    el("th", { scope: "row" }, segment.node_id),
+    el("td", { "data-field": "address" }, segment.address || "-"),
+    el("td", { "data-field": "status" }, segment.status),
+    el("td", { "data-field": "lines" }, segment.line_count),
+    el("td", { "data-field": "reason" }, segment.termination_reason || "-"))));
+  const panel = document.getElementById("segments-panel");
+  panel.hidden = false;
+  if (focus) { panel.setAttribute("tabindex", "-1"); panel.focus(); }
+}
+
+async function stopCapture(id) {
+  try { await api("POST", "/captures/" + encodeURIComponent(id) + "/stop"); setLive("Stopped capture " + id); }
+  catch (error) { failed("Cannot stop capture " + id + ": ", error); }
+  refreshCaptures();
+}
+
+// The start form: one node, or (shown only when more than one node can be captured) every one.
+function renderCaptureForm() {
+  const select = document.getElementById("capture-node");
+  const chosen = select.value;
+  select.replaceChildren(...captureNodes.map((id) => el("option", { value: id }, id)));
+  if (captureNodes.includes(chosen)) select.value = chosen;
+  const many = captureNodes.length > 1;
+  document.getElementById("fan-out-choice").hidden = !many;
+  const fanOut = document.getElementById("capture-fan-out");
+  if (!many) fanOut.checked = false;
+  select.disabled = fanOut.checked;
+  document.getElementById("capture-start").disabled = captureNodes.length === 0;
+  document.getElementById("capture-nodes-note").textContent = captureNodes.length === 0
+    ? "No online node with a known agent to capture." : captureNodes.length + (captureNodes.length === 1 ? " node" : " nodes") + " can be captured.";
+}
+
+async function refreshReplicas() {
+  try {
+    const [replicas, master] = await Promise.all([api("GET", "/replicas"), api("GET", "/check-master")]);
+    document.getElementById("replicas-summary").textContent = "Master: " + (master.master_id || (replicas.find((replica) => replica.is_master) || {}).id || "none") +
+      (master.term == null ? " (one replica on SQLite: no lease, no term)" : ", term " + master.term) + ".";
+    document.querySelector("#replicas-table tbody").replaceChildren(...replicas.map((replica) => el("tr", { "data-replica-id": replica.id },
+      el("th", { scope: "row" }, replica.id),
+      el("td", { "data-field": "url" }, replica.base_url),
+      el("td", { "data-field": "role" }, replica.is_master ? "master" : "follower"),
+      el("td", { "data-field": "healthy" }, replica.is_healthy ? "healthy" : "unhealthy"),
+      el("td", { "data-field": "lag" }, replica.lag_ms == null ? "on its own /health" : replica.lag_ms + " ms"))));
+    document.getElementById("replicas-panel").hidden = false;
+  } catch (error) { failed("Cannot list replicas: ", error); }
 }
 
 document.getElementById("token-form").addEventListener("submit", (event) => {
@@ -362,6 +548,20 @@ document.getElementById("token-form").addEventListener("submit", (event) => {
   sessionStorage.setItem(TOKEN_KEY, input.value);
   input.value = "";
   start();
+});
+
+document.getElementById("capture-fan-out").addEventListener("change", renderCaptureForm);
+document.getElementById("capture-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const fanOut = document.getElementById("capture-fan-out").checked && captureNodes.length > 1;
+  const duration = Number(document.getElementById("capture-duration").value);
+  const request = fanOut ? { fan_out: true, duration } : { node_id: document.getElementById("capture-node").value, duration };
+  try {
+    const capture = await api("POST", "/captures", request);
+    setLive("Started capture " + capture.capture_id + " on " + capture.node_segments.length + (capture.node_segments.length === 1 ? " node" : " nodes"));
+    segmentsOf = capture.capture_id;
+  } catch (error) { failed("Cannot start the capture: ", error); }
+  refreshCaptures();
 });
 
 document.getElementById("move-cancel").addEventListener("click", () => document.getElementById("move-dialog").close());
@@ -376,7 +576,7 @@ document.getElementById("move-form").addEventListener("submit", async (event) =>
     nodes.set(node.id, node);
     renderFleet();
     setLive("Moved " + node.id + " to " + district + "/" + venue);
-  } catch (error) { setLive("Cannot move " + moving + ": " + error.message); }
+  } catch (error) { failed("Cannot move " + moving + ": ", error); }
 });
 
 // Last-heartbeat ages tick even when nothing changes.
