@@ -39,6 +39,9 @@ use crate::state::{AppState, now_ms};
 const TAIL_CAPACITY: usize = 16 * 1024;
 /// Most lines sent in one chunk of a tail.
 const TAIL_LINES_PER_CHUNK: usize = 512;
+/// A tail quiet this long sends a keep-alive (an empty line), so a client's idle timeout tells
+/// a quiet capture from a stalled stream.
+const TAIL_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Chunks read from the store per page of a download.
 const CHUNKS_PER_PAGE: u32 = 16;
 
@@ -608,10 +611,17 @@ pub async fn tail(
     let stream = futures::stream::unfold(
         (receiver, ended, node, 0_u64),
         |(mut receiver, ended, node, mut dropped)| async move {
+            // Counted from the last chunk sent, so lines of other nodes do not hold it off.
+            let keep_alive = tokio::time::sleep(TAIL_KEEP_ALIVE);
+            tokio::pin!(keep_alive);
             loop {
                 let received = tokio::select! {
                     () = ended.cancelled() => return None,
                     received = receiver.recv() => received,
+                    () = &mut keep_alive => {
+                        let alive = Ok::<Bytes, std::io::Error>(Bytes::from_static(b"\n"));
+                        return Some((alive, (receiver, ended, node, dropped)));
+                    }
                 };
                 match received {
                     Ok(line) => {
