@@ -135,6 +135,7 @@ async fn on_down(state: AppState, node_id: String) {
     match verdict {
         MeshVerdict::MarkUnreachable { .. } => {
             metrics::counter!("hydra_mesh_nodes_marked_unreachable_total").increment(1);
+            state.captures().node_left(&node_id);
             tracing::warn!(%node_id, ?agent_answered, "[mesh] member down: node marked unreachable, out of selection until its next heartbeat");
         }
         MeshVerdict::Keep(reason) => {
