@@ -18,6 +18,9 @@ use crate::error::describe_transport;
 
 /// Longest wait for an answer unless [`AgentClient::with_timeout`] says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait for the next chunk of an agent's stream (its monitor feed sends a
+/// keep-alive every 5 s).
+pub(crate) const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One agent's local API (`/api/v1/...` on its listen address).
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! Fan-out captures (issue 12): the server's capture API and the streams it answers with (lines
 //! of a stored capture, a live tail), and an agent's monitor feed for the server's writers.
 
+use std::time::Duration;
+
 use hydra_api::captures::{CaptureList, CaptureView, CreateCaptureRequest, MonitorFilters};
 use reqwest::Method;
 
@@ -8,34 +10,54 @@ use crate::client::{Call, Kind};
 use crate::error::describe_transport;
 use crate::{AgentClient, Client, ClientError};
 
-/// A streamed NDJSON answer, read chunk by chunk (no size cap, no overall timeout).
+/// A streamed NDJSON answer, read chunk by chunk: no size cap and no overall timeout (a tail
+/// lasts as long as its capture), but each chunk must come within the idle timeout, so a
+/// stalled stream ends with an error instead of hanging.
 #[derive(Debug)]
 pub struct LineStream {
     response: reqwest::Response,
     url: String,
+    idle_timeout: Duration,
 }
 
 impl LineStream {
-    /// The next bytes of the stream; `None` at its end. A broken stream is
-    /// [`ClientError::Unreachable`].
+    /// The next bytes of the stream; `None` at its end. A broken stream, or one that sent
+    /// nothing (not even a keep-alive) for the idle timeout, is [`ClientError::Unreachable`].
     pub async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
-        self.response
-            .chunk()
-            .await
-            .map_err(|error| ClientError::Unreachable {
+        let idle_timeout = self.idle_timeout;
+        match tokio::time::timeout(idle_timeout, self.response.chunk()).await {
+            Ok(chunk) => chunk.map_err(|error| ClientError::Unreachable {
                 replicas: vec![self.url.clone()],
                 last_error: describe_transport(&error),
-            })
+            }),
+            Err(_) => Err(ClientError::Unreachable {
+                replicas: vec![self.url.clone()],
+                last_error: format!(
+                    "the stream stalled: nothing received for {idle_timeout:?} (its idle timeout)"
+                ),
+            }),
+        }
+    }
+
+    /// The same stream with another idle timeout (the longest wait for its next chunk).
+    pub fn with_idle_timeout(self, idle_timeout: Duration) -> LineStream {
+        LineStream {
+            idle_timeout,
+            ..self
+        }
     }
 }
 
-/// Opens a streamed GET on `url` with `token`: the answer's head within `open_timeout`, the body
-/// read as it comes; a refusal is decoded as the SDK's other errors.
+/// Opens a streamed GET on `url` with `token`: the answer's head within `open_timeout` (connect
+/// and first byte), then the body read as it comes, each chunk within `idle_timeout`; a refusal
+/// is decoded as the SDK's other errors. The request has no overall timeout: the shared HTTP
+/// clients set none, each plain call sets its own.
 async fn open_stream(
     http: &reqwest::Client,
     url: String,
     token: Option<&str>,
-    open_timeout: std::time::Duration,
+    open_timeout: Duration,
+    idle_timeout: Duration,
 ) -> Result<LineStream, ClientError> {
     let mut request = http.get(&url);
     if let Some(token) = token {
@@ -56,7 +78,11 @@ async fn open_stream(
         let body = response.bytes().await.unwrap_or_default();
         return Err(ClientError::from_answer(&url, status, &body));
     }
-    Ok(LineStream { response, url })
+    Ok(LineStream {
+        response,
+        url,
+        idle_timeout,
+    })
 }
 
 impl AgentClient {
@@ -93,7 +119,14 @@ impl AgentClient {
         }
         let url = url.to_string();
         let url = url.trim_end_matches('?').to_owned();
-        open_stream(&self.stream_http(), url, self.token(), self.timeout()).await
+        open_stream(
+            &self.stream_http(),
+            url,
+            self.token(),
+            self.timeout(),
+            crate::agent::STREAM_IDLE_TIMEOUT,
+        )
+        .await
     }
 }
 
@@ -178,6 +211,7 @@ impl Client {
             url,
             self.token(),
             self.request_timeout(),
+            self.stream_idle_timeout(),
         )
         .await
     }

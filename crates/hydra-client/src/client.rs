@@ -33,8 +33,12 @@ pub struct ClientConfig {
     pub replicas: Vec<String>,
     /// Bearer token sent with every request (the admin token, or a node's own token).
     pub token: Option<String>,
-    /// Timeout of one request, connection included.
+    /// Timeout of one request, connection included; for a streamed answer (a capture's tail
+    /// or lines), of its head only.
     pub request_timeout: Duration,
+    /// The longest wait for the next chunk of a streamed answer (the server's streams send a
+    /// keep-alive every few seconds); a stream has no overall timeout.
+    pub stream_idle_timeout: Duration,
     /// Timeout of establishing a TCP connection.
     pub connect_timeout: Duration,
     /// How each call is retried.
@@ -45,13 +49,14 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults for `replicas`: no token, 10 s per request, 2 s to connect, the default retry
-    /// policy, a 120 s healthy window.
+    /// Defaults for `replicas`: no token, 10 s per request, 30 s of silence in a stream, 2 s to
+    /// connect, the default retry policy, a 120 s healthy window.
     pub fn new<Url: Into<String>>(replicas: impl IntoIterator<Item = Url>) -> ClientConfig {
         ClientConfig {
             replicas: replicas.into_iter().map(Into::into).collect(),
             token: None,
             request_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             retry: RetryPolicy::default(),
             healthy_window: Duration::from_secs(120),
@@ -79,6 +84,7 @@ impl fmt::Debug for ClientConfig {
             .field("replicas", &self.replicas)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("request_timeout", &self.request_timeout)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retry", &self.retry)
             .field("healthy_window", &self.healthy_window)
@@ -94,6 +100,7 @@ pub struct Client {
     pub(crate) replicas: Arc<Replicas>,
     token: Option<Arc<str>>,
     request_timeout: Duration,
+    stream_idle_timeout: Duration,
     retry: RetryPolicy,
     /// The highest change-feed revision a write through this client (or a clone) was answered
     /// with; reads pass it as `min_revision`, so they see the client's own writes on any
@@ -118,9 +125,10 @@ impl Client {
     /// A client over `config.replicas`; fails on an empty list or a URL that is not http(s).
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
         let replicas = Replicas::new(&config.replicas, config.healthy_window)?;
+        // No overall timeout here: it would cut every streamed body (a capture's tail) at
+        // `request_timeout`; each plain call sets its own (`send_once`), a stream its idle one.
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("hydra-client/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -130,6 +138,7 @@ impl Client {
             replicas: Arc::new(replicas),
             token: config.token.map(Arc::from),
             request_timeout: config.request_timeout,
+            stream_idle_timeout: config.stream_idle_timeout,
             retry: config.retry,
             written_revision: Arc::default(),
             written_feed: Arc::default(),
@@ -216,6 +225,11 @@ impl Client {
     /// The timeout of one request.
     pub(crate) fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// The longest wait for the next chunk of a streamed answer.
+    pub(crate) fn stream_idle_timeout(&self) -> Duration {
+        self.stream_idle_timeout
     }
 
     /// Finds the master now, ignoring the cache: a replica that says `is_master` wins; else the

@@ -358,6 +358,22 @@ impl Orchestrator {
         self.finalise_if_done(now);
     }
 
+    /// The peer mesh declared `node_id` down (the control plane marked it unreachable): its
+    /// writer, if still running, is stopped at once with `node_left` (its segment fails)
+    /// instead of waiting for its feed to break; the others go on. A writer already stopping
+    /// or ended keeps its end.
+    pub fn handle_node_left(&mut self, node_id: &str, _now: Millis) {
+        if let Some(state) = self.writers.get_mut(node_id)
+            && *state == WriterState::Running
+        {
+            *state = WriterState::Stopping;
+            self.actions.push_back(CaptureAction::StopWriter {
+                node_id: node_id.to_owned(),
+                reason: TerminationReason::NodeLeft,
+            });
+        }
+    }
+
     /// Time passed: once the duration elapsed, every running writer is stopped
     /// (`limit_reached`).
     pub fn handle_timeout(&mut self, now: Millis) {

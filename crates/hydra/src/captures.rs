@@ -181,6 +181,9 @@ async fn stream(args: NodeArgs, live: bool) -> anyhow::Result<ExitCode> {
                 .explain(error, format!("reading capture {:?} stopped", args.id))
         })?;
         let Some(chunk) = chunk else { break };
+        if chunk.iter().all(|byte| *byte == b'\n') {
+            continue; // a tail's keep-alive
+        }
         stdout.write_all(&chunk)?;
         if live {
             stdout.flush()?;

@@ -4,4 +4,5 @@
 mod errors;
 mod failover;
 mod retries;
+mod streams;
 mod support;

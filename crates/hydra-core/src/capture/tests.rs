@@ -117,7 +117,7 @@ fn the_budget_keeps_lines_up_to_the_limits_and_never_splits_one() {
 
 /// Runs a script against an orchestrator of `nodes` (limits: a duration of 1000 ms) and logs
 /// every action with the time it came out. Steps: `t=N` (time passes), `stop`,
-/// `end NODE STATUS/REASON`.
+/// `end NODE STATUS/REASON`, `left NODE` (the mesh declared it down).
 fn run_script(nodes: &[&str], steps: &[&str]) -> String {
     let node_ids: Vec<String> = nodes.iter().map(|node| (*node).to_owned()).collect();
     let limits = CaptureLimits {
@@ -160,6 +160,8 @@ fn run_steps(mut orchestrator: Orchestrator, mut now: Millis, steps: &[&str]) ->
             }
         } else if *step == "stop" {
             orchestrator.handle_stop(now);
+        } else if let Some(node_id) = step.strip_prefix("left ") {
+            orchestrator.handle_node_left(node_id, now);
         } else if let Some(rest) = step.strip_prefix("end ") {
             let (node_id, spec) = rest.split_once(' ').expect("end NODE STATUS/REASON");
             let (status, reason) = segment(spec);
@@ -307,6 +309,52 @@ fn a_monitor_that_cannot_open_fails_only_its_segment() {
             "stop",
             "t=6",
             "end b completed/stopped",
+        ],
+    ));
+}
+
+#[test]
+fn a_node_the_mesh_declares_down_has_its_writer_stopped_at_once_and_only_it() {
+    expect![[r#"
+        0: open a
+        0: open b
+        0: open c
+        300: stop b node_left
+        1000: stop a limit_reached
+        1000: stop c limit_reached
+        1002: finalise failed node_left at 1002"#]]
+    .assert_eq(&run_script(
+        &["a", "b", "c"],
+        &[
+            "t=300",
+            "left b",
+            // Said twice (two mesh events), or of a node the capture does not have: nothing.
+            "left b",
+            "left zz",
+            "t=310",
+            "end b failed/node_left",
+            "t=1000",
+            "end a completed/limit_reached",
+            "t=1002",
+            "end c completed/limit_reached",
+        ],
+    ));
+    // A writer already stopping (an operator's stop) or ended keeps its end.
+    expect![[r#"
+        0: open a
+        0: open b
+        5: stop a stopped
+        9: finalise failed source_error at 9"#]]
+    .assert_eq(&run_script(
+        &["a", "b"],
+        &[
+            "t=5",
+            "end b failed/source_error",
+            "left b",
+            "stop",
+            "left a",
+            "t=9",
+            "end a completed/stopped",
         ],
     ));
 }

@@ -1,6 +1,7 @@
 //! The capture driver: runs `hydra_core::capture::Orchestrator` against real writers and time.
 //! It opens one writer task per node, passes a stop request or the duration's end to them, and
 //! once every writer has ended stores the capture's final status (only it finalises the capture).
+//! A node the peer mesh declares down has its writer stopped at once (`node_left`).
 //! When this replica stops being the master (`abandon`, or a writer fenced by the store), it ends
 //! its writers and returns without writing anything more: the new master resumes the capture.
 
@@ -60,8 +61,9 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Runs the capture to its end and finalises it, unless abandoned first.
-    pub async fn run(mut self) {
+    /// Runs the capture to its end and finalises it, unless abandoned first; `left` brings the
+    /// nodes the peer mesh declared down (their writers end with `node_left`).
+    pub async fn run(mut self, mut left: mpsc::Receiver<String>) {
         let node_ids: Vec<String> = self
             .targets
             .iter()
@@ -175,6 +177,12 @@ impl Driver {
                         None => continue,
                     };
                     orchestrator.handle_event(WriterEvent::Ended { node_id, end }, now_ms());
+                }
+                Some(node_id) = left.recv() => {
+                    if stops.contains_key(&node_id) {
+                        tracing::warn!(capture_id = %self.capture_id, %node_id, "[capture] node declared down by the mesh: its segment ends");
+                    }
+                    orchestrator.handle_node_left(&node_id, now_ms());
                 }
                 () = sleep => orchestrator.handle_timeout(now_ms()),
             }

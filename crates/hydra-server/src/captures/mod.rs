@@ -14,6 +14,7 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hydra_api::captures::{CaptureView, CreateCaptureRequest, SegmentView, capture_limits};
 use hydra_core::capture::{CaptureLimits, level_rank};
@@ -26,6 +27,11 @@ use crate::error::ApiError;
 const TAIL_CAPACITY: usize = 16 * 1024;
 /// Most lines sent in one chunk of a tail.
 pub(crate) const TAIL_LINES_PER_CHUNK: usize = 512;
+/// A tail quiet this long sends a keep-alive (an empty line), so a client's idle timeout tells
+/// a quiet capture from a stalled stream.
+pub(crate) const TAIL_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Nodes-left notices queued for one capture's driver (more than its nodes would be odd).
+const NODES_LEFT_QUEUED: usize = 64;
 /// Chunks read from the store per page of a download.
 pub(crate) const CHUNKS_PER_PAGE: u32 = 16;
 
@@ -41,6 +47,8 @@ pub struct Captures {
 #[derive(Debug, Clone)]
 pub(crate) struct Running {
     pub(crate) stop: mpsc::Sender<()>,
+    /// Nodes the peer mesh declared down, for the driver (see [`Captures::node_left`]).
+    left: mpsc::Sender<String>,
     pub(crate) tail: broadcast::Sender<TailLine>,
     pub(crate) ended: tokio_util::sync::CancellationToken,
     abandon: tokio_util::sync::CancellationToken,
@@ -49,6 +57,7 @@ pub(crate) struct Running {
 /// A capture this server has claimed to run: what its driver gets.
 pub(crate) struct Claim {
     stop: mpsc::Receiver<()>,
+    left: mpsc::Receiver<String>,
     tail: broadcast::Sender<TailLine>,
     ended: tokio_util::sync::CancellationToken,
     abandon: tokio_util::sync::CancellationToken,
@@ -71,6 +80,7 @@ impl Captures {
             return None;
         }
         let (stop_sender, stop) = mpsc::channel(1);
+        let (left_sender, left) = mpsc::channel(NODES_LEFT_QUEUED);
         let (tail, _) = broadcast::channel(TAIL_CAPACITY);
         let ended = tokio_util::sync::CancellationToken::new();
         let abandon = tokio_util::sync::CancellationToken::new();
@@ -78,6 +88,7 @@ impl Captures {
             capture_id.to_owned(),
             Running {
                 stop: stop_sender,
+                left: left_sender,
                 tail: tail.clone(),
                 ended: ended.clone(),
                 abandon: abandon.clone(),
@@ -85,6 +96,7 @@ impl Captures {
         );
         Some(Claim {
             stop,
+            left,
             tail,
             ended,
             abandon,
@@ -101,6 +113,18 @@ impl Captures {
     /// Whether this server runs `capture_id` now.
     pub fn runs(&self, capture_id: &str) -> bool {
         self.get(capture_id).is_some()
+    }
+
+    /// The peer mesh declared `node_id` down and the control plane marked it unreachable: in
+    /// every capture this server runs, its writer ends its segment `failed` with `node_left` at
+    /// once, instead of waiting for its feed to break or fall silent.
+    pub fn node_left(&self, node_id: &str) {
+        let running = self.running.lock().expect("captures poisoned");
+        for (capture_id, capture) in running.iter() {
+            if capture.left.try_send(node_id.to_owned()).is_err() {
+                tracing::warn!(%capture_id, %node_id, "[capture] a node that left could not be told to its capture; its feed's end still ends its segment");
+            }
+        }
     }
 
     /// Leaves every capture this server runs to the next master: their drivers end their
@@ -127,8 +151,9 @@ impl Captures {
         let captures = self.clone();
         let ended = claim.ended;
         let finished_id = driver.capture_id.clone();
+        let left = claim.left;
         tokio::spawn(async move {
-            driver.run().await;
+            driver.run(left).await;
             captures.release(&finished_id);
             ended.cancel();
         });

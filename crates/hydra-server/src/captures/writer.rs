@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hydra_api::captures::{MonitorFilters, MonitorKind};
 use hydra_api::system::now_ms;
+use hydra_client::LineStream;
 use hydra_core::capture::{
     Admit, CaptureLimits, CaptureStatus, SegmentBudget, SegmentEnd, TerminationReason,
 };
@@ -83,6 +84,60 @@ struct LineHead {
     dropped: Option<u64>,
 }
 
+/// How following a feed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The segment ends for this reason (`true`: cut at a limit).
+    Segment(TerminationReason, bool),
+    /// A write was refused because this replica is no longer the master: nothing more is
+    /// written.
+    Fenced,
+}
+
+/// What became of one feed line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Not stored: a keep-alive, not a JSON object, or stored before a resume.
+    Skipped,
+    /// Added to the pending chunk.
+    Kept,
+    /// The segment's line or byte limit is reached (the line is kept if it fitted).
+    LimitReached,
+}
+
+/// What a writer keeps while it follows its feed.
+struct Recording {
+    budget: SegmentBudget,
+    /// `{"node":"<id>",`: put before a node's line without its `{`, it makes a `CapturedLine`.
+    node_prefix: String,
+    pending: Pending,
+    /// The number the next chunk takes.
+    chunk_sequence: i64,
+    /// Bytes of a line not complete yet.
+    buffer: Vec<u8>,
+    /// Whether the feed announced lines it dropped.
+    dropped_any: bool,
+    /// Lines up to this sequence are stored already (a resumed segment).
+    resume_after: Option<u64>,
+}
+
+impl Recording {
+    fn new(node_id: &str, limits: CaptureLimits, resume: ResumePoint) -> Recording {
+        Recording {
+            budget: SegmentBudget::new(limits, resume.lines, resume.bytes),
+            node_prefix: format!(
+                "{{\"node\":{},",
+                serde_json::to_string(node_id).unwrap_or_else(|_| "\"\"".to_owned())
+            ),
+            pending: Pending::default(),
+            chunk_sequence: resume.next_chunk,
+            buffer: Vec::new(),
+            dropped_any: false,
+            resume_after: resume.after,
+        }
+    }
+}
+
 /// The lines gathered for the next chunk.
 #[derive(Default)]
 struct Pending {
@@ -122,56 +177,61 @@ impl Writer {
         Some(end)
     }
 
+    /// Opens the feed, follows it to the segment's end, then stores what is pending; `None`
+    /// when this replica stopped being the master.
     async fn record(&mut self) -> Option<SegmentEnd> {
+        let resume = self.resume.unwrap_or_default();
+        let mut feed = match self.open_feed(resume.after).await {
+            Ok(feed) => feed,
+            Err(end) => return Some(end),
+        };
+        let mut recording = Recording::new(&self.node_id, self.limits, resume);
+        let ending = self.follow(&mut feed, &mut recording).await;
+        self.finish(ending, &mut recording).await
+    }
+
+    /// The node's monitor feed from the line after `after`; the segment's end
+    /// (`monitor_open_failed`) when it cannot be opened.
+    async fn open_feed(&self, after: Option<u64>) -> Result<LineStream, SegmentEnd> {
+        let open_failed = SegmentEnd::for_reason(TerminationReason::MonitorOpenFailed, false);
         let Some(agent) = self.agent.clone() else {
             tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, "[capture] no known agent address; monitor cannot be opened");
-            return Some(SegmentEnd::for_reason(
-                TerminationReason::MonitorOpenFailed,
-                false,
-            ));
+            return Err(open_failed);
         };
-        let resume = self.resume.unwrap_or_default();
-        let mut feed = match agent.monitor_after(&self.filters, resume.after).await {
-            Ok(feed) => feed,
-            Err(error) => {
+        let feed = agent
+            .monitor_after(&self.filters, after)
+            .await
+            .map_err(|error| {
                 tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, %error, "[capture] monitor cannot be opened");
-                return Some(SegmentEnd::for_reason(
-                    TerminationReason::MonitorOpenFailed,
-                    false,
-                ));
-            }
-        };
-        if let Some(after) = resume.after {
+                open_failed
+            })?;
+        if let Some(after) = after {
             tracing::info!(capture_id = %self.capture_id, node_id = %self.node_id, after, "[capture] writer resumed after the last stored line");
         }
-        let mut budget = SegmentBudget::new(self.limits, resume.lines, resume.bytes);
-        // `{"node":"<id>",` then the node's line without its `{`: a `CapturedLine`.
-        let node_prefix = format!(
-            "{{\"node\":{},",
-            serde_json::to_string(&self.node_id).unwrap_or_else(|_| "\"\"".to_owned())
-        );
-        let mut pending = Pending::default();
-        let mut chunk_sequence: i64 = resume.next_chunk;
-        let mut buffer: Vec<u8> = Vec::new();
-        let mut dropped_any = false;
+        Ok(feed)
+    }
+
+    /// Reads the feed until the segment ends: a stop from the orchestrator, a limit, a broken or
+    /// silent feed, a failed store; a chunk is written when full or [`CHUNK_AGE`] old.
+    async fn follow(&mut self, feed: &mut LineStream, recording: &mut Recording) -> Ending {
         let mut flush_tick = tokio::time::interval(CHUNK_AGE / 4);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let outcome: (TerminationReason, bool) = loop {
+        loop {
             let received = tokio::select! {
                 changed = self.stop.changed() => {
                     match (changed, *self.stop.borrow()) {
-                        (Ok(()), Some(reason)) => break (reason, false),
-                        (Err(_), _) => break (TerminationReason::Stopped, false),
+                        (Ok(()), Some(reason)) => return Ending::Segment(reason, false),
+                        (Err(_), _) => return Ending::Segment(TerminationReason::Stopped, false),
                         _ => continue,
                     }
                 }
                 _ = flush_tick.tick() => {
-                    if pending.started.is_some_and(|started| started.elapsed() >= CHUNK_AGE) {
-                        match self.flush(&mut pending, &mut chunk_sequence).await {
-                            Flushed::Stored => {}
-                            Flushed::Failed => break (TerminationReason::SourceError, false),
-                            Flushed::Fenced => return None,
-                        }
+                    let due = recording
+                        .pending
+                        .started
+                        .is_some_and(|started| started.elapsed() >= CHUNK_AGE);
+                    if due && let Some(ending) = self.flush_recording(recording).await {
+                        return ending;
                     }
                     continue;
                 }
@@ -181,109 +241,138 @@ impl Writer {
                 Ok(Ok(Some(bytes))) => bytes,
                 Ok(Ok(None)) => {
                     tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, "[capture] monitor feed ended");
-                    break (TerminationReason::SourceError, false);
+                    return Ending::Segment(TerminationReason::SourceError, false);
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, %error, "[capture] monitor feed broke");
-                    break (TerminationReason::SourceError, false);
+                    return Ending::Segment(TerminationReason::SourceError, false);
                 }
                 Err(_silent) => {
                     tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, "[capture] monitor feed silent; counted broken");
-                    break (TerminationReason::SourceError, false);
+                    return Ending::Segment(TerminationReason::SourceError, false);
                 }
             };
-            buffer.extend_from_slice(&bytes);
-            let mut cut = false;
-            let mut store_failed = Flushed::Stored;
-            let mut consumed = 0;
-            while let Some(offset) = buffer[consumed..].iter().position(|byte| *byte == b'\n') {
-                let raw = &buffer[consumed..consumed + offset];
-                consumed += offset + 1;
-                if raw.is_empty() {
-                    continue;
-                }
-                // Only the fields the writer decides on are read; the line is kept as the node
-                // sent it, marked with the node (what `CapturedLine` serializes to), so busy
-                // nodes cost no re-encoding.
-                let line = match serde_json::from_slice::<LineHead>(raw) {
-                    Ok(line) if raw.first() == Some(&b'{') => line,
-                    _ => {
-                        tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, "[capture] a monitor line is not a JSON line object; skipped");
-                        continue;
-                    }
-                };
-                if line.kind == MonitorKind::Dropped {
-                    dropped_any = true;
-                    pending.missing += i64::try_from(line.dropped.unwrap_or(0)).unwrap_or(i64::MAX);
-                }
-                // A line at or before the resume point is stored already (never twice).
-                if line.kind != MonitorKind::Dropped
-                    && resume.after.is_some_and(|after| line.seq <= after)
-                {
-                    continue;
-                }
-                let sequence = i64::try_from(line.seq).unwrap_or(i64::MAX);
-                let emitted_ms = line.ms;
-                let mut text = String::with_capacity(node_prefix.len() + raw.len());
-                text.push_str(&node_prefix);
-                text.push_str(&String::from_utf8_lossy(&raw[1..]));
-                text.push('\n');
-                match budget.admit(u64::try_from(text.len()).unwrap_or(u64::MAX)) {
-                    Admit::Refuse => {
-                        cut = true;
-                        break;
-                    }
-                    admit => {
-                        if self.tail.receiver_count() > 0 {
-                            let _ = self.tail.send(Arc::new((
-                                self.node_id.clone(),
-                                emitted_ms,
-                                text.clone(),
-                            )));
-                        }
-                        pending.data.push_str(&text);
-                        pending.first_sequence.get_or_insert(sequence);
-                        pending.last_sequence = sequence;
-                        pending.lines += 1;
-                        pending
-                            .started
-                            .get_or_insert_with(tokio::time::Instant::now);
-                        if admit == Admit::KeepAndEnd {
-                            cut = true;
-                            break;
-                        }
-                    }
-                }
-                if pending.data.len() >= CHUNK_BYTES {
-                    store_failed = self.flush(&mut pending, &mut chunk_sequence).await;
-                    if store_failed != Flushed::Stored {
-                        break;
-                    }
+            if let Some(ending) = self.take_bytes(recording, &bytes).await {
+                return ending;
+            }
+        }
+    }
+
+    /// Takes the complete lines of what the feed sent (a partial last line waits for the rest),
+    /// writing a chunk each time one is full; `Some` when the segment ends (a limit reached, a
+    /// store that failed or fenced the write).
+    async fn take_bytes(&self, recording: &mut Recording, bytes: &[u8]) -> Option<Ending> {
+        recording.buffer.extend_from_slice(bytes);
+        let mut buffer = std::mem::take(&mut recording.buffer);
+        let mut ending = None;
+        let mut consumed = 0;
+        while let Some(offset) = buffer[consumed..].iter().position(|byte| *byte == b'\n') {
+            let raw = &buffer[consumed..consumed + offset];
+            consumed += offset + 1;
+            if self.take_line(recording, raw) == Taken::LimitReached {
+                ending = Some(Ending::Segment(TerminationReason::LimitReached, true));
+                break;
+            }
+            if recording.pending.data.len() >= CHUNK_BYTES {
+                ending = self.flush_recording(recording).await;
+                if ending.is_some() {
+                    break;
                 }
             }
-            buffer.drain(..consumed.min(buffer.len()));
-            match store_failed {
-                Flushed::Stored => {}
-                Flushed::Failed => break (TerminationReason::SourceError, false),
-                Flushed::Fenced => return None,
-            }
-            if cut {
-                break (TerminationReason::LimitReached, true);
+        }
+        buffer.drain(..consumed.min(buffer.len()));
+        recording.buffer = buffer;
+        ending
+    }
+
+    /// Adds one feed line to the pending chunk (and to live tails), marked with the node, within
+    /// the segment's budget. Keep-alives, lines that are not JSON objects and lines stored
+    /// before a resume are skipped; a `dropped` line counts its lines as missing.
+    fn take_line(&self, recording: &mut Recording, raw: &[u8]) -> Taken {
+        if raw.is_empty() {
+            return Taken::Skipped;
+        }
+        // Only the fields the writer decides on are read; the line is kept as the node sent it,
+        // marked with the node (what `CapturedLine` serializes to), so busy nodes cost no
+        // re-encoding.
+        let line = match serde_json::from_slice::<LineHead>(raw) {
+            Ok(line) if raw.first() == Some(&b'{') => line,
+            _ => {
+                tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, "[capture] a monitor line is not a JSON line object; skipped");
+                return Taken::Skipped;
             }
         };
-        match self.flush(&mut pending, &mut chunk_sequence).await {
-            Flushed::Stored => {}
-            Flushed::Failed => {
-                return Some(SegmentEnd::for_reason(
-                    TerminationReason::SourceError,
-                    false,
-                ));
-            }
-            Flushed::Fenced => return None,
+        let pending = &mut recording.pending;
+        if line.kind == MonitorKind::Dropped {
+            recording.dropped_any = true;
+            pending.missing += i64::try_from(line.dropped.unwrap_or(0)).unwrap_or(i64::MAX);
         }
-        let (reason, cut) = outcome;
+        // A line at or before the resume point is stored already (never twice).
+        if line.kind != MonitorKind::Dropped
+            && recording
+                .resume_after
+                .is_some_and(|after| line.seq <= after)
+        {
+            return Taken::Skipped;
+        }
+        let sequence = i64::try_from(line.seq).unwrap_or(i64::MAX);
+        let mut text = String::with_capacity(recording.node_prefix.len() + raw.len());
+        text.push_str(&recording.node_prefix);
+        text.push_str(&String::from_utf8_lossy(&raw[1..]));
+        text.push('\n');
+        let admit = recording
+            .budget
+            .admit(u64::try_from(text.len()).unwrap_or(u64::MAX));
+        if admit == Admit::Refuse {
+            return Taken::LimitReached;
+        }
+        if self.tail.receiver_count() > 0 {
+            let _ = self
+                .tail
+                .send(Arc::new((self.node_id.clone(), line.ms, text.clone())));
+        }
+        pending.data.push_str(&text);
+        pending.first_sequence.get_or_insert(sequence);
+        pending.last_sequence = sequence;
+        pending.lines += 1;
+        pending
+            .started
+            .get_or_insert_with(tokio::time::Instant::now);
+        if admit == Admit::KeepAndEnd {
+            Taken::LimitReached
+        } else {
+            Taken::Kept
+        }
+    }
+
+    /// Writes the pending chunk; `Some` when that ends the segment (the store failed: a
+    /// `source_error`; or fenced the write: this replica is no longer the master).
+    async fn flush_recording(&self, recording: &mut Recording) -> Option<Ending> {
+        match self
+            .flush(&mut recording.pending, &mut recording.chunk_sequence)
+            .await
+        {
+            Flushed::Stored => None,
+            Flushed::Failed => Some(Ending::Segment(TerminationReason::SourceError, false)),
+            Flushed::Fenced => Some(Ending::Fenced),
+        }
+    }
+
+    /// Stores what is still pending and answers the segment's end: a segment that would end
+    /// `completed` after lines were dropped ends `truncated` (`lines_dropped`) instead.
+    async fn finish(&self, ending: Ending, recording: &mut Recording) -> Option<SegmentEnd> {
+        let Ending::Segment(reason, cut) = ending else {
+            return None;
+        };
+        match self.flush_recording(recording).await {
+            None => {}
+            Some(Ending::Fenced) => return None,
+            Some(Ending::Segment(reason, cut)) => {
+                return Some(SegmentEnd::for_reason(reason, cut));
+            }
+        }
         let end = SegmentEnd::for_reason(reason, cut);
-        if dropped_any && end.status == CaptureStatus::Completed {
+        if recording.dropped_any && end.status == CaptureStatus::Completed {
             return Some(SegmentEnd::for_reason(
                 TerminationReason::LinesDropped,
                 false,

@@ -124,6 +124,7 @@ async fn on_down(state: AppState, member: hydra_mesh::member::MemberId) {
     match verdict {
         MeshVerdict::MarkUnreachable { .. } => {
             metrics::counter!("hydra_mesh_nodes_marked_unreachable_total").increment(1);
+            state.captures().node_left(&node_id);
             tracing::warn!(%node_id, ?agent_answered, "[mesh] member down: node marked unreachable, out of selection until its next heartbeat");
         }
         MeshVerdict::Keep(reason) => {

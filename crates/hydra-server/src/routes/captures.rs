@@ -18,7 +18,9 @@ use tokio::sync::broadcast;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::captures::{CHUNKS_PER_PAGE, TAIL_LINES_PER_CHUNK, checked_limits, driver, view};
+use crate::captures::{
+    CHUNKS_PER_PAGE, TAIL_KEEP_ALIVE, TAIL_LINES_PER_CHUNK, checked_limits, driver, view,
+};
 use crate::error::{ApiError, store_error};
 use crate::state::AppState;
 
@@ -416,10 +418,17 @@ pub async fn tail(
     let stream = futures::stream::unfold(
         (receiver, ended, node, 0_u64),
         |(mut receiver, ended, node, mut dropped)| async move {
+            // Counted from the last chunk sent, so lines of other nodes do not hold it off.
+            let keep_alive = tokio::time::sleep(TAIL_KEEP_ALIVE);
+            tokio::pin!(keep_alive);
             loop {
                 let received = tokio::select! {
                     () = ended.cancelled() => return None,
                     received = receiver.recv() => received,
+                    () = &mut keep_alive => {
+                        let alive = Ok::<Bytes, std::io::Error>(Bytes::from_static(b"\n"));
+                        return Some((alive, (receiver, ended, node, dropped)));
+                    }
                 };
                 match received {
                     Ok(line) => {

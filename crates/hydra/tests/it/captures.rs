@@ -4,6 +4,10 @@
 //! drop), and the capture is `failed` with the rolled-up reason; `hydra captures show` prints
 //! the segments panel. On SQLite and on PostgreSQL.
 //!
+//! With the peer mesh (`cluster:` on the server and the agents): an agent the mesh declares
+//! down mid-capture (SIGSTOP: its feed stays open and silent) ends its segment `failed` with
+//! `node_left` at once, and a fan-out started then leaves it out.
+//!
 //! And a capture outliving its server: a SQLite server killed with SIGKILL mid-capture and
 //! started again resumes it, as does the new master when two PostgreSQL replicas lose theirs;
 //! each node's lines are stored once, in sequence, any gap counted in `lines_missing`.
@@ -34,6 +38,17 @@ impl AgentProcess {
 
     /// An agent reporting to every replica of `controllers`.
     fn start_with(controllers: &[&str], dir: &std::path::Path, id: &str) -> AgentProcess {
+        AgentProcess::start_configured(controllers, dir, id, "")
+    }
+
+    /// An agent reporting to every replica of `controllers`, with `extra` YAML (sections of its
+    /// own, e.g. `cluster:`) appended to its config.
+    fn start_configured(
+        controllers: &[&str],
+        dir: &std::path::Path,
+        id: &str,
+        extra: &str,
+    ) -> AgentProcess {
         let port = free_loopback_port();
         let session_port = free_loopback_port();
         let yaml = format!(
@@ -59,7 +74,7 @@ sessions:
             standin = standin_web_stream().display(),
         );
         let config = dir.join(format!("{id}.yaml"));
-        std::fs::write(&config, yaml).expect("write the agent config");
+        std::fs::write(&config, yaml + extra).expect("write the agent config");
         let log = dir.join(format!("{id}.log"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
         command
@@ -80,6 +95,13 @@ sessions:
             port,
             log,
         }
+    }
+
+    /// SIGSTOP: the agent (its feed, its mesh member, its API) stays silent; its sockets stay
+    /// open, so no feed breaks. SIGKILL on drop ends it.
+    fn pause(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP the agent");
     }
 
     fn kill_9(&mut self) {
@@ -664,4 +686,159 @@ async fn an_old_capture_is_pruned_by_the_master_not_by_a_follower_on_postgres() 
             .unwrap()
             .contains("ended captures past their retention pruned")
     );
+}
+
+const MESH_KEY_HEX: &str = "0909090909090909090909090909090909090909090909090909090909090909";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_mesh_declares_down_ends_its_segment_node_left_and_is_not_picked_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, format!("{MESH_KEY_HEX}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster:\n  enabled: true\n  bind_port: 0\n  advertise_addr: 127.0.0.1\n  key_file: {}\n",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let mut setup = ServerSetup::sqlite(&dir.path().join("server"));
+    setup.extra = vec!["--config".into(), config.display().to_string()];
+    let server = ServerProcess::start(&setup);
+    let server_mesh = async || -> Option<String> {
+        let (_, cluster) = call(Method::GET, &server.api("/cluster"), None).await;
+        cluster["addr"].as_str().map(str::to_owned)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || server_mesh()
+            .await
+            .is_some())
+        .await,
+        "the server runs the mesh"
+    );
+    let server_mesh = server_mesh().await.unwrap();
+    let cluster = format!(
+        "cluster: {{enabled: true, bind_port: 0, advertise_addr: 127.0.0.1, key_file: \"{}\", \
+         join_peers: [\"{server_mesh}\"]}}\n",
+        key_file.display()
+    );
+    let ids = ["mesh-a", "mesh-b", "mesh-c"];
+    let agents: Vec<AgentProcess> = ids
+        .iter()
+        .map(|id| AgentProcess::start_configured(&[server.url.as_str()], dir.path(), id, &cluster))
+        .collect();
+    assert!(
+        workers_healthy(&server.url, 3).await,
+        "three healthy workers; agent log: {}",
+        std::fs::read_to_string(&agents[1].log).unwrap_or_default()
+    );
+    let members = eventually(Duration::from_secs(30), async || {
+        let (_, cluster) = call(Method::GET, &server.api("/cluster"), None).await;
+        cluster["members_by_state"]["alive"] == 3
+    })
+    .await;
+    assert!(
+        members,
+        "the three agents joined the server's mesh; agent log: {}",
+        std::fs::read_to_string(&agents[1].log).unwrap_or_default()
+    );
+
+    let (status, started) = call(
+        Method::POST,
+        &server.api("/captures"),
+        Some(json!({"fan_out": true, "duration": 120})),
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    let id = started["capture_id"].as_str().unwrap().to_owned();
+    let stop_lines = tokio_util::sync::CancellationToken::new();
+    let driver = drive_lines(
+        agents.iter().map(|agent| agent.port).collect(),
+        stop_lines.clone(),
+    );
+    assert!(
+        lines_grow(&server.url, &id, &ids, &[0, 0, 0]).await,
+        "lines from all three nodes: {}",
+        capture(&server, &id).await
+    );
+
+    // The feed of a stopped agent stays open and silent: only the mesh can tell.
+    agents[1].pause();
+    let ended = eventually(Duration::from_secs(30), async || {
+        segment(&capture(&server, &id).await, "mesh-b")["status"] == "failed"
+    })
+    .await;
+    let after = capture(&server, &id).await;
+    assert!(ended, "the stopped node's segment ends: {after}");
+    assert_eq!(
+        segment(&after, "mesh-b")["termination_reason"],
+        "node_left",
+        "ended by the mesh, not by the feed's silence: {after}"
+    );
+    assert_eq!(after["status"], "running", "the others go on: {after}");
+    let (_, node) = call(Method::GET, &server.api("/nodes/mesh-b"), None).await;
+    assert_eq!(node["status"], "unreachable", "{node}");
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .contains("[capture] node declared down by the mesh: its segment ends"),
+        "the end is logged"
+    );
+
+    // A fan-out started now leaves the node the mesh declared down out.
+    let (status, second) = call(
+        Method::POST,
+        &server.api("/captures"),
+        Some(json!({"fan_out": true, "duration": 60})),
+    )
+    .await;
+    assert_eq!(status, 201, "{second}");
+    let mut picked: Vec<&str> = second["node_segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|segment| segment["node_id"].as_str().unwrap())
+        .collect();
+    picked.sort_unstable();
+    assert_eq!(picked, ["mesh-a", "mesh-c"], "{second}");
+    let second_id = second["capture_id"].as_str().unwrap();
+    let (status, _) = call(
+        Method::POST,
+        &server.api(&format!("/captures/{second_id}/stop")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let counts: Vec<u64> = ["mesh-a", "mesh-c"]
+        .iter()
+        .map(|node| segment(&after, node)["line_count"].as_u64().unwrap())
+        .collect();
+    assert!(
+        lines_grow(&server.url, &id, &["mesh-a", "mesh-c"], &counts).await,
+        "the nodes still in the mesh keep recording"
+    );
+    stop_lines.cancel();
+    driver.await.unwrap();
+    let (status, stopped) = call(
+        Method::POST,
+        &server.api(&format!("/captures/{id}/stop")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(
+        (&stopped["status"], &stopped["termination_reason"]),
+        (&json!("failed"), &json!("node_left")),
+        "{stopped}"
+    );
+    for node in ["mesh-a", "mesh-c"] {
+        assert_eq!(segment(&stopped, node)["status"], "completed", "{stopped}");
+    }
 }
