@@ -18,20 +18,33 @@ use crate::state::AppState;
 
 /// How often mastership is looked at: a takeover resumes the captures within this.
 const EVERY: Duration = Duration::from_millis(500);
+/// While master, the open captures are looked at again every this many rounds: a replica that
+/// lost the lease and took it back between two rounds never looked like a follower here, but its
+/// drivers stopped at their first fenced write, and their captures are still `running`.
+const RECHECK_ROUNDS: u32 = 10;
 
 /// Runs until `shutdown`: resumes the open captures each time this replica becomes the master
-/// (again on the next round if reading them failed), leaves them when it stops being it.
+/// (again on the next round if reading them failed) and every [`RECHECK_ROUNDS`] rounds while it
+/// is, leaves them when it stops being it.
 pub async fn follow_mastership(state: AppState, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resumed_as_master = false;
+    let mut rounds_as_master = 0_u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
         let master = state.replica().is_master();
-        if master && !resumed_as_master {
+        rounds_as_master = if master {
+            rounds_as_master.wrapping_add(1)
+        } else {
+            0
+        };
+        // Resuming skips what this server runs, so looking again is harmless.
+        let recheck = rounds_as_master.is_multiple_of(RECHECK_ROUNDS);
+        if master && (!resumed_as_master || recheck) {
             match resume_open_captures(&state).await {
                 Ok(()) => resumed_as_master = true,
                 Err(error) => {
