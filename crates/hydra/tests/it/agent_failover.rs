@@ -312,6 +312,16 @@ async fn the_master_killed_twice_the_agent_follows_each_new_master_and_never_sto
         let by_beacon = server_log
             .lines()
             .any(|line| line.contains(&term_field) && line.contains("beacon=true"));
+        // A killed master's database session ends with it: the standby that gets the beacon
+        // takes over at once, also the second time in a row (it waited for the lease's expiry,
+        // 4-6 s, when its last look at the busy beacon fell under the previous term).
+        assert!(
+            server_log.lines().any(|line| line
+                .contains("[controller] this replica is now the master")
+                && line.contains(&term_field)
+                && line.contains("takeover=beacon")),
+            "kill {kill}: term {new_term} was not taken through the beacon:\n{server_log}"
+        );
         let (follow, takeover) = (
             ms_between(killed_at, followed_at),
             ms_between(killed_at, took_over_at),
