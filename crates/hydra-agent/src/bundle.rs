@@ -120,10 +120,16 @@ pub fn load_kept(state_dir: &Path, now_ms: i64) -> Result<Option<NodeConfig>, Ke
 /// fsync of the dir, so a crash leaves the old bundle or the new one, never a torn file. Mode
 /// 0600, like the node token: a bundle may hold TURN credentials.
 pub fn keep(state_dir: &Path, config: &NodeConfig) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let path = state_dir.join(KEPT_FILE);
-    let temp = state_dir.join(format!("{KEPT_FILE}.tmp"));
     let text = serde_json::to_vec_pretty(config).map_err(std::io::Error::other)?;
+    write_atomically(state_dir, KEPT_FILE, &text)
+}
+
+/// Writes `bytes` as `state_dir/name` atomically (temp file, fsync, rename, fsync of the dir),
+/// mode 0600: the bundle and the cluster id the agent keeps across restarts.
+pub fn write_atomically(state_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join(name);
+    let temp = state_dir.join(format!("{name}.tmp"));
     {
         use std::os::unix::fs::OpenOptionsExt;
         // A temp file left by a crash may have other permissions: start from a new one.
@@ -134,7 +140,7 @@ pub fn keep(state_dir: &Path, config: &NodeConfig) -> std::io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&temp)?;
-        file.write_all(&text)?;
+        file.write_all(bytes)?;
         file.sync_all()?;
     }
     std::fs::rename(&temp, &path)?;
@@ -212,6 +218,11 @@ impl Bundles {
             worker,
             current: Mutex::new(start.kept),
         })
+    }
+
+    /// The state dir the bundle (and the cluster id) is kept in.
+    pub fn state_dir(&self) -> &Path {
+        &self.local.state_dir
     }
 
     /// The version in use (0: the local YAML alone).

@@ -91,6 +91,12 @@ pub async fn serve(
         ..ClientConfig::new(config.controller.url.clone())
     };
     let client = Client::new(client_config).map_err(DaemonError::Client)?;
+    // Before any call: the cluster kept from an earlier run, so neither the first heartbeat nor
+    // the journal's replay can reach a foreign server that took a replica's address.
+    client.set_cluster_id(crate::health::load_cluster(
+        &config.state_dir,
+        hydra_api::now_ms(),
+    ));
     let mesh = crate::cluster::start::prepare(&config).await?;
     let proxy = Proxy::new(shutdown.clone());
     let state = AgentState::new(

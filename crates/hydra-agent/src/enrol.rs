@@ -158,6 +158,9 @@ pub async fn enrol_or_load(
                     token: answer.token,
                 };
                 store_identity(&config.state_dir, &identity)?;
+                // A new identity may come from another control plane: its cluster is learned
+                // again from the first master found, not kept from the old one.
+                let _ = std::fs::remove_file(config.state_dir.join(crate::health::CLUSTER_FILE));
                 tracing::info!(node_id = %identity.node_id, "[heartbeat] enrolled; node token stored in the state dir");
                 return Ok(identity);
             }

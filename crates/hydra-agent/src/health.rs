@@ -4,7 +4,12 @@
 //! recovery, resync the config bundle when a master is back, read `GET /api/v1/replicas` into
 //! the SDK's replica set on a failure and every few rounds). Nothing it does stops a session or
 //! the proxy: degraded mode only means the agent runs on the config it has.
+//!
+//! The cluster id it learns from the first master it finds is kept in the state dir beside the
+//! kept bundle (`cluster-id`) and given to the SDK, so a foreign `hydra server` that takes a
+//! replica's address is never followed or written to, also after a restart.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +39,7 @@ async fn ask_replicas(client: &Client) -> (Vec<ReplicaCheck>, Vec<Option<u64>>) 
                         master_url: check
                             .master_url
                             .map(|url| url.trim_end_matches('/').to_owned()),
+                        cluster_id: check.cluster_id,
                     },
                 },
                 check.term.and_then(|term| u64::try_from(term).ok()),
@@ -49,9 +55,71 @@ async fn ask_replicas(client: &Client) -> (Vec<ReplicaCheck>, Vec<Option<u64>>) 
         .unzip()
 }
 
+/// The file in the state dir that keeps the cluster id, beside the kept bundle.
+pub const CLUSTER_FILE: &str = "cluster-id";
+
+/// Reads the kept cluster id of `state_dir` (`None` when there is none). A file that is not an
+/// id is renamed to `cluster-id.corrupt-<unix ms>` (never used, never deleted), named in an
+/// ERROR, and the id is learned again.
+pub fn load_cluster(state_dir: &Path, now_ms: i64) -> Option<String> {
+    let path = state_dir.join(CLUSTER_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "[health] cannot read the kept cluster id; learning it again");
+            return None;
+        }
+    };
+    let id = text.trim();
+    if is_cluster_id(id) {
+        return Some(id.to_owned());
+    }
+    let set_aside = state_dir.join(format!("{CLUSTER_FILE}.corrupt-{now_ms}"));
+    match std::fs::rename(&path, &set_aside) {
+        Ok(()) => {
+            tracing::error!(path = %path.display(), set_aside = %set_aside.display(), "[health] the kept cluster id is corrupt; set aside, learning it again")
+        }
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "[health] the kept cluster id is corrupt and cannot be set aside; learning it again")
+        }
+    }
+    None
+}
+
+/// What a cluster id looks like: the store's feed id, 32 lowercase hex digits on both engines.
+fn is_cluster_id(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+}
+
+/// Keeps `cluster_id` in `state_dir` (atomically, as the bundle).
+fn keep_cluster(state_dir: &Path, cluster_id: &str) {
+    let path: PathBuf = state_dir.join(CLUSTER_FILE);
+    if let Err(error) = crate::bundle::write_atomically(
+        state_dir,
+        CLUSTER_FILE,
+        format!("{cluster_id}\n").as_bytes(),
+    ) {
+        tracing::error!(path = %path.display(), %error, "[health] cannot keep the cluster id on disk; it is learned again at the next start");
+    }
+}
+
 /// Logs one output at the level it deserves and carries out its action.
-fn carry_out(output: &Output, client: &Client) {
+fn carry_out(output: &Output, client: &Client, state_dir: &Path) {
     match output {
+        Output::LearnedCluster { cluster_id } => {
+            if is_cluster_id(cluster_id) {
+                keep_cluster(state_dir, cluster_id);
+            }
+            client.set_cluster_id(Some(cluster_id.clone()));
+            tracing::info!(%cluster_id, "{output}");
+        }
+        Output::ForeignReplica { url, cluster_id } => {
+            tracing::warn!(replica = %url, %cluster_id, "{output}");
+        }
         Output::FollowMaster { to, .. } => {
             if let Err(error) = client.set_master_url(to) {
                 tracing::warn!(master = %to, %error, "[health] cannot follow the master");
@@ -96,13 +164,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let state_dir = bundles.state_dir().to_owned();
+    // The daemon gave the SDK the kept cluster id before its first call.
+    let kept_cluster = client.cluster_id();
     let mut checker = HealthChecker::new(client.master_url())
-        .with_refresh_every(interval_ms.saturating_mul(REFRESH_EVERY_ROUNDS));
+        .with_refresh_every(interval_ms.saturating_mul(REFRESH_EVERY_ROUNDS))
+        .with_cluster(kept_cluster);
     loop {
         let (checks, terms) = ask_replicas(&client).await;
         let outputs = checker.round(&checks, hydra_api::now_ms(), bundles.version());
         for output in &outputs {
-            carry_out(output, &client);
+            carry_out(output, &client, &state_dir);
         }
         if outputs
             .iter()
@@ -118,14 +190,15 @@ pub async fn run(
                 .zip(&terms)
                 .map(|(check, term)| ReplicaSeen {
                     url: check.base_url.clone(),
-                    healthy: check.answer != ReplicaAnswer::Silent,
-                    is_master: matches!(
-                        check.answer,
-                        ReplicaAnswer::Answered {
-                            is_master: true,
-                            ..
-                        }
-                    ),
+                    healthy: checker.answered_as_member(check),
+                    is_master: checker.answered_as_member(check)
+                        && matches!(
+                            check.answer,
+                            ReplicaAnswer::Answered {
+                                is_master: true,
+                                ..
+                            }
+                        ),
                     term: *term,
                 })
                 .collect();
@@ -144,7 +217,7 @@ pub async fn run(
             match resynced {
                 Ok(()) => {
                     for output in checker.caught_up(hydra_api::now_ms()) {
-                        carry_out(&output, &client);
+                        carry_out(&output, &client, &state_dir);
                     }
                     let health = checker.state();
                     state.ride_out().update(|view| view.health = health);

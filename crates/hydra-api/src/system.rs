@@ -51,6 +51,16 @@ pub struct CheckMaster {
     /// SQLite, which holds no lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<i64>,
+    /// The cluster this replica belongs to: the store's id, made once per database, the same on
+    /// every replica of one store (the change feed's id, also sent as `X-Hydra-Feed`). An agent
+    /// follows only replicas of the cluster it learned first. `None` from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The answering replica's own id (`--replica-id`), so a client that was given it under
+    /// another URL (a hostname, where it advertises an IP) lists it once. `None` from older
+    /// servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
 }
 
 /// One replica in `GET /api/v1/replicas`.

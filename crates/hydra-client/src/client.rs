@@ -192,6 +192,26 @@ impl Client {
         Ok(())
     }
 
+    /// Makes the client follow only replicas of `cluster` (the agent learned it at its first
+    /// contact): master discovery skips a replica whose `check-master` names another cluster,
+    /// and counts it failed. `None` takes any replica again. Clones share it.
+    pub fn set_cluster_id(&self, cluster: Option<String>) {
+        self.replicas.set_cluster(cluster);
+    }
+
+    /// The cluster set by [`Client::set_cluster_id`], if any.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.replicas.cluster()
+    }
+
+    /// Whether `check` comes from a replica of another cluster than the one set.
+    fn is_foreign(&self, check: &CheckMaster) -> bool {
+        hydra_core::health::membership(
+            self.replicas.cluster().as_deref(),
+            check.cluster_id.as_deref(),
+        ) == hydra_core::health::Membership::Foreign
+    }
+
     /// Clears the cached master; the next write discovers it again.
     pub fn forget_master(&self) {
         self.replicas.forget_master();
@@ -245,7 +265,8 @@ impl Client {
         self.execute(&call).await?.json()
     }
 
-    /// `GET /api/v1/check-master` on one replica (no retry, no failover).
+    /// `GET /api/v1/check-master` on one replica (no retry, no failover). The answer is given
+    /// as it came; one naming another cluster than the one set counts the replica failed.
     pub async fn check_master(&self, base_url: &str) -> Result<CheckMaster, ClientError> {
         let base = normalise_base_url(base_url)?;
         self.check_master_at(&base, self.request_timeout).await
@@ -266,12 +287,23 @@ impl Client {
                 })
             }
             Ok(answer) => {
-                if answer.is_transient() {
+                let transient = answer.is_transient();
+                let check = answer
+                    .into_success()
+                    .and_then(|answer| answer.json::<CheckMaster>());
+                if transient || check.as_ref().is_ok_and(|check| self.is_foreign(check)) {
                     self.replicas.mark_failed(base);
                 } else {
                     self.replicas.mark_ok(base, false);
+                    if let Ok(CheckMaster {
+                        replica_id: Some(id),
+                        ..
+                    }) = &check
+                    {
+                        self.replicas.note_id(base, id);
+                    }
                 }
-                answer.into_success()?.json()
+                check
             }
         }
     }
@@ -288,6 +320,15 @@ impl Client {
         let mut last_error: Option<String> = None;
         for (base, answer) in urls.iter().zip(answers) {
             match answer {
+                // Another control plane at a known address (it took a dead replica's port):
+                // neither it nor the master it names is ours.
+                Ok(check) if self.is_foreign(&check) => {
+                    silent.push(base.clone());
+                    last_error = Some(format!(
+                        "{base} belongs to another cluster ({})",
+                        check.cluster_id.as_deref().unwrap_or_default()
+                    ));
+                }
                 Ok(check) if check.is_master => {
                     self.replicas.set_master(base.clone());
                     return Ok(base.clone());

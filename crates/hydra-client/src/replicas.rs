@@ -47,6 +47,10 @@ struct State {
     master: Option<String>,
     preferred_read: Option<String>,
     contacts: HashMap<String, Contact>,
+    /// The cluster the client belongs to, once its owner said (see `Client::set_cluster_id`).
+    cluster: Option<String>,
+    /// Each URL's replica id, as its `check-master` named it.
+    ids: HashMap<String, String>,
 }
 
 /// The replica set: the configured seeds, the learned replicas, and knowledge about them.
@@ -84,6 +88,8 @@ impl Replicas {
                 master: None,
                 preferred_read: None,
                 contacts,
+                cluster: None,
+                ids: HashMap::new(),
             }),
         })
     }
@@ -132,6 +138,34 @@ impl Replicas {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cluster replicas must belong to, if known.
+    pub(crate) fn cluster(&self) -> Option<String> {
+        self.lock().cluster.clone()
+    }
+
+    /// Sets the cluster replicas must belong to.
+    pub(crate) fn set_cluster(&self, cluster: Option<String>) {
+        self.lock().cluster = cluster;
+    }
+
+    /// Records that `url` answered as replica `id`.
+    pub(crate) fn note_id(&self, url: &str, id: &str) {
+        let mut state = self.lock();
+        if state.ids.get(url).map(String::as_str) != Some(id) {
+            state.ids.insert(url.to_owned(), id.to_owned());
+        }
+    }
+
+    /// Whether a configured replica other than `url` answered as replica `id`: a list row for
+    /// `id` at `url` is then the same replica under another name (an advertised IP where the
+    /// configuration names a host), not one to add.
+    pub(crate) fn seed_is(&self, id: &str, url: &str) -> bool {
+        let state = self.lock();
+        self.seeds
+            .iter()
+            .any(|seed| seed != url && state.ids.get(seed).map(String::as_str) == Some(id))
     }
 
     /// The cached master, if any.
@@ -244,8 +278,18 @@ impl crate::Client {
     /// Learns the replicas a `GET /api/v1/replicas` answer names healthy or master, and forgets
     /// learned ones it no longer names that way; the configured replicas always stay. A URL that
     /// cannot be reached from elsewhere (no host, `0.0.0.0`) is skipped.
+    /// A row whose replica id a configured replica already answered with (under another URL:
+    /// a hostname, where the replica advertises an IP) is that replica, not one more.
     pub fn apply_replica_list(&self, listed: &[hydra_api::ReplicaInfo]) -> ReplicaChange {
-        self.replicas.apply_list(&learnable(listed))
+        let others: Vec<hydra_api::ReplicaInfo> = listed
+            .iter()
+            .filter(|row| {
+                let url = normalise_base_url(&row.base_url).unwrap_or_default();
+                !self.replicas.seed_is(&row.id, &url)
+            })
+            .cloned()
+            .collect();
+        self.replicas.apply_list(&learnable(&others))
     }
 }
 

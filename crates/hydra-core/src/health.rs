@@ -7,6 +7,11 @@
 //! writes, poll the config bundle) and reports recovery with one INFO once the caller says the
 //! resync is done ([`HealthChecker::caught_up`]). WARN and INFO strictly alternate, so a master
 //! that flaps while the agent resyncs logs nothing twice.
+//!
+//! An agent follows only its own control plane: every replica names its cluster (the store's
+//! id, shared by every replica of one database) and the checker learns it from the first master
+//! it finds; a replica that names another cluster (a foreign `hydra server` that took a dead
+//! replica's address) counts as silent, with one WARN, and is never followed ([`membership`]).
 
 use std::fmt;
 
@@ -42,7 +47,29 @@ pub enum ReplicaAnswer {
         is_master: bool,
         /// The master it names, when it knows one (normalised base URL).
         master_url: Option<String>,
+        /// The cluster it belongs to (`None`: a server from before cluster ids).
+        cluster_id: Option<String>,
     },
+}
+
+/// Whether an answer comes from the agent's own control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// It does, or nothing says otherwise (no cluster learned yet, or a replica that names none).
+    Member,
+    /// It names another cluster than the one the agent learned: it is not asked, followed or
+    /// written to.
+    Foreign,
+}
+
+/// The rule: a replica is foreign only when both the agent's cluster and the replica's are
+/// known and differ. Before the agent learned its cluster every answer counts (the first
+/// contact teaches it); a server too old to name one is taken at its word, as before.
+pub fn membership(known: Option<&str>, named: Option<&str>) -> Membership {
+    match (known, named) {
+        (Some(known), Some(named)) if known != named => Membership::Foreign,
+        _ => Membership::Member,
+    }
 }
 
 /// One replica's answer in a round, by base URL (normalised, as the SDK keeps it).
@@ -100,6 +127,20 @@ pub enum Output {
         /// How long the agent ran without a master.
         degraded_for_ms: i64,
     },
+    /// The first master found names this cluster: keep it (on disk, and in the SDK, so its own
+    /// master discovery skips other clusters too); from now on other clusters are foreign.
+    LearnedCluster {
+        /// The cluster id.
+        cluster_id: String,
+    },
+    /// Log the WARN (once while it stays so): the replica at `url` belongs to another cluster
+    /// and is ignored.
+    ForeignReplica {
+        /// The replica's base URL.
+        url: String,
+        /// The cluster it named.
+        cluster_id: String,
+    },
 }
 
 impl fmt::Display for Output {
@@ -129,6 +170,14 @@ impl fmt::Display for Output {
                 "[health] master reachable again; recovered after {} s in degraded mode",
                 (*degraded_for_ms).max(0) / 1_000
             ),
+            Output::LearnedCluster { cluster_id } => write!(
+                formatter,
+                "[health] this agent's control plane is cluster {cluster_id}; replicas of another cluster are ignored"
+            ),
+            Output::ForeignReplica { url, cluster_id } => write!(
+                formatter,
+                "[health] replica {url} belongs to another cluster (id {cluster_id}); ignored"
+            ),
         }
     }
 }
@@ -142,6 +191,10 @@ pub struct HealthChecker {
     refresh_every_ms: Option<i64>,
     /// When the last [`Output::RefreshReplicas`] was asked for.
     last_refresh_ms: Option<i64>,
+    /// The cluster this agent belongs to, once learned (or kept from an earlier run).
+    cluster: Option<String>,
+    /// Replicas warned about as foreign and not seen as members since (one WARN each).
+    warned_foreign: Vec<String>,
 }
 
 impl Default for HealthChecker {
@@ -159,6 +212,30 @@ impl HealthChecker {
             master,
             refresh_every_ms: None,
             last_refresh_ms: None,
+            cluster: None,
+            warned_foreign: Vec::new(),
+        }
+    }
+
+    /// The same checker, knowing its cluster already (kept on disk by an earlier run), so a
+    /// foreign replica is ignored from the first round on.
+    pub fn with_cluster(self, cluster: Option<String>) -> HealthChecker {
+        HealthChecker { cluster, ..self }
+    }
+
+    /// The cluster learned (or given), if any.
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// Whether `check` answered as a replica of this agent's control plane (not silent, not
+    /// foreign): what `hydra status` shows as healthy.
+    pub fn answered_as_member(&self, check: &ReplicaCheck) -> bool {
+        match &check.answer {
+            ReplicaAnswer::Silent => false,
+            ReplicaAnswer::Answered { cluster_id, .. } => {
+                membership(self.cluster(), cluster_id.as_deref()) == Membership::Member
+            }
         }
     }
 
@@ -190,8 +267,30 @@ impl HealthChecker {
         now_ms: i64,
         config_version: u64,
     ) -> Vec<Output> {
-        let mut outputs = Vec::new();
+        let mut outputs = self.foreign_warnings(checks);
+        // A foreign replica is as good as silent: its claims and pointers are not believed.
+        let checks: Vec<ReplicaCheck> = checks
+            .iter()
+            .map(|check| {
+                if self.answered_as_member(check) || check.answer == ReplicaAnswer::Silent {
+                    check.clone()
+                } else {
+                    ReplicaCheck {
+                        base_url: check.base_url.clone(),
+                        answer: ReplicaAnswer::Silent,
+                    }
+                }
+            })
+            .collect();
+        let checks = checks.as_slice();
         let master = self.master_of(checks);
+        if self.cluster.is_none()
+            && let Some(found) = &master
+            && let Some(cluster_id) = cluster_of(checks, found)
+        {
+            self.cluster = Some(cluster_id.clone());
+            outputs.push(Output::LearnedCluster { cluster_id });
+        }
         match master {
             None => {
                 if self.state == HealthState::Healthy {
@@ -253,6 +352,36 @@ impl HealthChecker {
         }
     }
 
+    /// One WARN per replica that turned foreign; a replica seen as a member again may warn again
+    /// later.
+    fn foreign_warnings(&mut self, checks: &[ReplicaCheck]) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        for check in checks {
+            let ReplicaAnswer::Answered {
+                cluster_id: Some(cluster_id),
+                ..
+            } = &check.answer
+            else {
+                continue;
+            };
+            let warned = self.warned_foreign.contains(&check.base_url);
+            match membership(self.cluster(), Some(cluster_id)) {
+                Membership::Foreign if !warned => {
+                    self.warned_foreign.push(check.base_url.clone());
+                    outputs.push(Output::ForeignReplica {
+                        url: check.base_url.clone(),
+                        cluster_id: cluster_id.clone(),
+                    });
+                }
+                Membership::Member if warned => {
+                    self.warned_foreign.retain(|url| url != &check.base_url);
+                }
+                Membership::Foreign | Membership::Member => {}
+            }
+        }
+        outputs
+    }
+
     /// The master this round names: the followed master if it still claims the lease (two
     /// claimants during a lease hand-over must not flip the agent back and forth), else the
     /// first replica that claims it, else a master another replica points to, unless that one
@@ -306,6 +435,27 @@ impl HealthChecker {
             .or_else(|| checks.iter().find(answered))
             .map(|check| check.base_url.clone())
     }
+}
+
+/// The cluster the master at `master_url` belongs to: its own answer's, else that of a replica
+/// pointing to it (replicas of one store point only to their own master).
+fn cluster_of(checks: &[ReplicaCheck], master_url: &str) -> Option<String> {
+    let named = |check: &ReplicaCheck| match &check.answer {
+        ReplicaAnswer::Answered { cluster_id, .. } => cluster_id.clone(),
+        ReplicaAnswer::Silent => None,
+    };
+    checks
+        .iter()
+        .find(|check| check.base_url == master_url)
+        .and_then(named)
+        .or_else(|| {
+            checks
+                .iter()
+                .filter(|check| {
+                    matches!(&check.answer, ReplicaAnswer::Answered { master_url: Some(url), .. } if url == master_url)
+                })
+                .find_map(named)
+        })
 }
 
 #[cfg(test)]

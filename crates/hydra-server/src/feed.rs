@@ -61,6 +61,12 @@ impl ViewFeed {
         }
     }
 
+    /// The cluster id `check-master` answers: the store's feed id, made once per database, so
+    /// every replica of one store names the same one and an independent server another.
+    pub fn cluster_id(&self) -> &str {
+        &self.feed_id
+    }
+
     /// The views' revision.
     pub fn revision(&self) -> i64 {
         *self.revision.borrow()

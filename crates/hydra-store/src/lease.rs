@@ -212,6 +212,9 @@ pub struct MasterBeacon {
     options: PgConnectOptions,
     connection: Option<PgConnection>,
     held: bool,
+    /// Whether the last [`MasterBeacon::lock`] found the lock held by another session before it
+    /// waited.
+    found_busy: bool,
 }
 
 impl MasterBeacon {
@@ -220,7 +223,16 @@ impl MasterBeacon {
             options,
             connection: None,
             held: false,
+            found_busy: false,
         }
+    }
+
+    /// Whether the last [`MasterBeacon::lock`] that had to take the lock found it held by
+    /// another session at once, before waiting (whatever the wait's outcome): the caller read
+    /// the lease just before, so the lock's holder was that lease's master, and getting the lock
+    /// later in the same wait means that master's session ended.
+    pub fn found_busy(&self) -> bool {
+        self.found_busy
     }
 
     /// Whether this beacon holds the lock (as of its last call).
@@ -251,6 +263,7 @@ impl MasterBeacon {
     }
 
     async fn lock_unbounded(&mut self, wait: Duration) -> Result<bool, StoreError> {
+        self.found_busy = false;
         if self.connection.is_none() {
             self.connection = Some(PgConnection::connect_with(&self.options).await?);
             self.held = false;
@@ -260,12 +273,16 @@ impl MasterBeacon {
             sqlx::query("SELECT 1").execute(&mut *connection).await?;
             return Ok(true);
         }
-        if wait.is_zero() {
-            return Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(BEACON_KEY)
-                .fetch_one(&mut *connection)
-                .await?);
+        // Try first: a lock taken at once says nothing; one found busy says its holder was
+        // alive right now (see `found_busy`), which a wait that ends with the lock cannot tell.
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(BEACON_KEY)
+            .fetch_one(&mut *connection)
+            .await?;
+        if taken || wait.is_zero() {
+            return Ok(taken);
         }
+        self.found_busy = true;
         // lock_timeout bounds the wait on the server side; 55P03 is "lock not available".
         sqlx::query("SELECT set_config('lock_timeout', $1, false)")
             .bind(format!("{}ms", wait.as_millis().max(1)))
@@ -296,5 +313,6 @@ impl MasterBeacon {
     fn forget(&mut self) {
         self.connection = None;
         self.held = false;
+        self.found_busy = false;
     }
 }

@@ -33,6 +33,8 @@ async fn check_master() -> axum::Json<CheckMaster> {
         master_url: None,
         master_id: None,
         term: None,
+        cluster_id: None,
+        replica_id: None,
     })
 }
 

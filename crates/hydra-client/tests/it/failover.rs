@@ -283,3 +283,99 @@ async fn refresh_reports_the_master_and_which_replicas_are_healthy() {
         "no master any more: cache cleared"
     );
 }
+
+/// Issue 10's flaky run: a foreign `hydra server` (another store) listening at a configured
+/// replica's address claims the lease. Once the client knows its cluster, discovery passes over
+/// the foreign claimant (listed first) and writes reach its own master; the foreign replica
+/// counts unhealthy. Without a cluster set, the first claimant wins, as before.
+#[tokio::test]
+async fn discovery_passes_over_a_replica_of_another_cluster() {
+    let foreign = FakeReplica::start(
+        "foreign",
+        Behaviour {
+            cluster_id: Some("other".to_owned()),
+            ..master()
+        },
+    )
+    .await;
+    let own = FakeReplica::start(
+        "own",
+        Behaviour {
+            cluster_id: Some("ours".to_owned()),
+            ..master()
+        },
+    )
+    .await;
+    let client = client(&[&foreign.base_url, &own.base_url], RetryPolicy::once());
+    assert_eq!(
+        client.discover_master().await.unwrap(),
+        foreign.base_url,
+        "no cluster set: the first claimant"
+    );
+
+    client.set_cluster_id(Some("ours".to_owned()));
+    client.forget_master();
+    client.heartbeat("body-1", &idle()).await.unwrap();
+    assert_eq!(client.master_url(), Some(own.base_url.clone()));
+    assert_eq!(own.api_calls(), ["POST /api/v1/nodes/body-1/heartbeat"]);
+    assert!(foreign.api_calls().is_empty(), "{:?}", foreign.api_calls());
+    let foreign_status = client
+        .replicas()
+        .into_iter()
+        .find(|replica| replica.base_url == foreign.base_url)
+        .expect("the foreign replica is listed");
+    assert!(!foreign_status.is_healthy, "{foreign_status:?}");
+
+    // Its own replica gone, only the foreign one answers: no master, nothing written there.
+    let mut own = own;
+    own.stop().await;
+    client.forget_master();
+    let error = client.discover_master().await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Unreachable { .. }),
+        "{error:?}"
+    );
+    assert!(foreign.api_calls().is_empty(), "{:?}", foreign.api_calls());
+}
+
+/// Issue 10: a replica configured under a host name lists itself under its advertised IP; once
+/// its `check-master` named its replica id, the list's row for that id is the same replica, not
+/// one more to ask (it was asked twice). A replica it does not know is still learned.
+#[tokio::test]
+async fn a_configured_replica_listed_under_another_url_is_kept_once() {
+    let replica = FakeReplica::start(
+        "a",
+        Behaviour {
+            replica_id: Some("replica-a".to_owned()),
+            ..master()
+        },
+    )
+    .await;
+    let by_name = replica.base_url.replace("127.0.0.1", "localhost");
+    let client = client(&[&by_name], RetryPolicy::once());
+    let row = |id: &str, base_url: &str| hydra_api::ReplicaInfo {
+        id: id.to_owned(),
+        base_url: base_url.to_owned(),
+        is_master: id == "replica-a",
+        is_healthy: true,
+        revision: None,
+        lag_ms: None,
+    };
+    let other = dead_url().await;
+    let listed = [
+        row("replica-a", &replica.base_url),
+        row("replica-b", &other),
+    ];
+
+    // Before its id is known, the advertised URL looks like another replica (the old behaviour).
+    let change = client.apply_replica_list(&listed);
+    assert_eq!(change.added, [replica.base_url.clone(), other.clone()]);
+
+    client
+        .check_master(&by_name)
+        .await
+        .expect("check-master by name");
+    let change = client.apply_replica_list(&listed);
+    assert_eq!(change.removed, std::slice::from_ref(&replica.base_url));
+    assert_eq!(client.replica_urls(), [by_name, other]);
+}

@@ -30,6 +30,8 @@ async fn streaming_master() -> String {
                     master_url: None,
                     master_id: None,
                     term: None,
+                    cluster_id: None,
+                    replica_id: None,
                 })
             }),
         )

@@ -31,6 +31,10 @@ pub struct Behaviour {
     pub fail_with: Option<(u16, String)>,
     /// Answer writes with `307` to this base URL.
     pub redirect_writes_to: Option<String>,
+    /// The cluster `check-master` names (`None`: none, as older servers).
+    pub cluster_id: Option<String>,
+    /// The replica id `check-master` names as its own (`None`: none, as older servers).
+    pub replica_id: Option<String>,
 }
 
 /// One request the replica saw.
@@ -220,6 +224,8 @@ async fn answer(
                 master_url: behaviour.master_url,
                 master_id: None,
                 term: None,
+                cluster_id: behaviour.cluster_id,
+                replica_id: behaviour.replica_id,
             },
         );
     }

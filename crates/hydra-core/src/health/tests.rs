@@ -7,24 +7,32 @@ use proptest::prelude::*;
 use super::*;
 
 /// A replica's answer written as `a=master`, `a=silent`, `a=replica` (answers, knows no master)
-/// or `a=replica->b` (answers, names `b` as master); replica `a` is `http://a`.
+/// or `a=replica->b` (answers, names `b` as master); replica `a` is `http://a`. A suffix `@c`
+/// names the answer's cluster id `c` (without one, the replica names none, as older servers).
 fn parse_check(word: &str) -> ReplicaCheck {
     let (name, answer) = word.split_once('=').expect("replica=answer");
+    let (answer, cluster_id) = match answer.split_once('@') {
+        Some((answer, cluster)) => (answer, Some(cluster.to_owned())),
+        None => (answer, None),
+    };
     let answer = match answer {
         "silent" => ReplicaAnswer::Silent,
         "master" => ReplicaAnswer::Answered {
             is_master: true,
             master_url: Some(format!("http://{name}")),
+            cluster_id,
         },
         "replica" => ReplicaAnswer::Answered {
             is_master: false,
             master_url: None,
+            cluster_id,
         },
         other => {
             let pointed = other.strip_prefix("replica->").expect("replica->x");
             ReplicaAnswer::Answered {
                 is_master: false,
                 master_url: Some(format!("http://{pointed}")),
+                cluster_id,
             }
         }
     };
@@ -350,6 +358,110 @@ fn the_replica_list_is_read_first_then_on_a_timer_and_on_failure() {
 }
 
 #[test]
+fn the_cluster_is_learned_from_the_first_master_and_a_foreign_claimant_is_never_followed() {
+    // The flaky run of issue 10: the master a is killed, b takes over; a foreign `hydra server`
+    // (its own store, cluster x) takes a's address and claims the lease. It is ignored with one
+    // WARN, b is followed; when all of the agent's own replicas are gone the agent degrades
+    // rather than recover on the foreign one, and recovers on its own master.
+    check(
+        None,
+        &[
+            "@0 v1 a=master@c1 b=replica->a@c1",
+            "@1000 v1 a=master@x b=master@c1",
+            "@2000 v1 a=master@x b=master@c1",
+            "@3000 v1 a=master@x b=silent",
+            "@4000 v1 a=master@x b=silent",
+            "@5000 v1 a=silent b=master@c1",
+            "@5500 caught up",
+        ],
+        expect![[r#"
+            @0 v1 a=master@c1 b=replica->a@c1
+              [health] this agent's control plane is cluster c1; replicas of another cluster are ignored
+              [health] following master http://a
+              = healthy
+            @1000 v1 a=master@x b=master@c1
+              [health] replica http://a belongs to another cluster (id x); ignored
+              [health] master changed from http://a to http://b
+              [health] refreshing the replica list from http://b
+              = healthy
+            @2000 v1 a=master@x b=master@c1
+              [health] refreshing the replica list from http://b
+              = healthy
+            @3000 v1 a=master@x b=silent
+              [health] no master reachable; degraded mode, running on config version 1
+              = degraded since 3000
+            @4000 v1 a=master@x b=silent
+              = degraded since 3000
+            @5000 v1 a=silent b=master@c1
+              [health] master back; resyncing
+              [health] refreshing the replica list from http://b
+              = recovering (degraded since 3000)
+            @5500 caught up
+              [health] master reachable again; recovered after 2 s in degraded mode
+              = healthy"#]],
+    );
+}
+
+#[test]
+fn a_kept_cluster_ignores_a_foreign_replica_from_the_first_round_and_warns_again_after_it_left() {
+    // An agent restarted while a foreign server sits on its only replica's address: degraded
+    // from the first round, never following it; its own server back at the address clears the
+    // warning, so a second squatter is named again. A server naming no cluster (older) counts.
+    check_on(
+        HealthChecker::new(Some("http://a".to_owned())).with_cluster(Some("c1".to_owned())),
+        &[
+            "@0 v2 a=master@x",
+            "@1000 v2 a=master@x",
+            "@2000 v2 a=master@c1",
+            "@2100 caught up",
+            "@3000 v2 a=master@y",
+            "@4000 v2 a=master",
+        ],
+        expect![[r#"
+            @0 v2 a=master@x
+              [health] replica http://a belongs to another cluster (id x); ignored
+              [health] no master reachable; degraded mode, running on config version 2
+              = degraded since 0
+            @1000 v2 a=master@x
+              = degraded since 0
+            @2000 v2 a=master@c1
+              [health] master back; resyncing
+              = recovering (degraded since 0)
+            @2100 caught up
+              [health] master reachable again; recovered after 2 s in degraded mode
+              = healthy
+            @3000 v2 a=master@y
+              [health] replica http://a belongs to another cluster (id y); ignored
+              [health] no master reachable; degraded mode, running on config version 2
+              = degraded since 3000
+            @4000 v2 a=master
+              [health] master back; resyncing
+              = recovering (degraded since 3000)"#]],
+    );
+}
+
+#[test]
+fn membership_is_foreign_only_when_both_clusters_are_known_and_differ() {
+    let table: Vec<String> = [
+        (None, None),
+        (None, Some("c1")),
+        (Some("c1"), None),
+        (Some("c1"), Some("c1")),
+        (Some("c1"), Some("c2")),
+    ]
+    .into_iter()
+    .map(|(known, named)| format!("{known:?} {named:?} -> {:?}", membership(known, named)))
+    .collect();
+    expect![[r#"
+        None None -> Member
+        None Some("c1") -> Member
+        Some("c1") None -> Member
+        Some("c1") Some("c1") -> Member
+        Some("c1") Some("c2") -> Foreign"#]]
+    .assert_eq(&table.join("\n"));
+}
+
+#[test]
 fn the_interval_defaults_to_a_minute_and_goes_down_to_a_second() {
     let table: Vec<String> = [None, Some(1_000), Some(999), Some(0), Some(300_000)]
         .into_iter()
@@ -371,16 +483,28 @@ enum Step {
     CaughtUp,
 }
 
+/// The cluster the generated agent belongs to; answers name it, another one (`c2`), or none.
+const OWN_CLUSTER: &str = "c1";
+
 fn step() -> impl Strategy<Value = Step> {
+    let cluster = prop_oneof![
+        2 => Just(Some(OWN_CLUSTER.to_owned())),
+        1 => Just(Some("c2".to_owned())),
+        1 => Just(None),
+    ];
     let answer = prop_oneof![
         Just(ReplicaAnswer::Silent),
-        any::<bool>().prop_map(|is_master| ReplicaAnswer::Answered {
-            is_master,
-            master_url: None
+        (any::<bool>(), cluster.clone()).prop_map(|(is_master, cluster_id)| {
+            ReplicaAnswer::Answered {
+                is_master,
+                master_url: None,
+                cluster_id,
+            }
         }),
-        (0..3u8).prop_map(|target| ReplicaAnswer::Answered {
+        (0..3u8, cluster).prop_map(|(target, cluster_id)| ReplicaAnswer::Answered {
             is_master: false,
             master_url: Some(format!("http://{}", (b'a' + target) as char)),
+            cluster_id,
         }),
     ];
     prop_oneof![
@@ -397,31 +521,45 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Whether `check` answered from the agent's own cluster (or named none): written plainly, a
+/// replica of cluster `c2` is as if it had not answered.
+fn own_answer(check: &ReplicaCheck) -> bool {
+    match &check.answer {
+        ReplicaAnswer::Silent => false,
+        ReplicaAnswer::Answered { cluster_id, .. } => cluster_id.as_deref() != Some("c2"),
+    }
+}
+
 /// The field's rule read plainly, independent of the machine: is there a master to write to?
 fn some_master_answers(checks: &[ReplicaCheck]) -> bool {
     let answered = |url: &str| {
         checks
             .iter()
-            .any(|check| check.base_url == url && check.answer != ReplicaAnswer::Silent)
+            .any(|check| check.base_url == url && own_answer(check))
     };
-    checks.iter().any(|check| match &check.answer {
-        ReplicaAnswer::Silent => false,
-        ReplicaAnswer::Answered {
-            is_master,
-            master_url,
-        } => *is_master || master_url.as_deref().is_some_and(answered),
-    })
+    checks
+        .iter()
+        .filter(|check| own_answer(check))
+        .any(|check| match &check.answer {
+            ReplicaAnswer::Silent => false,
+            ReplicaAnswer::Answered {
+                is_master,
+                master_url,
+                ..
+            } => *is_master || master_url.as_deref().is_some_and(answered),
+        })
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
     /// Whatever the replicas say: the WARN and the INFO alternate, starting with the WARN; the
-    /// agent is degraded exactly when the last round found no master; a followed master is one
-    /// that answered this round.
+    /// agent is degraded exactly when the last round found no master of its own cluster; a
+    /// followed master (and a replica list's source) is one of its cluster that answered this
+    /// round, never a foreign one.
     #[test]
     fn warn_and_info_alternate(steps in proptest::collection::vec(step(), 0..40)) {
-        let mut checker = HealthChecker::new(None);
+        let mut checker = HealthChecker::new(None).with_cluster(Some(OWN_CLUSTER.to_owned()));
         let mut logged = String::new();
         for (index, step) in steps.iter().enumerate() {
             let now_ms = index as i64 * 1_000;
@@ -438,12 +576,14 @@ proptest! {
                     }
                     Output::FollowMaster { to, .. } => {
                         let Step::Round(checks) = step else { unreachable!() };
-                        prop_assert!(checks.iter().any(|check| &check.base_url == to && check.answer != ReplicaAnswer::Silent));
+                        prop_assert!(checks.iter().any(|check| &check.base_url == to && own_answer(check)));
                     }
                     Output::RefreshReplicas { from } => {
                         let Step::Round(checks) = step else { unreachable!() };
-                        prop_assert!(checks.iter().any(|check| &check.base_url == from && check.answer != ReplicaAnswer::Silent));
+                        prop_assert!(checks.iter().any(|check| &check.base_url == from && own_answer(check)));
                     }
+                    Output::ForeignReplica { cluster_id, .. } => prop_assert_eq!(cluster_id, "c2"),
+                    Output::LearnedCluster { .. } => prop_assert!(false, "the cluster was known"),
                     Output::Resync => {}
                 }
             }

@@ -18,6 +18,8 @@ pub struct MastershipTask {
     beacon: MasterBeacon,
     machine: Mastership,
     started: Instant,
+    /// Whether the last try for the lease was forced (the beacon came free under its term).
+    forced: bool,
 }
 
 /// Makes the replica follow the lease when its store is PostgreSQL: arms the write fence
@@ -34,6 +36,7 @@ pub fn start_mastership(state: &AppState) -> Option<MastershipTask> {
         state: state.clone(),
         beacon,
         started: Instant::now(),
+        forced: false,
     })
 }
 
@@ -104,6 +107,14 @@ impl MastershipTask {
                 false
             }
         };
+        if self.beacon.found_busy() {
+            // The lock was busy right after the lease was read: its holder was that term's
+            // master. Said before the wait's outcome, so a lock got in the same wait (that
+            // session ended) forces a takeover now; without it, a standby whose last timed-out
+            // wait fell under the previous term waited for the lease's expiry instead (the
+            // second takeover in a row took 4-6 s, issue 10).
+            self.observe(Observation::Beacon { held: false }).await;
+        }
         self.observe(Observation::Beacon { held }).await;
         if held {
             // Time passed while waiting for the lock: read the lease again before deciding.
@@ -111,6 +122,7 @@ impl MastershipTask {
         }
         match self.machine.next_call() {
             LeaseCall::Acquire { force } => {
+                self.forced = force;
                 let sent_at = self.now();
                 let term = tokio::time::timeout(
                     CALL_TIMEOUT,
@@ -196,7 +208,10 @@ impl MastershipTask {
                     master_url: Some(replica.advertise_url().to_owned()),
                 });
                 metrics::counter!("hydra_replica_takeovers_total").increment(1);
-                tracing::info!(replica_id = %replica.id(), term, beacon = self.beacon.is_held(), "[controller] this replica is now the master");
+                // `takeover`: `beacon` when the previous holder's session ended (at once),
+                // `lease` when the lease had expired or was never taken.
+                let takeover = if self.forced { "beacon" } else { "lease" };
+                tracing::info!(replica_id = %replica.id(), term, beacon = self.beacon.is_held(), takeover = %takeover, "[controller] this replica is now the master");
             }
             Decision::StepDown { term, reason } => {
                 // First: no write of this term may commit any more.

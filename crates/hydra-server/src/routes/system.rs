@@ -39,6 +39,8 @@ pub async fn check_master(State(state): State<AppState>) -> Json<CheckMaster> {
         master_url: view.master_url,
         master_id: view.master_id,
         term: view.term,
+        cluster_id: Some(state.feed().cluster_id().to_owned()),
+        replica_id: Some(state.replica().id().to_owned()),
     })
 }
 

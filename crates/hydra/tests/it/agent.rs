@@ -281,7 +281,7 @@ impl Agent {
     }
 
     /// SIGKILL (no shutdown code runs), then reap it.
-    fn sigkill(&mut self) {
+    pub(crate) fn sigkill(&mut self) {
         kill(self.pid(), Signal::SIGKILL).expect("SIGKILL the agent");
         self.child.wait().expect("reap the agent");
     }
@@ -995,7 +995,7 @@ pub(crate) fn hydra_status(fleet: &Fleet) -> (i32, Value) {
 }
 
 /// The write ids in the agent's journal file (none when there is no file).
-fn journaled_ids(fleet: &Fleet) -> Vec<String> {
+pub(crate) fn journaled_ids(fleet: &Fleet) -> Vec<String> {
     let path = fleet.dir.path().join("agent-state").join("journal.jsonl");
     std::fs::read_to_string(path)
         .unwrap_or_default()

@@ -17,17 +17,20 @@ use serde_json::{Value, json};
 use crate::agent::{
     Agent, DEGRADED_WARN, Fleet, RECOVERED_INFO, SessionGroup, WORKER_ID, hydra_status,
 };
-use crate::support::{ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, http};
+use crate::support::{
+    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port, http,
+};
 
 /// The agent's line for a change of master (hydra-core/src/health.rs), written out here.
 const MASTER_CHANGED: &str = "[health] master changed from";
 
 /// Starts a replica on `database_url` with its own data dir in `dir` (the replica id is kept
-/// there), on the default lease (6 s, renewed every 2 s), like the fleet's first server.
+/// there), on the default lease (6 s, renewed every 2 s), like the fleet's first server, on a
+/// port locked for this test process (a killed replica's port is not taken by another test).
 fn start_replica(database_url: &str, dir: &Path) -> ServerProcess {
     let mut setup = ServerSetup::sqlite(dir);
     setup.database_url = Some(database_url.to_owned());
-    ServerProcess::start(&setup)
+    ServerProcess::start_listening(&setup, &format!("127.0.0.1:{}", free_loopback_port()))
 }
 
 /// Points the agent's config at `urls` (every replica it is given as a seed).
@@ -173,6 +176,23 @@ async fn the_master_killed_twice_the_agent_follows_each_new_master_and_never_sto
         others[1].url.clone(),
     ];
     configure_replicas(&fleet, &urls.each_ref().map(String::as_str));
+    // Every replica of one store names one cluster, the one the agent follows.
+    let mut clusters = Vec::new();
+    for server in live(&fleet, &others) {
+        let answer: Value = http()
+            .get(server.api("/check-master"))
+            .send()
+            .await
+            .expect("check-master")
+            .json()
+            .await
+            .expect("JSON");
+        clusters.push(answer["cluster_id"].as_str().map(str::to_owned));
+    }
+    assert!(
+        clusters[0].is_some() && clusters.iter().all(|cluster| cluster == &clusters[0]),
+        "{clusters:?}"
+    );
     let mut agent = Agent::start(&fleet, "agent");
     fleet.wait_worker(&mut agent).await;
     let id = fleet.create_session().await;
@@ -292,6 +312,16 @@ async fn the_master_killed_twice_the_agent_follows_each_new_master_and_never_sto
         let by_beacon = server_log
             .lines()
             .any(|line| line.contains(&term_field) && line.contains("beacon=true"));
+        // A killed master's database session ends with it: the standby that gets the beacon
+        // takes over at once, also the second time in a row (it waited for the lease's expiry,
+        // 4-6 s, when its last look at the busy beacon fell under the previous term).
+        assert!(
+            server_log.lines().any(|line| line
+                .contains("[controller] this replica is now the master")
+                && line.contains(&term_field)
+                && line.contains("takeover=beacon")),
+            "kill {kill}: term {new_term} was not taken through the beacon:\n{server_log}"
+        );
         let (follow, takeover) = (
             ms_between(killed_at, followed_at),
             ms_between(killed_at, took_over_at),

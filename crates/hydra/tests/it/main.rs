@@ -18,6 +18,7 @@ mod events;
 mod explain;
 mod field_words;
 mod fleet;
+mod foreign_cluster;
 mod head_ride_out;
 mod lab;
 mod mesh_bundle;

@@ -468,9 +468,15 @@ async fn health_master_and_openapi_document() {
     let (_, master) = call(Method::GET, &server.api("/check-master"), None).await;
     let id = master["master_id"].as_str().unwrap_or_default().to_owned();
     assert!(id.starts_with("r-"), "{master}");
+    // It names itself and its cluster: the store's id, 32 hex digits made once per database.
+    let cluster = master["cluster_id"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        cluster.len() == 32 && cluster.bytes().all(|byte| byte.is_ascii_hexdigit()),
+        "{master}"
+    );
     assert_eq!(
         master,
-        json!({"is_master": true, "master_url": server.url, "master_id": id})
+        json!({"is_master": true, "master_url": server.url, "master_id": id, "replica_id": id, "cluster_id": cluster})
     );
     // Every replica's address is for callers with a token only.
     let (status, refused) =

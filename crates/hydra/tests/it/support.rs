@@ -186,19 +186,36 @@ pub fn standin_web_stream() -> PathBuf {
 }
 
 /// A loopback port below the kernel's ephemeral range (32768 and up), so no outgoing connection
-/// can take it while a test has it released (between an agent's SIGKILL and its restart), that
-/// was free a moment ago. Each call in this process hands out another block of 4 ports
-/// (10000-19999, starting at an offset from the pid so concurrent test processes differ); the
-/// next 3 ports are for the caller too (e.g. a session port range).
+/// can take it while a test has it released (between a server's SIGKILL and its restart), that
+/// was free a moment ago, and that no other test process holds: each port handed out is locked
+/// (`flock`) through a file `hydra-test-ports/<port>.lock` in the temp dir for as long as this
+/// process lives, and a port whose lock another process holds is passed over. nextest runs every
+/// test as a process of its own, so a block per process alone (the pid's offset) let another
+/// test's server take a killed replica's port (issue 10's flaky run). The kernel drops the lock
+/// when the process ends, however it ends. Each call hands out a block of 4 ports
+/// (10000-19999); the next 3 ports are for the caller too (e.g. a session port range).
 pub fn free_loopback_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const BLOCKS: u32 = 2_500;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("hydra-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the port lock dir");
     let offset = std::process::id() % 100 * 25;
     for _ in 0..BLOCKS {
         let block = (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % BLOCKS;
         let port = u16::try_from(10_000 + block * 4).expect("port fits u16");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+            .expect("open a port lock file");
+        if lock.try_lock().is_err() {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().expect("port locks").push(lock);
             return port;
         }
     }
