@@ -48,7 +48,9 @@ pub const HOLD: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct MonitorFeed {
     numbered: Mutex<Numbered>,
-    sender: broadcast::Sender<Arc<MonitorLine>>,
+    /// Made by the first reader: its ring of `CAPACITY` slots is not allocated on a node that
+    /// nobody monitors.
+    sender: OnceLock<broadcast::Sender<Arc<MonitorLine>>>,
     /// When the last reader left (unix ms); `i64::MIN` while none ever left.
     last_reader_left_ms: AtomicI64,
 }
@@ -64,13 +66,12 @@ struct Numbered {
 impl MonitorFeed {
     /// A feed numbering its lines from 1.
     pub fn new() -> Arc<MonitorFeed> {
-        let (sender, _) = broadcast::channel(CAPACITY);
         Arc::new(MonitorFeed {
             numbered: Mutex::new(Numbered {
                 next_seq: 1,
                 kept: VecDeque::new(),
             }),
-            sender,
+            sender: OnceLock::new(),
             last_reader_left_ms: AtomicI64::new(i64::MIN),
         })
     }
@@ -78,7 +79,11 @@ impl MonitorFeed {
     /// Whether anyone reads the feed now, or did less than [`HOLD`] ago (nothing is formatted
     /// otherwise).
     pub fn has_readers(&self) -> bool {
-        if self.sender.receiver_count() > 0 {
+        if self
+            .sender
+            .get()
+            .is_some_and(|sender| sender.receiver_count() > 0)
+        {
             return true;
         }
         let left = self.last_reader_left_ms.load(Ordering::Relaxed);
@@ -115,12 +120,19 @@ impl MonitorFeed {
         }
         numbered.kept.push_back(Arc::clone(&line));
         // No reader is not an error: the line is kept for a reader that comes back.
-        let _ = self.sender.send(line);
+        if let Some(sender) = self.sender.get() {
+            let _ = sender.send(line);
+        }
     }
 
     /// A new reader, from the next line on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<MonitorLine>> {
-        self.sender.subscribe()
+        self.sender().subscribe()
+    }
+
+    /// The broadcast, made at the first call.
+    fn sender(&self) -> &broadcast::Sender<Arc<MonitorLine>> {
+        self.sender.get_or_init(|| broadcast::channel(CAPACITY).0)
     }
 
     /// A reader coming back after line `after`: the kept lines past it, how many lines past it
@@ -136,7 +148,7 @@ impl MonitorFeed {
         broadcast::Receiver<Arc<MonitorLine>>,
     ) {
         let numbered = self.numbered.lock().expect("monitor sequence poisoned");
-        let receiver = self.sender.subscribe();
+        let receiver = self.sender().subscribe();
         let oldest_kept = numbered
             .kept
             .front()

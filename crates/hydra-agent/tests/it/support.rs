@@ -36,12 +36,25 @@ pub fn slow_command(delay: &str) -> Vec<String> {
     command
 }
 
-/// A port range start that other tests are unlikely to use at the same time.
+/// A port range start that other tests are unlikely to use at the same time: a block of 8 ports
+/// from this process's share of 20000-27999 whose ports all bind now (a block some other
+/// process holds is passed over; a full run once lost a test to one).
 pub fn port_base() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
-    20_000 + (std::process::id() % 100) as u16 * 80 + slot * 8
+    let all_free = |base: u16| {
+        (base..base + 8).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+    };
+    let mut base = 0;
+    // Bounded: at most every block of the share is looked at, then the last one is used.
+    for _ in 0..10 {
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 10;
+        base = 20_000 + (std::process::id() % 100) as u16 * 80 + slot * 8;
+        if all_free(base) {
+            break;
+        }
+    }
+    base
 }
 
 /// Worker settings for tests: the stand-in, short timeouts, sessions under `root`.
