@@ -196,8 +196,38 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-async fn metrics_text() -> impl IntoResponse {
+/// `/metrics`: the process's counters and histograms, and the fleet's gauges read from this
+/// replica's view when scraped (so they are never stale): nodes by status, drained nodes.
+async fn metrics_text(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl IntoResponse {
+    record_fleet_gauges(&state, hydra_api::system::now_ms());
     hydra_proxy::metrics_text::render()
+}
+
+/// Sets `hydra_nodes{status}` (every status, 0 included, so a series never vanishes) and
+/// `hydra_nodes_drained` from the registry view.
+fn record_fleet_gauges(state: &AppState, now: i64) {
+    let timeout = state.heartbeat_timeout_ms();
+    let (mut online, mut offline, mut unreachable, mut drained) = (0_u32, 0_u32, 0_u32, 0_u32);
+    for node in state.fleet().view().all() {
+        match node.status(now, timeout) {
+            hydra_core::NodeStatus::Online => online += 1,
+            hydra_core::NodeStatus::Offline => offline += 1,
+            hydra_core::NodeStatus::Unreachable => unreachable += 1,
+        }
+        if node.drained {
+            drained += 1;
+        }
+    }
+    for (status, count) in [
+        ("online", online),
+        ("offline", offline),
+        ("unreachable", unreachable),
+    ] {
+        metrics::gauge!("hydra_nodes", "status" => status).set(f64::from(count));
+    }
+    metrics::gauge!("hydra_nodes_drained").set(f64::from(drained));
 }
 
 /// The process-wide Prometheus recorder (one home for both daemons: `hydra_proxy::metrics_text`).

@@ -77,6 +77,10 @@ pub async fn eligible(
     }
     // Every path the head reached, before the samples keep one per body: a WireGuard answer
     // without a LAN one is what marks a body `wg_only` for this head.
+    metrics::counter!("hydra_head_probe_reports_total", "outcome" => "measured")
+        .increment(measured.len() as u64);
+    metrics::counter!("hydra_head_probe_reports_total", "outcome" => "unreachable")
+        .increment(unreachable.len() as u64);
     let reached: Vec<(String, Transport)> = measured
         .iter()
         .map(|measurement| (measurement.body_id.clone(), measurement.transport))

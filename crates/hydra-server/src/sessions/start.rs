@@ -263,8 +263,10 @@ async fn start_session(
     for attempt in 1..=2 {
         let mut random = [0u8; 16];
         rand::rng().fill_bytes(&mut random);
-        let reservation = match relay.place_new(&state, plan.district.as_deref(), &excluded, random)
-        {
+        let deciding = std::time::Instant::now();
+        let placed = relay.place_new(&state, plan.district.as_deref(), &excluded, random);
+        metrics::histogram!("hydra_placement_seconds").record(deciding.elapsed().as_secs_f64());
+        let reservation = match placed {
             Ok(reservation) => reservation,
             Err(placement) => {
                 if let Some((worker_id, failure)) = first_failure {

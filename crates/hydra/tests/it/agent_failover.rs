@@ -266,7 +266,14 @@ async fn the_master_killed_twice_the_agent_follows_each_new_master_and_never_sto
     );
 
     let mut follow_ms = Vec::new();
+    let mut last_takeover: Option<std::time::Instant> = None;
     for kill in 1..=2 {
+        // A master killed within about 2 s of its own takeover is taken over at the lease's
+        // expiry (a standby's beacon wait begun under the older term; see issue 10's note), so
+        // the second kill waits until that window has passed: this test is about the beacon.
+        if let Some(at) = last_takeover {
+            tokio::time::sleep(Duration::from_secs(3).saturating_sub(at.elapsed())).await;
+        }
         let (master, term) = the_master(&live(&fleet, &others)).await;
         // Keep `fleet.server` a live replica: the master is killed out of `others`.
         let position = if master == 0 {
@@ -281,6 +288,7 @@ async fn the_master_killed_twice_the_agent_follows_each_new_master_and_never_sto
         let killed_at = SystemTime::now();
         dead.kill_9_in_place();
         let (new_master, new_term) = the_master(&live(&fleet, &others)).await;
+        last_takeover = Some(std::time::Instant::now());
         let new_master_url = live(&fleet, &others)[new_master].url.clone();
         assert!(new_term > term, "a takeover makes a new term");
 

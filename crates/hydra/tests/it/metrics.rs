@@ -253,6 +253,29 @@ async fn counters_move_by_what_happened() {
         0.0
     );
     assert_eq!(after.types["hydra_enrolments_total"], "counter");
+    // The fleet's gauges are read from the view when scraped: b-1 heartbeats, the heads never.
+    assert_eq!(after.value("hydra_nodes", &[("status", "online")]), 1.0);
+    assert_eq!(after.value("hydra_nodes", &[("status", "offline")]), 2.0);
+    assert_eq!(
+        after.value("hydra_nodes", &[("status", "unreachable")]),
+        0.0
+    );
+    assert_eq!(after.types["hydra_nodes"], "gauge");
+    // A head's report of a body it could not reach is counted.
+    let url = server.api("/bodies/eligible?head_id=h-2&unreachable=b-1");
+    let (status, answer) = call(Method::GET, &url, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let reported = scrape(&server).await;
+    assert_eq!(
+        reported.value(
+            "hydra_head_probe_reports_total",
+            &[("outcome", "unreachable")]
+        ) - after.value(
+            "hydra_head_probe_reports_total",
+            &[("outcome", "unreachable")]
+        ),
+        1.0
+    );
     // Every heartbeat went through the group-commit writer: its batch sizes count them all.
     assert_eq!(
         after.types["hydra_group_commit_batch_size"], "summary",
