@@ -14,6 +14,9 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+/// axe-core from npm, vendored (see `tests/assets/README.md`), injected to check a page.
+const AXE: &str = include_str!("../assets/axe.min.js");
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -163,6 +166,34 @@ impl Browser {
     }
 
     /// Evaluates `expression` in the page (awaiting a promise) and answers its JSON value.
+    /// Loads axe-core into the page and asserts it finds no serious or critical violation, on
+    /// the phone layout (390 px) and the desktop one (1280 px).
+    pub async fn assert_axe_clean(&mut self) {
+        self.eval(&format!("{AXE}\n;true")).await;
+        for (width, height, mobile) in [(390, 844, true), (1280, 900, false)] {
+            self.command(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+            )
+            .await;
+            let violations: Value = self
+                .eval(
+                    "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map(v =>
+                    ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))})))",
+                )
+                .await;
+            let serious: Vec<&Value> = violations
+                .as_array()
+                .expect("violations")
+                .iter()
+                .filter(|violation| {
+                    matches!(violation["impact"].as_str(), Some("serious" | "critical"))
+                })
+                .collect();
+            assert!(serious.is_empty(), "axe-core at {width}px: {serious:#?}");
+        }
+    }
+
     pub async fn eval(&mut self, expression: &str) -> Value {
         let result = self
             .command(

@@ -7,14 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::browser::Browser;
 use crate::support::{ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually};
-
-/// axe-core from npm, vendored (see `tests/assets/README.md`).
-const AXE: &str = include_str!("../assets/axe.min.js");
 
 fn artifacts() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
@@ -185,30 +182,7 @@ async fn the_dashboard_shows_drains_and_explains_the_fleet_in_chromium() {
         .await;
 
     // axe-core: no serious or critical violation, on the phone layout and the desktop one.
-    browser.eval(&format!("{AXE}\n;true")).await;
-    for (width, height, mobile) in [(390, 844, true), (1280, 900, false)] {
-        browser
-            .command(
-                "Emulation.setDeviceMetricsOverride",
-                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
-            )
-            .await;
-        let violations: Value = browser
-            .eval(
-                "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map(v =>
-                    ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))})))",
-            )
-            .await;
-        let serious: Vec<&Value> = violations
-            .as_array()
-            .expect("violations")
-            .iter()
-            .filter(|violation| {
-                matches!(violation["impact"].as_str(), Some("serious" | "critical"))
-            })
-            .collect();
-        assert!(serious.is_empty(), "axe-core at {width}px: {serious:#?}");
-    }
+    browser.assert_axe_clean().await;
     stop.cancel();
     keep_alive.await.expect("heartbeat task");
 }
