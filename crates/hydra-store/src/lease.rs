@@ -73,12 +73,17 @@ impl Fence {
 }
 
 /// Implements the lease, replica and fence queries on `$store` (a struct with `writer`,
-/// `reader` and `fence`). `$now` is the engine's SQL for "now in unix ms" by the database clock;
-/// `$lock` is the row-lock clause of the fence's read (`FOR SHARE` on PostgreSQL, so a takeover's
-/// update waits for every write of the old term to commit; empty on SQLite, whose one writer
-/// serialises everything anyway).
+/// `reader` and `fence`). `$now` is the engine's SQL for "now in unix ms" by the database clock.
+/// `$lock` is the row-lock clause of the fence's read and `$takeover_lock` the one a takeover
+/// takes first (on PostgreSQL `FOR KEY SHARE` and `FOR UPDATE`, which conflict, so a takeover
+/// waits for every write of the old term to commit; empty on SQLite, whose one writer
+/// serialises everything anyway). A renewal only moves `expires_at`, a non-key column, so it
+/// takes `FOR NO KEY UPDATE`, which does not wait for the writes' `FOR KEY SHARE`: a master
+/// under a steady stream of writes (capture chunks) still renews on time. With `FOR SHARE` the
+/// renewal queued behind every write in flight, and new writes kept overtaking it, until the
+/// lease ran out under load.
 macro_rules! lease_queries {
-    ($store:ident, now = $now:literal, lock = $lock:literal) => {
+    ($store:ident, now = $now:literal, lock = $lock:literal, takeover_lock = $takeover_lock:literal) => {
         impl $store {
             /// Inside a write's transaction: fails with `NotMaster` unless the lease row still
             /// holds this replica's id and term and has not expired (a no-op while unarmed).
@@ -135,7 +140,13 @@ macro_rules! lease_queries {
                 ttl_ms: i64,
                 force: bool,
             ) -> Result<Option<i64>, StoreError> {
-                Ok(sqlx::query_scalar(concat!(
+                let mut transaction = self.writer.begin().await?;
+                // Waits for the writes in flight (they hold the fence's lock until they end), so
+                // no write of the old term commits after the new term begins.
+                sqlx::query(concat!("SELECT 1 FROM master_lease WHERE id = 1", $takeover_lock))
+                    .execute(&mut *transaction)
+                    .await?;
+                let term = sqlx::query_scalar(concat!(
                     "INSERT INTO master_lease (id, holder, term, expires_at) VALUES (1, $1, 1, ", $now, " + $2) \
                      ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, term = master_lease.term + 1, \
                      expires_at = excluded.expires_at \
@@ -144,8 +155,10 @@ macro_rules! lease_queries {
                 .bind(holder)
                 .bind(ttl_ms)
                 .bind(force)
-                .fetch_optional(&self.writer)
-                .await?)
+                .fetch_optional(&mut *transaction)
+                .await?;
+                transaction.commit().await?;
+                Ok(term)
             }
 
             pub(crate) async fn renew_lease(&self, holder: &str, term: i64, ttl_ms: i64) -> Result<bool, StoreError> {
@@ -314,5 +327,56 @@ impl MasterBeacon {
         self.connection = None;
         self.held = false;
         self.found_busy = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::postgres::PgStore;
+
+    const MINUTE_MS: i64 = 60_000;
+
+    /// On PostgreSQL (the test command's server): a master whose writes never stop still renews,
+    /// and a takeover still waits for the old term's write in flight. With the fence's old
+    /// `FOR SHARE` the renewal waited here until the write ended, which under a stream of
+    /// capture chunks was never, and the master stepped down (`renewal_overdue`).
+    #[tokio::test]
+    async fn a_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it() {
+        let url = crate::testing::fresh_postgres_database("lease_renewal_passes").await;
+        let store = PgStore::open(&url).await.expect("open the test database");
+        store.fence().arm("a");
+        let term = store
+            .acquire_lease("a", MINUTE_MS, false)
+            .await
+            .unwrap()
+            .expect("a free lease");
+        store.fence().set_term(Some(term));
+        // A write in flight: it has passed the fence and holds its lock until it commits.
+        let write = store.begin_write().await.expect("a fenced write begins");
+        let renewed = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.renew_lease("a", term, MINUTE_MS),
+        )
+        .await
+        .expect("the renewal waited for a write in flight")
+        .unwrap();
+        assert!(renewed, "the holder renews its own term");
+        // Another replica takes over by force: it must wait until the old term's write ends.
+        let other = store.unfenced();
+        let takeover = tokio::spawn(async move { other.acquire_lease("b", MINUTE_MS, true).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !takeover.is_finished(),
+            "a takeover went ahead of the old term's write in flight"
+        );
+        write.commit().await.expect("the old term's write commits");
+        let taken = tokio::time::timeout(Duration::from_secs(10), takeover)
+            .await
+            .expect("the takeover went ahead once the write ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken, Some(term + 1));
     }
 }

@@ -65,7 +65,8 @@ crate::node_config::node_config_queries!(PgStore);
 crate::lease::lease_queries!(
     PgStore,
     now = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
-    lock = " FOR SHARE"
+    lock = " FOR KEY SHARE",
+    takeover_lock = " FOR UPDATE"
 );
 crate::captures::capture_queries!(PgStore);
 crate::write_ids::write_id_queries!(PgStore);

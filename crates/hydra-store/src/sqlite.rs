@@ -77,7 +77,8 @@ crate::node_config::node_config_queries!(SqliteStore);
 crate::lease::lease_queries!(
     SqliteStore,
     now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    lock = ""
+    lock = "",
+    takeover_lock = ""
 );
 crate::captures::capture_queries!(SqliteStore);
 crate::write_ids::write_id_queries!(SqliteStore);
