@@ -4,12 +4,15 @@
 # beside Debian's `serf agent` measured in the same run; then the journal's replay rate once the
 # server is back. A measurement, not a test. Needs `serf` (apt-get install serf, as root).
 #
-# Run: cargo build --release -p hydra && bash crates/hydra-agent/benches/ride-out.sh [SECONDS]
-# (HYDRA_BIN=target/debug/hydra measures a debug build. HYDRA_BIN_BEFORE=/path/to/an/older/hydra
-# runs that binary's agent beside it, same server, same time, so a change is measured in one run.)
+# Run: cargo build --release -p hydra -p hydra-agent && bash crates/hydra-agent/benches/ride-out.sh [SECONDS]
+# (HYDRA_BIN=target/debug/hydra measures a debug build. HYDRA_AGENT_BIN=target/release/hydra-agent
+# measures the lean agent binary; the server is always HYDRA_BIN's. HYDRA_BIN_BEFORE=/path/to/an/older/hydra
+# (or hydra-agent) runs that binary's agent beside it, same server, same time, so a change is
+# measured in one run.)
 set -euo pipefail
 seconds=${1:-30}
 bin=${HYDRA_BIN:-target/release/hydra}
+agent_bin=${HYDRA_AGENT_BIN:-$bin}
 bin_before=${HYDRA_BIN_BEFORE:-}
 dir=$(mktemp -d)
 server_pid=""
@@ -50,8 +53,13 @@ hwm() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 split() { awk '/^RssAnon:/ {a = $2} /^RssFile:/ {f = $2} END {printf "anon %.1f, file %.1f", a / 1024, f / 1024}' "/proc/$1/status"; }
 
 start_agent() { # BIN NAME PORT: starts it in the background (the caller reads $!)
+  local command=("$1")
+  case "$(basename "$1")" in
+    hydra-agent*) ;;           # the lean binary is the agent
+    *) command+=(agent) ;;     # `hydra agent`
+  esac
   HYDRA_CONTROLLER__TOKEN=bench-admin HYDRA_HEARTBEAT__INTERVAL=1 HYDRA_HEALTH__INTERVAL=1 \
-    HYDRA_BUNDLE__POLL_INTERVAL=1 RUST_LOG=info "$1" agent --listen "127.0.0.1:$3" \
+    HYDRA_BUNDLE__POLL_INTERVAL=1 RUST_LOG=info "${command[@]}" --listen "127.0.0.1:$3" \
     --server http://127.0.0.1:27070 --state-dir "$dir/$2" --node-id "ride-out-$2" \
     2>"$dir/$2.log" &
 }
@@ -63,7 +71,7 @@ wait_heartbeat() { # PORT
 }
 
 start_server
-start_agent "$bin" agent 27071
+start_agent "$agent_bin" agent 27071
 agent_pid=$!
 if [ -n "$bin_before" ]; then
   start_agent "$bin_before" before 27072
@@ -100,7 +108,7 @@ wait_log "$dir/agent.log" "[journal] replayed journaled writes" 30
 line=$(grep -F "[journal] replayed journaled writes" "$dir/agent.log" | head -1)
 sent=$(sed -E 's/.*sent=([0-9]+).*/\1/' <<<"$line")
 elapsed=$(sed -E 's/.*elapsed_ms=([0-9]+).*/\1/' <<<"$line")
-echo "hydra agent degraded for ${seconds} s (health checker, bundle poller, journal of ${journal} writes): RSS ${agent_rss} MiB (${agent_split}; peak ${agent_hwm} MiB)"
+echo "$(basename "$agent_bin") agent degraded for ${seconds} s (health checker, bundle poller, journal of ${journal} writes): RSS ${agent_rss} MiB (${agent_split}; peak ${agent_hwm} MiB)"
 if [ -n "$before_pid" ]; then
   echo "hydra agent of $bin_before beside it, same ${seconds} s: RSS ${before_rss} MiB (${before_split}; peak ${before_hwm} MiB)"
 fi

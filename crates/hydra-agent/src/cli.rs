@@ -1,16 +1,17 @@
-//! `hydra agent --config FILE`: the node daemon. Flags and `HYDRA_<SECTION>__<KEY>` variables win
-//! over the file; the first thing it does is bind its port, and it exits with
-//! "cannot bind — is another hydra agent already running?" when that port is taken.
+//! The agent's command line, one home for `hydra agent --config FILE` and the lean `hydra-agent`
+//! binary: flags and `HYDRA_<SECTION>__<KEY>` variables win over the file; the first thing it
+//! does is bind its port, and it exits with "cannot bind — is another hydra agent already
+//! running?" when that port is taken.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use hydra_agent::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
-/// Options of `hydra agent`; each overrides the same key of the YAML file.
+use crate::config::AgentConfig;
+
+/// Options of `hydra agent` (and `hydra-agent`); each overrides the same key of the YAML file.
 #[derive(Debug, Default, clap::Args)]
 pub struct Args {
     /// YAML config file (sections: node, server, controller, heartbeat, bundle, health,
@@ -99,23 +100,23 @@ impl Args {
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM (or runs its subcommand).
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// Runs the agent until SIGINT or SIGTERM (or runs its subcommand). The error is the line to
+/// print after `error: `.
+pub async fn run(args: Args) -> Result<ExitCode, String> {
     let config = AgentConfig::load(args.config.as_deref(), args.overrides())
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
+        .map_err(|error| error.to_string())?;
     if let Some(Command::TurnConfig) = args.command {
-        let text =
-            hydra_agent::turn::coturn_config(&config).map_err(|error| anyhow::anyhow!(error))?;
+        let text = crate::turn::coturn_config(&config)?;
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::signals::stop_on_signal(
+    tokio::spawn(hydra_proxy::signals::stop_on_signal(
         shutdown.clone(),
         "[worker] shutting down: ending session processes (a second signal exits at once)",
     ));
-    hydra_agent::daemon::run(config, shutdown)
+    crate::daemon::run(config, shutdown)
         .await
-        .context("hydra agent")?;
+        .map_err(|error| format!("hydra agent: {}", hydra_proxy::proxy::error_chain(&error)))?;
     Ok(ExitCode::SUCCESS)
 }

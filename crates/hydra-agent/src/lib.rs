@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod bundle;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod config_values;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod journal;
 pub mod layering;
 pub mod local_api;
+pub mod logging;
 pub mod mic;
 pub mod monitor;
 pub mod reports;

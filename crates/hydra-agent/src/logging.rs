@@ -1,6 +1,7 @@
-//! The one place that sets up the tracing subscriber: `RUST_LOG` filters, default `info`,
-//! written to standard error so that standard output stays for command results, and copied into
-//! the agent's monitor feed (`hydra_agent::monitor::MonitorLayer`; a no-op while no one reads it).
+//! The one place that sets up the tracing subscriber, for `hydra` (every command) and
+//! `hydra-agent`: `RUST_LOG` filters, default `info`, written to standard error so that standard
+//! output stays for command results, and copied into the agent's monitor feed
+//! ([`crate::monitor::MonitorLayer`]; a no-op while no one reads it).
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,6 +17,6 @@ pub fn init() {
     tracing_subscriber::registry()
         .with(filter)
         .with(format)
-        .with(hydra_agent::monitor::MonitorLayer)
+        .with(crate::monitor::MonitorLayer)
         .init();
 }

@@ -19,6 +19,7 @@ pub mod metrics_text;
 pub mod proxy;
 pub mod serve;
 pub mod session_path;
+pub mod signals;
 pub mod tls;
 pub mod token;
 pub mod turn;

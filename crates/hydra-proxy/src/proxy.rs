@@ -286,7 +286,9 @@ pub fn error_answer(status: StatusCode, code: &str, message: &str) -> Response<B
         .unwrap_or_default()
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// `error` and its sources, joined with `: ` (as anyhow's `{:#}` prints them): one line for a
+/// log field or a command's last words.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

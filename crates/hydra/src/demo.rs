@@ -217,7 +217,7 @@ async fn run_fleet(
     // `shutdown` once this returns): the capture is stopped and the agents' last reports land
     // while the server still answers.
     let stop = CancellationToken::new();
-    tokio::spawn(crate::signals::stop_on_signal(
+    tokio::spawn(hydra_proxy::signals::stop_on_signal(
         stop.clone(),
         "[demo] stopping: ending the fleet, the control plane and removing the data dir",
     ));

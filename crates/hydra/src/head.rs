@@ -210,7 +210,7 @@ async fn run_streams(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::signals::stop_on_signal(
+    tokio::spawn(hydra_proxy::signals::stop_on_signal(
         shutdown.clone(),
         "[head] stopping",
     ));

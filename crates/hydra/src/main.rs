@@ -2,7 +2,6 @@
 //!
 //! Thin: parse the command line, set up logging, call into the library crates.
 
-mod agent;
 mod bench;
 mod bodies;
 mod captures;
@@ -12,14 +11,12 @@ mod config;
 mod demo;
 mod drain;
 mod head;
-mod logging;
 mod node_config;
 mod nodes;
 mod output;
 mod replicas;
 mod server;
 mod sessions;
-mod signals;
 mod status;
 mod workers;
 
@@ -64,7 +61,7 @@ enum Command {
     #[command(subcommand)]
     Head(head::Command),
     /// Run the node agent (enrolment, heartbeats, local API, worker sessions and proxy).
-    Agent(agent::Args),
+    Agent(hydra_agent::cli::Args),
     /// Show what the local agent knows: node, roles, server, last heartbeat, sessions.
     Status(status::Args),
     /// The peer mesh as the local agent sees it.
@@ -87,7 +84,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    hydra_agent::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -105,7 +102,9 @@ fn main() -> ExitCode {
             Command::Workers(command) => workers::run(command).await,
             Command::Captures(command) => captures::run(command).await,
             Command::Head(command) => head::run(command).await,
-            Command::Agent(args) => agent::run(args).await,
+            Command::Agent(args) => hydra_agent::cli::run(args)
+                .await
+                .map_err(anyhow::Error::msg),
             Command::Status(args) => status::run(args).await,
             Command::Cluster(command) => cluster::run(command).await,
             Command::Bench(command) => bench::run(command).await,

@@ -402,7 +402,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     tracing::info!(listen = %bound, storage = store.engine().as_str(), nodes = node_count, %replica_id, "[controller] hydra server listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::signals::stop_on_signal(
+    tokio::spawn(hydra_proxy::signals::stop_on_signal(
         shutdown.clone(),
         "[controller] shutting down: finishing in-flight requests (a second signal exits at once)",
     ));

@@ -2,6 +2,7 @@
 //! 127.0.0.1.
 
 // The DevTools client of the `hydra` crate's dashboard tests, shared rather than copied.
+mod binary;
 mod body;
 #[allow(dead_code)]
 #[path = "../../../hydra/tests/it/browser.rs"]
