@@ -11,7 +11,7 @@ use hydra_store::Store;
 use crate::auth::{Caller, bearer, digests_equal, hash_token};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
-use crate::group_commit::{HeartbeatWriter, ReportWriter, SessionWriter};
+use crate::group_commit::{ChunkWriter, HeartbeatWriter, ReportWriter, SessionWriter};
 use crate::registry::{Registry, SharedRegistry};
 use crate::sealing::Sealer;
 use crate::workers::WorkerDirectory;
@@ -92,7 +92,8 @@ struct Inner {
     heartbeats: HeartbeatWriter,
     session_writes: SessionWriter,
     report_writes: ReportWriter,
-    _writer_tasks: [tokio::task::JoinHandle<()>; 3],
+    chunk_writes: ChunkWriter,
+    _writer_tasks: [tokio::task::JoinHandle<()>; 4],
     workers: WorkerDirectory,
     sealer: Sealer,
     feed: crate::feed::ViewFeed,
@@ -130,6 +131,7 @@ impl AppState {
         let (session_writes, session_task) =
             SessionWriter::sessions_with_events(store.clone(), events.clone());
         let (report_writes, report_task) = ReportWriter::reports(store.clone());
+        let (chunk_writes, chunk_task) = ChunkWriter::chunks(store.clone());
         let registry: SharedRegistry = Arc::new(RwLock::new(registry));
         let fleet = Fleet::with_events(store.clone(), registry.clone(), heartbeats.clone(), events);
         let replica = crate::replica::ReplicaState::new(
@@ -150,7 +152,8 @@ impl AppState {
                 heartbeats,
                 session_writes,
                 report_writes,
-                _writer_tasks: [heartbeat_task, session_task, report_task],
+                chunk_writes,
+                _writer_tasks: [heartbeat_task, session_task, report_task, chunk_task],
                 workers,
                 sealer,
                 feed,
@@ -248,6 +251,11 @@ impl AppState {
     /// This replica's identity and who is master.
     pub fn replica(&self) -> &crate::replica::ReplicaState {
         &self.inner.replica
+    }
+
+    /// The capture chunk writer (group commit), shared by every capture writer.
+    pub fn chunk_writes(&self) -> &ChunkWriter {
+        &self.inner.chunk_writes
     }
 
     /// The captures this server runs now.

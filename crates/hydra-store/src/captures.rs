@@ -80,6 +80,17 @@ pub struct ChunkRecord {
     pub created_at: i64,
 }
 
+/// One chunk to append with what it adds to its segment (see [`crate::Store::append_capture_chunks`]).
+#[derive(Debug, Clone)]
+pub struct ChunkAppend {
+    /// The chunk (shared: a group commit keeps a copy of its batch for a retry).
+    pub chunk: std::sync::Arc<ChunkRecord>,
+    /// Bytes it adds to the segment.
+    pub bytes: i64,
+    /// Lines it adds to the segment's missing count.
+    pub lines_missing: i64,
+}
+
 fn corrupt(column: &'static str, word: &str) -> StoreError {
     StoreError::Corrupt {
         column,
@@ -251,47 +262,51 @@ macro_rules! capture_queries {
                 Ok(())
             }
 
-            pub(crate) async fn append_capture_chunk(
+            pub(crate) async fn append_capture_chunks(
                 &self,
-                chunk: &crate::ChunkRecord,
-                bytes: i64,
-                lines_missing: i64,
-            ) -> Result<bool, StoreError> {
+                appends: &[crate::ChunkAppend],
+            ) -> Result<Vec<bool>, StoreError> {
                 let mut transaction = self.begin_write().await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO capture_chunks (capture_id, node_id, sequence, first_sequence, \
-                     last_sequence, line_count, data, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (capture_id, node_id, sequence) DO NOTHING",
-                )
-                .bind(&chunk.capture_id)
-                .bind(&chunk.node_id)
-                .bind(chunk.sequence)
-                .bind(chunk.first_sequence)
-                .bind(chunk.last_sequence)
-                .bind(chunk.line_count)
-                .bind(&chunk.data)
-                .bind(chunk.created_at)
-                .execute(&mut *transaction)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    return Ok(false);
+                let mut stored = Vec::with_capacity(appends.len());
+                for append in appends {
+                    let chunk = &*append.chunk;
+                    let inserted = sqlx::query(
+                        "INSERT INTO capture_chunks (capture_id, node_id, sequence, first_sequence, \
+                         last_sequence, line_count, data, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (capture_id, node_id, sequence) DO NOTHING",
+                    )
+                    .bind(&chunk.capture_id)
+                    .bind(&chunk.node_id)
+                    .bind(chunk.sequence)
+                    .bind(chunk.first_sequence)
+                    .bind(chunk.last_sequence)
+                    .bind(chunk.line_count)
+                    .bind(&chunk.data)
+                    .bind(chunk.created_at)
+                    .execute(&mut *transaction)
+                    .await?;
+                    if inserted.rows_affected() == 0 {
+                        stored.push(false);
+                        continue;
+                    }
+                    sqlx::query(
+                        "UPDATE capture_segments SET byte_count = byte_count + $3, \
+                         line_count = line_count + $4, last_sequence = $5, \
+                         lines_missing = lines_missing + $6 WHERE capture_id = $1 AND node_id = $2",
+                    )
+                    .bind(&chunk.capture_id)
+                    .bind(&chunk.node_id)
+                    .bind(append.bytes)
+                    .bind(chunk.line_count)
+                    .bind(chunk.last_sequence)
+                    .bind(append.lines_missing)
+                    .execute(&mut *transaction)
+                    .await?;
+                    stored.push(true);
                 }
-                sqlx::query(
-                    "UPDATE capture_segments SET byte_count = byte_count + $3, \
-                     line_count = line_count + $4, last_sequence = $5, \
-                     lines_missing = lines_missing + $6 WHERE capture_id = $1 AND node_id = $2",
-                )
-                .bind(&chunk.capture_id)
-                .bind(&chunk.node_id)
-                .bind(bytes)
-                .bind(chunk.line_count)
-                .bind(chunk.last_sequence)
-                .bind(lines_missing)
-                .execute(&mut *transaction)
-                .await?;
                 transaction.commit().await?;
-                Ok(true)
+                Ok(stored)
             }
 
             pub(crate) async fn end_capture_segment(
@@ -496,7 +511,24 @@ impl Store {
         bytes: i64,
         lines_missing: i64,
     ) -> Result<bool, StoreError> {
-        on_engine!(self, append_capture_chunk(chunk, bytes, lines_missing))
+        let append = ChunkAppend {
+            chunk: std::sync::Arc::new(chunk.clone()),
+            bytes,
+            lines_missing,
+        };
+        let stored = self
+            .append_capture_chunks(std::slice::from_ref(&append))
+            .await?;
+        Ok(stored.first().copied().unwrap_or(false))
+    }
+
+    /// [`Store::append_capture_chunk`] for several chunks (of any captures and nodes) in one
+    /// transaction, so writers of many nodes share one commit: one answer per chunk, in order.
+    pub async fn append_capture_chunks(
+        &self,
+        appends: &[ChunkAppend],
+    ) -> Result<Vec<bool>, StoreError> {
+        on_engine!(self, append_capture_chunks(appends))
     }
 
     /// Ends a running segment (only its writer calls this); `false` when it is not running.

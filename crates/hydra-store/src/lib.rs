@@ -25,7 +25,7 @@ use std::path::Path;
 
 use hydra_core::{LatencySample, Node, Transport};
 
-pub use captures::{CaptureRecord, ChunkRecord, SegmentRecord};
+pub use captures::{CaptureRecord, ChunkAppend, ChunkRecord, SegmentRecord};
 pub use error::StoreError;
 pub use feed::{CHANGES_CHANNEL, Change, ChangeKind, ChangesSince, latency_key};
 pub use lease::{LeaseRecord, MasterBeacon, ReplicaRecord};

@@ -41,6 +41,8 @@ pub struct Resumed {
 pub struct Driver {
     /// The store.
     pub store: Store,
+    /// Where the writers' chunks are stored (one group commit for every capture and node).
+    pub chunks: crate::group_commit::ChunkWriter,
     /// The capture.
     pub capture_id: String,
     /// Its nodes.
@@ -98,6 +100,7 @@ impl Driver {
                         let (agent, resume) = agents.remove(&node_id).unwrap_or_default();
                         let writer = Writer {
                             store: self.store.clone(),
+                            chunks: self.chunks.clone(),
                             capture_id: self.capture_id.clone(),
                             node_id: node_id.clone(),
                             agent,

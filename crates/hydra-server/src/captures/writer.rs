@@ -18,7 +18,9 @@ use hydra_client::LineStream;
 use hydra_core::capture::{
     Admit, CaptureLimits, CaptureStatus, SegmentBudget, SegmentEnd, TerminationReason,
 };
-use hydra_store::{ChunkRecord, Store, StoreError};
+use hydra_store::{ChunkAppend, ChunkRecord, Store, StoreError};
+
+use crate::group_commit::CommitError;
 use tokio::sync::{broadcast, watch};
 
 /// A chunk is written once it holds this many bytes.
@@ -32,6 +34,8 @@ const FEED_SILENCE: Duration = Duration::from_secs(15);
 pub struct Writer {
     /// The store.
     pub store: Store,
+    /// Where its chunks are stored (shared with every other writer: one commit for many).
+    pub chunks: crate::group_commit::ChunkWriter,
     /// The capture.
     pub capture_id: String,
     /// The node whose segment this writer owns.
@@ -398,18 +402,22 @@ impl Writer {
             data: taken.data,
             created_at: now_ms(),
         };
-        let bytes = i64::try_from(chunk.data.len()).unwrap_or(i64::MAX);
+        let append = ChunkAppend {
+            bytes: i64::try_from(chunk.data.len()).unwrap_or(i64::MAX),
+            chunk: Arc::new(chunk),
+            lines_missing: taken.missing,
+        };
         for attempt in 0..2 {
-            match self
-                .store
-                .append_capture_chunk(&chunk, bytes, taken.missing)
-                .await
-            {
+            match self.chunks.submit(append.clone()).await {
                 Ok(_) => {
                     *chunk_sequence += 1;
                     return Flushed::Stored;
                 }
-                Err(StoreError::NotMaster { .. }) => return Flushed::Fenced,
+                Err(CommitError::Store(error))
+                    if matches!(*error, StoreError::NotMaster { .. }) =>
+                {
+                    return Flushed::Fenced;
+                }
                 Err(error) => {
                     tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, attempt, %error, "[capture] cannot store a chunk");
                     tokio::time::sleep(Duration::from_millis(200)).await;

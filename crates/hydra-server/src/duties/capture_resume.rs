@@ -132,6 +132,7 @@ async fn resume_capture(state: &AppState, record: CaptureRecord) -> Result<(), S
         .captures()
         .spawn_driver(claim, |tail, stop, abandon| Driver {
             store,
+            chunks: state.chunk_writes().clone(),
             capture_id: record.id,
             targets,
             filters,

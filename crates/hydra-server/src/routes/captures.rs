@@ -165,6 +165,7 @@ pub async fn create(
             .captures()
             .spawn_driver(claim, |tail, stop, abandon| driver::Driver {
                 store,
+                chunks: state.chunk_writes().clone(),
                 capture_id,
                 targets: targets
                     .into_iter()

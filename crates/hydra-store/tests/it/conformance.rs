@@ -72,6 +72,7 @@ on_both_engines!(
     changes_are_read_by_revision_windows_and_a_pruned_horizon_is_reported,
     captures_keep_chunks_per_node_without_collisions,
     a_chunk_stored_twice_is_kept_and_counted_once,
+    chunks_of_several_nodes_share_one_commit_and_a_repeated_one_is_answered_alone,
     segments_end_once_and_a_capture_is_finalised_once,
     pruning_removes_only_ended_captures_older_than_the_cutoff,
     open_captures_and_their_resume_points_are_read_back,
@@ -1236,6 +1237,55 @@ async fn a_chunk_stored_twice_is_kept_and_counted_once(store: Store) {
             .len(),
         1
     );
+}
+
+async fn chunks_of_several_nodes_share_one_commit_and_a_repeated_one_is_answered_alone(
+    store: Store,
+) {
+    store
+        .insert_capture(
+            &sample_capture("cap-b", 100),
+            &[sample_segment("cap-b", "n1"), sample_segment("cap-b", "n2")],
+        )
+        .await
+        .unwrap();
+    let append = |node: &str, sequence: i64, lines: &[i64], bytes: i64| hydra_store::ChunkAppend {
+        chunk: std::sync::Arc::new(chunk("cap-b", node, sequence, lines)),
+        bytes,
+        lines_missing: 0,
+    };
+    assert!(
+        store
+            .append_capture_chunk(&chunk("cap-b", "n2", 0, &[7]), 5, 0)
+            .await
+            .unwrap()
+    );
+    // One transaction: n1's two chunks and n2's next are new; n2's first is a repeat.
+    let stored = store
+        .append_capture_chunks(&[
+            append("n1", 0, &[1, 2], 20),
+            append("n2", 0, &[7], 5),
+            append("n1", 1, &[3], 10),
+            append("n2", 1, &[8, 9], 30),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stored, [true, false, true, true]);
+    let segments = store.capture_segments("cap-b").await.unwrap();
+    let counts: Vec<(&str, i64, i64, Option<i64>)> = segments
+        .iter()
+        .map(|segment| {
+            (
+                segment.node_id.as_str(),
+                segment.line_count,
+                segment.byte_count,
+                segment.last_sequence,
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("n1", 3, 30, Some(3)), ("n2", 3, 35, Some(9))]);
+    assert_eq!(store.next_capture_chunk("cap-b", "n1").await.unwrap(), 2);
+    assert_eq!(store.next_capture_chunk("cap-b", "n2").await.unwrap(), 2);
 }
 
 async fn segments_end_once_and_a_capture_is_finalised_once(store: Store) {
