@@ -20,7 +20,7 @@ use hydra_core::capture::{
 };
 use hydra_store::{ChunkAppend, ChunkRecord, Store, StoreError};
 
-use crate::group_commit::CommitError;
+use crate::group_commit::{ChunkWriter, CommitError};
 use tokio::sync::{broadcast, watch};
 
 /// A chunk is written once it holds this many bytes.
@@ -35,7 +35,7 @@ pub struct Writer {
     /// The store.
     pub store: Store,
     /// Where its chunks are stored (shared with every other writer: one commit for many).
-    pub chunks: crate::group_commit::ChunkWriter,
+    pub chunks: ChunkWriter,
     /// The capture.
     pub capture_id: String,
     /// The node whose segment this writer owns.
@@ -123,6 +123,9 @@ struct Recording {
     dropped_any: bool,
     /// Lines up to this sequence are stored already (a resumed segment).
     resume_after: Option<u64>,
+    /// The chunk being stored while the next one fills (at most one, see
+    /// [`Writer::flush_recording`]).
+    in_flight: Option<tokio::task::JoinHandle<Flushed>>,
 }
 
 impl Recording {
@@ -138,6 +141,7 @@ impl Recording {
             buffer: Vec::new(),
             dropped_any: false,
             resume_after: resume.after,
+            in_flight: None,
         }
     }
 }
@@ -349,13 +353,30 @@ impl Writer {
         }
     }
 
-    /// Writes the pending chunk; `Some` when that ends the segment (the store failed: a
-    /// `source_error`; or fenced the write: this replica is no longer the master).
+    /// Hands the pending chunk to the store and goes on reading the feed while it commits; `Some`
+    /// when the segment ends because the chunk before it was not stored (the store failed: a
+    /// `source_error`; or fenced the write: this replica is no longer the master). At most one
+    /// chunk is in flight, and a chunk is handed over only once the one before it is stored, so
+    /// a node's chunks commit in order and a failed one leaves no later one stored (its
+    /// segment's `last_sequence` never passes a line that is not stored).
     async fn flush_recording(&self, recording: &mut Recording) -> Option<Ending> {
-        match self
-            .flush(&mut recording.pending, &mut recording.chunk_sequence)
-            .await
-        {
+        if let Some(ending) = Self::settle(recording).await {
+            return Some(ending);
+        }
+        let append = self.take_chunk(&mut recording.pending, &mut recording.chunk_sequence)?;
+        recording.in_flight = Some(tokio::spawn(store_chunk(
+            self.chunks.clone(),
+            append,
+            self.capture_id.clone(),
+            self.node_id.clone(),
+        )));
+        None
+    }
+
+    /// Waits for the chunk in flight, if any; `Some` when it was not stored.
+    async fn settle(recording: &mut Recording) -> Option<Ending> {
+        let in_flight = recording.in_flight.take()?;
+        match in_flight.await.unwrap_or(Flushed::Failed) {
             Flushed::Stored => None,
             Flushed::Failed => Some(Ending::Segment(TerminationReason::SourceError, false)),
             Flushed::Fenced => Some(Ending::Fenced),
@@ -368,7 +389,11 @@ impl Writer {
         let Ending::Segment(reason, cut) = ending else {
             return None;
         };
-        match self.flush_recording(recording).await {
+        let last = match self.flush_recording(recording).await {
+            None => Self::settle(recording).await,
+            ending => ending,
+        };
+        match last {
             None => {}
             Some(Ending::Fenced) => return None,
             Some(Ending::Segment(reason, cut)) => {
@@ -385,12 +410,10 @@ impl Writer {
         Some(end)
     }
 
-    /// Writes the pending chunk, if any; `Failed` when the store refused it twice, `Fenced` at
-    /// once when this replica is no longer the master.
-    async fn flush(&self, pending: &mut Pending, chunk_sequence: &mut i64) -> Flushed {
-        let Some(first_sequence) = pending.first_sequence else {
-            return Flushed::Stored;
-        };
+    /// The pending chunk with its number (the next one is counted), or `None` when nothing is
+    /// pending.
+    fn take_chunk(&self, pending: &mut Pending, chunk_sequence: &mut i64) -> Option<ChunkAppend> {
+        let first_sequence = pending.first_sequence?;
         let taken = std::mem::take(pending);
         let chunk = ChunkRecord {
             capture_id: self.capture_id.clone(),
@@ -402,28 +425,34 @@ impl Writer {
             data: taken.data,
             created_at: now_ms(),
         };
-        let append = ChunkAppend {
+        *chunk_sequence += 1;
+        Some(ChunkAppend {
             bytes: i64::try_from(chunk.data.len()).unwrap_or(i64::MAX),
             chunk: Arc::new(chunk),
             lines_missing: taken.missing,
-        };
-        for attempt in 0..2 {
-            match self.chunks.submit(append.clone()).await {
-                Ok(_) => {
-                    *chunk_sequence += 1;
-                    return Flushed::Stored;
-                }
-                Err(CommitError::Store(error))
-                    if matches!(*error, StoreError::NotMaster { .. }) =>
-                {
-                    return Flushed::Fenced;
-                }
-                Err(error) => {
-                    tracing::warn!(capture_id = %self.capture_id, node_id = %self.node_id, attempt, %error, "[capture] cannot store a chunk");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+        })
+    }
+}
+
+/// Stores one chunk; `Failed` when the store refused it twice, `Fenced` at once when this
+/// replica is no longer the master.
+async fn store_chunk(
+    chunks: ChunkWriter,
+    append: ChunkAppend,
+    capture_id: String,
+    node_id: String,
+) -> Flushed {
+    for attempt in 0..2 {
+        match chunks.submit(append.clone()).await {
+            Ok(_) => return Flushed::Stored,
+            Err(CommitError::Store(error)) if matches!(*error, StoreError::NotMaster { .. }) => {
+                return Flushed::Fenced;
+            }
+            Err(error) => {
+                tracing::warn!(%capture_id, %node_id, attempt, %error, "[capture] cannot store a chunk");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        Flushed::Failed
     }
+    Flushed::Failed
 }
