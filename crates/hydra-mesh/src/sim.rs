@@ -337,7 +337,17 @@ fn env_number(name: &str, default: usize) -> usize {
 
 #[test]
 fn mesh_sim_detects_every_kill_and_no_live_member_at_five_percent_loss() {
-    let size = env_number("HYDRA_MESH_SIM_MEMBERS", 200);
+    let booted = env_number("HYDRA_MESH_SIM_MEMBERS", 200);
+    let mut network = boot(booted);
+    newcomer_learns_every_member(&mut network);
+    let size = booted + 1;
+    let killed = kills_seen_by_every_survivor_at_five_percent_loss(&mut network, size);
+    partition_heals(&mut network, size, &killed);
+}
+
+/// A mesh of `size` booted and converged: every member sees every other one alive, with its
+/// published state.
+fn boot(size: usize) -> Network {
     let mut network = Network::new(size, 11);
     network.join_all();
     let converged = network.converge(size - 1, 300_000);
@@ -377,10 +387,13 @@ fn mesh_sim_detects_every_kill_and_no_live_member_at_five_percent_loss() {
         })
     });
     assert!(published, "every member's state reached every member");
+    network
+}
 
-    // A newcomer joining the converged mesh through one peer learns every member within
-    // seconds: each member that sees it come up tells it who it is (`KIND_MEMBER`), where
-    // announce feeds (a few dozen members each) and probes took minutes at 1,000.
+/// A newcomer joining the converged mesh through one peer learns every member within
+/// seconds: each member that sees it come up tells it who it is (`KIND_MEMBER`), where
+/// announce feeds (a few dozen members each) and probes took minutes at 1,000.
+fn newcomer_learns_every_member(network: &mut Network) {
     let newcomer = network.add_member(11);
     let joined_at = network.now;
     network.members[newcomer]
@@ -388,8 +401,7 @@ fn mesh_sim_detects_every_kill_and_no_live_member_at_five_percent_loss() {
         .expect("alive")
         .join(addr(0), joined_at);
     network.flush(newcomer);
-    let size = size + 1;
-    let knows_all = network.converge(size - 1, 5_000);
+    let knows_all = network.converge(network.members.len() - 1, 5_000);
     eprintln!(
         "[mesh-sim] a newcomer knew every member after {} ms (converged={knows_all})",
         network.now - joined_at
@@ -399,8 +411,14 @@ fn mesh_sim_detects_every_kill_and_no_live_member_at_five_percent_loss() {
         "the newcomer did not learn every member within 5 s: {}",
         network.spread()
     );
+}
 
-    // 5 % loss for 20 s: nobody live is declared down.
+/// 5 % loss for 20 s (nobody live declared down), then 5 members killed, still at 5 % loss:
+/// every survivor sees each of them down and still nobody live is. Answers the killed.
+fn kills_seen_by_every_survivor_at_five_percent_loss(
+    network: &mut Network,
+    size: usize,
+) -> Vec<usize> {
     network.loss = 0.05;
     let lossy_since = network.now;
     let bytes_before = network.bytes;
@@ -409,7 +427,6 @@ fn mesh_sim_detects_every_kill_and_no_live_member_at_five_percent_loss() {
     let false_downs = network.false_downs(lossy_since);
     assert!(false_downs.is_empty(), "false positives: {false_downs:?}");
 
-    // Kill 5 members, still at 5 % loss: every survivor sees each of them down.
     let killed: Vec<usize> = (0..5).map(|k| (k * 37 + 3) % size).collect();
     let survivors = size - killed.len();
     let seen = network.kill(&killed, 60_000);
@@ -436,9 +453,12 @@ fn mesh_sim_detects_every_kill_and_no_live_member_at_five_percent_loss() {
         figures(&mut each),
         figures(&mut every),
     );
+    killed
+}
 
-    // A partition: 10 % of the members cut off for 20 s. Each side declares the other down
-    // (that is what it sees); once healed, the mesh joins up again.
+/// A partition: 10 % of the members cut off for 20 s. Each side declares the other down
+/// (that is what it sees); once healed, the mesh joins up again.
+fn partition_heals(network: &mut Network, size: usize, killed: &[usize]) {
     network.loss = 0.0;
     let island: HashSet<usize> = (0..size)
         .filter(|index| index % 10 == 1 && !killed.contains(index))
@@ -451,6 +471,7 @@ fn mesh_sim_detects_every_kill_and_no_live_member_at_five_percent_loss() {
     });
     assert!(cut_off, "the majority saw the island go down");
     network.island.clear();
+    let survivors = size - killed.len();
     assert!(
         network.converge(survivors - 1, 180_000),
         "the mesh did not heal after the partition"
