@@ -131,6 +131,9 @@ impl MeshMetrics {
         metrics::counter!("hydra_mesh_downs_total").absolute(self.downs);
         metrics::counter!("hydra_mesh_datagrams_dropped_bad_seal_total")
             .absolute(self.dropped_bad_seal);
+        // Every reason (bad seal, too old, replayed, ...): what the agent's older
+        // `hydra_agent_mesh_datagrams_dropped_total` counted, now on both daemons.
+        metrics::counter!("hydra_mesh_datagrams_dropped_total").absolute(self.dropped_total);
         metrics::counter!("hydra_mesh_datagrams_sent_total").absolute(self.datagrams_sent);
         metrics::counter!("hydra_mesh_datagrams_received_total").absolute(self.datagrams_received);
     }

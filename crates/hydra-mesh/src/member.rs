@@ -156,6 +156,11 @@ impl StateBook {
         self.receive(data, None).map(|_| ())
     }
 
+    /// Takes a state sent straight to this node, already decoded (not re-disseminated).
+    pub fn receive_state(&mut self, state: MemberState) {
+        let _newer = self.keep_if_newer(state);
+    }
+
     fn receive(
         &mut self,
         data: &[u8],
@@ -165,11 +170,16 @@ impl StateBook {
             self.undecodable += 1;
             BadBroadcast(error.to_string())
         })?;
+        Ok(self.keep_if_newer(state))
+    }
+
+    /// Keeps `state` when it is newer than the one known; answers its broadcast key then.
+    fn keep_if_newer(&mut self, state: MemberState) -> Option<StateKey> {
         let newer = self.states.get(&state.node_id).is_none_or(|known| {
             (state.generation, state.version) > (known.generation, known.version)
         });
         if !newer {
-            return Ok(None);
+            return None;
         }
         let key = StateKey {
             node_id: state.node_id.clone(),
@@ -177,6 +187,6 @@ impl StateBook {
             version: state.version,
         };
         self.states.insert(state.node_id.clone(), state);
-        Ok(Some(key))
+        Some(key)
     }
 }

@@ -57,25 +57,6 @@ fn record(state: &AgentState, now_ms: i64) {
         metrics::counter!("hydra_agent_journal_dropped_total").absolute(journal.dropped());
     }
     metrics::gauge!("hydra_agent_uptime_seconds").set(state.inner.started.elapsed().as_secs_f64());
-    record_mesh(state);
-}
-
-/// The mesh's counters (issue 11 A gives a fuller snapshot; this is its seam): members by state
-/// and datagrams, from the same snapshot `GET /api/v1/cluster` reads.
-fn record_mesh(state: &AgentState) {
-    let status = state.cluster().status(false);
-    if !status.enabled {
-        return;
-    }
-    for (member_state, count) in &status.members_by_state {
-        metrics::gauge!("hydra_agent_mesh_members", "state" => member_state.clone())
-            .set(*count as f64);
-    }
-    metrics::counter!("hydra_agent_mesh_datagrams_sent_total").absolute(status.datagrams_sent);
-    metrics::counter!("hydra_agent_mesh_datagrams_received_total")
-        .absolute(status.datagrams_received);
-    for (reason, count) in &status.dropped {
-        metrics::counter!("hydra_agent_mesh_datagrams_dropped_total", "reason" => reason.clone())
-            .absolute(*count);
-    }
+    // The mesh's series are `hydra_mesh_*`, the same on agents and servers, set by its driver
+    // every second (`MeshMetrics::record`).
 }

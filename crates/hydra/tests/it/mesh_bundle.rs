@@ -4,7 +4,7 @@
 //! done on the server's key file alone (new key added, then made primary, then the old one
 //! removed) reaches them without a restart and keeps them joined throughout (no member down,
 //! no datagram refused); no key shows in a log or an argv; and `/metrics` on both daemons
-//! carries the mesh's `hydra_mesh_*` series.
+//! carries the mesh's `hydra_mesh_*` series (and no older `hydra_agent_mesh_*` duplicate).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -276,6 +276,7 @@ async fn agents_without_a_key_join_through_the_bundle_and_stay_joined_through_a_
             ("hydra_mesh_suspicions_total", "counter"),
             ("hydra_mesh_downs_total", "counter"),
             ("hydra_mesh_datagrams_dropped_bad_seal_total", "counter"),
+            ("hydra_mesh_datagrams_dropped_total", "counter"),
         ] {
             assert_eq!(
                 scrape.types.get(name).map(String::as_str),
@@ -283,6 +284,13 @@ async fn agents_without_a_key_join_through_the_bundle_and_stay_joined_through_a_
                 "{url} {name}"
             );
         }
+        // One series per fact: the agent's older `hydra_agent_mesh_*` duplicates are gone.
+        let duplicates: Vec<&String> = scrape
+            .types
+            .keys()
+            .filter(|name| name.starts_with("hydra_agent_mesh_"))
+            .collect();
+        assert!(duplicates.is_empty(), "{url}: {duplicates:?}");
     }
     // A datagram sealed under a key nobody holds is dropped and counted, never parsed.
     let server_mesh = server_cluster().await["addr"]
