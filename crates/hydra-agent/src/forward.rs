@@ -8,6 +8,10 @@
 //! the viewer capability and the bearer token go on untouched (the capability is signed with the
 //! owner's agent key, which only the owner and the control plane hold). Connections to a peer
 //! are pooled per peer and dropped when the mesh says it is down or left.
+//!
+//! A peer is reached only at a gossiped `api_url` whose host is the address the mesh hears that
+//! member from (`hydra_core::liveness::api_url_heard_from`): gossip is relayed, so a state
+//! naming another host could otherwise send requests, and the tokens they carry, anywhere.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
+use hydra_core::liveness::api_url_heard_from;
 use hydra_core::peer::{PeerChoice, PeerLoad, best_peer};
 use hydra_core::session_id::{SessionId, parse_session_id};
 use hydra_proxy::api_error::ApiError;
@@ -55,6 +60,60 @@ pub fn route(id: &str, own_node_id: Option<&str>) -> Route {
         }
         _ => Route::Here,
     }
+}
+
+/// A live member of the mesh as a forward sees it: its published API address and load, and
+/// whether that address may be used.
+#[derive(Debug, Clone)]
+struct LivePeer {
+    node_id: String,
+    api_url: String,
+    /// The mesh address its datagrams come from and go to (its identity's).
+    mesh_addr: String,
+    roles: Vec<String>,
+    pending: u32,
+    capacity: u32,
+    /// `api_url`'s host is `mesh_addr`'s address.
+    trusted: bool,
+}
+
+/// The live members that published an API address, from one snapshot of the mesh, each marked
+/// whether a forward may go to it.
+fn live_peers(cluster: &ClusterHandle) -> Vec<LivePeer> {
+    cluster
+        .status(true)
+        .members
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|member| member.state == "alive")
+        .filter_map(|member| {
+            let api_url = member.api_url.filter(|url| !url.is_empty())?;
+            let trusted = member
+                .addr
+                .parse::<SocketAddr>()
+                .is_ok_and(|addr| api_url_heard_from(&api_url, addr.ip()));
+            Some(LivePeer {
+                node_id: member.node_id,
+                api_url,
+                mesh_addr: member.addr,
+                roles: member.roles,
+                pending: member.pending.unwrap_or(0),
+                capacity: member.capacity.unwrap_or(0),
+                trusted,
+            })
+        })
+        .collect()
+}
+
+/// Logs (once per request) a live peer left out because its gossiped API address is not the
+/// address the mesh hears it from.
+fn warn_untrusted(peer: &LivePeer) {
+    tracing::warn!(
+        peer = %peer.node_id,
+        api_url = %peer.api_url,
+        mesh_addr = %peer.mesh_addr,
+        "[forward] peer's gossiped api_url is not at its mesh address; not forwarded"
+    );
 }
 
 /// One peer's pooled connections: the proxy (plain requests and WebSocket upgrades) and a
@@ -228,11 +287,9 @@ pub async fn one_hop(State(state): State<AgentState>, request: Request, next: Ne
         // The handler refuses it (401); nothing goes out for a caller without a token.
         return next.run(request).await;
     }
-    let Some(member) = state
-        .cluster()
-        .live_members()
+    let Some(member) = live_peers(state.cluster())
         .into_iter()
-        .find(|member| member.node_id == owner && !member.api_url.is_empty())
+        .find(|member| member.node_id == owner)
     else {
         state.peers().forget(&owner);
         return ApiError::new(
@@ -241,6 +298,19 @@ pub async fn one_hop(State(state): State<AgentState>, request: Request, next: Ne
         )
         .into_response();
     };
+    if !member.trusted {
+        state.peers().forget(&owner);
+        warn_untrusted(&member);
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "session {id} runs on {owner}, whose gossiped api_url {} is not at the address \
+                 the mesh hears it from ({})",
+                member.api_url, member.mesh_addr
+            ),
+        )
+        .into_response();
+    }
     let Some(link) = state
         .peers()
         .link(
@@ -294,12 +364,14 @@ pub async fn place_while_degraded(
     }
     let worker = state.worker()?;
     let own = state.heartbeat().node_id?;
-    let members: Vec<_> = state
-        .cluster()
-        .live_members()
+    let members: Vec<LivePeer> = live_peers(state.cluster())
         .into_iter()
+        .filter(|member| member.roles.iter().any(|role| role == "worker"))
         .filter(|member| {
-            member.roles.iter().any(|role| role == "worker") && !member.api_url.is_empty()
+            if !member.trusted {
+                warn_untrusted(member);
+            }
+            member.trusted
         })
         .collect();
     let local = PeerLoad {

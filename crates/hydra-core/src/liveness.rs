@@ -109,6 +109,18 @@ pub fn member_matches_node(member_ip: IpAddr, node: &Node) -> bool {
     [node.lan_ip, node.wg_ip].contains(&Some(member_ip))
 }
 
+/// Whether an agent may forward to the `api_url` a member gossips, the agent-side twin of
+/// [`member_matches_node`]: the agent knows no enrolled addresses, so the URL's host must be the
+/// address the mesh exchanges datagrams with (`member_ip`, the member's identity). A state
+/// relayed or forged by another member then cannot point one worker's forwards (and the
+/// bearer tokens they carry) at a third host. A hostname is refused: checking it would need a
+/// lookup, and the mesh only ever vouches for an address.
+pub fn api_url_heard_from(api_url: &str, member_ip: IpAddr) -> bool {
+    url_host(api_url)
+        .and_then(|host| host.parse::<IpAddr>().ok())
+        .is_some_and(|host| host.to_canonical() == member_ip.to_canonical())
+}
+
 /// The agent URL the control plane may ask about `node`: the one its worker report gave (the
 /// node's own authenticated word), else the one the mesh published only when its host is an
 /// address the node enrolled with; `None` when neither is usable (the agent is not asked).

@@ -100,6 +100,18 @@ impl ControlPlane {
         ok_or_error(response, "move").await
     }
 
+    /// `GET {base_url}{path}` with the admin token (e.g. `/api/v1/nodes/b1`), as JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        json_or_error(response, path).await
+    }
+
     /// The eligible list for `head_id`, as the server answers it.
     pub async fn eligible(&self, head_id: &str) -> anyhow::Result<EligibleResponse> {
         let url = reqwest::Url::parse_with_params(

@@ -33,6 +33,16 @@ where
     F: FnOnce(Lab) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    run_isolated_within(DEFAULT_LIMIT, scenario);
+}
+
+/// [`run_isolated`] for a scenario that needs more than the default 240 s (many processes on a
+/// loaded machine); `HYDRA_LAB_TIMEOUT_SECS` still overrides `limit`.
+pub fn run_isolated_within<F, Fut>(limit: Duration, scenario: F)
+where
+    F: FnOnce(Lab) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     if let Ok(name) = std::env::var(INSIDE_ENV) {
         run_inside(&name, scenario);
         return;
@@ -42,7 +52,7 @@ where
         .filter(|name| *name != "main")
         .map(str::to_owned)
         .expect("run_isolated must be called from a libtest test thread (named after the test)");
-    if let Err(error) = run_outside(&name) {
+    if let Err(error) = run_outside(&name, limit) {
         panic!("lab scenario {name}: {error:#}");
     }
 }
@@ -191,7 +201,7 @@ fn wait_bounded(
     }
 }
 
-fn run_outside(name: &str) -> anyhow::Result<()> {
+fn run_outside(name: &str, default_limit: Duration) -> anyhow::Result<()> {
     let outer = Outer::prepare()?;
     let output_path = outer.workdir.path().join("scenario.log");
     let output = std::fs::File::create(&output_path)?;
@@ -206,7 +216,7 @@ fn run_outside(name: &str) -> anyhow::Result<()> {
         .ok()
         .and_then(|secs| secs.parse().ok())
         .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_LIMIT);
+        .unwrap_or(default_limit);
     let status = wait_bounded(&mut child, limit)?;
     let text = std::fs::read_to_string(&output_path).unwrap_or_default();
     let passed = status.is_some_and(|status| status.success())

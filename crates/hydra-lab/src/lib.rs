@@ -8,12 +8,13 @@
 pub mod control;
 pub mod fleet;
 pub mod isolate;
+pub mod mesh;
 pub mod poll;
 pub mod process;
 pub mod standin;
 pub mod topology;
 
 pub use fleet::{BodySpec, Fleet, FleetSpec, HeadSpec};
-pub use isolate::run_isolated;
+pub use isolate::{run_isolated, run_isolated_within};
 pub use process::LabProcess;
 pub use topology::{Host, Lab, Network};

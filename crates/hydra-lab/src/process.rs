@@ -47,6 +47,13 @@ impl LabProcess {
             .stderr(
                 File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?,
             );
+        // A child takes its settings from its arguments and files only: a `HYDRA_` variable of
+        // the test's own environment (scripts/test's database URL, say) must not configure it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HYDRA_") {
+                command.env_remove(key);
+            }
+        }
         for (key, value) in env {
             command.env(key, value);
         }

@@ -241,6 +241,52 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops every UDP datagram arriving on or leaving `host` (its own table, so TCP drops stay
+    /// as they are): the peer mesh's gossip is lost both ways while HTTP still flows.
+    pub fn drop_udp(&self, host: &Host) -> anyhow::Result<()> {
+        let script = "table inet hydra_lab_udp {}\n\
+             flush table inet hydra_lab_udp\n\
+             table inet hydra_lab_udp {\n\
+               chain input {\n\
+                 type filter hook input priority 0; policy accept;\n\
+                 meta l4proto udp drop\n\
+               }\n\
+               chain output {\n\
+                 type filter hook output priority 0; policy accept;\n\
+                 meta l4proto udp drop\n\
+               }\n\
+             }\n";
+        run_bounded(
+            "ip",
+            &["netns", "exec", &host.name, "nft", "-f", "-"],
+            Some(script),
+            Duration::from_secs(10),
+        )
+        .with_context(|| format!("installing the UDP drop on {}", host.name))?;
+        Ok(())
+    }
+
+    /// Removes the drop set by [`drop_udp`](Self::drop_udp) on `host`.
+    pub fn clear_udp_drop(&self, host: &Host) -> anyhow::Result<()> {
+        run_bounded(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &host.name,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "hydra_lab_udp",
+            ],
+            None,
+            Duration::from_secs(10),
+        )
+        .with_context(|| format!("removing the UDP drop on {}", host.name))?;
+        Ok(())
+    }
+
     /// The nftables ruleset of `host`, as `nft list ruleset` prints it.
     pub fn ruleset(&self, host: &Host) -> anyhow::Result<String> {
         run_bounded(

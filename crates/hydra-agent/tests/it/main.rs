@@ -10,6 +10,7 @@ mod browser;
 mod captures;
 mod colocated;
 mod fleet;
+mod forward_trust;
 mod heartbeat_backoff;
 mod input;
 mod mic;

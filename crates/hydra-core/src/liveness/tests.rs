@@ -188,3 +188,58 @@ fn only_an_enrolled_address_speaks_for_a_node() {
         reported None published None -> None
     "#]].assert_eq(&out);
 }
+
+#[test]
+fn an_agent_forwards_only_to_the_address_the_mesh_hears_a_member_from() {
+    let mut out = String::new();
+    for (api_url, member) in [
+        ("http://198.18.1.10:7070", "198.18.1.10"),
+        ("https://198.18.1.10:7070/", "198.18.1.10"),
+        ("http://198.18.1.66:7070", "198.18.1.10"),
+        ("http://[fd00::5]:7070", "fd00::5"),
+        ("http://[::ffff:198.18.1.10]:7070", "198.18.1.10"),
+        ("http://198.18.1.10:7070", "::ffff:198.18.1.10"),
+        ("http://198.18.1.66@198.18.1.10:7070", "198.18.1.10"),
+        ("http://worker.example:7070", "198.18.1.10"),
+        ("http://0.0.0.0:7070", "198.18.1.10"),
+        ("ftp://198.18.1.10", "198.18.1.10"),
+        ("", "198.18.1.10"),
+    ] {
+        let ip: IpAddr = member.parse().unwrap();
+        out.push_str(&format!(
+            "{api_url:<36} from {member:<20} -> {}\n",
+            api_url_heard_from(api_url, ip)
+        ));
+    }
+    expect![[r#"
+        http://198.18.1.10:7070              from 198.18.1.10          -> true
+        https://198.18.1.10:7070/            from 198.18.1.10          -> true
+        http://198.18.1.66:7070              from 198.18.1.10          -> false
+        http://[fd00::5]:7070                from fd00::5              -> true
+        http://[::ffff:198.18.1.10]:7070     from 198.18.1.10          -> true
+        http://198.18.1.10:7070              from ::ffff:198.18.1.10   -> true
+        http://198.18.1.66@198.18.1.10:7070  from 198.18.1.10          -> false
+        http://worker.example:7070           from 198.18.1.10          -> false
+        http://0.0.0.0:7070                  from 198.18.1.10          -> false
+        ftp://198.18.1.10                    from 198.18.1.10          -> false
+                                             from 198.18.1.10          -> false
+    "#]]
+    .assert_eq(&out);
+}
+
+proptest! {
+    /// A forward goes to a member's gossiped URL exactly when its host is the member's mesh
+    /// address, whatever the port and path.
+    #[test]
+    fn a_gossiped_url_is_trusted_only_at_the_mesh_address(
+        host in any::<[u8; 4]>(),
+        member in any::<[u8; 4]>(),
+        port in 1u16..,
+        path in "(/[a-z]{0,8}){0,2}",
+    ) {
+        let host = std::net::Ipv4Addr::from(host);
+        let member = IpAddr::from(member);
+        let url = format!("http://{host}:{port}{path}");
+        prop_assert_eq!(api_url_heard_from(&url, member), IpAddr::from(host) == member);
+    }
+}

@@ -21,6 +21,7 @@ mod fleet;
 mod foreign_cluster;
 mod head_ride_out;
 mod lab;
+mod lab_mesh;
 mod mesh_bundle;
 mod mesh_server;
 mod metrics;
