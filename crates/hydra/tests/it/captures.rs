@@ -153,30 +153,13 @@ async fn one_agent_killed_mid_capture(database_url: Option<String>) {
         .iter()
         .map(|id| AgentProcess::start(&server, dir.path(), id))
         .collect();
-    let healthy = eventually(Duration::from_secs(60), async || {
-        let (_, list) = call(Method::GET, &server.api("/workers"), None).await;
-        list["workers"].as_array().is_some_and(|workers| {
-            workers
-                .iter()
-                .filter(|worker| worker["healthy"] == true)
-                .count()
-                == 3
-        })
-    })
-    .await;
     assert!(
-        healthy,
+        workers_healthy(&server.url, 3).await,
         "three healthy workers; agent log: {}",
         std::fs::read_to_string(&agents[1].log).unwrap_or_default()
     );
 
-    let (status, started) = call(
-        Method::POST,
-        &server.api("/captures"),
-        Some(json!({"fan_out": true, "duration": 120})),
-    )
-    .await;
-    assert_eq!(status, 201, "{started}");
+    let started = start_fan_out(&server).await;
     let id = started["capture_id"].as_str().unwrap().to_owned();
     assert_eq!(started["node_segments"].as_array().unwrap().len(), 3);
     let stop_lines = tokio_util::sync::CancellationToken::new();
@@ -355,6 +338,18 @@ async fn lines_grow(url: &str, id: &str, nodes: &[&str], at_least: &[u64]) -> bo
         })
     })
     .await
+}
+
+/// Starts a fan-out capture of every worker for 120 s; its answer (asserted `201`).
+async fn start_fan_out(server: &ServerProcess) -> Value {
+    let (status, started) = call(
+        Method::POST,
+        &server.api("/captures"),
+        Some(json!({"fan_out": true, "duration": 120})),
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    started
 }
 
 /// Waits (at most 60 s) until `nodes` report as healthy workers to `url`.
@@ -709,13 +704,7 @@ async fn a_node_the_mesh_declares_down_ends_its_segment_node_left_and_is_not_pic
         std::fs::read_to_string(&agents[1].log).unwrap_or_default()
     );
 
-    let (status, started) = call(
-        Method::POST,
-        &server.api("/captures"),
-        Some(json!({"fan_out": true, "duration": 120})),
-    )
-    .await;
-    assert_eq!(status, 201, "{started}");
+    let started = start_fan_out(&server).await;
     let id = started["capture_id"].as_str().unwrap().to_owned();
     let stop_lines = tokio_util::sync::CancellationToken::new();
     let driver = drive_lines(
