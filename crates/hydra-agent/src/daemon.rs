@@ -2,6 +2,7 @@
 //! then the HTTP surface, the periodic session checks and the heartbeat loop as owned tasks,
 //! all stopped through one cancellation token.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hydra_client::{Client, ClientConfig, RetryPolicy};
@@ -54,6 +55,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     serve(listener, config, shutdown).await
 }
 
+/// What the agent's owned tasks return: the first failure stops the agent.
+type Tasks = tokio::task::JoinSet<Result<(), DaemonError>>;
+
 /// Runs the agent on an already bound listener (tests bind port 0) until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -69,56 +73,11 @@ pub async fn serve(
         _ => None,
     };
     let (config, start) = crate::bundle::with_kept_bundle(config);
-    let worker = if config.runs_worker() {
-        let root = config.sessions_root();
-        let removed = clean_orphans(&root).map_err(|error| DaemonError::SessionsRoot {
-            path: root.clone(),
-            error,
-        })?;
-        if !removed.is_empty() {
-            tracing::info!(
-                count = removed.len(),
-                "[cleanup] removed orphaned session dirs left by an earlier agent"
-            );
-        }
-        Some(Worker::new(config.worker_settings()))
-    } else {
-        None
-    };
-    let client_config = ClientConfig {
-        retry: RetryPolicy::attempts(2)
-            .with_delays(Duration::from_millis(200), Duration::from_secs(2)),
-        ..ClientConfig::new(config.controller.url.clone())
-    };
-    let client = Client::new(client_config).map_err(DaemonError::Client)?;
-    // Before any call: the cluster kept from an earlier run, so neither the first heartbeat nor
-    // the journal's replay can reach a foreign server that took a replica's address.
-    client.set_cluster_id(crate::health::load_cluster(
-        &config.state_dir,
-        hydra_api::now_ms(),
-    ));
+    let worker = prepare_worker(&config)?;
+    let client = control_client(&config)?;
     let mesh = crate::cluster::start::prepare(&config).await?;
     let proxy = Proxy::new(shutdown.clone());
-    let state = AgentState::new(
-        HttpSettings {
-            roles: config.node.roles.clone(),
-            servers: client.replica_urls(),
-            return_url: config.sessions.return_url.clone(),
-            report_url: config.sessions.report_url.clone(),
-            rating_url: config.sessions.rating_url.clone(),
-            api_token: config.api_token.clone(),
-            wireguard_optional: config.wireguard_optional,
-            viewer_ttl: Duration::from_secs_f64(config.sessions.viewer_ttl),
-            ice: config.ice(),
-        },
-        worker.clone(),
-        proxy.clone(),
-    );
-    if config.node.roles.iter().any(|role| role == "body") {
-        state.set_body(crate::body::BodyRole::new(
-            crate::body::BodySettings::from_config(&config),
-        ));
-    }
+    let state = agent_state(&config, &client, worker.clone(), proxy.clone());
     let records = match &worker {
         Some(_) => {
             state.set_body_link(crate::sunshine::BodyLink::new(
@@ -133,32 +92,13 @@ pub async fn serve(
         }
         None => None,
     };
-    // The write journal: what the agent owes the control plane from before a restart is
-    // replayed once a master answers; a corrupt file is set aside and named.
-    match crate::journal::Journal::open(
-        &config.state_dir,
-        config.journal.max_entries,
-        hydra_api::now_ms(),
-    ) {
-        Ok((journal, corrupt)) => {
-            if let Some(error) = corrupt {
-                tracing::error!(%error, "[journal] the write journal is not used");
-            }
-            if !journal.is_empty() {
-                tracing::info!(writes = journal.len(), path = %journal.path().display(), "[journal] writes from before this start wait for a master");
-            }
-            state.ride_out().set_journal(std::sync::Arc::new(journal));
-        }
-        Err(error) => {
-            tracing::error!(%error, "[journal] no write journal: writes made while no master answers are lost");
-        }
-    }
+    open_journal(&config, &state);
     // The field's start-up warning, word for word, once: the health answer says `degraded` too.
     if !config.wireguard_optional && !crate::local_api::wireguard_up() {
         tracing::warn!("[worker] WARNING: no WireGuard interface detected");
     }
     tracing::info!(listen = %bound, roles = %config.node.roles.join(","), servers = %config.controller.url.join(","), "[worker] hydra agent listening");
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = Tasks::new();
     {
         let app = router(state.clone());
         let stop = shutdown.clone();
@@ -169,103 +109,18 @@ pub async fn serve(
                 .map_err(DaemonError::Serve)
         });
     }
-    {
-        let state = state.clone();
-        let stop = shutdown.clone();
-        crate::monitor::attach_logs(state.monitor());
-        let watched = crate::monitor::Watched {
-            worker: worker.clone(),
-            sessions_root: config.sessions_root(),
-            health: {
-                let state = state.clone();
-                Box::new(move || state.health_word())
-            },
-        };
-        tasks.spawn(async move {
-            crate::monitor::watch(state.monitor().clone(), watched, stop).await;
-            state.monitor_closed().cancel();
-            Ok(())
-        });
-    }
-    if let Some(worker) = worker.clone() {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            worker.run_checks(stop).await;
-            Ok(())
-        });
-    }
-    if let (Some(records), Some(worker)) = (records.clone(), worker.clone()) {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            tokio::join!(
-                records.clone().watch(worker, stop.clone()),
-                records.send(stop)
-            );
-            Ok(())
-        });
-    }
-    {
-        let state = state.clone();
-        let stop = shutdown.clone();
-        let config = config.clone();
-        let worker = worker.clone();
-        tasks.spawn(async move {
-            let identity = match enrol_or_load(&config, &client, &stop).await {
-                Ok(identity) => identity,
-                Err(EnrolError::Stopped) => return Ok(()),
-                Err(error) => {
-                    stop.cancel();
-                    return Err(DaemonError::Enrol(error));
-                }
-            };
-            state.update_heartbeat(|seen| seen.node_id = Some(identity.node_id.clone()));
-            if let Some(records) = state.records() {
-                records.set_node_id(&identity.node_id);
-            }
-            let settings = HeartbeatSettings {
-                node_id: identity.node_id.clone(),
-                interval: Duration::from_secs_f64(config.heartbeat.interval),
-                jitter: config.heartbeat.jitter,
-                agent_url: config.public_url(),
-            };
-            let ride_out = crate::bundle::ride_out(
-                start,
-                identity.node_id.clone(),
-                worker,
-                client.with_token(identity.token.clone()),
-                state.clone(),
-                stop.clone(),
-            );
-            let mesh = crate::cluster::start::run(
-                mesh,
-                &config,
-                identity.node_id.clone(),
-                state.clone(),
-                stop.clone(),
-            );
-            tokio::join!(
-                crate::heartbeat::run(state, client.with_token(identity.token), settings, stop),
-                ride_out,
-                mesh
-            );
-            Ok(())
-        });
-    }
-    let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        let outcome = joined.unwrap_or_else(|error| {
-            Err(DaemonError::Serve(std::io::Error::other(format!(
-                "agent task failed: {error}"
-            ))))
-        });
-        if let Err(error) = outcome {
-            shutdown.cancel();
-            failure.get_or_insert(error);
-        }
-        if shutdown.is_cancelled() {
-            break;
-        }
-    }
+    spawn_monitor(&mut tasks, &config, &state, worker.clone(), &shutdown);
+    spawn_session_checks(&mut tasks, worker.clone(), records.clone(), &shutdown);
+    let control = ControlPlane {
+        config: config.clone(),
+        client,
+        start,
+        mesh,
+        worker: worker.clone(),
+        state: state.clone(),
+    };
+    tasks.spawn(control.run(shutdown.clone()));
+    let failure = first_failure(&mut tasks, &shutdown).await;
     shutdown.cancel();
     if let Some(worker) = &worker {
         worker.shutdown().await;
@@ -285,12 +140,236 @@ pub async fn serve(
     }
 }
 
-/// The session records with their journal (records from before a restart are sent again); a
-/// corrupt journal is set aside and named, an unusable one leaves records unsent.
-fn open_records(
+/// The worker when this node runs one, after removing the session dirs an earlier agent left.
+fn prepare_worker(config: &AgentConfig) -> Result<Option<Arc<Worker>>, DaemonError> {
+    if !config.runs_worker() {
+        return Ok(None);
+    }
+    let root = config.sessions_root();
+    let removed = clean_orphans(&root).map_err(|error| DaemonError::SessionsRoot {
+        path: root.clone(),
+        error,
+    })?;
+    if !removed.is_empty() {
+        tracing::info!(
+            count = removed.len(),
+            "[cleanup] removed orphaned session dirs left by an earlier agent"
+        );
+    }
+    Ok(Some(Worker::new(config.worker_settings())))
+}
+
+/// The control plane's client, already scoped to the cluster kept from an earlier run.
+fn control_client(config: &AgentConfig) -> Result<Client, DaemonError> {
+    let client_config = ClientConfig {
+        retry: RetryPolicy::attempts(2)
+            .with_delays(Duration::from_millis(200), Duration::from_secs(2)),
+        ..ClientConfig::new(config.controller.url.clone())
+    };
+    let client = Client::new(client_config).map_err(DaemonError::Client)?;
+    // Before any call: the cluster kept from an earlier run, so neither the first heartbeat nor
+    // the journal's replay can reach a foreign server that took a replica's address.
+    client.set_cluster_id(crate::health::load_cluster(
+        &config.state_dir,
+        hydra_api::now_ms(),
+    ));
+    Ok(client)
+}
+
+/// The HTTP surface's shared state, with the body role when this node is a body.
+fn agent_state(
+    config: &AgentConfig,
+    client: &Client,
+    worker: Option<Arc<Worker>>,
+    proxy: Proxy,
+) -> AgentState {
+    let state = AgentState::new(
+        HttpSettings {
+            roles: config.node.roles.clone(),
+            servers: client.replica_urls(),
+            return_url: config.sessions.return_url.clone(),
+            report_url: config.sessions.report_url.clone(),
+            rating_url: config.sessions.rating_url.clone(),
+            api_token: config.api_token.clone(),
+            wireguard_optional: config.wireguard_optional,
+            viewer_ttl: Duration::from_secs_f64(config.sessions.viewer_ttl),
+            ice: config.ice(),
+        },
+        worker,
+        proxy,
+    );
+    if config.node.roles.iter().any(|role| role == "body") {
+        state.set_body(crate::body::BodyRole::new(
+            crate::body::BodySettings::from_config(config),
+        ));
+    }
+    state
+}
+
+/// The write journal: what the agent owes the control plane from before a restart is replayed
+/// once a master answers; a corrupt file is set aside and named.
+fn open_journal(config: &AgentConfig, state: &AgentState) {
+    match crate::journal::Journal::open(
+        &config.state_dir,
+        config.journal.max_entries,
+        hydra_api::now_ms(),
+    ) {
+        Ok((journal, corrupt)) => {
+            if let Some(error) = corrupt {
+                tracing::error!(%error, "[journal] the write journal is not used");
+            }
+            if !journal.is_empty() {
+                tracing::info!(writes = journal.len(), path = %journal.path().display(), "[journal] writes from before this start wait for a master");
+            }
+            state.ride_out().set_journal(Arc::new(journal));
+        }
+        Err(error) => {
+            tracing::error!(%error, "[journal] no write journal: writes made while no master answers are lost");
+        }
+    }
+}
+
+/// The monitor feed: the agent's own log lines and what it watches (sessions, health).
+fn spawn_monitor(
+    tasks: &mut Tasks,
     config: &AgentConfig,
     state: &AgentState,
-) -> Option<std::sync::Arc<crate::reports::Records>> {
+    worker: Option<Arc<Worker>>,
+    shutdown: &CancellationToken,
+) {
+    let state = state.clone();
+    let stop = shutdown.clone();
+    crate::monitor::attach_logs(state.monitor());
+    let watched = crate::monitor::Watched {
+        worker,
+        sessions_root: config.sessions_root(),
+        health: {
+            let state = state.clone();
+            Box::new(move || state.health_word())
+        },
+    };
+    tasks.spawn(async move {
+        crate::monitor::watch(state.monitor().clone(), watched, stop).await;
+        state.monitor_closed().cancel();
+        Ok(())
+    });
+}
+
+/// The worker's periodic session checks and the session records' watcher and sender.
+fn spawn_session_checks(
+    tasks: &mut Tasks,
+    worker: Option<Arc<Worker>>,
+    records: Option<Arc<crate::reports::Records>>,
+    shutdown: &CancellationToken,
+) {
+    if let Some(worker) = worker.clone() {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            worker.run_checks(stop).await;
+            Ok(())
+        });
+    }
+    if let (Some(records), Some(worker)) = (records, worker) {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            tokio::join!(
+                records.clone().watch(worker, stop.clone()),
+                records.send(stop)
+            );
+            Ok(())
+        });
+    }
+}
+
+/// What the agent needs to join the control plane: enrolment, then the heartbeat, the bundle's
+/// ride-out and the mesh.
+struct ControlPlane {
+    config: AgentConfig,
+    client: Client,
+    start: crate::bundle::Start,
+    mesh: Option<crate::cluster::start::Prepared>,
+    worker: Option<Arc<Worker>>,
+    state: AgentState,
+}
+
+impl ControlPlane {
+    /// Enrols (or loads the identity), then runs the heartbeat, the ride-out and the mesh until
+    /// `stop`; a failed enrolment stops the agent.
+    async fn run(self, stop: CancellationToken) -> Result<(), DaemonError> {
+        let ControlPlane {
+            config,
+            client,
+            start,
+            mesh,
+            worker,
+            state,
+        } = self;
+        let identity = match enrol_or_load(&config, &client, &stop).await {
+            Ok(identity) => identity,
+            Err(EnrolError::Stopped) => return Ok(()),
+            Err(error) => {
+                stop.cancel();
+                return Err(DaemonError::Enrol(error));
+            }
+        };
+        state.update_heartbeat(|seen| seen.node_id = Some(identity.node_id.clone()));
+        if let Some(records) = state.records() {
+            records.set_node_id(&identity.node_id);
+        }
+        let settings = HeartbeatSettings {
+            node_id: identity.node_id.clone(),
+            interval: Duration::from_secs_f64(config.heartbeat.interval),
+            jitter: config.heartbeat.jitter,
+            agent_url: config.public_url(),
+        };
+        let ride_out = crate::bundle::ride_out(
+            start,
+            identity.node_id.clone(),
+            worker,
+            client.with_token(identity.token.clone()),
+            state.clone(),
+            stop.clone(),
+        );
+        let mesh = crate::cluster::start::run(
+            mesh,
+            &config,
+            identity.node_id.clone(),
+            state.clone(),
+            stop.clone(),
+        );
+        tokio::join!(
+            crate::heartbeat::run(state, client.with_token(identity.token), settings, stop),
+            ride_out,
+            mesh
+        );
+        Ok(())
+    }
+}
+
+/// Waits for the tasks until the first failure or until `shutdown`; a failure (or a task that
+/// panicked) cancels the others and is what the agent stops with.
+async fn first_failure(tasks: &mut Tasks, shutdown: &CancellationToken) -> Option<DaemonError> {
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.unwrap_or_else(|error| {
+            Err(DaemonError::Serve(std::io::Error::other(format!(
+                "agent task failed: {error}"
+            ))))
+        });
+        if let Err(error) = outcome {
+            shutdown.cancel();
+            failure.get_or_insert(error);
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    failure
+}
+
+/// The session records with their journal (records from before a restart are sent again); a
+/// corrupt journal is set aside and named, an unusable one leaves records unsent.
+fn open_records(config: &AgentConfig, state: &AgentState) -> Option<Arc<crate::reports::Records>> {
     let settings = crate::reports::RecordSettings::from_config(config);
     match crate::reports::Records::open(settings, hydra_api::now_ms()) {
         Ok((records, corrupt)) => {

@@ -150,19 +150,7 @@ impl MicRelay {
             .enable_opus(true, false)
             .set_rtp_mode(true)
             .build(Instant::now());
-        let mut sockets = Vec::new();
-        for ip in &settings.candidate_ips {
-            let socket = bind_in_range(*ip, first, last).await?;
-            let local = socket.local_addr().map_err(|_| MicError::NoPorts {
-                ip: *ip,
-                first,
-                last,
-            })?;
-            let candidate = Candidate::host(local, "udp")
-                .map_err(|error| MicError::InvalidOffer(format!("host candidate: {error}")))?;
-            rtc.add_local_candidate(candidate);
-            sockets.push(Arc::new(socket));
-        }
+        let sockets = bind_candidates(&mut rtc, &settings.candidate_ips, (first, last)).await?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -235,6 +223,29 @@ impl MicRelay {
             let _ = peer.task.await;
         }
     }
+}
+
+/// One UDP socket in the session's port range `first..=last` per candidate address, each
+/// announced to `rtc` as a host candidate.
+async fn bind_candidates(
+    rtc: &mut Rtc,
+    ips: &[IpAddr],
+    (first, last): (u16, u16),
+) -> Result<Vec<Arc<UdpSocket>>, MicError> {
+    let mut sockets = Vec::new();
+    for ip in ips {
+        let socket = bind_in_range(*ip, first, last).await?;
+        let local = socket.local_addr().map_err(|_| MicError::NoPorts {
+            ip: *ip,
+            first,
+            last,
+        })?;
+        let candidate = Candidate::host(local, "udp")
+            .map_err(|error| MicError::InvalidOffer(format!("host candidate: {error}")))?;
+        rtc.add_local_candidate(candidate);
+        sockets.push(Arc::new(socket));
+    }
+    Ok(sockets)
 }
 
 /// `0.0.0.0` or `::`, matching `ip`'s family (the socket that sends to the body).

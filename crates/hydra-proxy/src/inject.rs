@@ -437,34 +437,7 @@ where
                 .extend_from_slice(chunk)
         }
     };
-    let injected = Arc::new(AtomicBool::new(false));
-    let mut settings = Settings::new_send();
-    for tag in ["head", "body"] {
-        let injected = injected.clone();
-        let script = script.clone();
-        settings = settings.append_element_content_handler(element!(tag, move |element| {
-            if !injected.swap(true, Ordering::Relaxed) {
-                element.prepend(&script, ContentType::Html);
-            }
-            Ok(())
-        }));
-    }
-    for selector in EXIT_SELECTORS {
-        settings = settings.append_element_content_handler(element!(*selector, |element| {
-            element.set_attribute(EXIT_ATTRIBUTE, "1")?;
-            Ok(())
-        }));
-    }
-    {
-        let injected = injected.clone();
-        let script = script.clone();
-        settings = settings.append_document_content_handler(end!(move |end| {
-            if !injected.swap(true, Ordering::Relaxed) {
-                end.append(&script, ContentType::Html);
-            }
-            Ok(())
-        }));
-    }
+    let settings = rewriter_settings(&script);
     let rewriter = HtmlRewriter::new(settings, sink);
     let take = move |output: &Arc<Mutex<Vec<u8>>>| -> Bytes {
         Bytes::from(std::mem::take(
@@ -505,6 +478,40 @@ where
             }
         },
     )
+}
+
+/// The rewriter's handlers: the script once, into the first `<head>` or `<body>` (else at the
+/// document's end), and [`EXIT_ATTRIBUTE`] on every exit button.
+fn rewriter_settings(script: &str) -> Settings<'static, 'static> {
+    let injected = Arc::new(AtomicBool::new(false));
+    let mut settings = Settings::new_send();
+    for tag in ["head", "body"] {
+        let injected = injected.clone();
+        let script = script.to_owned();
+        settings = settings.append_element_content_handler(element!(tag, move |element| {
+            if !injected.swap(true, Ordering::Relaxed) {
+                element.prepend(&script, ContentType::Html);
+            }
+            Ok(())
+        }));
+    }
+    for selector in EXIT_SELECTORS {
+        settings = settings.append_element_content_handler(element!(*selector, |element| {
+            element.set_attribute(EXIT_ATTRIBUTE, "1")?;
+            Ok(())
+        }));
+    }
+    {
+        let injected = injected.clone();
+        let script = script.to_owned();
+        settings = settings.append_document_content_handler(end!(move |end| {
+            if !injected.swap(true, Ordering::Relaxed) {
+                end.append(&script, ContentType::Html);
+            }
+            Ok(())
+        }));
+    }
+    settings
 }
 
 #[cfg(test)]

@@ -135,47 +135,15 @@ impl Proxy {
                     "the session switched protocols without being asked",
                 );
             };
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let shutdown = self.shutdown.clone();
-            let session_id = forward.session_id.clone();
-            self.tasks.spawn(async move {
-                let _guard = guard;
-                let (client_side, upstream_side) =
-                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok(pair) => pair,
-                        Err(error) => {
-                            tracing::warn!(%session_id, %error, "[proxy] websocket upgrade failed");
-                            return;
-                        }
-                    };
-                let mut client_io = TokioIo::new(client_side);
-                let mut upstream_io = TokioIo::new(upstream_side);
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    outcome = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
-                        if let Err(error) = outcome {
-                            tracing::debug!(%session_id, %error, "[proxy] websocket ended with an error");
-                        }
-                    }
-                }
-            });
+            self.splice_upgrade(client_upgrade, &mut response, guard, &forward.session_id);
             let (parts, _) = response.into_parts();
             return Response::from_parts(parts, Body::empty());
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let is_html = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| {
-                value
-                    .trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("text/html")
-            });
+        let html = is_html(&parts.headers);
         let upstream_body = Box::pin(body.into_data_stream());
-        let body = match forward.inject.as_ref().filter(|_| is_html) {
+        let body = match forward.inject.as_ref().filter(|_| html) {
             Some(context) => {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let rewritten = inject(upstream_body, context);
@@ -190,6 +158,41 @@ impl Proxy {
             })),
         };
         Response::from_parts(parts, body)
+    }
+
+    /// Joins the client's and the session's upgraded connections (a WebSocket) in a task of
+    /// its own until either side closes or the proxy shuts down; `guard` counts it meanwhile.
+    fn splice_upgrade(
+        &self,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        response: &mut Response<hyper::body::Incoming>,
+        guard: ConnectionGuard,
+        session_id: &str,
+    ) {
+        let upstream_upgrade = hyper::upgrade::on(response);
+        let shutdown = self.shutdown.clone();
+        let session_id = session_id.to_owned();
+        self.tasks.spawn(async move {
+            let _guard = guard;
+            let (client_side, upstream_side) =
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%session_id, %error, "[proxy] websocket upgrade failed");
+                        return;
+                    }
+                };
+            let mut client_io = TokioIo::new(client_side);
+            let mut upstream_io = TokioIo::new(upstream_side);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                outcome = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
+                    if let Err(error) = outcome {
+                        tracing::debug!(%session_id, %error, "[proxy] websocket ended with an error");
+                    }
+                }
+            }
+        });
     }
 
     fn upstream_request(
@@ -227,6 +230,19 @@ impl Proxy {
         parts.version = axum::http::Version::HTTP_11;
         Ok(Request::from_parts(parts, body))
     }
+}
+
+/// Whether an answer is an HTML page (the one kind the proxy rewrites).
+fn is_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/html")
+        })
 }
 
 /// Raises a session's connection count for as long as it lives.

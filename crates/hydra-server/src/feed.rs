@@ -39,13 +39,13 @@ pub struct ViewFeed {
     /// newer revision, or a catch-up failed (then: since the last one that succeeded).
     behind_since_ms: AtomicI64,
     /// When the last catch-up reached the newest revision (unix ms).
-    pub(crate) caught_up_at_ms: AtomicI64,
+    caught_up_at_ms: AtomicI64,
     /// Wakes the follower (this replica wrote).
-    pub(crate) wake: Notify,
+    wake: Notify,
     /// Whether the follower failed last time (to log the change of state once).
-    pub(crate) failing: Mutex<bool>,
+    failing: Mutex<bool>,
     /// The store's feed identity (see `hydra_api::FEED_HEADER`).
-    pub(crate) feed_id: String,
+    feed_id: String,
 }
 
 impl ViewFeed {
@@ -119,6 +119,30 @@ impl ViewFeed {
     /// Wakes the follower (this replica just wrote).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Resolves when the follower is woken ([`ViewFeed::wake`]).
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The store's feed identity (see `hydra_api::FEED_HEADER`).
+    pub fn feed_id(&self) -> &str {
+        &self.feed_id
+    }
+
+    /// A catch-up failed: the views are behind since the last one that succeeded.
+    pub(crate) fn note_failed_catch_up(&self) {
+        self.note_behind(self.caught_up_at_ms.load(Ordering::Relaxed));
+    }
+
+    /// Records whether the follower's last catch-up failed; answers whether the one before it
+    /// did (so a change of state is logged once).
+    pub(crate) fn set_failing(&self, failing: bool) -> bool {
+        std::mem::replace(
+            &mut *self.failing.lock().expect("feed lock poisoned"),
+            failing,
+        )
     }
 }
 

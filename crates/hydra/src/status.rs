@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hydra_agent::config::AgentConfig;
-use hydra_api::agent::AgentStatus;
+use hydra_api::agent::{AgentStatus, ControlPlaneStatus, ReplicaHealth, SessionHealth};
 use hydra_client::{AgentClient, ClientError};
 
 use crate::output::{Table, key_values, or_dash, print, print_json, yes_no};
@@ -111,78 +111,93 @@ fn render(status: &AgentStatus) -> String {
         ("sessions", format!("{active} of {}", status.max_sessions)),
     ];
     if let Some(control_plane) = &status.control_plane {
-        let state = match &control_plane.degraded_since {
-            Some(since) => format!("{} since {since}", control_plane.state),
-            None => control_plane.state.clone(),
-        };
-        pairs.extend([
-            ("control plane", state),
-            ("last poll", or_dash(control_plane.last_poll.as_ref())),
-            (
-                "config",
-                format!(
-                    "version {} from {}",
-                    control_plane.config_version, control_plane.config_source
-                ),
-            ),
-            (
-                "journal",
-                format!(
-                    "{} waiting, {} dropped",
-                    control_plane.journal_length, control_plane.journal_dropped
-                ),
-            ),
-        ]);
+        pairs.extend(control_plane_pairs(control_plane));
     }
     let mut text = key_values(&pairs);
     if let Some(control_plane) = &status.control_plane
         && !control_plane.replicas.is_empty()
     {
-        let mut table = Table::new(&["REPLICA", "HEALTHY", "MASTER", "TERM"]);
-        for replica in &control_plane.replicas {
-            table.row(vec![
-                replica.url.clone(),
-                yes_no(replica.healthy),
-                yes_no(replica.is_master),
-                replica
-                    .term
-                    .map_or_else(|| "-".to_owned(), |term| term.to_string()),
-            ]);
-        }
         text.push('\n');
-        text.push_str(&table.render());
+        text.push_str(&replica_table(&control_plane.replicas));
     }
     let Some(sessions) = &status.sessions else {
         text.push_str("(session details need the agent's token: --token or HYDRA_TOKEN)\n");
         return text;
     };
     if !sessions.is_empty() {
-        let mut table = Table::new(&[
-            "ID",
-            "BODY",
-            "STATUS",
-            "PORT",
-            "PROCESS",
-            "DATA DIR",
-            "CONNECTIONS",
-            "AGE",
-        ]);
-        for session in sessions {
-            table.row(vec![
-                session.id.clone(),
-                session.body_ip.clone(),
-                session.status.as_str().to_owned(),
-                session.port.to_string(),
-                yes_no(session.process_alive),
-                yes_no(session.data_directory_ok),
-                session.active_connections.to_string(),
-                format!("{} s", session.age),
-            ]);
-        }
         text.push('\n');
-        text.push_str(&table.render());
+        text.push_str(&session_table(sessions));
     }
     text
+}
+
+/// The control plane as the agent sees it: its state, last poll, config and write journal.
+fn control_plane_pairs(control_plane: &ControlPlaneStatus) -> [(&'static str, String); 4] {
+    let state = match &control_plane.degraded_since {
+        Some(since) => format!("{} since {since}", control_plane.state),
+        None => control_plane.state.clone(),
+    };
+    [
+        ("control plane", state),
+        ("last poll", or_dash(control_plane.last_poll.as_ref())),
+        (
+            "config",
+            format!(
+                "version {} from {}",
+                control_plane.config_version, control_plane.config_source
+            ),
+        ),
+        (
+            "journal",
+            format!(
+                "{} waiting, {} dropped",
+                control_plane.journal_length, control_plane.journal_dropped
+            ),
+        ),
+    ]
+}
+
+/// The replicas the agent knows, one row each.
+fn replica_table(replicas: &[ReplicaHealth]) -> String {
+    let mut table = Table::new(&["REPLICA", "HEALTHY", "MASTER", "TERM"]);
+    for replica in replicas {
+        table.row(vec![
+            replica.url.clone(),
+            yes_no(replica.healthy),
+            yes_no(replica.is_master),
+            replica
+                .term
+                .map_or_else(|| "-".to_owned(), |term| term.to_string()),
+        ]);
+    }
+    table.render()
+}
+
+/// The agent's sessions, one row each.
+fn session_table(sessions: &[SessionHealth]) -> String {
+    let mut table = Table::new(&[
+        "ID",
+        "BODY",
+        "STATUS",
+        "PORT",
+        "PROCESS",
+        "DATA DIR",
+        "CONNECTIONS",
+        "AGE",
+    ]);
+    for session in sessions {
+        table.row(vec![
+            session.id.clone(),
+            session.body_ip.clone(),
+            session.status.as_str().to_owned(),
+            session.port.to_string(),
+            yes_no(session.process_alive),
+            yes_no(session.data_directory_ok),
+            session.active_connections.to_string(),
+            format!("{} s", session.age),
+        ]);
+    }
+    table.render()
 }
 
 #[cfg(test)]

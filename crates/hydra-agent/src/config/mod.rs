@@ -193,6 +193,28 @@ impl AgentConfig {
     /// Checks what types alone do not; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_turn()?;
+        self.validate_controller_and_node()?;
+        self.validate_server()?;
+        let fail = |message: String| Err(ConfigError(message));
+        if !(self.bundle.poll_interval >= 1.0 && self.bundle.poll_interval <= 3_600.0) {
+            return fail("bundle.poll_interval must be between 1 and 3600 seconds".into());
+        }
+        self.validate_cluster()?;
+        self.validate_body_and_report()?;
+        let health_ms = (self.health.interval * 1_000.0).round();
+        if !(health_ms.is_finite() && health_ms <= 3_600_000.0) {
+            return fail("health.interval must be at most 3600 seconds".into());
+        }
+        hydra_core::health::health_interval_ms(Some(health_ms.max(0.0) as u64))
+            .map_err(|error| ConfigError(format!("health.interval {error}")))?;
+        if self.runs_worker() {
+            self.validate_worker()?;
+        }
+        Ok(())
+    }
+
+    /// The servers to talk to, the node's roles and its heartbeat.
+    fn validate_controller_and_node(&self) -> Result<(), ConfigError> {
         let fail = |message: String| Err(ConfigError(message));
         if self.controller.url.is_empty() {
             return fail("controller.url must name at least one server".into());
@@ -220,6 +242,12 @@ impl AgentConfig {
         if !(0.0..=0.5).contains(&self.heartbeat.jitter) {
             return fail("heartbeat.jitter must be between 0 and 0.5".into());
         }
+        Ok(())
+    }
+
+    /// The agent's own HTTP server: timeouts, TLS files, connection cap.
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
         for (key, value) in [
             (
                 "server.header_read_timeout",
@@ -240,58 +268,49 @@ impl AgentConfig {
         if self.server.max_connections == 0 {
             return fail("server.max_connections must be at least 1".into());
         }
-        if !(self.bundle.poll_interval >= 1.0 && self.bundle.poll_interval <= 3_600.0) {
-            return fail("bundle.poll_interval must be between 1 and 3600 seconds".into());
+        Ok(())
+    }
+
+    /// What a worker needs: its session slots, ports, command template, mic and timeouts.
+    fn validate_worker(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
+        if self.sessions.max == 0 || self.sessions.max > 1_000 {
+            return fail("sessions.max must be between 1 and 1000".into());
         }
-        self.validate_cluster()?;
-        self.validate_body_and_report()?;
-        let health_ms = (self.health.interval * 1_000.0).round();
-        if !(health_ms.is_finite() && health_ms <= 3_600_000.0) {
-            return fail("health.interval must be at most 3600 seconds".into());
+        if u32::from(self.sessions.port_range_start) + self.sessions.max > 65_536 {
+            return fail("sessions.port_range_start + sessions.max must stay below 65536".into());
         }
-        hydra_core::health::health_interval_ms(Some(health_ms.max(0.0) as u64))
-            .map_err(|error| ConfigError(format!("health.interval {error}")))?;
-        if self.runs_worker() {
-            if self.sessions.max == 0 || self.sessions.max > 1_000 {
-                return fail("sessions.max must be between 1 and 1000".into());
-            }
-            if u32::from(self.sessions.port_range_start) + self.sessions.max > 65_536 {
-                return fail(
-                    "sessions.port_range_start + sessions.max must stay below 65536".into(),
-                );
-            }
-            check_template(&self.sessions.command).map_err(ConfigError)?;
-            if !hydra_core::webrtc_ports::fits(
-                self.sessions.webrtc_port_start,
-                self.sessions.webrtc_ports_per_session,
-                self.sessions.max,
-            ) {
-                return fail(
-                    "sessions.webrtc_port_start + sessions.webrtc_ports_per_session * sessions.max \
-                     must stay below 65536 (and sessions.webrtc_ports_per_session above 0)"
-                        .into(),
-                );
-            }
-            if self.mic.body_port == 0 {
-                return fail("mic.body_port must be a port (1 to 65535)".into());
-            }
-            if let Some(ip) = self.mic.candidate_ips.iter().find(|ip| ip.is_unspecified()) {
-                return fail(format!(
-                    "mic.candidate_ips: {ip} is not an address a browser can reach"
-                ));
-            }
-            if !(self.mic.connect_timeout > 0.0 && self.mic.connect_timeout <= 600.0) {
-                return fail("mic.connect_timeout must be between 0 and 600 seconds".into());
-            }
-            for (key, value) in [
-                ("sessions.ready_timeout", self.sessions.ready_timeout),
-                ("sessions.check_interval", self.sessions.check_interval),
-                ("sessions.idle_timeout", self.sessions.idle_timeout),
-                ("sessions.viewer_ttl", self.sessions.viewer_ttl),
-            ] {
-                if !(value > 0.0 && value <= 86_400.0) {
-                    return fail(format!("{key} must be between 0 and 86400 seconds"));
-                }
+        check_template(&self.sessions.command).map_err(ConfigError)?;
+        if !hydra_core::webrtc_ports::fits(
+            self.sessions.webrtc_port_start,
+            self.sessions.webrtc_ports_per_session,
+            self.sessions.max,
+        ) {
+            return fail(
+                "sessions.webrtc_port_start + sessions.webrtc_ports_per_session * sessions.max \
+                 must stay below 65536 (and sessions.webrtc_ports_per_session above 0)"
+                    .into(),
+            );
+        }
+        if self.mic.body_port == 0 {
+            return fail("mic.body_port must be a port (1 to 65535)".into());
+        }
+        if let Some(ip) = self.mic.candidate_ips.iter().find(|ip| ip.is_unspecified()) {
+            return fail(format!(
+                "mic.candidate_ips: {ip} is not an address a browser can reach"
+            ));
+        }
+        if !(self.mic.connect_timeout > 0.0 && self.mic.connect_timeout <= 600.0) {
+            return fail("mic.connect_timeout must be between 0 and 600 seconds".into());
+        }
+        for (key, value) in [
+            ("sessions.ready_timeout", self.sessions.ready_timeout),
+            ("sessions.check_interval", self.sessions.check_interval),
+            ("sessions.idle_timeout", self.sessions.idle_timeout),
+            ("sessions.viewer_ttl", self.sessions.viewer_ttl),
+        ] {
+            if !(value > 0.0 && value <= 86_400.0) {
+                return fail(format!("{key} must be between 0 and 86400 seconds"));
             }
         }
         Ok(())

@@ -74,6 +74,24 @@ enum StreamEnd {
     Interrupted,
 }
 
+/// What one discovery step gave.
+enum Found {
+    /// The route to stream on.
+    Route(Route),
+    /// Nothing; the failover loop was told why.
+    Failed,
+    /// The head is stopping.
+    Stopped,
+}
+
+/// The list kept from the control plane's last answer, read when no replica answers.
+#[derive(Default)]
+struct KeptList {
+    kept: Option<EligibleResponse>,
+    /// Whether the head walked it since the control plane last answered.
+    walked: bool,
+}
+
 /// A head: its id, its state dir, and the discoverer that asks the server and probes the
 /// bodies.
 pub struct Head {
@@ -144,9 +162,7 @@ impl Head {
         }
         let head_id = &self.head_id;
         let mut failover = FailoverLoop::new(settings.failover.clone());
-        // The list kept from the control plane's last answer, read when no replica answers.
-        let mut kept: Option<EligibleResponse> = None;
-        let mut walked_kept = false;
+        let mut fallback = KeptList::default();
         loop {
             match failover.next_step(rand::random::<f64>()) {
                 Step::Done => return Ok(failover.streams_run()),
@@ -169,74 +185,106 @@ impl Head {
                 }
                 step @ (Step::Discover | Step::WalkKept) => {
                     let from_control_plane = step == Step::Discover;
-                    let found = match (&step, &kept) {
-                        (Step::WalkKept, Some(list)) => {
-                            tracing::warn!(%head_id, bodies = list.bodies.len(), "[head] no replica answers; walking the kept eligible list (LAN, then WireGuard)");
-                            walked_kept = true;
-                            tokio::select! {
-                                found = self.discover_kept(list) => found,
-                                () = shutdown.cancelled() => return Ok(stopped(head_id, &failover)),
-                            }
-                        }
-                        _ => tokio::select! {
-                            found = self.discover() => found,
-                            () = shutdown.cancelled() => return Ok(stopped(head_id, &failover)),
-                        },
-                    };
+                    let found = self
+                        .find_route(from_control_plane, &mut fallback, &mut failover, shutdown)
+                        .await;
                     let route = match found {
-                        Ok(found) => {
-                            if from_control_plane {
-                                if std::mem::take(&mut walked_kept) {
-                                    tracing::info!(%head_id, "[head] a replica answers again; back to the control plane's eligible list");
-                                }
-                                self.keep(&found);
-                            }
-                            found.route
-                        }
-                        Err(DiscoveryError::Server(error))
-                            if from_control_plane
-                                && (error.is_transient()
-                                    || matches!(
-                                        error,
-                                        hydra_client::ClientError::Indeterminate { .. }
-                                    )) =>
-                        {
-                            kept = load_kept_eligible(&self.state_dir, hydra_api::now_ms());
-                            let reason = format!(
-                                "asking for the eligible bodies of head {head_id}: {error}"
-                            );
-                            tracing::warn!(%head_id, "[head] discovery failed: {reason}");
-                            failover.control_plane_unreachable(reason, kept.is_some());
-                            continue;
-                        }
-                        Err(error) => {
-                            let reason = describe(head_id, &error);
-                            tracing::warn!(%head_id, "[head] discovery failed: {reason}");
-                            failover.discovery_failed(reason);
-                            continue;
-                        }
+                        Found::Route(route) => route,
+                        Found::Failed => continue,
+                        Found::Stopped => return Ok(stopped(head_id, &failover)),
                     };
-                    match self.run_one_stream(settings, &route, shutdown).await? {
-                        StreamEnd::LaunchFailed(reason) => {
-                            tracing::warn!(
-                                %head_id, body_id = %route.body_id, ip = %route.ip,
-                                "[head] stream on {} failed to launch ({reason}); dropping the route to {}",
-                                route.ip, route.body_id
-                            );
-                            failover.launch_failed(format!(
-                                "stream on {} ({}) failed to launch: {reason}",
-                                route.ip, route.body_id
-                            ));
-                        }
-                        StreamEnd::Ended(how) => {
-                            tracing::info!(%head_id, body_id = %route.body_id, ip = %route.ip, "[head] stream on {} ended: {how}", route.ip);
-                            failover.stream_ended();
-                        }
-                        StreamEnd::Interrupted => return Ok(stopped(head_id, &failover)),
+                    let end = self.run_one_stream(settings, &route, shutdown).await?;
+                    if !self.record_stream_end(&mut failover, &route, end) {
+                        return Ok(stopped(head_id, &failover));
                     }
                 }
             }
         }
+    }
+
+    /// One discovery step: from the control plane, or (when no replica answers) from the kept
+    /// eligible list. A failure is told to the failover loop; a list the control plane answered
+    /// with is kept for the next outage.
+    async fn find_route(
+        &self,
+        from_control_plane: bool,
+        fallback: &mut KeptList,
+        failover: &mut FailoverLoop,
+        shutdown: &CancellationToken,
+    ) -> Found {
+        let head_id = &self.head_id;
+        let found = match (from_control_plane, &fallback.kept) {
+            (false, Some(list)) => {
+                tracing::warn!(%head_id, bodies = list.bodies.len(), "[head] no replica answers; walking the kept eligible list (LAN, then WireGuard)");
+                fallback.walked = true;
+                tokio::select! {
+                    found = self.discover_kept(list) => found,
+                    () = shutdown.cancelled() => return Found::Stopped,
+                }
+            }
+            _ => tokio::select! {
+                found = self.discover() => found,
+                () = shutdown.cancelled() => return Found::Stopped,
+            },
+        };
+        match found {
+            Ok(found) => {
+                if from_control_plane {
+                    if std::mem::take(&mut fallback.walked) {
+                        tracing::info!(%head_id, "[head] a replica answers again; back to the control plane's eligible list");
+                    }
+                    self.keep(&found);
+                }
+                Found::Route(found.route)
+            }
+            Err(DiscoveryError::Server(error))
+                if from_control_plane
+                    && (error.is_transient()
+                        || matches!(error, hydra_client::ClientError::Indeterminate { .. })) =>
+            {
+                fallback.kept = load_kept_eligible(&self.state_dir, hydra_api::now_ms());
+                let reason = format!("asking for the eligible bodies of head {head_id}: {error}");
+                tracing::warn!(%head_id, "[head] discovery failed: {reason}");
+                failover.control_plane_unreachable(reason, fallback.kept.is_some());
+                Found::Failed
+            }
+            Err(error) => {
+                let reason = describe(head_id, &error);
+                tracing::warn!(%head_id, "[head] discovery failed: {reason}");
+                failover.discovery_failed(reason);
+                Found::Failed
+            }
+        }
+    }
+
+    /// Tells the failover loop how a stream on `route` ended; `false` when it was interrupted
+    /// (the head is stopping).
+    fn record_stream_end(
+        &self,
+        failover: &mut FailoverLoop,
+        route: &Route,
+        end: StreamEnd,
+    ) -> bool {
+        let head_id = &self.head_id;
+        match end {
+            StreamEnd::LaunchFailed(reason) => {
+                tracing::warn!(
+                    %head_id, body_id = %route.body_id, ip = %route.ip,
+                    "[head] stream on {} failed to launch ({reason}); dropping the route to {}",
+                    route.ip, route.body_id
+                );
+                failover.launch_failed(format!(
+                    "stream on {} ({}) failed to launch: {reason}",
+                    route.ip, route.body_id
+                ));
+            }
+            StreamEnd::Ended(how) => {
+                tracing::info!(%head_id, body_id = %route.body_id, ip = %route.ip, "[head] stream on {} ended: {how}", route.ip);
+                failover.stream_ended();
+            }
+            StreamEnd::Interrupted => return false,
+        }
+        true
     }
 
     /// Launches the streaming client on `route` and follows it to its end.

@@ -207,19 +207,8 @@ pub(super) async fn rate(
         Ok(rating) => rating,
         Err(refused) => return refused.into_response(),
     };
-    if !(1..=5).contains(&rating.stars) {
-        return ApiError::new(ErrorCode::InvalidRequest, "stars must be 1 to 5").into_response();
-    }
-    if rating
-        .comment
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > MAX_COMMENT)
-    {
-        return ApiError::new(
-            ErrorCode::InvalidRequest,
-            "comment is longer than 2000 characters",
-        )
-        .into_response();
+    if let Err(refused) = check_rating(&rating) {
+        return refused.into_response();
     }
     let Some(session) = worker.session(&id) else {
         return not_known(&id);
@@ -260,24 +249,53 @@ pub(super) async fn rate(
             "stars": rating.stars,
             "comment": rating.comment,
         });
-        let http = state.inner.http.clone();
-        // Bounded by the client's 5 s timeout and the permit it holds; the browser does not
-        // wait for it.
-        tokio::spawn(async move {
-            let _permit = permit;
-            match http.post(&url).json(&record).send().await {
-                Ok(answer) if answer.status().is_success() => {}
-                Ok(answer) => {
-                    tracing::warn!(
-                        status = answer.status().as_u16(),
-                        "[rating] rating endpoint refused the rating"
-                    )
-                }
-                Err(error) => tracing::warn!(%error, "[rating] cannot forward the rating"),
-            }
-        });
+        forward_rating(state.inner.http.clone(), url, permit, record);
     }
     axum::Json(serde_json::json!({ "session_id": id, "stars": rating.stars })).into_response()
+}
+
+/// A rating's stars (1 to 5) and comment (at most 2,000 characters); the message names the field.
+fn check_rating(rating: &RatingRequest) -> Result<(), ApiError> {
+    if !(1..=5).contains(&rating.stars) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "stars must be 1 to 5",
+        ));
+    }
+    if rating
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_COMMENT)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "comment is longer than 2000 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Sends a recorded rating to the rating endpoint in the background. Bounded by the client's
+/// 5 s timeout and the permit it holds; the browser does not wait for it.
+fn forward_rating(
+    http: reqwest::Client,
+    url: String,
+    permit: impl Send + 'static,
+    record: serde_json::Value,
+) {
+    tokio::spawn(async move {
+        let _permit = permit;
+        match http.post(&url).json(&record).send().await {
+            Ok(answer) if answer.status().is_success() => {}
+            Ok(answer) => {
+                tracing::warn!(
+                    status = answer.status().as_u16(),
+                    "[rating] rating endpoint refused the rating"
+                )
+            }
+            Err(error) => tracing::warn!(%error, "[rating] cannot forward the rating"),
+        }
+    });
 }
 
 /// `POST /session/{id}/mic/offer`: the page's SDP offer in, the worker's receive-only peer's

@@ -211,10 +211,45 @@ impl Worker {
                 webrtc_ports,
             },
         );
+        let env = self.session_env(id, spec, port, &bind, webrtc_ports);
+        let process = SessionProcess::spawn(&argv, data_dir, &env).map_err(spawn_failed)?;
+        let pid = process.pid();
+        Marker {
+            session_id: id.to_owned(),
+            pgid: pid,
+            port,
+        }
+        .write(data_dir)
+        .map_err(spawn_failed)?;
+        {
+            let mut table = self.table();
+            match table.get_mut(id) {
+                Some(entry) => entry.process = Some(process),
+                None => {
+                    // Stopped while starting: the process goes with the dropped handle.
+                    drop(process);
+                    return Err(Launch::Failed(StartError::ShuttingDown));
+                }
+            }
+        }
+        tracing::info!(session_id = %id, port, pid, body_ip = %spec.body_ip, "[session {id}] process started; waiting for it to answer");
+        self.wait_ready(id, spec, port, data_dir, deadline).await
+    }
+
+    /// The session process's environment: its id, ports and body, the Sunshine credentials
+    /// (the request's, else the worker's), its ICE servers, experience and executable.
+    fn session_env(
+        &self,
+        id: &str,
+        spec: &SessionSpec,
+        port: u16,
+        bind: &str,
+        webrtc_ports: (u16, u16),
+    ) -> HashMap<&'static str, String> {
         let mut env = HashMap::new();
         env.insert("HYDRA_SESSION_ID", id.to_owned());
         env.insert("HYDRA_SESSION_PORT", port.to_string());
-        env.insert("HYDRA_SESSION_BIND", bind.clone());
+        env.insert("HYDRA_SESSION_BIND", bind.to_owned());
         env.insert("HYDRA_BODY_IP", spec.body_ip.trim().to_owned());
         env.insert("HYDRA_WEBRTC_PORT_START", webrtc_ports.0.to_string());
         env.insert("HYDRA_WEBRTC_PORT_END", webrtc_ports.1.to_string());
@@ -244,28 +279,7 @@ impl Worker {
         if let Some(exe_path) = &spec.exe_path {
             env.insert("HYDRA_EXE_PATH", exe_path.clone());
         }
-        let process = SessionProcess::spawn(&argv, data_dir, &env).map_err(spawn_failed)?;
-        let pid = process.pid();
-        Marker {
-            session_id: id.to_owned(),
-            pgid: pid,
-            port,
-        }
-        .write(data_dir)
-        .map_err(spawn_failed)?;
-        {
-            let mut table = self.table();
-            match table.get_mut(id) {
-                Some(entry) => entry.process = Some(process),
-                None => {
-                    // Stopped while starting: the process goes with the dropped handle.
-                    drop(process);
-                    return Err(Launch::Failed(StartError::ShuttingDown));
-                }
-            }
-        }
-        tracing::info!(session_id = %id, port, pid, body_ip = %spec.body_ip, "[session {id}] process started; waiting for it to answer");
-        self.wait_ready(id, spec, port, data_dir, deadline).await
+        env
     }
 
     /// Polls the session's port until it accepts, the process exits, the session is ended, or

@@ -1,26 +1,20 @@
 //! Integration tests of the agent: real session processes, real signals, real sockets on
-//! 127.0.0.1.
+//! 127.0.0.1. The tests that also start a server live in the `hydra` crate
+//! (`crates/hydra/tests/it/relay/`), so this crate needs neither hydra-server nor hydra-store.
 
-// The DevTools client of the `hydra` crate's dashboard tests, shared rather than copied.
 mod binary;
-mod body;
+// The DevTools client of the `hydra` crate's dashboard tests, shared rather than copied.
 #[allow(dead_code)]
 #[path = "../../../hydra/tests/it/browser.rs"]
 mod browser;
-mod captures;
-mod colocated;
-mod fleet;
-mod forward_trust;
 mod heartbeat_backoff;
 mod input;
 mod mic;
-mod monitor;
-mod peers;
 mod proxy;
-mod rating_forward;
-mod reports;
-mod session_start;
 mod support;
-mod turn;
-mod wireguard_health;
 mod worker;
+
+/// The stand-in session process built with this package (`support::standin`).
+fn standin_binary() -> String {
+    env!("CARGO_BIN_EXE_standin-web-stream").to_owned()
+}

@@ -233,7 +233,7 @@ async fn a_mic_offer_needs_the_viewer_capability_and_a_running_session() {
     let agent = Agent::start().await;
     let session = agent.start_session("micauth").await;
     let stream_url = session["stream_url"].as_str().unwrap();
-    let token = crate::proxy::capability_of(stream_url);
+    let token = crate::support::capability_of(stream_url);
     let client = reqwest::Client::new();
     let offer = |query: String, body: Value| {
         client
@@ -290,7 +290,7 @@ async fn a_mic_offer_needs_the_viewer_capability_and_a_running_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_force_relay_the_microphone_goes_through_coturn_on_relay_candidates_only() {
-    use crate::turn::{Coturn, free_port};
+    use crate::support::{Coturn, free_port};
     const SECRET: &str = "mic-relay-test-secret-0123456789";
     let temp = tempfile::tempdir().unwrap();
     let body = BodyMic::bind().await;

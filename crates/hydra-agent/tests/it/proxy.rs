@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Body, http_get, process_exists, settings, wait_for};
+use crate::support::{Body, capability_of, http_get, process_exists, settings, wait_for};
 
 const API_TOKEN: &str = "test-api-token";
 
@@ -123,18 +123,6 @@ impl Agent {
         )
         .unwrap_or_default()
     }
-}
-
-/// The viewer capability in a stream URL.
-pub fn capability_of(stream_url: &str) -> String {
-    let (_, query) = stream_url
-        .split_once('?')
-        .expect("a query in the stream URL");
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("hydra_viewer="))
-        .expect("hydra_viewer in the stream URL")
-        .to_owned()
 }
 
 /// The `Cookie` header a browser sends after the page set the capability.

@@ -1,4 +1,5 @@
 //! Shared helpers: worker settings around the stand-in, a stand-in body, captured logs, polling.
+//! The `hydra` crate's relay tests include this file too (`tests/it/relay/mod.rs`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,13 +9,18 @@ use std::time::Duration;
 
 use hydra_agent::worker::WorkerSettings;
 
-/// The stand-in session process built with this package.
-pub const STANDIN: &str = env!("CARGO_BIN_EXE_standin-web-stream");
+/// The stand-in session process. The module that includes this file says where it is
+/// (`super::standin_binary`): the agent's own tests have it from cargo, the `hydra` crate's relay
+/// tests, which share this file, build it.
+pub fn standin() -> String {
+    super::standin_binary()
+}
 
 /// The stand-in's command template, as an operator would write the real one.
 pub fn standin_command() -> Vec<String> {
+    let standin = standin();
     [
-        STANDIN,
+        standin.as_str(),
         "--bind",
         "{bind}",
         "--port",
@@ -185,20 +191,6 @@ pub async fn http_get(address: SocketAddr, path: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// The stand-in session command with `--record-env`: each session writes its environment to
-/// `<dir>/env/<session id>.env` (read it back with [`recorded_env`]); answers the command and
-/// that folder.
-pub fn recording_standin_command(dir: &Path) -> (Vec<String>, std::path::PathBuf) {
-    let records = dir.join("env");
-    std::fs::create_dir_all(&records).unwrap();
-    let mut command = standin_command();
-    command.extend([
-        "--record-env".to_owned(),
-        format!("{}/{{session_id}}.env", records.display()),
-    ]);
-    (command, records)
-}
-
 /// The `KEY=VALUE` lines the stand-in wrote with `--record-env`, as pairs.
 pub fn recorded_env(path: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(path).unwrap();
@@ -213,4 +205,81 @@ pub fn value_of<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter()
         .find(|(name, _)| name == key)
         .map(|(_, value)| value.as_str())
+}
+
+/// The viewer capability in a session's stream URL (its `hydra_viewer` query parameter).
+pub fn capability_of(stream_url: &str) -> String {
+    let (_, query) = stream_url
+        .split_once('?')
+        .expect("a query in the stream URL");
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("hydra_viewer="))
+        .expect("hydra_viewer in the stream URL")
+        .to_owned()
+}
+
+/// A coturn process on loopback, stopped (by its pid) on drop.
+pub struct Coturn {
+    child: std::process::Child,
+}
+
+impl Coturn {
+    /// Starts `turnserver` with `config` plus what a loopback test needs on top of the agent's
+    /// settings: listen and relay on 127.0.0.1 (standing in for the node's LAN address), no TLS,
+    /// and loopback peers allowed (the test client's peer is on loopback too).
+    pub fn start(dir: &Path, config: &str, port: u16) -> Coturn {
+        let path = dir.join("turnserver.conf");
+        let loopback = [
+            "listening-ip=127.0.0.1".to_owned(),
+            "relay-ip=127.0.0.1".to_owned(),
+            "allow-loopback-peers".to_owned(),
+            "no-tls".to_owned(),
+            "no-dtls".to_owned(),
+            format!("pidfile={}", dir.join("turnserver.pid").display()),
+            format!("log-file={}", dir.join("turn.log").display()),
+            "simple-log".to_owned(),
+        ];
+        std::fs::write(&path, format!("{config}{}\n", loopback.join("\n"))).unwrap();
+        let child = std::process::Command::new("turnserver")
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start coturn's turnserver (scripts/test installs the coturn package)");
+        let coturn = Coturn { child };
+        // coturn listens on TCP and UDP on the same port; TCP tells when it is up.
+        let ready = (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            ready,
+            "coturn never listened on {port}; its log:\n{}",
+            std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default()
+        );
+        coturn
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free for both TCP and UDP on loopback for coturn to listen on (it listens on both; a
+/// port free for UDP alone was once taken for TCP by another test's socket).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both TCP and UDP");
 }

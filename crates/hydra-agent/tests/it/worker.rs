@@ -412,7 +412,7 @@ async fn each_session_gets_its_own_webrtc_range_in_the_command_and_its_environme
     ]
     .map(String::from)
     .to_vec();
-    command.push(crate::support::STANDIN.to_owned());
+    command.push(crate::support::standin());
     command.extend(
         [
             "{webrtc_port_start}",

@@ -46,12 +46,29 @@ pub struct Captures {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Running {
-    pub(crate) stop: mpsc::Sender<()>,
+    stop: mpsc::Sender<()>,
     /// Nodes the peer mesh declared down, for the driver (see [`Captures::node_left`]).
     left: mpsc::Sender<String>,
-    pub(crate) tail: broadcast::Sender<TailLine>,
-    pub(crate) ended: tokio_util::sync::CancellationToken,
+    tail: broadcast::Sender<TailLine>,
+    ended: tokio_util::sync::CancellationToken,
     abandon: tokio_util::sync::CancellationToken,
+}
+
+impl Running {
+    /// Asks the driver to stop the capture (a second ask while one waits changes nothing).
+    pub(crate) fn request_stop(&self) {
+        let _ = self.stop.try_send(());
+    }
+
+    /// Cancelled once the capture's driver ended (the capture is final).
+    pub(crate) fn ended(&self) -> tokio_util::sync::CancellationToken {
+        self.ended.clone()
+    }
+
+    /// The capture's live lines from now on.
+    pub(crate) fn subscribe_tail(&self) -> broadcast::Receiver<TailLine> {
+        self.tail.subscribe()
+    }
 }
 
 /// A capture this server has claimed to run: what its driver gets.

@@ -2,7 +2,6 @@
 //! (registry, workers, sessions, events) follow the store; and the pruning of old change rows.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hydra_api::system::now_ms;
@@ -47,7 +46,7 @@ pub async fn follow(state: AppState, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
-            _ = feed.wake.notified() => {}
+            () = feed.woken() => {}
             heard = async {
                 match listener.as_mut() {
                     Some(listener) => listener.recv().await,
@@ -108,25 +107,21 @@ pub async fn catch_up(state: &AppState) {
                 feed.advance(through);
                 if through >= latest {
                     feed.note_caught_up(now_ms());
-                    let mut failing = feed.failing.lock().expect("feed lock poisoned");
-                    if *failing {
+                    if feed.set_failing(false) {
                         tracing::info!(
                             revision = through,
                             "[controller] change feed: caught up again"
                         );
                     }
-                    *failing = false;
                     return;
                 }
                 feed.note_behind(now_ms());
             }
             Err(error) => {
-                feed.note_behind(feed.caught_up_at_ms.load(Ordering::Relaxed));
-                let mut failing = feed.failing.lock().expect("feed lock poisoned");
-                if !*failing {
+                feed.note_failed_catch_up();
+                if !feed.set_failing(true) {
                     tracing::warn!(%error, revision = at, "[controller] change feed: cannot catch up; views stay at their revision");
                 }
-                *failing = true;
                 return;
             }
         }

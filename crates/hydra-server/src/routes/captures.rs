@@ -105,44 +105,8 @@ pub async fn create(
     state.require_admin(&headers)?;
     let limits = checked_limits(&request)?;
     let targets = targets(&state, &request)?;
-    let now = now_ms();
-    let capture_id = crate::auth::generate_token("cap_")[..20].to_owned();
-    let filters = serde_json::to_string(&request.filters).unwrap_or_else(|_| "{}".to_owned());
-    let record = CaptureRecord {
-        id: capture_id.clone(),
-        status: CaptureStatus::Running,
-        termination_reason: None,
-        // A fan-out that found one node is a plain single-node capture.
-        fan_out: request.fan_out && targets.len() > 1,
-        filters,
-        duration_ms: limits.duration_ms,
-        max_lines: request
-            .max_lines
-            .map(|value| i64::try_from(value).unwrap_or(i64::MAX)),
-        max_bytes: request
-            .max_bytes
-            .map(|value| i64::try_from(value).unwrap_or(i64::MAX)),
-        created_at: now,
-        ended_at: None,
-    };
-    let segments: Vec<SegmentRecord> = targets
-        .iter()
-        .map(|(node_id, agent)| SegmentRecord {
-            capture_id: capture_id.clone(),
-            node_id: node_id.clone(),
-            address: agent
-                .as_ref()
-                .map(|agent| agent.base_url().to_owned())
-                .unwrap_or_default(),
-            status: CaptureStatus::Running,
-            termination_reason: None,
-            byte_count: 0,
-            line_count: 0,
-            last_sequence: None,
-            lines_missing: 0,
-            ended_at: None,
-        })
-        .collect();
+    let (record, segments) = new_records(&request, &targets, limits.duration_ms);
+    let capture_id = record.id.clone();
     // Stored first, then run, in a task of its own: a client that hangs up cannot leave a
     // stored capture without its driver.
     let running_state = state.clone();
@@ -187,6 +151,53 @@ pub async fn create(
     .await?;
     tracing::info!(%capture_id, nodes = segments.len(), fan_out = record.fan_out, "[capture] capture started");
     Ok((StatusCode::CREATED, Json(view(&record, &segments))))
+}
+
+/// The new capture's record and one `running` segment per target node, under a fresh id.
+fn new_records(
+    request: &CreateCaptureRequest,
+    targets: &[(String, Option<hydra_client::AgentClient>)],
+    duration_ms: Option<i64>,
+) -> (CaptureRecord, Vec<SegmentRecord>) {
+    let now = now_ms();
+    let capture_id = crate::auth::generate_token("cap_")[..20].to_owned();
+    let filters = serde_json::to_string(&request.filters).unwrap_or_else(|_| "{}".to_owned());
+    let record = CaptureRecord {
+        id: capture_id.clone(),
+        status: CaptureStatus::Running,
+        termination_reason: None,
+        // A fan-out that found one node is a plain single-node capture.
+        fan_out: request.fan_out && targets.len() > 1,
+        filters,
+        duration_ms,
+        max_lines: request
+            .max_lines
+            .map(|value| i64::try_from(value).unwrap_or(i64::MAX)),
+        max_bytes: request
+            .max_bytes
+            .map(|value| i64::try_from(value).unwrap_or(i64::MAX)),
+        created_at: now,
+        ended_at: None,
+    };
+    let segments: Vec<SegmentRecord> = targets
+        .iter()
+        .map(|(node_id, agent)| SegmentRecord {
+            capture_id: capture_id.clone(),
+            node_id: node_id.clone(),
+            address: agent
+                .as_ref()
+                .map(|agent| agent.base_url().to_owned())
+                .unwrap_or_default(),
+            status: CaptureStatus::Running,
+            termination_reason: None,
+            byte_count: 0,
+            line_count: 0,
+            last_sequence: None,
+            lines_missing: 0,
+            ended_at: None,
+        })
+        .collect();
+    (record, segments)
 }
 
 async fn load(state: &AppState, id: &str) -> Result<CaptureView, ApiError> {
@@ -276,9 +287,9 @@ pub async fn stop(
             format!("capture {id} is not run by this server"),
         ));
     };
-    let _ = running.stop.try_send(());
+    running.request_stop();
     // Writers flush and end within moments; the answer waits for the finalised capture.
-    let _ = tokio::time::timeout(Duration::from_secs(20), running.ended.cancelled()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), running.ended().cancelled()).await;
     Ok(Json(load(&state, &id).await?))
 }
 
@@ -413,8 +424,8 @@ pub async fn tail(
             format!("capture {id} is not running here; download its lines instead"),
         ));
     };
-    let receiver = running.tail.subscribe();
-    let ended = running.ended.clone();
+    let receiver = running.subscribe_tail();
+    let ended = running.ended();
     let node = query.node;
     let stream = futures::stream::unfold(
         (receiver, ended, node, 0_u64),

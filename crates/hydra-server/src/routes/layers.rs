@@ -29,7 +29,7 @@ pub async fn read_your_writes(
     match take_min_revision(request.uri()) {
         Err(error) => return error.into_response(),
         Ok((None, _, _)) => {}
-        Ok((Some(_), Some(feed_id), uri)) if feed_id != state.feed().feed_id => {
+        Ok((Some(_), Some(feed_id), uri)) if feed_id != state.feed().feed_id() => {
             // A revision of another database (an independent server): it says nothing here.
             *request.uri_mut() = uri;
         }
@@ -69,7 +69,7 @@ pub async fn read_your_writes(
             .headers_mut()
             .insert(hydra_api::REVISION_HEADER, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&feed.feed_id) {
+    if let Ok(value) = HeaderValue::from_str(feed.feed_id()) {
         response.headers_mut().insert(hydra_api::FEED_HEADER, value);
     }
     response

@@ -24,7 +24,7 @@ use rand::RngCore;
 use super::{Relay, STOP_TIMEOUT, view};
 use crate::error::{ApiError, store_error};
 use crate::state::AppState;
-use crate::workers::WorkerInfo;
+use crate::workers::{SlotReservation, WorkerInfo};
 
 /// The body a session pairs with: `(body_ip, body_id, the head's district)`.
 fn resolve_body(
@@ -261,12 +261,7 @@ async fn start_session(
     let mut excluded: Vec<String> = Vec::new();
     let mut first_failure: Option<(String, WorkerFailure)> = None;
     for attempt in 1..=2 {
-        let mut random = [0u8; 16];
-        rand::rng().fill_bytes(&mut random);
-        let deciding = std::time::Instant::now();
-        let placed = relay.place_new(&state, plan.district.as_deref(), &excluded, random);
-        metrics::histogram!("hydra_placement_seconds").record(deciding.elapsed().as_secs_f64());
-        let reservation = match placed {
+        let reservation = match place(&state, &relay, &plan, &excluded) {
             Ok(reservation) => reservation,
             Err(placement) => {
                 if let Some((worker_id, failure)) = first_failure {
@@ -277,112 +272,177 @@ async fn start_session(
             }
         };
         let chosen = reservation.worker_id().to_owned();
-        let session_id = reservation.session_id().to_owned();
         let Some(info) = state.workers().get(&chosen) else {
             excluded.push(chosen);
             continue;
         };
-        let now = now_ms();
-        let stored = SessionRecord {
-            id: session_id.clone(),
-            worker_id: chosen.clone(),
-            body_ip: plan.body_ip.clone(),
-            body_id: plan.body_id.clone(),
-            head_id: plan.head_id.clone(),
-            experience: plan.experience.clone(),
-            port: None,
-            stream_url: None,
-            status: SessionStatus::Starting,
-            error: None,
-            created_at: now,
-            updated_at: now,
-        };
-        state.session_writes().insert(stored.clone()).await?;
-        tracing::info!(%session_id, worker_id = %chosen, body_ip = %plan.body_ip, "[controller] session placed");
+        let stored = record_starting(&state, &plan, &reservation).await?;
         let start = StartSessionRequest {
-            session_id: Some(session_id.clone()),
+            session_id: Some(stored.id.clone()),
             ..plan.start.clone()
         };
-        match start_on(&info, &start).await {
+        let failure = match start_on(&info, &start).await {
             Ok(started) => {
                 // The worker runs it: the slot stays taken until the session ends.
                 reservation.commit();
-                if let Some(ended) = state
-                    .store()
-                    .get_session(&session_id)
-                    .await
-                    .map_err(store_error)?
-                    .filter(|record| {
-                        hydra_core::session::SessionState::from(record.status).is_final()
-                    })
-                {
-                    // Ended (`DELETE`) while it started: `end` stopped it on the worker too.
-                    return Ok(view(&ended));
-                }
-                let mut running = stored;
-                running.status = SessionStatus::Running;
-                running.port = Some(started.port);
-                // The store keeps the link without the viewer capability; only this answer
-                // carries it.
-                running.stream_url = Some(without_capability(&started.stream_url));
-                running.updated_at = now_ms();
-                state.session_writes().update(running.clone()).await?;
-                // Only this answer carries the viewer capability.
-                let mut answer = view(&running);
-                answer.stream_url = Some(started.stream_url);
-                return Ok(answer);
+                return record_started(&state, stored, started).await;
             }
-            Err(failure) => {
-                drop(reservation);
-                tracing::warn!(%session_id, worker_id = %chosen, reason = %failure.message(), "[controller] worker could not start the session");
-                if matches!(failure, WorkerFailure::Unreachable(_)) {
-                    // It may still start it after the wait: ask it to end it (its report would
-                    // otherwise lead to the same).
-                    end_quietly(&info, &session_id);
-                }
-                let current = state
-                    .store()
-                    .get_session(&session_id)
-                    .await
-                    .map_err(store_error)?;
-                if current.is_some_and(|record| {
-                    hydra_core::session::SessionState::from(record.status).is_final()
-                }) {
-                    // Ended (`DELETE`) while it started: that final state stays, and there is
-                    // nothing left to start elsewhere.
-                    return Err(failure.into_api_error(&chosen));
-                }
-                // When both workers refused, the last answer and record name both.
-                let message = match &first_failure {
-                    Some((first_worker, first)) => format!(
-                        "worker {chosen}: {}; worker {first_worker}: {}",
-                        failure.message(),
-                        first.message()
-                    ),
-                    None => failure.message(),
-                };
-                let mut failed = stored;
-                failed.status = SessionStatus::Error;
-                failed.error = Some(message.clone());
-                failed.updated_at = now_ms();
-                state.session_writes().update(failed).await?;
-                if first_failure.is_none() && retry_on_next_worker(failure.kind(), attempt) {
-                    excluded.push(chosen.clone());
-                    first_failure = Some((chosen, failure));
-                    continue;
-                }
-                let both = first_failure.is_some();
-                let mut error = failure.into_api_error(&chosen);
-                if both {
-                    error.message = message;
-                }
-                return Err(error);
-            }
-        }
+            Err(failure) => failure,
+        };
+        drop(reservation);
+        let refused = Refused {
+            info: &info,
+            stored,
+            failure,
+            attempt,
+        };
+        let failure = record_refusal(&state, refused, first_failure.as_ref()).await?;
+        excluded.push(chosen.clone());
+        first_failure = Some((chosen, failure));
     }
     Err(first_failure
         .map(|(worker_id, failure)| failure.into_api_error(&worker_id))
         .unwrap_or_else(|| ApiError::new(ErrorCode::Unavailable, "no healthy workers available")))
+}
+
+/// One placement decision (timed for `hydra_placement_seconds`), passing over `excluded`.
+fn place(
+    state: &AppState,
+    relay: &Relay,
+    plan: &StartPlan,
+    excluded: &[String],
+) -> Result<SlotReservation, hydra_core::placement::PlacementError> {
+    let mut random = [0u8; 16];
+    rand::rng().fill_bytes(&mut random);
+    let deciding = std::time::Instant::now();
+    let placed = relay.place_new(state, plan.district.as_deref(), excluded, random);
+    metrics::histogram!("hydra_placement_seconds").record(deciding.elapsed().as_secs_f64());
+    placed
+}
+
+/// Records the placed session `starting` on its worker, before the worker is asked.
+async fn record_starting(
+    state: &AppState,
+    plan: &StartPlan,
+    reservation: &SlotReservation,
+) -> Result<SessionRecord, ApiError> {
+    let chosen = reservation.worker_id();
+    let session_id = reservation.session_id();
+    let now = now_ms();
+    let stored = SessionRecord {
+        id: session_id.to_owned(),
+        worker_id: chosen.to_owned(),
+        body_ip: plan.body_ip.clone(),
+        body_id: plan.body_id.clone(),
+        head_id: plan.head_id.clone(),
+        experience: plan.experience.clone(),
+        port: None,
+        stream_url: None,
+        status: SessionStatus::Starting,
+        error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.session_writes().insert(stored.clone()).await?;
+    tracing::info!(%session_id, worker_id = %chosen, body_ip = %plan.body_ip, "[controller] session placed");
+    Ok(stored)
+}
+
+/// Records the session `running` once its worker started it; the answer is the only place the
+/// viewer capability appears. A session ended (`DELETE`) while it started stays ended.
+async fn record_started(
+    state: &AppState,
+    stored: SessionRecord,
+    started: WorkerSession,
+) -> Result<SessionView, ApiError> {
+    if let Some(ended) = state
+        .store()
+        .get_session(&stored.id)
+        .await
+        .map_err(store_error)?
+        .filter(|record| hydra_core::session::SessionState::from(record.status).is_final())
+    {
+        // Ended (`DELETE`) while it started: `end` stopped it on the worker too.
+        return Ok(view(&ended));
+    }
+    let mut running = stored;
+    running.status = SessionStatus::Running;
+    running.port = Some(started.port);
+    // The store keeps the link without the viewer capability; only this answer
+    // carries it.
+    running.stream_url = Some(without_capability(&started.stream_url));
+    running.updated_at = now_ms();
+    state.session_writes().update(running.clone()).await?;
+    // Only this answer carries the viewer capability.
+    let mut answer = view(&running);
+    answer.stream_url = Some(started.stream_url);
+    Ok(answer)
+}
+
+/// A worker's refusal of one attempt, to record.
+struct Refused<'a> {
+    info: &'a WorkerInfo,
+    stored: SessionRecord,
+    failure: WorkerFailure,
+    attempt: u32,
+}
+
+/// Records a worker's refusal: the attempt stays `error` with its reason (both workers' reasons
+/// after a retry). `Ok(failure)` when the session is to be tried on the next worker; `Err` is
+/// the answer otherwise.
+async fn record_refusal(
+    state: &AppState,
+    refused: Refused<'_>,
+    first_failure: Option<&(String, WorkerFailure)>,
+) -> Result<WorkerFailure, ApiError> {
+    let Refused {
+        info,
+        stored,
+        failure,
+        attempt,
+    } = refused;
+    let session_id = &stored.id;
+    let chosen = stored.worker_id.clone();
+    tracing::warn!(%session_id, worker_id = %chosen, reason = %failure.message(), "[controller] worker could not start the session");
+    if matches!(failure, WorkerFailure::Unreachable(_)) {
+        // It may still start it after the wait: ask it to end it (its report would
+        // otherwise lead to the same).
+        end_quietly(info, session_id);
+    }
+    let current = state
+        .store()
+        .get_session(session_id)
+        .await
+        .map_err(store_error)?;
+    if current
+        .is_some_and(|record| hydra_core::session::SessionState::from(record.status).is_final())
+    {
+        // Ended (`DELETE`) while it started: that final state stays, and there is
+        // nothing left to start elsewhere.
+        return Err(failure.into_api_error(&chosen));
+    }
+    // When both workers refused, the last answer and record name both.
+    let message = match first_failure {
+        Some((first_worker, first)) => format!(
+            "worker {chosen}: {}; worker {first_worker}: {}",
+            failure.message(),
+            first.message()
+        ),
+        None => failure.message(),
+    };
+    let mut failed = stored;
+    failed.status = SessionStatus::Error;
+    failed.error = Some(message.clone());
+    failed.updated_at = now_ms();
+    state.session_writes().update(failed).await?;
+    if first_failure.is_none() && retry_on_next_worker(failure.kind(), attempt) {
+        return Ok(failure);
+    }
+    let mut error = failure.into_api_error(&chosen);
+    if first_failure.is_some() {
+        error.message = message;
+    }
+    Err(error)
 }
 
 /// Asks the worker, in the background, to end `session_id`; failures are only logged.

@@ -37,32 +37,14 @@ pub async fn apply_report(
     let same_run = known
         .as_ref()
         .is_some_and(|known| known.agent_key == report.agent_key);
-    if same_run
-        && let (Some(last), Some(sequence)) =
-            (known.as_ref().and_then(|k| k.sequence), report.sequence)
-        && sequence <= last
-    {
-        tracing::debug!(worker_id = %id, sequence, last, "[controller] stale worker report ignored");
-        return Ok(());
-    }
-    if known
-        .as_ref()
-        .is_some_and(|known| known.retired_keys.contains(&report.agent_key))
-    {
-        tracing::debug!(worker_id = %id, "[controller] report of an earlier agent run ignored");
+    if superseded(known.as_ref(), same_run, id, &report) {
         return Ok(());
     }
     let run_seen_at = match &known {
         Some(known) if same_run => known.run_seen_at,
         _ => now,
     };
-    // Bounded, so a report cannot make the server wait on a start (or keep it `starting`)
-    // for ever.
-    let start_timeout_ms = report
-        .start_timeout_ms
-        .and_then(|ms| i64::try_from(ms).ok())
-        .unwrap_or(DEFAULT_AGENT_START_MS)
-        .clamp(1_000, MAX_AGENT_START_MS);
+    let start_timeout_ms = agent_start_timeout_ms(&report);
     let context = ReportContext {
         run_seen_at,
         start_deadline_ms: start_deadline_ms(start_timeout_ms),
@@ -86,11 +68,7 @@ pub async fn apply_report(
     };
     state.report_writes().submit(stored).await?;
     if !same_run {
-        tracing::info!(worker_id = %id, %agent_url, max_sessions = report.max_sessions, "[controller] worker registered");
-        if let Some(reported) = clamped_from {
-            // Once per agent run (a new key), not on every report.
-            tracing::warn!(worker_id = %id, reported_max_sessions = reported, max_sessions = report.max_sessions, "[controller] worker reports more sessions than max_sessions_per_worker; capped");
-        }
+        log_new_run(id, &agent_url, &report, clamped_from);
     }
     let still_worker = || {
         state
@@ -126,6 +104,42 @@ pub async fn apply_report(
             .collect();
     });
     Ok(())
+}
+
+/// Whether the report is one to ignore: older than the last one applied for the same agent run,
+/// or from an earlier agent run (a retired key).
+fn superseded(known: Option<&WorkerInfo>, same_run: bool, id: &str, report: &WorkerReport) -> bool {
+    if same_run
+        && let (Some(last), Some(sequence)) = (known.and_then(|k| k.sequence), report.sequence)
+        && sequence <= last
+    {
+        tracing::debug!(worker_id = %id, sequence, last, "[controller] stale worker report ignored");
+        return true;
+    }
+    if known.is_some_and(|known| known.retired_keys.contains(&report.agent_key)) {
+        tracing::debug!(worker_id = %id, "[controller] report of an earlier agent run ignored");
+        return true;
+    }
+    false
+}
+
+/// The agent's start timeout: bounded, so a report cannot make the server wait on a start (or
+/// keep it `starting`) for ever.
+fn agent_start_timeout_ms(report: &WorkerReport) -> i64 {
+    report
+        .start_timeout_ms
+        .and_then(|ms| i64::try_from(ms).ok())
+        .unwrap_or(DEFAULT_AGENT_START_MS)
+        .clamp(1_000, MAX_AGENT_START_MS)
+}
+
+/// The first report of an agent run (a new key): registered, and capped once per run, not on
+/// every report.
+fn log_new_run(id: &str, agent_url: &str, report: &WorkerReport, clamped_from: Option<u32>) {
+    tracing::info!(worker_id = %id, %agent_url, max_sessions = report.max_sessions, "[controller] worker registered");
+    if let Some(reported) = clamped_from {
+        tracing::warn!(worker_id = %id, reported_max_sessions = reported, max_sessions = report.max_sessions, "[controller] worker reports more sessions than max_sessions_per_worker; capped");
+    }
 }
 
 /// Brings the live stored sessions of `worker_id` in line with its report

@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port,
+    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port, spawn_agent,
     standin_web_stream,
 };
 
@@ -218,21 +218,7 @@ pub(crate) struct Agent {
 impl Agent {
     pub(crate) fn start(fleet: &Fleet, name: &str) -> Agent {
         let log = fleet.dir.path().join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log).expect("agent log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
-        command
-            .args(["agent", "--config"])
-            .arg(&fleet.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HYDRA_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command.spawn().expect("spawn hydra agent");
+        let child = spawn_agent(&fleet.config, &log, "info");
         Agent { child, log }
     }
 

@@ -13,14 +13,14 @@
 //! each node's lines are stored once, in sequence, any gap counted in `lines_missing`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port,
+    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port, spawn_agent,
     standin_web_stream,
 };
 
@@ -76,25 +76,9 @@ sessions:
         let config = dir.join(format!("{id}.yaml"));
         std::fs::write(&config, yaml + extra).expect("write the agent config");
         let log = dir.join(format!("{id}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
-        command
-            .args(["agent", "--config"])
-            .arg(&config)
-            // The proxy's refusals are debug lines: the test's steady source of feed lines.
-            .env("RUST_LOG", "info,hydra_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HYDRA_") {
-                command.env_remove(key);
-            }
-        }
-        AgentProcess {
-            child: command.spawn().expect("spawn hydra agent"),
-            port,
-            log,
-        }
+        // The proxy's refusals are debug lines: the test's steady source of feed lines.
+        let child = spawn_agent(&config, &log, "info,hydra_agent=debug");
+        AgentProcess { child, port, log }
     }
 
     /// SIGSTOP: the agent (its feed, its mesh member, its API) stays silent; its sockets stay
@@ -169,30 +153,13 @@ async fn one_agent_killed_mid_capture(database_url: Option<String>) {
         .iter()
         .map(|id| AgentProcess::start(&server, dir.path(), id))
         .collect();
-    let healthy = eventually(Duration::from_secs(60), async || {
-        let (_, list) = call(Method::GET, &server.api("/workers"), None).await;
-        list["workers"].as_array().is_some_and(|workers| {
-            workers
-                .iter()
-                .filter(|worker| worker["healthy"] == true)
-                .count()
-                == 3
-        })
-    })
-    .await;
     assert!(
-        healthy,
+        workers_healthy(&server.url, 3).await,
         "three healthy workers; agent log: {}",
         std::fs::read_to_string(&agents[1].log).unwrap_or_default()
     );
 
-    let (status, started) = call(
-        Method::POST,
-        &server.api("/captures"),
-        Some(json!({"fan_out": true, "duration": 120})),
-    )
-    .await;
-    assert_eq!(status, 201, "{started}");
+    let started = start_fan_out(&server).await;
     let id = started["capture_id"].as_str().unwrap().to_owned();
     assert_eq!(started["node_segments"].as_array().unwrap().len(), 3);
     let stop_lines = tokio_util::sync::CancellationToken::new();
@@ -373,6 +340,18 @@ async fn lines_grow(url: &str, id: &str, nodes: &[&str], at_least: &[u64]) -> bo
     .await
 }
 
+/// Starts a fan-out capture of every worker for 120 s; its answer (asserted `201`).
+async fn start_fan_out(server: &ServerProcess) -> Value {
+    let (status, started) = call(
+        Method::POST,
+        &server.api("/captures"),
+        Some(json!({"fan_out": true, "duration": 120})),
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    started
+}
+
 /// Waits (at most 60 s) until `nodes` report as healthy workers to `url`.
 async fn workers_healthy(url: &str, count: usize) -> bool {
     eventually(Duration::from_secs(60), async || {
@@ -462,18 +441,7 @@ async fn a_server_killed_mid_capture_resumes_it_when_started_again_on_sqlite() {
 fn replica_setups(database_url: &str, dir: &std::path::Path) -> Vec<(ServerSetup, String)> {
     (1..=2)
         .map(|index| {
-            let mut setup = ServerSetup::sqlite(&dir.join(format!("r{index}")));
-            setup.database_url = Some(database_url.to_owned());
-            setup.extra = [
-                "--replica-id",
-                &format!("r{index}"),
-                "--lease-ttl",
-                "3s",
-                "--lease-renew",
-                "1s",
-            ]
-            .map(str::to_owned)
-            .to_vec();
+            let setup = ServerSetup::replica(&dir.join(format!("r{index}")), database_url, index);
             (setup, format!("127.0.0.1:{}", free_loopback_port()))
         })
         .collect()
@@ -697,18 +665,7 @@ async fn a_node_the_mesh_declares_down_ends_its_segment_node_left_and_is_not_pic
     let key_file = dir.path().join("cluster.key");
     std::fs::write(&key_file, format!("{MESH_KEY_HEX}\n")).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = dir.path().join("server.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cluster:\n  enabled: true\n  bind_port: 0\n  advertise_addr: 127.0.0.1\n  key_file: {}\n",
-            key_file.display()
-        ),
-    )
-    .unwrap();
-    let mut setup = ServerSetup::sqlite(&dir.path().join("server"));
-    setup.extra = vec!["--config".into(), config.display().to_string()];
-    let server = ServerProcess::start(&setup);
+    let server = ServerProcess::start(&ServerSetup::with_mesh(dir.path(), &key_file));
     let server_mesh = async || -> Option<String> {
         let (_, cluster) = call(Method::GET, &server.api("/cluster"), None).await;
         cluster["addr"].as_str().map(str::to_owned)
@@ -747,13 +704,7 @@ async fn a_node_the_mesh_declares_down_ends_its_segment_node_left_and_is_not_pic
         std::fs::read_to_string(&agents[1].log).unwrap_or_default()
     );
 
-    let (status, started) = call(
-        Method::POST,
-        &server.api("/captures"),
-        Some(json!({"fan_out": true, "duration": 120})),
-    )
-    .await;
-    assert_eq!(status, 201, "{started}");
+    let started = start_fan_out(&server).await;
     let id = started["capture_id"].as_str().unwrap().to_owned();
     let stop_lines = tokio_util::sync::CancellationToken::new();
     let driver = drive_lines(

@@ -4,7 +4,7 @@
 //! names the key and where it came from.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::support::{
     ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port, http,
+    hydra_command,
 };
 
 /// A `hydra` process whose stderr goes to a file; killed on drop.
@@ -24,18 +25,11 @@ impl Running {
     /// Starts `hydra args...` with only the `HYDRA_*` variables in `env` (none inherited).
     fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
         let log = dir.join(format!("{name}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
+        let mut command = hydra_command(args);
         command
-            .args(args)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HYDRA_") {
-                command.env_remove(key);
-            }
-        }
         command.envs(env.iter().copied());
         Running {
             child: command.spawn().expect("spawn hydra"),

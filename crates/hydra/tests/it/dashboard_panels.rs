@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::browser::Browser;
-use crate::support::{
-    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port, http,
-};
+use crate::support::{ADMIN_TOKEN, ServerProcess, call, eventually, free_loopback_port, http};
 
 fn artifacts() -> std::path::PathBuf {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
@@ -24,29 +22,8 @@ fn artifacts() -> std::path::PathBuf {
 
 /// Replicas `r1` and `r2` on `database_url`, short lease so the master is known quickly.
 fn start_replicas(database_url: &str) -> (Vec<ServerProcess>, Vec<tempfile::TempDir>) {
-    let mut servers = Vec::new();
-    let mut dirs = Vec::new();
-    for index in 1..=2 {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut setup = ServerSetup::sqlite(dir.path());
-        setup.database_url = Some(database_url.to_owned());
-        setup.extra = [
-            "--replica-id",
-            &format!("r{index}"),
-            "--lease-ttl",
-            "3s",
-            "--lease-renew",
-            "1s",
-            // The head's report below must outlive a slow browser start.
-            "--unreachable-for",
-            "10m",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        servers.push(ServerProcess::start(&setup));
-        dirs.push(dir);
-    }
-    (servers, dirs)
+    // The head's report below must outlive a slow browser start.
+    crate::support::start_replicas(database_url, 2, &["--unreachable-for", "10m"])
 }
 
 /// Enrols a node of `acme` in `bxl1`; answers its token.

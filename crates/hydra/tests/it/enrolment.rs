@@ -2,7 +2,7 @@
 //! they enrol one node once, expire, can do nothing else, and an agent enrols with one so the
 //! admin token never sits on the node.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     ADMIN_TOKEN, ServerProcess, ServerSetup, call, call_as, eventually, free_loopback_port,
+    spawn_agent,
 };
 
 /// `hydra nodes token create --expires EXPIRES --json` against `server`; the JSON answer.
@@ -199,20 +200,7 @@ async fn an_agent_enrols_with_a_one_time_token_and_heartbeats_with_its_own() {
     let config = dir.path().join("agent.yaml");
     std::fs::write(&config, yaml).unwrap();
     let log = dir.path().join("agent.log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
-    command
-        .args(["agent", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HYDRA_") {
-            command.env_remove(key);
-        }
-    }
-    let _agent = AgentProcess(command.spawn().expect("spawn hydra agent"));
+    let _agent = AgentProcess(spawn_agent(&config, &log, "info"));
     let heartbeating = eventually(Duration::from_secs(30), async || {
         let (status, node) = call(Method::GET, &server.api("/nodes/h-agent"), None).await;
         status == 200 && node["last_heartbeat"].is_string()

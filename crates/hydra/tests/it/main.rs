@@ -26,6 +26,7 @@ mod mesh_bundle;
 mod mesh_server;
 mod metrics;
 mod node_config;
+mod relay;
 mod replicas;
 mod replicas_feed;
 mod reports;

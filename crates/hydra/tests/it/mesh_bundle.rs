@@ -8,14 +8,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::Value;
 
 use crate::support::{
-    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port,
+    ADMIN_TOKEN, ServerProcess, ServerSetup, call, eventually, free_loopback_port, spawn_agent,
 };
 
 const OLD_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -64,21 +64,8 @@ impl MeshAgent {
         let config = dir.join(format!("{id}.yaml"));
         std::fs::write(&config, yaml).expect("agent config");
         let log = dir.join(format!("{id}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
-        command
-            .args(["agent", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HYDRA_") {
-                command.env_remove(key);
-            }
-        }
         MeshAgent {
-            child: command.spawn().expect("spawn hydra agent"),
+            child: spawn_agent(&config, &log, "info"),
             log,
             port,
             state_dir,
@@ -140,18 +127,7 @@ async fn agents_without_a_key_join_through_the_bundle_and_stay_joined_through_a_
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = dir.path().join("cluster.key");
     write_keys(&key_file, &[OLD_KEY]);
-    let config = dir.path().join("server.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cluster:\n  enabled: true\n  bind_port: 0\n  advertise_addr: 127.0.0.1\n  key_file: {}\n",
-            key_file.display()
-        ),
-    )
-    .expect("server config");
-    let mut setup = ServerSetup::sqlite(&dir.path().join("data"));
-    setup.extra = vec!["--config".into(), config.display().to_string()];
-    let server = ServerProcess::start(&setup);
+    let server = ServerProcess::start(&ServerSetup::with_mesh(dir.path(), &key_file));
     let server_cluster = async || call(Method::GET, &server.api("/cluster"), None).await.1;
 
     let agents = [

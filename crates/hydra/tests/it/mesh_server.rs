@@ -110,18 +110,7 @@ async fn a_member_killed_without_leaving_is_unreachable_within_seconds_and_back_
     let key_file = dir.path().join("cluster.key");
     std::fs::write(&key_file, format!("{KEY_HEX}\n")).expect("key file");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("0600");
-    let config = dir.path().join("server.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "cluster:\n  enabled: true\n  bind_port: 0\n  advertise_addr: 127.0.0.1\n  key_file: {}\n",
-            key_file.display()
-        ),
-    )
-    .expect("config");
-    let mut setup = ServerSetup::sqlite(&dir.path().join("data"));
-    setup.extra = vec!["--config".into(), config.display().to_string()];
-    let server = ServerProcess::start(&setup);
+    let server = ServerProcess::start(&ServerSetup::with_mesh(dir.path(), &key_file));
 
     // Counts for anyone; members and the address with the admin token only; a node's token is
     // refused.

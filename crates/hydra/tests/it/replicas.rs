@@ -21,26 +21,7 @@ fn start_replicas(
     database_url: &str,
     count: usize,
 ) -> (Vec<ServerProcess>, Vec<tempfile::TempDir>) {
-    let mut servers = Vec::new();
-    let mut dirs = Vec::new();
-    for index in 1..=count {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut setup = ServerSetup::sqlite(dir.path());
-        setup.database_url = Some(database_url.to_owned());
-        setup.extra = [
-            "--replica-id",
-            &format!("r{index}"),
-            "--lease-ttl",
-            "3s",
-            "--lease-renew",
-            "1s",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        servers.push(ServerProcess::start(&setup));
-        dirs.push(dir);
-    }
-    (servers, dirs)
+    crate::support::start_replicas(database_url, count, &[])
 }
 
 async fn check_master(server: &ServerProcess) -> Option<CheckMaster> {

@@ -4,7 +4,7 @@
 //! and the record arrives exactly once, with the same `Idempotency-Key` on every attempt.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,9 @@ use axum::routing::post;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, call, eventually, free_loopback_port, standin_web_stream};
+use crate::support::{
+    ADMIN_TOKEN, call, eventually, free_loopback_port, spawn_agent, standin_web_stream,
+};
 
 /// What the endpoint saw: the key and the answer of each POST, and the records it kept.
 #[derive(Default)]
@@ -77,22 +79,8 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(config: &Path, log: PathBuf) -> AgentProcess {
-        let stderr = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
-        command
-            .args(["agent", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HYDRA_") {
-                command.env_remove(key);
-            }
-        }
         AgentProcess {
-            child: command.spawn().expect("spawn hydra agent"),
+            child: spawn_agent(config, &log, "info"),
             log,
         }
     }

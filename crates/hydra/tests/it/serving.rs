@@ -4,7 +4,7 @@
 //! not hold shutdown past its deadline, and a second signal ends the process at once.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{ADMIN_TOKEN, free_loopback_port};
+use crate::support::{ADMIN_TOKEN, free_loopback_port, hydra_command};
 
 /// How long a test waits for something that, with the limits it configured, takes a second or
 /// two; without those limits it would never happen.
@@ -58,20 +58,12 @@ impl Daemon {
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).expect("write the config");
         let log = dir.path().join("daemon.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
+        let mut command = hydra_command(&[which, "--config"]);
         command
-            .arg(which)
-            .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HYDRA_") {
-                command.env_remove(key);
-            }
-        }
         if which == "server" {
             // The admin token comes from the environment, not argv.
             command.env("HYDRA_ADMIN_TOKEN", ADMIN_TOKEN);

@@ -352,3 +352,86 @@ impl ServerProcess {
         PathBuf::from(format!("/proc/{}/root", self.child.id())).join(relative)
     }
 }
+
+impl ServerSetup {
+    /// Replica `r{index}` on `database_url` (its own data dir) with a short lease (3 s, renewed
+    /// every second), so a master is known and a takeover fits in a test.
+    pub fn replica(data_dir: &Path, database_url: &str, index: usize) -> ServerSetup {
+        let mut setup = ServerSetup::sqlite(data_dir);
+        setup.database_url = Some(database_url.to_owned());
+        setup.extra = [
+            "--replica-id",
+            &format!("r{index}"),
+            "--lease-ttl",
+            "3s",
+            "--lease-renew",
+            "1s",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        setup
+    }
+
+    /// SQLite in `dir/data`, with the server's mesh on (an ephemeral UDP port on 127.0.0.1) and
+    /// sealed with the keys in `key_file`, through a config file `dir/server.yaml`.
+    pub fn with_mesh(dir: &Path, key_file: &Path) -> ServerSetup {
+        let config = dir.join("server.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cluster:\n  enabled: true\n  bind_port: 0\n  advertise_addr: 127.0.0.1\n  key_file: {}\n",
+                key_file.display()
+            ),
+        )
+        .expect("server config");
+        let mut setup = ServerSetup::sqlite(&dir.join("data"));
+        setup.extra = vec!["--config".into(), config.display().to_string()];
+        setup
+    }
+}
+
+/// Replicas `r1` to `r{count}` on `database_url` ([`ServerSetup::replica`]), each with `extra`
+/// flags too and a temp dir of its own (kept as long as the returned dirs live).
+pub fn start_replicas(
+    database_url: &str,
+    count: usize,
+    extra: &[&str],
+) -> (Vec<ServerProcess>, Vec<tempfile::TempDir>) {
+    let mut servers = Vec::new();
+    let mut dirs = Vec::new();
+    for index in 1..=count {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut setup = ServerSetup::replica(dir.path(), database_url, index);
+        setup
+            .extra
+            .extend(extra.iter().map(|flag| flag.to_string()));
+        servers.push(ServerProcess::start(&setup));
+        dirs.push(dir);
+    }
+    (servers, dirs)
+}
+
+/// `hydra` with `args`, none of this environment's `HYDRA_*` variables (the test's config is the
+/// only source), stdin closed.
+pub fn hydra_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
+    command.args(args).stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HYDRA_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Spawns `hydra agent --config CONFIG` ([`hydra_command`]) with `RUST_LOG=rust_log`, its
+/// stderr in the file `log` and its stdout dropped.
+pub fn spawn_agent(config: &Path, log: &Path, rust_log: &str) -> Child {
+    let args: [&std::ffi::OsStr; 3] = ["agent".as_ref(), "--config".as_ref(), config.as_os_str()];
+    hydra_command(&args)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("agent log file"))
+        .spawn()
+        .expect("spawn hydra agent")
+}

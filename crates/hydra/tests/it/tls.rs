@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support::free_loopback_port;
+use crate::support::{free_loopback_port, hydra_command};
 
 /// A test CA and a certificate it signed for `localhost` / 127.0.0.1, with its key, in `dir`:
 /// (CA certificate, certificate, key).
@@ -90,20 +90,13 @@ fn make_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// `hydra <args>` with its stderr lines sent to the returned channel; HYDRA_* variables removed.
 fn spawn(args: &[&str], config: &Path) -> (Child, mpsc::Receiver<String>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
+    let mut command = hydra_command(args);
     command
-        .args(args)
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HYDRA_") {
-            command.env_remove(key);
-        }
-    }
     let mut child = command.spawn().expect("spawn hydra");
     let stderr = child.stderr.take().unwrap();
     let (lines, receiver) = mpsc::channel();

@@ -2,20 +2,12 @@
 //! agent's `turn:` section (the secret from `HYDRA_TURN__SECRET` like any other key), and without
 //! a secret it fails with a message naming the key.
 
-use std::process::Command;
+use crate::support::hydra_command;
 
 /// Runs `hydra agent --config FILE turn-config` with `secret` in the environment, if any.
 fn turn_config(config: &std::path::Path, secret: Option<&str>) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hydra"));
-    command
-        .args(["agent", "--config"])
-        .arg(config)
-        .arg("turn-config");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HYDRA_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = hydra_command(&["agent", "--config"]);
+    command.arg(config).arg("turn-config");
     if let Some(secret) = secret {
         command.env("HYDRA_TURN__SECRET", secret);
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use hydra_agent::config::AgentConfig;
 use serde_json::{Value, json};
 
-use crate::fleet::{Agent, Server, healthy_workers, state_dir};
-use crate::support::Body;
+use super::fleet::{Agent, Server, healthy_workers, state_dir};
+use super::support::Body;
 
 /// The operator's token, the same on every worker (a start forwarded to a peer carries it).
 const OPERATOR: &str = "hyo_peer_test_operator_token";

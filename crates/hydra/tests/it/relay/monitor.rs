@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use hydra_api::captures::{MonitorKind, MonitorLine};
 
-use crate::fleet::{Agent, Server, state_dir};
-use crate::support::Body;
+use super::fleet::{Agent, Server, state_dir};
+use super::support::Body;
 
 const OPERATOR: &str = "hyo_monitor_test_operator";
 
@@ -275,7 +275,7 @@ async fn a_session_s_output_and_its_start_and_end_reach_the_feed_tagged_with_the
     ]
     .map(String::from)
     .to_vec();
-    command.extend(crate::support::standin_command());
+    command.extend(super::support::standin_command());
     let agent = Agent::start_with(
         &server,
         "monitor-1",
@@ -288,12 +288,12 @@ async fn a_session_s_output_and_its_start_and_end_reach_the_feed_tagged_with_the
         },
     )
     .await;
-    crate::fleet::healthy_workers(&server, 1).await;
+    super::fleet::healthy_workers(&server, 1).await;
     let mut feed = monitor_request(&agent, "").send().await.unwrap();
     assert_eq!(feed.status(), 200);
     let admin = server.admin();
     let session = admin
-        .create_session(&crate::fleet::for_body())
+        .create_session(&super::fleet::for_body())
         .await
         .unwrap();
     let id = session.session_id.clone();

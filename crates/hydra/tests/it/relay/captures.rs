@@ -10,8 +10,8 @@ use hydra_api::captures::{
 };
 use hydra_client::ClientError;
 
-use crate::fleet::{Agent, Server, healthy_workers, state_dir};
-use crate::support::Body;
+use super::fleet::{Agent, Server, healthy_workers, state_dir};
+use super::support::Body;
 
 /// Copies this process's log events into the agents' monitor feeds, as the binary does.
 fn install_monitor_layer() {

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use hydra_api::{CreateSessionRequest, SessionState};
 
-use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::support::{Body, recorded_env, recording_standin_command, value_of};
+use super::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
+use super::recording_standin_command;
+use super::support::{Body, recorded_env, value_of};
 
 /// The request's `sunshine_user`/`sunshine_pass` (else the agent's
 /// `sunshine.username/password`), the agent's `ice_servers` as JSON, `experience` and `exe_path`

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use hydra_agent::local_api::wireguard_up;
 
-use crate::fleet::{Agent, Server, healthy_workers, state_dir};
-use crate::support::Body;
+use super::fleet::{Agent, Server, healthy_workers, state_dir};
+use super::support::Body;
 
 /// The `status` of the agent's `/api/v1/health` answer (no token: the short answer).
 async fn health_status(agent: &Agent) -> String {

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Body, port_base, slow_command, standin_command};
+use super::support::{Body, port_base, slow_command, standin_command};
 
 const ADMIN: &str = "hya_fleet_test_admin_token";
 

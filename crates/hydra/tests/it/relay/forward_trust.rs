@@ -16,8 +16,8 @@ use hydra_agent::cluster::seal::Keyring;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::{Agent, Server, healthy_workers, state_dir};
-use crate::support::Body;
+use super::fleet::{Agent, Server, healthy_workers, state_dir};
+use super::support::Body;
 
 const OPERATOR: &str = "hyo_forward_trust_operator_token";
 const KEY_HEX: &str = "5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b";

@@ -2,68 +2,16 @@
 //! (`HYDRA_ICE_SERVERS`, minted from `turn.secret`) allocate a relay on a coturn configured by
 //! the agent's own `turn-config` output; forged and expired ones are refused.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use hydra_api::SessionState;
 
-use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::support::{Body, recorded_env, recording_standin_command, value_of, wait_for};
+use super::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
+use super::recording_standin_command;
+use super::support::{Body, Coturn, free_port, recorded_env, value_of, wait_for};
 
 const SECRET: &str = "turn-test-secret-0123456789";
-
-/// A coturn process on loopback, stopped (by its pid) on drop.
-pub struct Coturn {
-    child: Child,
-}
-
-impl Coturn {
-    /// Starts `turnserver` with `config` plus what a loopback test needs on top of the agent's
-    /// settings: listen and relay on 127.0.0.1 (standing in for the node's LAN address), no TLS,
-    /// and loopback peers allowed (the test client's peer is on loopback too).
-    pub fn start(dir: &Path, config: &str, port: u16) -> Coturn {
-        let path = dir.join("turnserver.conf");
-        let loopback = [
-            "listening-ip=127.0.0.1".to_owned(),
-            "relay-ip=127.0.0.1".to_owned(),
-            "allow-loopback-peers".to_owned(),
-            "no-tls".to_owned(),
-            "no-dtls".to_owned(),
-            format!("pidfile={}", dir.join("turnserver.pid").display()),
-            format!("log-file={}", dir.join("turn.log").display()),
-            "simple-log".to_owned(),
-        ];
-        std::fs::write(&path, format!("{config}{}\n", loopback.join("\n"))).unwrap();
-        let child = Command::new("turnserver")
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start coturn's turnserver (scripts/test installs the coturn package)");
-        let coturn = Coturn { child };
-        // coturn listens on TCP and UDP on the same port; TCP tells when it is up.
-        let ready = (0..300).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(
-            ready,
-            "coturn never listened on {port}; its log:\n{}",
-            std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default()
-        );
-        coturn
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One allocation with `turnutils_uclient` (coturn's own test client): whether it succeeded, and
 /// its output.
@@ -98,19 +46,6 @@ fn allocate(port: u16, username: &str, credential: &str) -> (bool, String) {
         output.status.success() && !text.contains("Cannot complete Allocation"),
         text,
     )
-}
-
-/// A port free for both TCP and UDP on loopback for coturn to listen on (it listens on both; a
-/// port free for UDP alone was once taken for TCP by another test's socket).
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no loopback port free for both TCP and UDP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,8 @@ use hydra_api::SessionState;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::support::{Body, Logs, http_get, wait_for};
+use super::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
+use super::support::{Body, Logs, http_get, wait_for};
 
 /// The capability query (`hydra_viewer=...`) of a stream URL.
 fn capability_query(stream_url: &str) -> String {

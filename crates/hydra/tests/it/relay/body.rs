@@ -16,8 +16,8 @@ use axum::routing::post;
 use hydra_api::{CreateSessionRequest, SessionState};
 use serde_json::{Value, json};
 
-use crate::fleet::{Agent, Server, healthy_workers, state_dir};
-use crate::support::{Body, Logs, wait_for};
+use super::fleet::{Agent, Server, healthy_workers, state_dir};
+use super::support::{Body, Logs, wait_for};
 
 /// The fleet's body token (workers send it, bodies accept it).
 const WORKER_TOKEN: &str = "body-worker-token-0123456789";

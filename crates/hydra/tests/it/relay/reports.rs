@@ -16,9 +16,9 @@ use axum::routing::post;
 use hydra_api::CreateSessionRequest;
 use serde_json::{Value, json};
 
-use crate::fleet::{Agent, Server, healthy_workers, state_dir};
-use crate::proxy::capability_of;
-use crate::support::{Body, Logs, wait_for};
+use super::fleet::{Agent, Server, healthy_workers, state_dir};
+use super::support::capability_of;
+use super::support::{Body, Logs, wait_for};
 
 const REPORT_TOKEN: &str = "report-secret-token-4b1d";
 

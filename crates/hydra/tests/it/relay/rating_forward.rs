@@ -9,9 +9,9 @@ use axum::extract::State;
 use axum::routing::post;
 use tokio::sync::mpsc;
 
-use crate::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
-use crate::proxy::capability_of;
-use crate::support::Body;
+use super::fleet::{Agent, Server, for_body, healthy_workers, state_dir};
+use super::support::Body;
+use super::support::capability_of;
 
 /// A rating endpoint on loopback: each POST body it receives goes to the channel.
 async fn rating_endpoint() -> (String, mpsc::Receiver<serde_json::Value>) {
