@@ -431,7 +431,6 @@ async fn move_venue(client: &Client, bodies: &[Body], home: &str, venue: &str, t
     }
 }
 
-/// Places a session for the first head that gets one, or ends the one placed before.
 /// Starts a fan-out capture of every worker's monitor feed once both demo workers' agents are
 /// known (each has reported); `None` until then.
 async fn start_capture(client: &Client) -> Option<String> {
@@ -473,6 +472,7 @@ async fn start_capture(client: &Client) -> Option<String> {
     }
 }
 
+/// Places a session for the first head that gets one, or ends the one placed before.
 async fn session_chaos(client: &Client, heads: &[String], session: &mut Option<String>) {
     if let Some(id) = session.take() {
         match client.end_session(&id).await {
