@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use hydra_api::ErrorCode;
 use hydra_core::liveness::api_url_heard_from;
 use hydra_core::peer::{PeerChoice, PeerLoad, best_peer};
+use hydra_core::placement::PlacementError;
 use hydra_core::session_id::{SessionId, parse_session_id};
 use hydra_proxy::api_error::ApiError;
 use hydra_proxy::proxy::{Forward, Proxy};
@@ -262,6 +263,34 @@ fn session_in_path(path: &str) -> Option<&str> {
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
+/// The live, trusted member that owns session `id`, or the 503 that says why a forward cannot go
+/// to it (not a live member; its gossiped `api_url` is not at its mesh address).
+fn trusted_owner(state: &AgentState, id: &str, owner: &str) -> Result<LivePeer, ApiError> {
+    let Some(member) = live_peers(state.cluster())
+        .into_iter()
+        .find(|member| member.node_id == owner)
+    else {
+        state.peers().forget(owner);
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("session {id} runs on {owner}, which is not a live member of the mesh"),
+        ));
+    };
+    if !member.trusted {
+        state.peers().forget(owner);
+        warn_untrusted(&member);
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "session {id} runs on {owner}, whose gossiped api_url {} is not at the address \
+                 the mesh hears it from ({})",
+                member.api_url, member.mesh_addr
+            ),
+        ));
+    }
+    Ok(member)
+}
+
 /// Middleware on the agent's routes: a request about a session another node owns goes one hop
 /// to that node; everything else goes to the handlers here.
 pub async fn one_hop(State(state): State<AgentState>, request: Request, next: Next) -> Response {
@@ -287,30 +316,10 @@ pub async fn one_hop(State(state): State<AgentState>, request: Request, next: Ne
         // The handler refuses it (401); nothing goes out for a caller without a token.
         return next.run(request).await;
     }
-    let Some(member) = live_peers(state.cluster())
-        .into_iter()
-        .find(|member| member.node_id == owner)
-    else {
-        state.peers().forget(&owner);
-        return ApiError::new(
-            ErrorCode::Unavailable,
-            format!("session {id} runs on {owner}, which is not a live member of the mesh"),
-        )
-        .into_response();
+    let member = match trusted_owner(&state, &id, &owner) {
+        Ok(member) => member,
+        Err(refusal) => return refusal.into_response(),
     };
-    if !member.trusted {
-        state.peers().forget(&owner);
-        warn_untrusted(&member);
-        return ApiError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "session {id} runs on {owner}, whose gossiped api_url {} is not at the address \
-                 the mesh hears it from ({})",
-                member.api_url, member.mesh_addr
-            ),
-        )
-        .into_response();
-    }
     let Some(link) = state
         .peers()
         .link(
@@ -364,16 +373,7 @@ pub async fn place_while_degraded(
     }
     let worker = state.worker()?;
     let own = state.heartbeat().node_id?;
-    let members: Vec<LivePeer> = live_peers(state.cluster())
-        .into_iter()
-        .filter(|member| member.roles.iter().any(|role| role == "worker"))
-        .filter(|member| {
-            if !member.trusted {
-                warn_untrusted(member);
-            }
-            member.trusted
-        })
-        .collect();
+    let members = trusted_workers(state.cluster());
     let local = PeerLoad {
         id: &own,
         alive: true,
@@ -382,17 +382,7 @@ pub async fn place_while_degraded(
     };
     let mut refused: Vec<String> = Vec::new();
     for _attempt in 0..2 {
-        let peers: Vec<PeerLoad<'_>> = members
-            .iter()
-            .filter(|member| !refused.contains(&member.node_id))
-            .map(|member| PeerLoad {
-                id: &member.node_id,
-                alive: true,
-                pending: member.pending,
-                capacity: member.capacity,
-            })
-            .collect();
-        let chosen = match best_peer(&local, &peers) {
+        let chosen = match choose_peer(&local, &members, &refused) {
             Ok(PeerChoice::Local) => return None,
             Ok(PeerChoice::Peer(id)) => id.to_owned(),
             Err(full) => {
@@ -403,48 +393,9 @@ pub async fn place_while_degraded(
             }
         };
         let member = members.iter().find(|member| member.node_id == chosen)?;
-        let Some(link) = state
-            .peers()
-            .link(
-                &chosen,
-                &member.api_url,
-                state.cluster(),
-                state.monitor_closed(),
-            )
-            .await
-        else {
-            refused.push(chosen);
-            continue;
-        };
-        let url = format!("{}/api/v1/sessions", member.api_url.trim_end_matches('/'));
-        let mut outgoing = link
-            .http
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(FORWARDED, own.as_str())
-            .body(body.clone());
-        if let Some(authorization) = headers.get(header::AUTHORIZATION) {
-            outgoing = outgoing.header(header::AUTHORIZATION, authorization.clone());
-        }
-        tracing::info!(peer = %chosen, pending = member.pending, capacity = member.capacity, "[forward] control plane away; session start sent to the least-loaded peer");
-        match outgoing.send().await {
-            Ok(answer) => return Some(relay_answer(answer).await),
-            Err(error) if error.is_connect() => {
-                // Nothing reached it: safe to try the next-best peer, once.
-                tracing::warn!(peer = %chosen, %error, "[forward] peer refused the connection; trying the next-best peer");
-                state.peers().forget(&chosen);
-                refused.push(chosen);
-            }
-            Err(error) => {
-                // It may have started the session: never sent again.
-                tracing::warn!(peer = %chosen, %error, "[forward] peer did not answer a session start");
-                return Some(ApiError::new(
-                    ErrorCode::BadGateway,
-                    format!(
-                        "worker {chosen} did not answer the session start; it may have started it"
-                    ),
-                ).into_response());
-            }
+        match send_start(state, member, &own, headers, body).await {
+            StartSent::Answered(answer) => return Some(answer),
+            StartSent::Refused => refused.push(chosen),
         }
     }
     Some(
@@ -454,6 +405,104 @@ pub async fn place_while_degraded(
         )
         .into_response(),
     )
+}
+
+/// The live workers of the mesh a start may be sent to (an untrusted one is warned about and
+/// left out).
+fn trusted_workers(cluster: &ClusterHandle) -> Vec<LivePeer> {
+    live_peers(cluster)
+        .into_iter()
+        .filter(|member| member.roles.iter().any(|role| role == "worker"))
+        .filter(|member| {
+            if !member.trusted {
+                warn_untrusted(member);
+            }
+            member.trusted
+        })
+        .collect()
+}
+
+/// The field's best-peer rule over the members not `refused` yet.
+fn choose_peer<'a>(
+    local: &PeerLoad<'a>,
+    members: &'a [LivePeer],
+    refused: &[String],
+) -> Result<PeerChoice<'a>, PlacementError> {
+    let peers: Vec<PeerLoad<'a>> = members
+        .iter()
+        .filter(|member| !refused.contains(&member.node_id))
+        .map(|member| PeerLoad {
+            id: &member.node_id,
+            alive: true,
+            pending: member.pending,
+            capacity: member.capacity,
+        })
+        .collect();
+    best_peer(local, &peers)
+}
+
+/// How a start sent to a peer went.
+enum StartSent {
+    /// The answer to give the caller: the peer's, or a 502 when it may have started it.
+    Answered(Response),
+    /// Nothing reached the peer: the next-best one may be tried.
+    Refused,
+}
+
+/// Sends the start to `member` (pooled link, the caller's token, marked forwarded).
+async fn send_start(
+    state: &AgentState,
+    member: &LivePeer,
+    own: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> StartSent {
+    let chosen = &member.node_id;
+    let Some(link) = state
+        .peers()
+        .link(
+            chosen,
+            &member.api_url,
+            state.cluster(),
+            state.monitor_closed(),
+        )
+        .await
+    else {
+        return StartSent::Refused;
+    };
+    let url = format!("{}/api/v1/sessions", member.api_url.trim_end_matches('/'));
+    let mut outgoing = link
+        .http
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(FORWARDED, own)
+        .body(body.clone());
+    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+        outgoing = outgoing.header(header::AUTHORIZATION, authorization.clone());
+    }
+    tracing::info!(peer = %chosen, pending = member.pending, capacity = member.capacity, "[forward] control plane away; session start sent to the least-loaded peer");
+    match outgoing.send().await {
+        Ok(answer) => StartSent::Answered(relay_answer(answer).await),
+        Err(error) if error.is_connect() => {
+            // Nothing reached it: safe to try the next-best peer, once.
+            tracing::warn!(peer = %chosen, %error, "[forward] peer refused the connection; trying the next-best peer");
+            state.peers().forget(chosen);
+            StartSent::Refused
+        }
+        Err(error) => {
+            // It may have started the session: never sent again.
+            tracing::warn!(peer = %chosen, %error, "[forward] peer did not answer a session start");
+            StartSent::Answered(
+                ApiError::new(
+                    ErrorCode::BadGateway,
+                    format!(
+                        "worker {chosen} did not answer the session start; it may have started it"
+                    ),
+                )
+                .into_response(),
+            )
+        }
+    }
 }
 
 /// A peer's answer, passed on with its status, content type and body.

@@ -129,49 +129,67 @@ pub struct Fleet {
     lab: Lab,
 }
 
+/// The fleet's networks: the control network, the WireGuard-like overlay and one LAN per venue.
+struct FleetNets {
+    control: Network,
+    overlay: Network,
+    lans: Vec<Network>,
+}
+
+/// The position of `venue` in the spec's venues (its LAN).
+fn venue_index(spec: &FleetSpec, venue: &str) -> anyhow::Result<usize> {
+    spec.venues
+        .iter()
+        .position(|v| v == venue)
+        .with_context(|| format!("venue {venue} is not in the fleet spec"))
+}
+
+/// Starts `hydra server` on its own host of the control network (SQLite in the lab's dir).
+fn spawn_server(
+    lab: &mut Lab,
+    hydra_bin: &Path,
+    control_net: &Network,
+) -> anyhow::Result<LabProcess> {
+    let server_host = lab.host("control")?;
+    lab.attach(&server_host, control_net, "ctl", SERVER_ADDRESS)?;
+    let data_dir = lab.dir().join("server-data");
+    std::fs::create_dir_all(&data_dir)?;
+    lab.spawn(
+        &server_host,
+        "server",
+        hydra_bin,
+        &[
+            "server".into(),
+            "--listen".into(),
+            format!("{SERVER_ADDRESS}:{SERVER_PORT}"),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--admin-token".into(),
+            ADMIN_TOKEN.into(),
+            "--heartbeat-timeout".into(),
+            "600".into(),
+            // The scenarios unblock a body and expect the head back on it within seconds;
+            // the server's memory of a body unreachable from a head (60 s by default) is
+            // kept shorter than a stream of theirs.
+            "--unreachable-for".into(),
+            "2s".into(),
+        ],
+    )
+}
+
 impl Fleet {
     /// Builds the topology, starts the server (`hydra` at `hydra_bin`) and the stand-ins,
     /// enrols every node and sends one heartbeat per body. Bounded: fails after 20 s.
     pub async fn start(mut lab: Lab, hydra_bin: &Path, spec: &FleetSpec) -> anyhow::Result<Fleet> {
-        let control_net = lab.network("ctl", 24)?;
-        let overlay = lab.network("wg", 24)?;
-        lab.attach_self(&control_net, Ipv4Addr::new(198, 19, 255, 1))?;
-        let mut lans: Vec<Network> = Vec::new();
-        for index in 0..spec.venues.len() {
-            lans.push(lab.network(&format!("lan{}", index + 1), 24)?);
-        }
-        let venue_index = |venue: &str| -> anyhow::Result<usize> {
-            spec.venues
-                .iter()
-                .position(|v| v == venue)
-                .with_context(|| format!("venue {venue} is not in the fleet spec"))
+        let nets = FleetNets {
+            control: lab.network("ctl", 24)?,
+            overlay: lab.network("wg", 24)?,
+            lans: (0..spec.venues.len())
+                .map(|index| lab.network(&format!("lan{}", index + 1), 24))
+                .collect::<anyhow::Result<_>>()?,
         };
-
-        let server_host = lab.host("control")?;
-        lab.attach(&server_host, &control_net, "ctl", SERVER_ADDRESS)?;
-        let data_dir = lab.dir().join("server-data");
-        std::fs::create_dir_all(&data_dir)?;
-        let server = lab.spawn(
-            &server_host,
-            "server",
-            hydra_bin,
-            &[
-                "server".into(),
-                "--listen".into(),
-                format!("{SERVER_ADDRESS}:{SERVER_PORT}"),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--admin-token".into(),
-                ADMIN_TOKEN.into(),
-                "--heartbeat-timeout".into(),
-                "600".into(),
-                // The scenarios unblock a body and expect the head back on it within seconds;
-                // the server's memory of a body unreachable from a head (60 s by default) is
-                // kept shorter than a stream of theirs.
-                "--unreachable-for".into(),
-                "2s".into(),
-            ],
-        )?;
+        lab.attach_self(&nets.control, Ipv4Addr::new(198, 19, 255, 1))?;
+        let server = spawn_server(&mut lab, hydra_bin, &nets.control)?;
         let control = ControlPlane::new(
             &format!("http://{SERVER_ADDRESS}:{SERVER_PORT}"),
             ADMIN_TOKEN,
@@ -186,76 +204,99 @@ impl Fleet {
             lab,
         };
         fleet.wait_for_server().await?;
-
         for (k, body) in spec.bodies.iter().enumerate() {
-            let venue = venue_index(&body.venue)?;
-            let host = fleet.lab.host(&format!("body-{}", body.id))?;
-            let lan_ip = Ipv4Addr::new(198, 18, venue as u8 + 1, 10 + k as u8);
-            let wg_ip = Ipv4Addr::new(198, 19, 0, 10 + k as u8);
-            fleet.lab.attach(&host, &lans[venue], "lan", lan_ip)?;
-            fleet.lab.attach(&host, &overlay, "wg", wg_ip)?;
-            let enrolled = fleet
-                .control
-                .enrol(&EnrolRequest {
-                    id: Some(body.id.clone()),
-                    roles: vec![RoleWire::Body],
-                    district: spec.district.clone(),
-                    venue: body.venue.clone(),
-                    owner: spec.owner.clone(),
-                    lan_ip: Some(lan_ip.into()),
-                    wg_ip: Some(wg_ip.into()),
-                    vram_mb: Some(body.vram_mb),
-                    ..EnrolRequest::default()
-                })
-                .await?;
-            fleet
-                .control
-                .heartbeat(&body.id, &enrolled.token, body.idle)
-                .await?;
-            fleet.bodies.push(FleetBody {
-                spec: body.clone(),
-                host,
-                lan_ip,
-                wg_ip,
-                token: enrolled.token,
-                stream_server: None,
-            });
-            fleet.start_stream_server(&body.id).await?;
+            fleet.add_body(spec, &nets, k, body).await?;
         }
         for (h, head) in spec.heads.iter().enumerate() {
-            let venue = venue_index(&head.venue)?;
-            let host = fleet.lab.host(&format!("head-{}", head.id))?;
-            let lan_ip = Ipv4Addr::new(198, 18, venue as u8 + 1, 200 + h as u8);
-            let wg_ip = Ipv4Addr::new(198, 19, 0, 200 + h as u8);
-            let ctl_ip = Ipv4Addr::new(198, 19, 255, 10 + h as u8);
-            fleet.lab.attach(&host, &lans[venue], "lan", lan_ip)?;
-            fleet.lab.attach(&host, &overlay, "wg", wg_ip)?;
-            fleet.lab.attach(&host, &control_net, "ctl", ctl_ip)?;
-            let enrolled = fleet
-                .control
-                .enrol(&EnrolRequest {
-                    id: Some(head.id.clone()),
-                    roles: vec![RoleWire::Head],
-                    district: spec.district.clone(),
-                    venue: head.venue.clone(),
-                    owner: spec.owner.clone(),
-                    lan_ip: Some(lan_ip.into()),
-                    wg_ip: Some(wg_ip.into()),
-                    ..EnrolRequest::default()
-                })
-                .await?;
-            let state_dir = fleet.lab.dir().join(format!("state-{}", head.id));
-            std::fs::create_dir_all(&state_dir)?;
-            fleet.heads.push(FleetHead {
-                spec: head.clone(),
-                host,
-                lan_ip,
-                wg_ip,
-                token: enrolled.token,
-                state_dir,
-            });
+            fleet.add_head(spec, &nets, h, head).await?;
         }
         Ok(fleet)
+    }
+
+    /// Puts body number `k` on its venue's LAN and the overlay, enrols it, sends its first
+    /// heartbeat and starts its stream stand-in.
+    async fn add_body(
+        &mut self,
+        spec: &FleetSpec,
+        nets: &FleetNets,
+        k: usize,
+        body: &BodySpec,
+    ) -> anyhow::Result<()> {
+        let venue = venue_index(spec, &body.venue)?;
+        let host = self.lab.host(&format!("body-{}", body.id))?;
+        let lan_ip = Ipv4Addr::new(198, 18, venue as u8 + 1, 10 + k as u8);
+        let wg_ip = Ipv4Addr::new(198, 19, 0, 10 + k as u8);
+        self.lab.attach(&host, &nets.lans[venue], "lan", lan_ip)?;
+        self.lab.attach(&host, &nets.overlay, "wg", wg_ip)?;
+        let enrolled = self
+            .control
+            .enrol(&EnrolRequest {
+                id: Some(body.id.clone()),
+                roles: vec![RoleWire::Body],
+                district: spec.district.clone(),
+                venue: body.venue.clone(),
+                owner: spec.owner.clone(),
+                lan_ip: Some(lan_ip.into()),
+                wg_ip: Some(wg_ip.into()),
+                vram_mb: Some(body.vram_mb),
+                ..EnrolRequest::default()
+            })
+            .await?;
+        self.control
+            .heartbeat(&body.id, &enrolled.token, body.idle)
+            .await?;
+        self.bodies.push(FleetBody {
+            spec: body.clone(),
+            host,
+            lan_ip,
+            wg_ip,
+            token: enrolled.token,
+            stream_server: None,
+        });
+        self.start_stream_server(&body.id).await
+    }
+
+    /// Puts head number `h` on its venue's LAN, the overlay and the control network, and enrols
+    /// it (its state dir is made; it runs only when a scenario runs it).
+    async fn add_head(
+        &mut self,
+        spec: &FleetSpec,
+        nets: &FleetNets,
+        h: usize,
+        head: &HeadSpec,
+    ) -> anyhow::Result<()> {
+        let venue = venue_index(spec, &head.venue)?;
+        let host = self.lab.host(&format!("head-{}", head.id))?;
+        let lan_ip = Ipv4Addr::new(198, 18, venue as u8 + 1, 200 + h as u8);
+        let wg_ip = Ipv4Addr::new(198, 19, 0, 200 + h as u8);
+        let ctl_ip = Ipv4Addr::new(198, 19, 255, 10 + h as u8);
+        self.lab.attach(&host, &nets.lans[venue], "lan", lan_ip)?;
+        self.lab.attach(&host, &nets.overlay, "wg", wg_ip)?;
+        self.lab.attach(&host, &nets.control, "ctl", ctl_ip)?;
+        let enrolled = self
+            .control
+            .enrol(&EnrolRequest {
+                id: Some(head.id.clone()),
+                roles: vec![RoleWire::Head],
+                district: spec.district.clone(),
+                venue: head.venue.clone(),
+                owner: spec.owner.clone(),
+                lan_ip: Some(lan_ip.into()),
+                wg_ip: Some(wg_ip.into()),
+                ..EnrolRequest::default()
+            })
+            .await?;
+        let state_dir = self.lab.dir().join(format!("state-{}", head.id));
+        std::fs::create_dir_all(&state_dir)?;
+        self.heads.push(FleetHead {
+            spec: head.clone(),
+            host,
+            lan_ip,
+            wg_ip,
+            token: enrolled.token,
+            state_dir,
+        });
+        Ok(())
     }
 
     async fn wait_for_server(&mut self) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::control::ControlPlane;
 use crate::poll::wait_until;
 use crate::process::LabProcess;
-use crate::topology::{Host, Lab};
+use crate::topology::{Host, Lab, Network};
 
 /// The mesh's UDP port on every member.
 pub const MESH_PORT: u16 = 7946;
@@ -107,6 +107,33 @@ fn write_key(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server's arguments: SQLite in the lab's dir, the mesh on with a fresh key (mode 0600).
+fn server_args(lab: &Lab) -> anyhow::Result<Vec<String>> {
+    let key = lab.dir().join("cluster.key");
+    write_key(&key)?;
+    let server_yaml = lab.dir().join("server.yaml");
+    std::fs::write(
+        &server_yaml,
+        format!(
+            "cluster: {{enabled: true, bind_port: {MESH_PORT}, advertise_addr: {SERVER_ADDRESS}, key_file: \"{}\"}}\n",
+            key.display()
+        ),
+    )?;
+    let data_dir = lab.dir().join("server-data");
+    std::fs::create_dir_all(&data_dir)?;
+    Ok(vec![
+        "server".into(),
+        "--listen".into(),
+        format!("{SERVER_ADDRESS}:{SERVER_PORT}"),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--admin-token".into(),
+        ADMIN_TOKEN.into(),
+        "--config".into(),
+        server_yaml.display().to_string(),
+    ])
+}
+
 impl MeshFleet {
     /// Builds the LAN, starts the server (`hydra` at `hydra_bin`) with the mesh on, enrols the
     /// head [`HEAD`] and starts `spec.agents` agents. Does not wait for them to join: see
@@ -120,29 +147,7 @@ impl MeshFleet {
         lab.attach_self(&lan, Ipv4Addr::new(198, 18, 1, 1))?;
         let server_host = lab.host("control")?;
         lab.attach(&server_host, &lan, "lan", SERVER_ADDRESS)?;
-        let key = lab.dir().join("cluster.key");
-        write_key(&key)?;
-        let server_yaml = lab.dir().join("server.yaml");
-        std::fs::write(
-            &server_yaml,
-            format!(
-                "cluster: {{enabled: true, bind_port: {MESH_PORT}, advertise_addr: {SERVER_ADDRESS}, key_file: \"{}\"}}\n",
-                key.display()
-            ),
-        )?;
-        let data_dir = lab.dir().join("server-data");
-        std::fs::create_dir_all(&data_dir)?;
-        let server_args = vec![
-            "server".into(),
-            "--listen".into(),
-            format!("{SERVER_ADDRESS}:{SERVER_PORT}"),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--admin-token".into(),
-            ADMIN_TOKEN.into(),
-            "--config".into(),
-            server_yaml.display().to_string(),
-        ];
+        let server_args = server_args(&lab)?;
         let control = ControlPlane::new(
             &format!("http://{SERVER_ADDRESS}:{SERVER_PORT}"),
             ADMIN_TOKEN,
@@ -174,40 +179,45 @@ impl MeshFleet {
             })
             .await?;
         for k in 0..spec.agents {
-            let id = format!("b{k}");
-            let host = fleet.lab.host(&format!("agent-{id}"))?;
-            let address = Ipv4Addr::new(198, 18, 1, 10 + u8::try_from(k)?);
-            fleet.lab.attach(&host, &lan, "lan", address)?;
-            let state_dir = fleet.lab.dir().join(format!("state-{id}"));
-            let roles = spec.roles.join(", ");
-            let yaml = format!(
-                "node: {{id: {id}, roles: [{roles}], district: bxl1, venue: rupelmonde, owner: acme, lan_ip: {address}}}\n\
-                 server: {{listen: \"{address}:{AGENT_PORT}\"}}\n\
-                 controller: {{url: [\"{url}\"], token: \"{ADMIN_TOKEN}\"}}\n\
-                 api_token: \"{ADMIN_TOKEN}\"\n\
-                 state_dir: \"{state}\"\n\
-                 wireguard_optional: true\n\
-                 heartbeat: {{interval: 1}}\n\
-                 bundle: {{poll_interval: 2}}\n\
-                 cluster: {{enabled: true, bind_port: {MESH_PORT}, advertise_addr: {address}, discovery_mode: server}}\n\
-                 {extra}{own}",
-                url = fleet.control.base_url(),
-                state = state_dir.display(),
-                extra = spec.extra_yaml,
-                own = spec.per_agent_yaml.get(k).map_or("", String::as_str),
-            );
-            let config = fleet.lab.dir().join(format!("{id}.yaml"));
-            std::fs::write(&config, yaml)?;
-            fleet.agents.push(MeshAgent {
-                id,
-                host,
-                address,
-                config,
-                process: None,
-            });
-            fleet.start_agent(k)?;
+            fleet.add_agent(spec, &lan, k)?;
         }
         Ok(fleet)
+    }
+
+    /// Puts agent number `k` (`b<k>`) on the LAN, writes its config and starts it.
+    fn add_agent(&mut self, spec: &MeshSpec, lan: &Network, k: usize) -> anyhow::Result<()> {
+        let id = format!("b{k}");
+        let host = self.lab.host(&format!("agent-{id}"))?;
+        let address = Ipv4Addr::new(198, 18, 1, 10 + u8::try_from(k)?);
+        self.lab.attach(&host, lan, "lan", address)?;
+        let state_dir = self.lab.dir().join(format!("state-{id}"));
+        let roles = spec.roles.join(", ");
+        let yaml = format!(
+            "node: {{id: {id}, roles: [{roles}], district: bxl1, venue: rupelmonde, owner: acme, lan_ip: {address}}}\n\
+             server: {{listen: \"{address}:{AGENT_PORT}\"}}\n\
+             controller: {{url: [\"{url}\"], token: \"{ADMIN_TOKEN}\"}}\n\
+             api_token: \"{ADMIN_TOKEN}\"\n\
+             state_dir: \"{state}\"\n\
+             wireguard_optional: true\n\
+             heartbeat: {{interval: 1}}\n\
+             bundle: {{poll_interval: 2}}\n\
+             cluster: {{enabled: true, bind_port: {MESH_PORT}, advertise_addr: {address}, discovery_mode: server}}\n\
+             {extra}{own}",
+            url = self.control.base_url(),
+            state = state_dir.display(),
+            extra = spec.extra_yaml,
+            own = spec.per_agent_yaml.get(k).map_or("", String::as_str),
+        );
+        let config = self.lab.dir().join(format!("{id}.yaml"));
+        std::fs::write(&config, yaml)?;
+        self.agents.push(MeshAgent {
+            id,
+            host,
+            address,
+            config,
+            process: None,
+        });
+        self.start_agent(k)
     }
 
     /// Starts the server (again, on the same data directory) and waits (at most 30 s) until

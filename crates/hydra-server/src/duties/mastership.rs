@@ -58,47 +58,76 @@ impl MastershipTask {
     /// Answers how long to pause before the next round.
     pub async fn round(&mut self) -> Duration {
         self.observe(Observation::Tick).await;
-        let store = self.state.store().clone();
-        let replica_id = self.state.replica().id().to_owned();
-        let timing = self.state.replica().timing();
-        let ttl_ms = i64::try_from(timing.ttl_ms).unwrap_or(i64::MAX);
-        let renew = Duration::from_millis(timing.renew_ms);
-        let advertise_url = self.state.replica().advertise_url().to_owned();
+        self.heartbeat_replica().await;
+        match self.machine.next_call() {
+            LeaseCall::Renew { term, deadline } => self.master_round(term, deadline).await,
+            _ => self.follower_round().await,
+        }
+    }
+
+    /// This replica's row (`hydra replicas`), bounded; a failure is only logged.
+    async fn heartbeat_replica(&self) {
+        let replica = self.state.replica();
         if let Ok(Err(error)) = tokio::time::timeout(
             CALL_TIMEOUT,
-            store.heartbeat_replica(&replica_id, &advertise_url),
+            self.state
+                .store()
+                .heartbeat_replica(replica.id(), replica.advertise_url()),
         )
         .await
         {
             tracing::debug!(%error, "[controller] replica heartbeat failed");
         }
-        if let LeaseCall::Renew { term, deadline } = self.machine.next_call() {
-            let sent_at = self.now();
-            let budget = Duration::from_millis(deadline.saturating_sub(sent_at).max(1));
-            let observation =
-                match tokio::time::timeout(budget, store.renew_lease(&replica_id, term, ttl_ms))
-                    .await
-                {
-                    Ok(Ok(renewed)) => Observation::Renewed { sent_at, renewed },
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, term, "[controller] lease renewal failed");
-                        Observation::LeaseFailed
-                    }
-                    Err(_) => Observation::LeaseFailed,
-                };
-            self.observe(observation).await;
-            if matches!(self.machine.role(), Role::Master { .. }) {
-                let held = self.beacon.lock(Duration::ZERO).await.unwrap_or(false);
-                self.observe(Observation::Beacon { held }).await;
+    }
+
+    /// The lease's time to live and the renewal period, as the store and the pause take them.
+    fn lease_timing(&self) -> (i64, Duration) {
+        let timing = self.state.replica().timing();
+        (
+            i64::try_from(timing.ttl_ms).unwrap_or(i64::MAX),
+            Duration::from_millis(timing.renew_ms),
+        )
+    }
+
+    /// As master: renews the lease within its deadline, then checks the beacon is still held.
+    async fn master_round(&mut self, term: i64, deadline: u64) -> Duration {
+        let store = self.state.store().clone();
+        let replica_id = self.state.replica().id().to_owned();
+        let (ttl_ms, renew) = self.lease_timing();
+        let sent_at = self.now();
+        let budget = Duration::from_millis(deadline.saturating_sub(sent_at).max(1));
+        let observation = match tokio::time::timeout(
+            budget,
+            store.renew_lease(&replica_id, term, ttl_ms),
+        )
+        .await
+        {
+            Ok(Ok(renewed)) => Observation::Renewed { sent_at, renewed },
+            Ok(Err(error)) => {
+                tracing::warn!(%error, term, "[controller] lease renewal failed");
+                Observation::LeaseFailed
             }
-            let until_deadline = match self.machine.next_call() {
-                LeaseCall::Renew { deadline, .. } => {
-                    Duration::from_millis(deadline.saturating_sub(self.now()))
-                }
-                _ => Duration::ZERO,
-            };
-            return renew.min(until_deadline.max(Duration::from_millis(50)));
+            Err(_) => Observation::LeaseFailed,
+        };
+        self.observe(observation).await;
+        if matches!(self.machine.role(), Role::Master { .. }) {
+            let held = self.beacon.lock(Duration::ZERO).await.unwrap_or(false);
+            self.observe(Observation::Beacon { held }).await;
         }
+        let until_deadline = match self.machine.next_call() {
+            LeaseCall::Renew { deadline, .. } => {
+                Duration::from_millis(deadline.saturating_sub(self.now()))
+            }
+            _ => Duration::ZERO,
+        };
+        renew.min(until_deadline.max(Duration::from_millis(50)))
+    }
+
+    /// As follower: reads the lease, waits (bounded) for the beacon, and takes the lease or
+    /// gives the beacon back as the machine says.
+    async fn follower_round(&mut self) -> Duration {
+        let replica_id = self.state.replica().id().to_owned();
+        let (_, renew) = self.lease_timing();
         self.read_lease(&replica_id).await;
         let held = match self.beacon.lock(renew).await {
             Ok(held) => held,
@@ -122,22 +151,7 @@ impl MastershipTask {
         }
         match self.machine.next_call() {
             LeaseCall::Acquire { force } => {
-                self.forced = force;
-                let sent_at = self.now();
-                let term = tokio::time::timeout(
-                    CALL_TIMEOUT,
-                    store.acquire_lease(&replica_id, ttl_ms, force),
-                )
-                .await;
-                match term {
-                    Ok(Ok(term)) => self.observe(Observation::Acquired { sent_at, term }).await,
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, "[controller] taking the lease failed");
-                        self.observe(Observation::LeaseFailed).await;
-                    }
-                    Err(_) => self.observe(Observation::LeaseFailed).await,
-                }
-                if matches!(self.machine.role(), Role::Master { .. }) {
+                if self.acquire(&replica_id, force).await {
                     return renew;
                 }
             }
@@ -153,6 +167,28 @@ impl MastershipTask {
         } else {
             Duration::from_millis(200)
         }
+    }
+
+    /// Tries to take the lease (by force when the beacon says its master is gone); `true` when
+    /// this replica is the master now.
+    async fn acquire(&mut self, replica_id: &str, force: bool) -> bool {
+        self.forced = force;
+        let (ttl_ms, _) = self.lease_timing();
+        let sent_at = self.now();
+        let term = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.state.store().acquire_lease(replica_id, ttl_ms, force),
+        )
+        .await;
+        match term {
+            Ok(Ok(term)) => self.observe(Observation::Acquired { sent_at, term }).await,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "[controller] taking the lease failed");
+                self.observe(Observation::LeaseFailed).await;
+            }
+            Err(_) => self.observe(Observation::LeaseFailed).await,
+        }
+        matches!(self.machine.role(), Role::Master { .. })
     }
 
     /// Reads the lease row into the machine and into what `check-master` answers.

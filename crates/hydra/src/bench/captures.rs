@@ -145,8 +145,19 @@ pub(super) async fn bench_captures(args: CaptureArgs) -> anyhow::Result<ExitCode
         tail_max_ms: tail.histogram.max() as f64,
     };
     debug_assert_eq!(report.capture.lines_offered, offered);
-    if args.client.json {
-        print_json(&report)?;
+    print_report(&report, args.client.json, args.duration, offered)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the report: JSON, or the table and the tail line.
+fn print_report(
+    report: &CaptureReport,
+    json: bool,
+    duration: Duration,
+    offered: u64,
+) -> anyhow::Result<()> {
+    if json {
+        print_json(report)?;
     } else {
         let mut table = Table::new(&["stored in", "lines/s", "lost", "seconds", "vs baseline"]);
         for figures in [&report.baseline, &report.capture] {
@@ -167,7 +178,7 @@ pub(super) async fn bench_captures(args: CaptureArgs) -> anyhow::Result<ExitCode
              p99 {:.0} ms, max {:.0} ms\n",
             report.feeds,
             report.rate_per_feed,
-            args.duration.as_secs_f64(),
+            duration.as_secs_f64(),
             offered,
             report.storage,
             table.render(),
@@ -179,7 +190,7 @@ pub(super) async fn bench_captures(args: CaptureArgs) -> anyhow::Result<ExitCode
             report.tail_max_ms,
         ));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The baseline: the same feeds, read over loopback HTTP, appended to one plain file with one
