@@ -210,35 +210,16 @@ impl Lab {
              }}\n",
             sources.join(", ")
         );
-        run_bounded(
-            "ip",
-            &["netns", "exec", &host.name, "nft", "-f", "-"],
-            Some(&script),
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("installing drop rules on {}", host.name))?;
-        Ok(())
+        nft(host, &["-f", "-"], Some(&script))
+            .with_context(|| format!("installing drop rules on {}", host.name))
+            .map(drop)
     }
 
     /// Removes the drops set by [`drop_tcp_from`](Self::drop_tcp_from) on `host`.
     pub fn clear_drops(&self, host: &Host) -> anyhow::Result<()> {
-        run_bounded(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &host.name,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "hydra_lab",
-            ],
-            None,
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("removing drop rules on {}", host.name))?;
-        Ok(())
+        nft(host, &["delete", "table", "inet", "hydra_lab"], None)
+            .with_context(|| format!("removing drop rules on {}", host.name))
+            .map(drop)
     }
 
     /// Drops every UDP datagram arriving on or leaving `host` (its own table, so TCP drops stay
@@ -256,45 +237,21 @@ impl Lab {
                  meta l4proto udp drop\n\
                }\n\
              }\n";
-        run_bounded(
-            "ip",
-            &["netns", "exec", &host.name, "nft", "-f", "-"],
-            Some(script),
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("installing the UDP drop on {}", host.name))?;
-        Ok(())
+        nft(host, &["-f", "-"], Some(script))
+            .with_context(|| format!("installing the UDP drop on {}", host.name))
+            .map(drop)
     }
 
     /// Removes the drop set by [`drop_udp`](Self::drop_udp) on `host`.
     pub fn clear_udp_drop(&self, host: &Host) -> anyhow::Result<()> {
-        run_bounded(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &host.name,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "hydra_lab_udp",
-            ],
-            None,
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("removing the UDP drop on {}", host.name))?;
-        Ok(())
+        nft(host, &["delete", "table", "inet", "hydra_lab_udp"], None)
+            .with_context(|| format!("removing the UDP drop on {}", host.name))
+            .map(drop)
     }
 
     /// The nftables ruleset of `host`, as `nft list ruleset` prints it.
     pub fn ruleset(&self, host: &Host) -> anyhow::Result<String> {
-        run_bounded(
-            "ip",
-            &["netns", "exec", &host.name, "nft", "list", "ruleset"],
-            None,
-            Duration::from_secs(10),
-        )
+        nft(host, &["list", "ruleset"], None)
     }
 }
 
@@ -311,4 +268,12 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// Runs `nft ARGS` in `host`'s namespace (bounded: 10 s), with `script` on its standard input;
+/// answers what it printed.
+fn nft(host: &Host, args: &[&str], script: Option<&str>) -> anyhow::Result<String> {
+    let mut command = vec!["netns", "exec", host.name.as_str(), "nft"];
+    command.extend_from_slice(args);
+    run_bounded("ip", &command, script, Duration::from_secs(10))
 }
