@@ -660,11 +660,9 @@ const MESH_KEY_HEX: &str = "0909090909090909090909090909090909090909090909090909
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_the_mesh_declares_down_ends_its_segment_node_left_and_is_not_picked_again() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("cluster.key");
-    std::fs::write(&key_file, format!("{MESH_KEY_HEX}\n")).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    crate::support::write_key_file(&key_file, MESH_KEY_HEX);
     let server = ServerProcess::start(&ServerSetup::with_mesh(dir.path(), &key_file));
     let server_mesh = async || -> Option<String> {
         let (_, cluster) = call(Method::GET, &server.api("/cluster"), None).await;

@@ -5,69 +5,30 @@
 //! a member gossiping from an address its node did not enrol with cannot get it marked;
 //! `GET /api/v1/cluster` gives counts without a token and members with the admin token only.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use hydra_mesh::driver::{self, ClusterHandle, ClusterSettings, Discovery};
-use hydra_mesh::member::{MemberId, MemberState};
-use hydra_mesh::mesh::MeshSettings;
-use hydra_mesh::seal::Keyring;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{ServerProcess, ServerSetup, call, call_as, eventually, ids};
+use crate::support::{
+    MeshMember, MeshMemberSpec, ServerProcess, ServerSetup, call, call_as, eventually, ids,
+    mesh_member, write_key_file,
+};
 
 const KEY_HEX: &str = "0707070707070707070707070707070707070707070707070707070707070707";
 
-struct Member {
-    handle: ClusterHandle,
-    task: tokio::task::JoinHandle<()>,
-    _stop: CancellationToken,
-}
-
-async fn member(node_id: &str, api_url: &str, server_mesh: &str) -> Member {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    let settings = ClusterSettings {
-        id: MemberId {
-            addr,
-            node_id: node_id.to_owned(),
-            generation: 1,
-        },
-        state: MemberState {
-            node_id: node_id.to_owned(),
-            generation: 1,
-            version: 0,
-            roles: vec!["body".into()],
-            api_url: api_url.to_owned(),
-            pending: 0,
-            capacity: 0,
-            district: "bxl1".into(),
-            venue: "rupelmonde".into(),
-            tag: None,
-        },
-        discovery: Discovery::List(vec![server_mesh.to_owned()]),
-        port: 0,
-        keyring: Keyring::parse(KEY_HEX).expect("key"),
-        mesh: MeshSettings::default(),
-    };
-    let handle = ClusterHandle::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(driver::run(
-        socket,
-        settings,
-        handle.clone(),
-        || (0, 0),
-        stop.clone(),
-    ));
-    Member {
-        handle,
-        task,
-        _stop: stop,
-    }
+/// A body of the mesh in this process, publishing `api_url`; `task.abort()` kills it.
+async fn member(node_id: &str, api_url: &str, server_mesh: &str) -> MeshMember {
+    mesh_member(MeshMemberSpec {
+        node_id,
+        role: "body",
+        capacity: 0,
+        venue: "rupelmonde",
+        api_url,
+        join: server_mesh,
+        key_hex: KEY_HEX,
+    })
+    .await
 }
 
 async fn node_status(server: &ServerProcess, id: &str) -> String {
@@ -108,8 +69,7 @@ async fn answering_agent() -> String {
 async fn a_member_killed_without_leaving_is_unreachable_within_seconds_and_back_at_its_heartbeat() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = dir.path().join("cluster.key");
-    std::fs::write(&key_file, format!("{KEY_HEX}\n")).expect("key file");
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("0600");
+    write_key_file(&key_file, KEY_HEX);
     let server = ServerProcess::start(&ServerSetup::with_mesh(dir.path(), &key_file));
 
     // Counts for anyone; members and the address with the admin token only; a node's token is

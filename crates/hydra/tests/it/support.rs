@@ -435,3 +435,88 @@ pub fn spawn_agent(config: &Path, log: &Path, rust_log: &str) -> Child {
         .spawn()
         .expect("spawn hydra agent")
 }
+
+/// What a [`mesh_member`] publishes and where it joins.
+pub struct MeshMemberSpec<'a> {
+    /// The node it stands for.
+    pub node_id: &'a str,
+    /// Its one role (`body`, `worker`).
+    pub role: &'a str,
+    /// Its session capacity (pending is always 0).
+    pub capacity: u32,
+    /// Its venue (district `bxl1`).
+    pub venue: &'a str,
+    /// The API address it gossips.
+    pub api_url: &'a str,
+    /// The mesh address it joins.
+    pub join: &'a str,
+    /// The cluster key, 64 hex digits.
+    pub key_hex: &'a str,
+}
+
+/// A peer-mesh member in this test process (the real mesh driver on a UDP socket of 127.0.0.1),
+/// standing for a node. Dropping it leaves the mesh; `task.abort()` kills it without leaving.
+pub struct MeshMember {
+    /// Its view of the mesh.
+    pub handle: hydra_mesh::driver::ClusterHandle,
+    /// The driver's task.
+    pub task: tokio::task::JoinHandle<()>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for MeshMember {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts a [`MeshMember`] as `spec` says.
+pub async fn mesh_member(spec: MeshMemberSpec<'_>) -> MeshMember {
+    use hydra_mesh::driver::{self, ClusterHandle, ClusterSettings, Discovery};
+    use hydra_mesh::member::{MemberId, MemberState};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind a mesh member's socket");
+    let addr = socket.local_addr().expect("its address");
+    let settings = ClusterSettings {
+        id: MemberId {
+            addr,
+            node_id: spec.node_id.to_owned(),
+            generation: 1,
+        },
+        state: MemberState {
+            node_id: spec.node_id.to_owned(),
+            generation: 1,
+            version: 0,
+            roles: vec![spec.role.to_owned()],
+            api_url: spec.api_url.to_owned(),
+            pending: 0,
+            capacity: spec.capacity,
+            district: "bxl1".into(),
+            venue: spec.venue.to_owned(),
+            tag: None,
+        },
+        discovery: Discovery::List(vec![spec.join.to_owned()]),
+        port: 0,
+        keyring: hydra_mesh::seal::Keyring::parse(spec.key_hex).expect("a cluster key"),
+        mesh: hydra_mesh::mesh::MeshSettings::default(),
+    };
+    let handle = ClusterHandle::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let capacity = spec.capacity;
+    let task = tokio::spawn(driver::run(
+        socket,
+        settings,
+        handle.clone(),
+        move || (0, capacity),
+        stop.clone(),
+    ));
+    MeshMember { handle, task, stop }
+}
+
+/// Writes the cluster key `key_hex` to `path` as a key file (one line, mode 0600).
+pub fn write_key_file(path: &Path, key_hex: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{key_hex}\n")).expect("write the key file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("key file 0600");
+}

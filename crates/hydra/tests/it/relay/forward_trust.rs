@@ -4,76 +4,32 @@
 //! from 127.0.0.1 but publishes an API on 127.0.0.2 (a state relayed or forged by another
 //! member looks the same): a request about its session is refused and nothing reaches 127.0.0.2.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hydra_agent::cluster::driver::{self, ClusterHandle, ClusterSettings, Discovery};
-use hydra_agent::cluster::member::{MemberId, MemberState};
-use hydra_agent::cluster::mesh::MeshSettings;
-use hydra_agent::cluster::seal::Keyring;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use super::fleet::{Agent, Server, healthy_workers, state_dir};
 use super::support::Body;
+use crate::support::{MeshMember, MeshMemberSpec, mesh_member, write_key_file};
 
 const OPERATOR: &str = "hyo_forward_trust_operator_token";
 const KEY_HEX: &str = "5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b";
 const UUID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
-/// A mesh member in this process, publishing `api_url`; stops when dropped.
-struct Member {
-    _handle: ClusterHandle,
-    stop: CancellationToken,
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn member(node_id: &str, api_url: &str, join: &str) -> Member {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let settings = ClusterSettings {
-        id: MemberId {
-            addr,
-            node_id: node_id.to_owned(),
-            generation: 1,
-        },
-        state: MemberState {
-            node_id: node_id.to_owned(),
-            generation: 1,
-            version: 0,
-            roles: vec!["worker".into()],
-            api_url: api_url.to_owned(),
-            pending: 0,
-            capacity: 4,
-            district: "bxl1".into(),
-            venue: "cloud-seven".into(),
-            tag: None,
-        },
-        discovery: Discovery::List(vec![join.to_owned()]),
-        port: 0,
-        keyring: Keyring::parse(KEY_HEX).unwrap(),
-        mesh: MeshSettings::default(),
-    };
-    let handle = ClusterHandle::default();
-    let stop = CancellationToken::new();
-    tokio::spawn(driver::run(
-        socket,
-        settings,
-        handle.clone(),
-        || (0, 4),
-        stop.clone(),
-    ));
-    Member {
-        _handle: handle,
-        stop,
-    }
+/// A worker of the mesh in this process, publishing `api_url`; leaves when dropped.
+async fn member(node_id: &str, api_url: &str, join: &str) -> MeshMember {
+    mesh_member(MeshMemberSpec {
+        node_id,
+        role: "worker",
+        capacity: 4,
+        venue: "cloud-seven",
+        api_url,
+        join,
+        key_hex: KEY_HEX,
+    })
+    .await
 }
 
 /// An HTTP peer on `ip` answering every request with `{"answered_by": name}`; counts the
@@ -107,8 +63,7 @@ async fn get(url: String) -> (u16, Value) {
 async fn a_gossiped_api_url_away_from_the_members_mesh_address_is_refused() {
     let temp = tempfile::tempdir().unwrap();
     let key = temp.path().join("cluster.key");
-    std::fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_key_file(&key, KEY_HEX);
     let body = Body::start().await;
     let server = Server::start(Duration::from_secs(30)).await;
     let mesh_port = std::net::UdpSocket::bind("127.0.0.1:0")
