@@ -79,17 +79,23 @@ async fn kill_one(fleet: &mut MeshFleet, victim: usize, watcher: usize) -> anyho
     Ok(())
 }
 
-/// Drops agent `victim`'s UDP (nftables): polls until `watcher` suspects it and the server has
-/// seen it down and kept it because its agent answers, then until two more heartbeats of it
+/// Drops agent `victim`'s UDP (nftables): polls until `watcher` sees it suspect or down (and some
+/// member counted a suspicion) and the server has seen it down and kept it because its agent
+/// answers, then until two more heartbeats of it
 /// arrived; at every poll it must still be online and offered.
 async fn drop_udp_of_one(fleet: &MeshFleet, victim: usize, watcher: usize) -> anyhow::Result<()> {
     let id = format!("b{victim}");
+    // Suspicions raised anywhere in the mesh: the member whose probe of the victim fails first
+    // suspects it, and the others (the watcher too) may learn of it from that member's gossip.
     let suspicions = async |fleet: &MeshFleet| -> anyhow::Result<u64> {
-        Ok(
-            fleet.agent_get(watcher, "/api/v1/cluster").await?["detector"]["suspicions"]
-                .as_u64()
-                .unwrap_or(0),
-        )
+        let mut total = 0;
+        for k in (0..fleet.agent_count()).filter(|k| *k != victim) {
+            // A killed agent does not answer; it raises nothing either.
+            if let Ok(cluster) = fleet.agent_get(k, "/api/v1/cluster").await {
+                total += cluster["detector"]["suspicions"].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(total)
     };
     let suspicions_before = suspicions(fleet).await?;
     let node_path = format!("/api/v1/nodes/{id}");
@@ -140,7 +146,7 @@ async fn drop_udp_of_one(fleet: &MeshFleet, victim: usize, watcher: usize) -> an
     let suspicions_after = suspicions(fleet).await?;
     anyhow::ensure!(
         suspicions_after > suspicions_before,
-        "b{watcher} counted no suspicion ({suspicions_before} then {suspicions_after})"
+        "no member counted a suspicion of {id} ({suspicions_before} then {suspicions_after} in all)"
     );
     let (state, suspected_after) = suspected.unwrap_or_default();
     eprintln!(
